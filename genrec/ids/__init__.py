@@ -1,0 +1,5 @@
+"""Item and document identifier schemes behind one interface."""
+
+from genrec.ids.atomic import AtomicIds
+from genrec.ids.base import EOS_ID, IdScheme, ItemIds, NUM_RESERVED_TOKENS, PAD_ID
+from genrec.ids.random_codes import RandomCodeIds

@@ -1,0 +1,142 @@
+"""Flax NNX building blocks of the T5-style encoder-decoder.
+
+Every parameter is created through `_param`, which attaches its logical axis
+names (see `genrec.partitioning.LOGICAL_AXIS_RULES`). Compute runs in `dtype`
+(e.g. bfloat16); parameters are stored in float32.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def _param(rngs: nnx.Rngs, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
+  return nnx.Param(
+      nnx.with_partitioning(init, axes)(rngs.params(), shape, dtype))
+
+
+class Dense(nnx.Module):
+  """y = x . W over the last `len(in_shape)` axes of x; no bias (as T5)."""
+
+  def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+               axes: tuple[str, ...], *, dtype, rngs: nnx.Rngs):
+    n_in = len(in_shape)
+    init = nnx.initializers.variance_scaling(
+        1.0, 'fan_in', 'truncated_normal', in_axis=tuple(range(n_in)),
+        out_axis=tuple(range(n_in, n_in + len(out_shape))))
+    self.kernel = _param(rngs, init, in_shape + out_shape, axes)
+    self.n_in = len(in_shape)
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel[...].astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    return jax.lax.dot_general(x.astype(self.dtype), k, (contract, ((), ())))
+
+
+class RMSNorm(nnx.Module):
+  """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
+
+  def __init__(self, dim: int, *, dtype, eps: float = 1e-6, rngs: nnx.Rngs):
+    self.scale = _param(rngs, nnx.initializers.ones, (dim,), ('embed',))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """T5's log-spaced buckets of (key position - query position)."""
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      jnp.log(n.astype(jnp.float32) / max_exact + jnp.finfo(jnp.float32).eps) /
+      math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nnx.Module):
+  """Learned per-head scalar bias per relative-position bucket (shared by a stack)."""
+
+  def __init__(self, num_buckets: int, max_distance: int, num_heads: int,
+               bidirectional: bool, *, dtype, rngs: nnx.Rngs):
+    self.embedding = _param(rngs, nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+                            (num_buckets, num_heads), ('relpos_buckets', 'heads'))
+    self.num_buckets = num_buckets
+    self.max_distance = max_distance
+    self.bidirectional = bidirectional
+    self.dtype = dtype
+
+  def __call__(self, q_len: int, k_len: int) -> Array:
+    rel = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]  # [q, k]
+    buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets,
+                                       self.max_distance)
+    bias = jnp.take(self.embedding[...], buckets, axis=0)  # [q, k, heads]
+    return jnp.transpose(bias, (2, 0, 1))[None].astype(self.dtype)  # [1, heads, q, k]
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head dot-product attention, queries scaled by 1/sqrt(head_dim)."""
+
+  def __init__(self, d_model: int, num_heads: int, head_dim: int, dropout_rate: float,
+               *, dtype, rngs: nnx.Rngs):
+    proj = lambda: Dense((d_model,), (num_heads, head_dim), ('embed', 'heads', 'kv'),
+                         dtype=dtype, rngs=rngs)
+    self.query, self.key, self.value = proj(), proj(), proj()
+    self.out = Dense((num_heads, head_dim), (d_model,), ('heads', 'kv', 'embed'),
+                     dtype=dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.head_dim = head_dim
+    self.dtype = dtype
+
+  def __call__(self, x_q: Array, x_kv: Array, mask: Array | None, bias: Array | None,
+               *, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
+    q = self.query(x_q) / jnp.sqrt(self.head_dim).astype(self.dtype)  # [b, q, h, d]
+    k = self.key(x_kv)  # [b, k, h, d]
+    v = self.value(x_kv)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)
+    y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    return self.out(y)
+
+
+class MlpBlock(nnx.Module):
+  """Position-wise feed-forward; `gated` gives T5.1.1's GeGLU."""
+
+  def __init__(self, d_model: int, d_ff: int, activation: str, gated: bool,
+               dropout_rate: float, *, dtype, rngs: nnx.Rngs):
+    self.wi = Dense((d_model,), (d_ff,), ('embed', 'mlp'), dtype=dtype, rngs=rngs)
+    self.wi_gate = (Dense((d_model,), (d_ff,), ('embed', 'mlp'), dtype=dtype, rngs=rngs)
+                    if gated else None)
+    self.wo = Dense((d_ff,), (d_model,), ('mlp', 'embed'), dtype=dtype, rngs=rngs)
+    self.activation = getattr(jax.nn, activation)
+    self.dropout = nnx.Dropout(dropout_rate)
+
+  def __call__(self, x: Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
+    h = self.activation(self.wi(x))
+    if self.wi_gate is not None:
+      h = h * self.wi_gate(x)
+    h = self.dropout(h, deterministic=deterministic, rngs=rngs)
+    return self.wo(h)

@@ -1,0 +1,63 @@
+"""Top-K ranking metrics over full-catalog rankings, seqio style.
+
+Each user has one relevant item (leave-one-out), so
+  Recall@K = 1 if the target is among the first K predictions else 0,
+  NDCG@K   = 1 / log2(rank + 1) for the target's 1-based rank <= K, else 0,
+averaged over users. Item id 0 in a ranking marks an identifier that names no
+item; it is never relevant and counts in the invalid rate.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_KS = (5, 10)
+
+
+def rank_metrics(ranked: np.ndarray, targets: np.ndarray,
+                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+  """Recall@K and NDCG@K averaged over users.
+
+  Args:
+    ranked: int [n, k_max] predicted item ids, best first (0 = invalid).
+    targets: int [n] the relevant item of each user.
+    ks: cut-offs; each must be <= k_max.
+
+  Returns:
+    {'recall@K': ..., 'ndcg@K': ...} plus 'invalid_rate': the fraction of
+    predicted identifiers (all k_max columns) that map to no item.
+  """
+  ranked = np.asarray(ranked)
+  targets = np.asarray(targets)
+  if ranked.ndim != 2 or ranked.shape[0] != targets.shape[0]:
+    raise ValueError(f'ranked must be [n, k] and targets [n]; got {ranked.shape} and '
+                     f'{targets.shape}.')
+  if max(ks) > ranked.shape[1]:
+    raise ValueError(f'Cut-off {max(ks)} exceeds the {ranked.shape[1]} predictions per user; '
+                     'decode with beam_size >= the largest K.')
+  n = max(len(targets), 1)
+  hit = (ranked == targets[:, None]) & (targets[:, None] > 0)  # [n, k_max]
+  gains = hit / np.log2(np.arange(2, ranked.shape[1] + 2))[None, :]
+  out = {}
+  for k in ks:
+    out[f'recall@{k}'] = float(hit[:, :k].any(axis=1).sum() / n)
+    out[f'ndcg@{k}'] = float(gains[:, :k].sum(axis=1).sum() / n)
+  out['invalid_rate'] = float((ranked <= 0).mean()) if ranked.size else 0.0
+  return out
+
+
+def ranking_metrics(targets: Sequence[int], predictions: Sequence[Sequence[int]]
+                    ) -> dict[str, float]:
+  """seqio metric fn: targets are item ids, predictions ranked item-id lists."""
+  width = max((len(p) for p in predictions), default=0)
+  ranked = np.zeros((len(predictions), width), np.int64)
+  for i, p in enumerate(predictions):
+    ranked[i, :len(p)] = p
+  return rank_metrics(ranked, np.asarray(targets), ks=[k for k in DEFAULT_KS if k <= width])
+
+
+def popularity_ranking(train_counts: np.ndarray, k: int) -> np.ndarray:
+  """The k most frequent training items, most frequent first (ties: lower id)."""
+  counts = np.asarray(train_counts).astype(np.float64)
+  counts[0] = -1  # padding is never recommended
+  return np.argsort(-counts, kind='stable')[:k].astype(np.int32)

@@ -1,0 +1,165 @@
+"""T5-style encoder-decoder that reads a history of item tokens and generates
+the identifier tokens of the next item."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from genrec import layers
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Sizes of the encoder-decoder; gin files in gin/models/ set them.
+
+  `vocab_size` is normally left at 0 and filled in from the identifier scheme.
+  """
+  vocab_size: int = 0
+  d_model: int = 128
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 4
+  num_decoder_layers: int = 4
+  dropout_rate: float = 0.1
+  activation: str = 'relu'
+  gated_mlp: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  logits_via_embedding: bool = False
+  dtype: str = 'float32'  # compute dtype: 'float32' or 'bfloat16'
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+class EncoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    dt = cfg.compute_dtype
+    self.attn_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.attn = layers.MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.head_dim,
+                                          cfg.dropout_rate, dtype=dt, rngs=rngs)
+    self.mlp_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.mlp = layers.MlpBlock(cfg.d_model, cfg.d_ff, cfg.activation, cfg.gated_mlp,
+                               cfg.dropout_rate, dtype=dt, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def __call__(self, x, mask, bias, *, deterministic, rngs):
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    h = self.attn_norm(x)
+    x = x + self.dropout(self.attn(h, h, mask, bias, **kw), **kw)
+    return x + self.dropout(self.mlp(self.mlp_norm(x), **kw), **kw)
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    dt = cfg.compute_dtype
+    attn = lambda: layers.MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.head_dim,
+                                             cfg.dropout_rate, dtype=dt, rngs=rngs)
+    self.self_attn_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.self_attn = attn()
+    self.cross_attn_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.cross_attn = attn()
+    self.mlp_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.mlp = layers.MlpBlock(cfg.d_model, cfg.d_ff, cfg.activation, cfg.gated_mlp,
+                               cfg.dropout_rate, dtype=dt, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def __call__(self, y, encoded, self_mask, cross_mask, bias, *, deterministic, rngs):
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    h = self.self_attn_norm(y)
+    y = y + self.dropout(self.self_attn(h, h, self_mask, bias, **kw), **kw)
+    h = self.cross_attn_norm(y)
+    y = y + self.dropout(self.cross_attn(h, encoded, cross_mask, None, **kw), **kw)
+    return y + self.dropout(self.mlp(self.mlp_norm(y), **kw), **kw)
+
+
+class EncoderDecoder(nnx.Module):
+  """Encoder over history tokens, causal decoder over identifier tokens.
+
+  Token 0 is padding in the encoder input and the start token of the decoder
+  input (decoder inputs are targets shifted right, as in T5).
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    if cfg.vocab_size <= 0:
+      raise ValueError('TransformerConfig.vocab_size must be set (it normally comes '
+                       'from the identifier scheme).')
+    dt = cfg.compute_dtype
+    self.cfg = cfg
+    self.embed = layers._param(rngs, nnx.initializers.normal(1.0),
+                               (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    bias = lambda bidi: layers.RelativePositionBias(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, bidi, dtype=dt, rngs=rngs)
+    self.encoder_bias = bias(True)
+    self.decoder_bias = bias(False)
+    self.encoder_layers = nnx.List(
+        [EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.decoder_layers = nnx.List(
+        [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    self.encoder_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.decoder_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
+        (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def _embed(self, tokens: Array) -> Array:
+    return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+
+  def encode(self, encoder_input_tokens: Array, *, deterministic: bool = True,
+             rngs: nnx.Rngs | None = None) -> tuple[Array, Array]:
+    """Returns (encoded [b, s, d], input mask [b, s])."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    valid = encoder_input_tokens > 0  # [b, s]
+    mask = valid[:, None, None, :] & valid[:, None, :, None]  # [b, 1, s, s]
+    s = encoder_input_tokens.shape[1]
+    bias = self.encoder_bias(s, s)
+    x = self.dropout(self._embed(encoder_input_tokens), **kw)
+    for layer in self.encoder_layers:
+      x = layer(x, mask, bias, **kw)
+    return self.dropout(self.encoder_norm(x), **kw), valid
+
+  def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array, *,
+             deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """Returns float32 logits [b, t, vocab] for every decoder position."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    t = decoder_input_tokens.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # [1, 1, t, t]
+    cross_mask = encoder_valid[:, None, None, :]  # [b, 1, 1, s]
+    bias = self.decoder_bias(t, t)
+    y = self.dropout(self._embed(decoder_input_tokens), **kw)
+    for layer in self.decoder_layers:
+      y = layer(y, encoded, causal, cross_mask, bias, **kw)
+    y = self.dropout(self.decoder_norm(y), **kw)
+    if self.logits_dense is None:
+      logits = jnp.einsum('btd,vd->btv', y, self.embed[...].astype(y.dtype))
+      logits = logits / jnp.sqrt(self.cfg.d_model).astype(y.dtype)
+    else:
+      logits = self.logits_dense(y)
+    return logits.astype(jnp.float32)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    encoded, valid = self.encode(encoder_input_tokens, deterministic=deterministic, rngs=rngs)
+    return self.decode(encoded, valid, decoder_input_tokens,
+                       deterministic=deterministic, rngs=rngs)
+
+
+def create_model(cfg: TransformerConfig, rng: jax.Array) -> EncoderDecoder:
+  """Builds the model; shardings are applied by the caller's jit, not eagerly."""
+  with nnx.use_eager_sharding(False):
+    return EncoderDecoder(cfg, rngs=nnx.Rngs(params=rng))
+
+
+def abstract_model(cfg: TransformerConfig) -> EncoderDecoder:
+  """The model with ShapeDtypeStructs instead of arrays (no memory, no compute)."""
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(params=0)))

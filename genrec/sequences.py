@@ -1,0 +1,251 @@
+"""Sequential-recommendation data: readers, the synthetic catalog, splits.
+
+`SequenceData` is what every task, identifier scheme and baseline reads: the
+time-ordered item sequence of each user and, where the data set has them, the
+items' categorical attributes. Readers validate their input and fail with the
+file, the line and the fix.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+DATA_DIR_ENV = 'GENREC_DATA_DIR'
+AMAZON_DATASETS = ('beauty', 'sports', 'toys')
+MIN_INTERACTIONS = 3  # one training target, one validation and one test item
+
+
+class DataError(ValueError):
+  """Malformed or inconsistent input data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceData:
+  """Users' item sequences.
+
+  Attributes:
+    name: data set name.
+    num_items: items are ids 1..num_items (0 is padding).
+    sequences: per user, the time-ordered int32 item ids.
+    item_attributes: per item id (index 0 unused), an int32 array of
+      attribute ids; None when the data set has none.
+  """
+  name: str
+  num_items: int
+  sequences: tuple[np.ndarray, ...]
+  item_attributes: tuple[np.ndarray, ...] | None = None
+
+  @property
+  def num_users(self) -> int:
+    return len(self.sequences)
+
+  def train_sequences(self) -> list[np.ndarray]:
+    """The training part of every user (validation and test items removed)."""
+    return [s[:-2] for s in self.sequences]
+
+  def item_train_counts(self) -> np.ndarray:
+    """[num_items + 1] occurrences of every item in the training parts."""
+    counts = np.zeros(self.num_items + 1, np.int64)
+    for s in self.train_sequences():
+      np.add.at(counts, s, 1)
+    return counts
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """The data-dir setting, else $GENREC_DATA_DIR; errors name both."""
+  data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+  if not data_dir:
+    raise DataError(f'No data directory: pass DATA_DIR (gin: --gin_bindings="DATA_DIR=\'...\'") '
+                    f'or set ${DATA_DIR_ENV}.')
+  if not os.path.isdir(data_dir):
+    raise DataError(f'Data directory {data_dir!r} does not exist; point DATA_DIR or '
+                    f'${DATA_DIR_ENV} at the folder that holds amazon-2014/.')
+  return data_dir
+
+
+def read_sequences(path: str, known_items: int | None = None) -> list[np.ndarray]:
+  """Reads `user_id item_id item_id ...` lines (ids are positive integers).
+
+  Args:
+    path: the sequences file.
+    known_items: if given, item ids must be in 1..known_items.
+
+  Returns:
+    The item sequence of every user, in file order.
+  """
+  sequences, seen_users = [], {}
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      where = f'{path}:{lineno}'
+      fields = line.split()
+      if not fields:
+        raise DataError(f'{where}: empty line; every line must be '
+                        '"user_id item_id item_id ..." (remove the blank line).')
+      try:
+        ids = [int(x) for x in fields]
+      except ValueError:
+        raise DataError(f'{where}: non-integer field in {line.strip()[:80]!r}; expected '
+                        '"user_id item_id item_id ..." with positive integer ids.') from None
+      user, items = ids[0], np.asarray(ids[1:], np.int32)
+      if user in seen_users:
+        raise DataError(f'{where}: user {user} already appeared on line {seen_users[user]}; '
+                        'merge the two lines into one time-ordered sequence.')
+      seen_users[user] = lineno
+      if items.size == 0:
+        raise DataError(f'{where}: user {user} has an empty history; drop the line '
+                        f'(every user needs at least {MIN_INTERACTIONS} items).')
+      if items.size < MIN_INTERACTIONS:
+        raise DataError(f'{where}: user {user} has {items.size} item(s), fewer than the '
+                        f'{MIN_INTERACTIONS} that leave-one-out needs (train, validation, test); '
+                        'filter such users out (e.g. the 5-core filter).')
+      if (items <= 0).any():
+        raise DataError(f'{where}: item id {int(items[items <= 0][0])} is not positive; '
+                        'item ids are 1-based (0 is reserved for padding).')
+      if known_items is not None and (items > known_items).any():
+        raise DataError(f'{where}: unknown item {int(items[items > known_items][0])}: the '
+                        f'catalog has items 1..{known_items}; fix the id or add the item '
+                        'to the attributes file.')
+      sequences.append(items)
+  if not sequences:
+    raise DataError(f'{path}: no users; the file is empty.')
+  return sequences
+
+
+def read_item_attributes(path: str) -> list[np.ndarray]:
+  """Reads `{"item_id": [attribute_id, ...]}`; item ids must be exactly 1..N."""
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f'{path}: not valid JSON ({e}); expected '
+                    '{"item_id": [attribute_id, ...], ...}.') from e
+  if not isinstance(raw, dict) or not raw:
+    raise DataError(f'{path}: expected a non-empty JSON object {{"item_id": [attribute ids]}}.')
+  try:
+    items = {int(k): v for k, v in raw.items()}
+  except ValueError:
+    bad = next(k for k in raw if not k.lstrip('-').isdigit())
+    raise DataError(f'{path}: key {bad!r} is not an integer item id.') from None
+  n = max(items)
+  missing = sorted(set(range(1, n + 1)) - set(items))
+  if min(items) < 1 or missing:
+    raise DataError(f'{path}: item ids must be exactly 1..{n}; '
+                    f'{"missing " + str(missing[:5]) if missing else "found id " + str(min(items))}.')
+  attrs = [np.zeros(0, np.int32)]
+  for i in range(1, n + 1):
+    v = items[i]
+    if not isinstance(v, list) or not all(isinstance(a, int) for a in v):
+      raise DataError(f'{path}: item {i}: attributes must be a list of integers, got {v!r}.')
+    attrs.append(np.asarray(v, np.int32))
+  return attrs
+
+
+def load_amazon(name: str, data_dir: str | None = None) -> SequenceData:
+  """Loads amazon-2014/{beauty,sports,toys} from the data dir."""
+  if name not in AMAZON_DATASETS:
+    raise DataError(f'Unknown Amazon data set {name!r}; choose one of {AMAZON_DATASETS}.')
+  folder = os.path.join(resolve_data_dir(data_dir), 'amazon-2014', name)
+  seq_path = os.path.join(folder, 'sequences.txt')
+  attr_path = os.path.join(folder, 'item2attributes.json')
+  if not os.path.exists(seq_path):
+    raise DataError(f'{seq_path} not found; the data dir must hold amazon-2014/{name}/'
+                    'sequences.txt (see amazon-2014/README.md).')
+  attributes = read_item_attributes(attr_path) if os.path.exists(attr_path) else None
+  num_items = len(attributes) - 1 if attributes is not None else None
+  sequences = read_sequences(seq_path, known_items=num_items)
+  if num_items is None:
+    num_items = int(max(s.max() for s in sequences))
+  return SequenceData(name=name, num_items=num_items, sequences=tuple(sequences),
+                      item_attributes=None if attributes is None else tuple(attributes))
+
+
+def make_synthetic(num_users: int = 2000, num_items: int = 600, num_topics: int = 12,
+                   min_len: int = 5, max_len: int = 20, p_follow: float = 0.8,
+                   seed: int = 0) -> SequenceData:
+  """A synthetic catalog whose sessions follow latent topics.
+
+  Items belong to topics and carry attributes (topic, sub-topic, a brand).
+  Within a topic items lie on a ring; a user has one or two topics and moves
+  along a topic's ring by small steps (with probability `p_follow`), or jumps
+  to a popular item of one of their topics. So the next item is predictable
+  from the history, and a sequence model beats popularity by a wide margin.
+
+  Returns:
+    Deterministic data for the seed, in the same form as the Amazon readers.
+  """
+  rng = np.random.default_rng(seed)
+  topic_of = rng.integers(0, num_topics, num_items)  # item index -> topic
+  members = [np.flatnonzero(topic_of == t) for t in range(num_topics)]
+  members = [rng.permutation(m) for m in members if m.size]  # ring order
+  ring_pos = {}
+  for t, m in enumerate(members):
+    for pos, item in enumerate(m):
+      ring_pos[item] = (t, pos)
+  popularity = rng.zipf(1.6, num_items).astype(np.float64)
+  sequences = []
+  for _ in range(num_users):
+    topics = rng.choice(len(members), size=rng.integers(1, 3), replace=False)
+    length = int(rng.integers(min_len, max_len + 1))
+    t = topics[0]
+    item = rng.choice(members[t])
+    seq = [item]
+    while len(seq) < length:
+      t, pos = ring_pos[item]
+      if rng.random() < p_follow:
+        ring = members[t]
+        item = ring[(pos + rng.integers(1, 4)) % ring.size]
+      else:
+        t = rng.choice(topics)
+        w = popularity[members[t]]
+        item = rng.choice(members[t], p=w / w.sum())
+      seq.append(item)
+    sequences.append(np.asarray(seq, np.int32) + 1)
+  num_brands = max(2, num_items // 20)
+  brand = rng.integers(0, num_brands, num_items)
+  sub = np.array([ring_pos[i][1] * 4 // max(1, members[ring_pos[i][0]].size)
+                  for i in range(num_items)])
+  attributes = [np.zeros(0, np.int32)] + [
+      np.asarray([topic_of[i], num_topics + topic_of[i] * 4 + sub[i],
+                  num_topics * 5 + brand[i]], np.int32) for i in range(num_items)]
+  return SequenceData(name='synthetic', num_items=num_items, sequences=tuple(sequences),
+                      item_attributes=tuple(attributes))
+
+
+def load_dataset(name: str, data_dir: str | None = None, **synthetic_kwargs) -> SequenceData:
+  """'synthetic' (built in, no download) or an Amazon 2014 data set."""
+  if name == 'synthetic':
+    return make_synthetic(**synthetic_kwargs)
+  return load_amazon(name, data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Examples of one split: padded item histories and target items."""
+  history: np.ndarray  # int32 [n, max_history], most recent item last, 0-padded at the end
+  target: np.ndarray  # int32 [n]
+
+
+def _pack(histories: list[np.ndarray], targets: list[int], max_history: int) -> Split:
+  h = np.zeros((len(histories), max_history), np.int32)
+  for i, x in enumerate(histories):
+    h[i, :len(x)] = x
+  return Split(history=h, target=np.asarray(targets, np.int32))
+
+
+def leave_one_out(data: SequenceData, max_history: int = 20) -> dict[str, Split]:
+  """The published protocol: per user the last item is the test target, the
+  second to last the validation target; training examples are every prefix of
+  the rest. Histories keep the last `max_history` items."""
+  out = {'train': ([], []), 'validation': ([], []), 'test': ([], [])}
+  for s in data.sequences:
+    n = len(s)
+    for t in range(1, n - 2):
+      out['train'][0].append(s[max(0, t - max_history):t])
+      out['train'][1].append(int(s[t]))
+    out['validation'][0].append(s[:n - 2][-max_history:])
+    out['validation'][1].append(int(s[n - 2]))
+    out['test'][0].append(s[:n - 1][-max_history:])
+    out['test'][1].append(int(s[n - 1]))
+  return {k: _pack(h, t, max_history) for k, (h, t) in out.items()}

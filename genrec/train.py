@@ -1,0 +1,342 @@
+"""The training loop: data -> identifiers -> sharded training -> beam-search
+evaluation -> checkpoints -> results.
+
+`train()`'s keyword arguments are the config surface; gin files in gin/
+bind them. A run directory holds:
+  config.gin        the operative gin config
+  ids/              the fitted item identifiers (reused when the run resumes)
+  checkpoints/      orbax checkpoints (latest N + best by validation NDCG@10)
+  tensorboard/      scalars
+  train_log.jsonl   training metrics at every logging step
+  results.json      validation/test metrics of the best checkpoint
+"""
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+from absl import logging
+import gin
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from genrec import checkpoints, metrics, models, partitioning, sequences, tasks, trainer
+from genrec.ids import AtomicIds, IdScheme, ItemIds
+
+
+# ---------------------------------------------------------------------------
+# Data feeding
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class EpochBatcher:
+  """Global batches drawn from a fresh permutation each epoch.
+
+  The batch of a step is a pure function of (seed, step), so the iterator's
+  checkpointed state is the step alone and a resumed run sees exactly the
+  batches the uninterrupted run would have seen.
+  """
+  num_examples: int
+  batch_size: int
+  seed: int
+
+  def __post_init__(self):
+    if self.num_examples < self.batch_size:
+      raise ValueError(f'batch_size {self.batch_size} exceeds the {self.num_examples} '
+                       'training examples; lower train.batch_size.')
+    self.steps_per_epoch = self.num_examples // self.batch_size
+    self._epoch, self._perm = -1, None
+
+  def indices(self, step: int) -> np.ndarray:
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    if epoch != self._epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._epoch = epoch
+    return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+  def state(self, step: int) -> dict:
+    return {'step': step, 'epoch': step // self.steps_per_epoch,
+            'num_examples': self.num_examples, 'batch_size': self.batch_size,
+            'seed': self.seed}
+
+  def check_resumable(self, saved: dict, where: str) -> None:
+    mine = self.state(saved['step'])
+    diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+    if diff:
+      raise ValueError(f'Checkpoint {where} was written with different data settings '
+                       f'(saved, now): {diff}. Resume with the same data set and batch size, '
+                       'or use a new --workdir.')
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+def evaluate(tr: trainer.Trainer, params, arrays: dict[str, np.ndarray], ids: ItemIds,
+             beam_size: int, batch_size: int, ks=metrics.DEFAULT_KS
+             ) -> tuple[dict[str, float], np.ndarray]:
+  """Beam search over every example; full-catalog Recall/NDCG.
+
+  Returns:
+    (metrics, ranked item ids [n, beam_size] with 0 for invalid identifiers).
+  """
+  inputs, targets = arrays['encoder_input_tokens'], arrays['target_item']
+  n = len(targets)
+  dp = partitioning.data_parallel_size(tr.mesh) * jax.process_count()
+  batch_size = max(dp, batch_size // dp * dp)
+  ranked = []
+  for start in range(0, n, batch_size):
+    chunk = inputs[start:start + batch_size]
+    rows = len(chunk)
+    if rows < batch_size:  # pad the last batch; padded rows are dropped below
+      chunk = np.pad(chunk, ((0, batch_size - rows), (0, 0)))
+    local = chunk[partitioning.host_slice(batch_size)]
+    tokens, _ = tr.predict(params, partitioning.shard_batch({'x': local}, tr.mesh)['x'],
+                           beam_size, ids.num_levels)
+    tokens = multihost_utils.process_allgather(tokens, tiled=True)
+    ranked.append(ids.tokens_to_items(np.asarray(tokens)[:rows]))
+  ranked = np.concatenate(ranked) if ranked else np.zeros((0, beam_size), np.int32)
+  return metrics.rank_metrics(ranked, targets, ks), ranked
+
+
+def popularity_metrics(data: sequences.SequenceData, targets: np.ndarray, k: int
+                       ) -> dict[str, float]:
+  top = metrics.popularity_ranking(data.item_train_counts(), k)
+  return metrics.rank_metrics(np.tile(top, (len(targets), 1)), targets)
+
+
+def _subsample(arrays: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
+  total = len(arrays['target_item'])
+  if not n or n >= total:
+    return arrays
+  keep = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+  return {k: v[keep] for k, v in arrays.items()}
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def _fmt_metrics(m: dict[str, float]) -> str:
+  return ' '.join(f'{k}={v:.4f}' for k, v in m.items())
+
+
+def fit_or_load_ids(scheme: IdScheme, data: sequences.SequenceData, directory: str
+                    ) -> ItemIds:
+  """Loads the run's identifier artifact, or fits the scheme and saves it."""
+  if os.path.exists(os.path.join(directory, 'ids.json')):
+    ids = ItemIds.load(directory)
+    if ids.num_items != data.num_items or ids.scheme != scheme.name:
+      raise ValueError(f'{directory} holds identifiers of scheme {ids.scheme!r} for '
+                       f'{ids.num_items} items, but this run asks for {scheme.name!r} on '
+                       f'{data.num_items} items; use a new --workdir.')
+    logging.info('Loaded %s identifiers from %s', ids.scheme, directory)
+    return ids
+  t0 = time.time()
+  ids = scheme.fit(data)
+  logging.info('Fitted %s identifiers in %.1fs: %d levels %s, %d collisions', ids.scheme,
+               time.time() - t0, ids.num_levels, ids.level_sizes, ids.num_collisions)
+  if jax.process_index() == 0:
+    ids.save(directory)
+  return ids
+
+
+def _write_json(path: str, obj) -> None:
+  if jax.process_index() == 0:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, obj) -> None:
+  if jax.process_index() == 0:
+    with open(path, 'a') as f:
+      f.write(json.dumps(obj) + '\n')
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+def train(
+    workdir: str,
+    dataset: str = 'synthetic',
+    data_dir: str | None = None,
+    id_scheme: IdScheme = AtomicIds(),
+    model_config: models.TransformerConfig = models.TransformerConfig(),
+    optimizer_fn: Callable = trainer.make_optimizer,
+    mesh_fn: Callable = partitioning.make_mesh,
+    num_train_steps: int = 1000,
+    batch_size: int = 256,
+    max_history: int = 20,
+    beam_size: int = 10,
+    eval_every_steps: int = 500,
+    num_eval_users: int | None = None,
+    eval_batch_size: int = 512,
+    checkpoint_every_steps: int = 500,
+    keep_checkpoints: int = 3,
+    log_every_steps: int = 100,
+    seed: int = 0,
+    stop_after_step: int | None = None,
+) -> dict:
+  """Trains and evaluates a generative recommender; resumes from `workdir`.
+
+  Args:
+    workdir: the run directory (see the module docstring).
+    dataset: 'synthetic' or an Amazon 2014 set ('beauty', 'sports', 'toys').
+    data_dir: folder holding amazon-2014/; defaults to $GENREC_DATA_DIR.
+    id_scheme: how items become tokens.
+    model_config: model sizes (vocab_size is filled in from the identifiers).
+    optimizer_fn: num_train_steps -> (optax optimizer, learning-rate schedule).
+    mesh_fn: () -> the device mesh.
+    num_train_steps: total optimizer steps.
+    batch_size: global batch size.
+    max_history: history items kept per example.
+    beam_size: beams decoded per user; must be >= the largest K (10).
+    eval_every_steps: validation period; also saves a checkpoint with metrics.
+    num_eval_users: validation users sampled during training (None: all); the
+      final validation and test evaluations always use every user.
+    eval_batch_size: users per evaluation batch.
+    checkpoint_every_steps: period of checkpoints between evaluations.
+    keep_checkpoints: latest checkpoints kept (the best one is kept as well).
+    log_every_steps: period of the progress line and logged train metrics.
+    seed: seeds the parameters, the data order and dropout.
+    stop_after_step: end this invocation after that step (checkpointed), e.g.
+      for time-sliced jobs; running the same command again resumes.
+
+  Returns:
+    The results dict (also written to workdir/results.json).
+  """
+  if beam_size < max(metrics.DEFAULT_KS):
+    raise ValueError(f'beam_size {beam_size} < {max(metrics.DEFAULT_KS)}: full-ranking '
+                     'metrics need at least as many beams as the largest cut-off.')
+  os.makedirs(workdir, exist_ok=True)
+  data = sequences.load_dataset(dataset, data_dir)
+  logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
+  ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
+  task = tasks.register_recommendation_task(data, ids, max_history)
+  lengths = tasks.sequence_lengths(ids, max_history)
+  train_arrays = tasks.load_train_arrays(task, lengths)
+  valid_arrays = tasks.load_eval_arrays(task, 'validation', lengths)
+  test_arrays = tasks.load_eval_arrays(task, 'test', lengths)
+
+  mesh = mesh_fn()
+  dp = partitioning.data_parallel_size(mesh)
+  if batch_size % (dp * jax.process_count()):
+    raise ValueError(f'batch_size {batch_size} must be divisible by the data-parallel size '
+                     f'{dp * jax.process_count()} of mesh {dict(mesh.shape)}.')
+  config = dataclasses.replace(model_config, vocab_size=ids.vocab_size)
+  tx, lr_fn = optimizer_fn(num_train_steps)
+  tr = trainer.Trainer(config, tx, mesh, lr_fn)
+  batcher = EpochBatcher(len(train_arrays['encoder_input_tokens']), batch_size, seed)
+  logging.info('Model: %s, %.2fM parameters; %d train examples, %d steps/epoch; mesh %s',
+               config, trainer.param_count(tr.abstract_state.params) / 1e6,
+               batcher.num_examples, batcher.steps_per_epoch, dict(mesh.shape))
+
+  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep_checkpoints)
+  start = manager.latest_step()
+  if start is not None:
+    state, data_state = checkpoints.restore(manager, start, tr.abstract_state)
+    batcher.check_resumable(data_state, os.path.join(workdir, 'checkpoints', str(start)))
+    logging.info('Resuming at step %d', start)
+  else:
+    start = 0
+    state = tr.init_state(seed)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.gin'), 'w') as f:
+      f.write(gin.operative_config_str())
+
+  writer = _make_writer(os.path.join(workdir, 'tensorboard'))
+  valid_sample = _subsample(valid_arrays, num_eval_users, seed)
+  history_path = os.path.join(workdir, 'eval_history.jsonl')
+  train_log = os.path.join(workdir, 'train_log.jsonl')
+  rng = jax.random.key(seed + 1)
+  t_start, t_last, last_step = time.time(), time.time(), start
+  step = start
+  while step < num_train_steps:
+    idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
+    batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
+    state, train_metrics = tr.train_step(state, batch, rng)
+    step += 1
+    final = step == num_train_steps
+    if step % log_every_steps == 0 or final:
+      values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+      now = time.time()
+      rate = (step - last_step) / max(now - t_last, 1e-9)
+      t_last, last_step = now, step
+      logging.info('step %d/%d %s | %.2f steps/s | ETA %s', step, num_train_steps,
+                   _fmt_metrics(values), rate, _fmt_time((num_train_steps - step) / rate))
+      writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
+                           | {'train/steps_per_sec': rate})
+      _append_jsonl(train_log, {'step': step, **values})
+    eval_metrics = None
+    if step % eval_every_steps == 0 or final:
+      t0 = time.time()
+      m, _ = evaluate(tr, state.params, valid_sample, ids, beam_size, eval_batch_size)
+      eval_metrics = {f'validation/{k}': v for k, v in m.items()}
+      logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
+                   time.time() - t0, _fmt_metrics(m))
+      writer.write_scalars(step, eval_metrics)
+      _append_jsonl(history_path, {'step': step, **eval_metrics})
+    stopping = stop_after_step is not None and step >= stop_after_step and not final
+    if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
+      checkpoints.save(manager, step, state, batcher.state(step), eval_metrics)
+    if stopping:
+      manager.wait_until_finished()
+      manager.close()
+      writer.flush()
+      logging.info('Stopped after step %d as asked; run again to resume.', step)
+      return {'stopped_at_step': step}
+  train_time = time.time() - t_start
+  manager.wait_until_finished()
+
+  best_step = manager.best_step() or manager.latest_step()
+  if best_step != num_train_steps:
+    state, _ = checkpoints.restore(manager, best_step, tr.abstract_state)
+  manager.close()
+  results = {
+      'dataset': data.name, 'id_scheme': ids.scheme, 'num_users': data.num_users,
+      'num_items': data.num_items, 'num_train_examples': batcher.num_examples,
+      'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
+      'batch_size': batch_size, 'resumed_from_step': start or None,
+      'train_time_s_this_invocation': round(train_time, 1),
+      'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'best_step': best_step, 'identifier_collisions': ids.num_collisions,
+  }
+  for split, arrays in (('validation', valid_arrays), ('test', test_arrays)):
+    m, _ = evaluate(tr, state.params, arrays, ids, beam_size, eval_batch_size)
+    results[split] = m
+    results[f'popularity_{split}'] = popularity_metrics(data, arrays['target_item'], beam_size)
+  writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
+                                         for k, v in results[s].items()})
+  writer.flush()
+  _write_json(os.path.join(workdir, 'results.json'), results)
+  if jax.process_index() == 0:
+    print(results_table(results), flush=True)
+  return results
+
+
+def results_table(results: dict) -> str:
+  """A markdown table of the final metrics beside the popularity baseline."""
+  keys = [k for k in results['test'] if k != 'invalid_rate'] + ['invalid_rate']
+  lines = [f"## {results['dataset']} / {results['id_scheme']} (best step "
+           f"{results['best_step']} of {results['num_train_steps']})", '',
+           '| model | split | ' + ' | '.join(keys) + ' |',
+           '|---|---|' + '---|' * len(keys)]
+  for name, prefix in (('genrec', ''), ('popularity', 'popularity_')):
+    for split in ('validation', 'test'):
+      m = results[prefix + split]
+      lines.append(f'| {name} | {split} | ' + ' | '.join(f'{m[k]:.4f}' for k in keys) + ' |')
+  return '\n'.join(lines)
+
+
+def _make_writer(logdir: str):
+  from clu import metric_writers  # heavy import, only when a run starts
+  return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)

@@ -1,0 +1,165 @@
+"""Pure train and predict steps, the optimizer, and their shardings."""
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+import optax
+
+from genrec import decoding, models, partitioning
+
+BATCH_KEYS = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
+              'decoder_loss_weights')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # pure nested dict of arrays
+  opt_state: Any
+
+
+def learning_rate_schedule(num_train_steps: int, learning_rate: float = 1e-3,
+                           schedule: str = 'inverse_sqrt', warmup_steps: int = 1000,
+                           final_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warmup, then 'inverse_sqrt' (T5), 'cosine' or 'constant'."""
+  warmup_steps = max(1, warmup_steps)
+  if schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, warmup_steps, max(num_train_steps, warmup_steps + 1),
+        end_value=learning_rate * final_fraction)
+  if schedule not in ('inverse_sqrt', 'constant'):
+    raise ValueError(f"Unknown schedule {schedule!r}; use 'inverse_sqrt', 'cosine' or "
+                     "'constant'.")
+
+  def fn(step):
+    step = jnp.asarray(step, jnp.float32) + 1
+    warm = jnp.minimum(1.0, step / warmup_steps)
+    decay = jnp.sqrt(warmup_steps / jnp.maximum(step, warmup_steps))
+    return learning_rate * warm * (decay if schedule == 'inverse_sqrt' else 1.0)
+  return fn
+
+
+def make_optimizer(num_train_steps: int, name: str = 'adamw', learning_rate: float = 1e-3,
+                   schedule: str = 'inverse_sqrt', warmup_steps: int = 1000,
+                   weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+                   clip_norm: float | None = 1.0
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW or Adafactor with a warmup schedule and global-norm clipping.
+
+  Returns:
+    (the optimizer, its learning-rate schedule for logging).
+  """
+  lr = learning_rate_schedule(num_train_steps, learning_rate, schedule, warmup_steps)
+  if name == 'adamw':
+    tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
+  elif name == 'adafactor':
+    tx = optax.adafactor(lr, weight_decay_rate=weight_decay or None)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; use 'adamw' or 'adafactor'.")
+  if clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+  return tx, lr
+
+
+class Trainer:
+  """Holds the model's graph, the optimizer and the jitted, sharded steps."""
+
+  def __init__(self, config: models.TransformerConfig, tx: optax.GradientTransformation,
+               mesh: Mesh, learning_rate_fn: optax.Schedule | None = None):
+    self.config = config
+    self.tx = tx
+    self.mesh = mesh
+    self.lr_fn = learning_rate_fn
+    abstract = models.abstract_model(config)
+    self.graphdef, abstract_params = nnx.split(abstract)
+    param_specs = partitioning.param_partition_specs(abstract_params)
+    abstract_params = abstract_params.to_pure_dict()
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_specs = optax.tree_map_params(
+        tx, lambda _, spec: spec, abstract_opt, param_specs,
+        transform_non_params=lambda _: partitioning.logical_to_mesh_spec(None),
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    specs = TrainState(step=partitioning.logical_to_mesh_spec(None), params=param_specs,
+                       opt_state=opt_specs)
+    self.state_shardings = jax.tree.map(
+        lambda s: NamedSharding(mesh, s), specs,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                   opt_state=abstract_opt), self.state_shardings)
+    self.batch_shardings = {k: partitioning.batch_sharding(mesh) for k in BATCH_KEYS}
+    repl = partitioning.replicated(mesh)
+    self._init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
+    self.train_step = jax.jit(
+        self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl),
+        out_shardings=(self.state_shardings, repl), donate_argnums=0)
+    self._predict = {}
+
+  # -- init -----------------------------------------------------------------
+  def _init_fn(self, rng):
+    params = nnx.state(models.create_model(self.config, rng)).to_pure_dict()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params))
+
+  def init_state(self, seed: int) -> TrainState:
+    return self._init(jax.random.key(seed))
+
+  # -- train ----------------------------------------------------------------
+  def loss_fn(self, params, batch, dropout_rng, deterministic=False):
+    model = nnx.merge(self.graphdef, params)
+    logits = model(batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                   deterministic=deterministic, rngs=nnx.Rngs(dropout=dropout_rng))
+    targets = batch['decoder_target_tokens']
+    weights = batch['decoder_loss_weights'].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    correct = (logits.argmax(-1) == targets).astype(jnp.float32)
+    return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+
+  def _train_step(self, state: TrainState, batch, rng):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+        state.params, batch, dropout_rng)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), **aux}
+    if self.lr_fn is not None:
+      metrics['learning_rate'] = jnp.asarray(self.lr_fn(state.step), jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  # -- predict ----------------------------------------------------------------
+  def predict(self, params, encoder_input_tokens: jax.Array, beam_size: int,
+              num_steps: int, constrain_fn: decoding.ConstrainFn | None = None):
+    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores)."""
+    key = (beam_size, num_steps, constrain_fn)
+    if key not in self._predict:
+      fn = functools.partial(self._predict_fn, beam_size=beam_size, num_steps=num_steps,
+                             constrain_fn=constrain_fn)
+      out = NamedSharding(self.mesh, partitioning.logical_to_mesh_spec(('batch',)))
+      self._predict[key] = jax.jit(
+          fn, in_shardings=(self.state_shardings.params,
+                            partitioning.batch_sharding(self.mesh)),
+          out_shardings=(partitioning.batch_sharding(self.mesh, 3), out))
+    return self._predict[key](params, encoder_input_tokens)
+
+  def _predict_fn(self, params, encoder_input_tokens, *, beam_size, num_steps, constrain_fn):
+    model = nnx.merge(self.graphdef, params)
+    batch = encoder_input_tokens.shape[0]
+    encoded, valid = model.encode(encoder_input_tokens)
+    encoded = jnp.repeat(encoded, beam_size, axis=0)  # [batch * beam, s, d]
+    valid = jnp.repeat(valid, beam_size, axis=0)
+
+    def tokens_to_logits(seqs, step):
+      decoder_inputs = jnp.pad(seqs[:, :-1], ((0, 0), (1, 0)))  # shift right, 0 = start
+      return model.decode(encoded, valid, decoder_inputs)[:, step]
+    return decoding.beam_search(tokens_to_logits, batch, beam_size, num_steps, constrain_fn)
+
+
+def param_count(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
