@@ -153,10 +153,24 @@ class EncoderDecoder(nnx.Module):
                        deterministic=deterministic, rngs=rngs)
 
 
-def create_model(cfg: TransformerConfig, rng: jax.Array) -> EncoderDecoder:
-  """Builds the model; shardings are applied by the caller's jit, not eagerly."""
+# For functions compiled to run once (parameter init): XLA's backend otherwise
+# spends seconds per random op (the threefry rounds of every parameter).
+ONE_SHOT_COMPILE_OPTIONS = {'xla_backend_optimization_level': 0,
+                            'xla_llvm_disable_expensive_passes': True}
+
+
+def init_params(cfg: TransformerConfig, rng: jax.Array) -> dict:
+  """Fresh parameters as a pure dict (traceable: jit it with out_shardings)."""
   with nnx.use_eager_sharding(False):
-    return EncoderDecoder(cfg, rngs=nnx.Rngs(params=rng))
+    return nnx.to_pure_dict(nnx.state(EncoderDecoder(cfg, rngs=nnx.Rngs(params=rng))))
+
+
+def create_model(cfg: TransformerConfig, rng: jax.Array) -> EncoderDecoder:
+  """A ready model on the default device (for inference, tests, notebooks)."""
+  graphdef, _ = nnx.split(abstract_model(cfg))
+  init = jax.jit(init_params, static_argnums=0).lower(cfg, rng).compile(
+      compiler_options=ONE_SHOT_COMPILE_OPTIONS)
+  return nnx.merge(graphdef, init(rng))
 
 
 def abstract_model(cfg: TransformerConfig) -> EncoderDecoder:

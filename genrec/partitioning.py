@@ -99,7 +99,7 @@ def param_partition_specs(abstract_params: nnx.State, rules=LOGICAL_AXIS_RULES) 
     return logical_to_mesh_spec(v.get_metadata().get('out_sharding'), rules)
   specs = jax.tree.map(spec, abstract_params,
                        is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return nnx.State(specs).to_pure_dict()
+  return nnx.to_pure_dict(specs)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -78,7 +78,7 @@ class Trainer:
     abstract = models.abstract_model(config)
     self.graphdef, abstract_params = nnx.split(abstract)
     param_specs = partitioning.param_partition_specs(abstract_params)
-    abstract_params = abstract_params.to_pure_dict()
+    abstract_params = nnx.to_pure_dict(abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_specs = optax.tree_map_params(
         tx, lambda _, spec: spec, abstract_opt, param_specs,
@@ -103,12 +103,16 @@ class Trainer:
 
   # -- init -----------------------------------------------------------------
   def _init_fn(self, rng):
-    params = nnx.state(models.create_model(self.config, rng)).to_pure_dict()
+    params = models.init_params(self.config, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params))
 
   def init_state(self, seed: int) -> TrainState:
-    return self._init(jax.random.key(seed))
+    """Fresh parameters and optimizer state, created sharded on the mesh."""
+    key = jax.random.key(seed)
+    compiled = self._init.lower(key).compile(
+        compiler_options=models.ONE_SHOT_COMPILE_OPTIONS)
+    return compiled(key)
 
   # -- train ----------------------------------------------------------------
   def loss_fn(self, params, batch, dropout_rng, deterministic=False):
@@ -128,7 +132,7 @@ class Trainer:
         state.params, batch, dropout_rng)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), **aux}
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **aux}
     if self.lr_fn is not None:
       metrics['learning_rate'] = jnp.asarray(self.lr_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,0 +1,86 @@
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from genrec import layers, models
+
+CFG = models.TransformerConfig(vocab_size=128, d_model=32, num_heads=4, head_dim=8, d_ff=64,
+                               num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
+MODEL = models.create_model(CFG, jax.random.key(0))
+
+
+@functools.partial(nnx.jit, static_argnames='deterministic')
+def apply(model, enc, dec, deterministic=True, rngs=None):
+  return model(enc, dec, deterministic=deterministic, rngs=rngs)
+
+
+def test_shapes_and_dtype():
+  logits = apply(MODEL, jnp.ones((3, 7), jnp.int32), jnp.zeros((3, 4), jnp.int32))
+  assert logits.shape == (3, 4, CFG.vocab_size) and logits.dtype == jnp.float32
+
+
+def test_decoder_is_causal():
+  enc = jnp.arange(2, 9)[None]
+  a = apply(MODEL, enc, jnp.array([[0, 5, 6, 7]]))
+  b = apply(MODEL, enc, jnp.array([[0, 5, 9, 11]]))  # differs from position 2 on
+  np.testing.assert_allclose(a[:, :2], b[:, :2], atol=1e-6)
+  assert not np.allclose(a[:, 2:], b[:, 2:])
+
+
+def test_encoder_padding_is_ignored():
+  dec = jnp.array([[0, 5]])
+  a = apply(MODEL, jnp.array([[4, 5, 6]]), dec)
+  b = apply(MODEL, jnp.array([[4, 5, 6, 0, 0, 0]]), dec)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_dropout_is_active_only_in_training():
+  model = models.create_model(dataclasses_replace(CFG, dropout_rate=0.5), jax.random.key(0))
+  x, y = jnp.ones((2, 5), jnp.int32) * 3, jnp.zeros((2, 2), jnp.int32)
+  np.testing.assert_array_equal(apply(model, x, y), apply(model, x, y))
+  a = apply(model, x, y, False, nnx.Rngs(dropout=1))
+  b = apply(model, x, y, False, nnx.Rngs(dropout=2))
+  assert not np.allclose(a, b)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = models.create_model(dataclasses_replace(CFG, dtype='bfloat16'), jax.random.key(0))
+  out = apply(model, jnp.ones((1, 4), jnp.int32), jnp.zeros((1, 2), jnp.int32))
+  assert out.dtype == jnp.float32
+  assert model.embed[...].dtype == jnp.float32
+  ref = apply(MODEL, jnp.ones((1, 4), jnp.int32), jnp.zeros((1, 2), jnp.int32))
+  np.testing.assert_allclose(out, ref, atol=0.1)
+
+
+def _t5_bucket(rel: int, bidirectional: bool, num_buckets=32, max_distance=128) -> int:
+  """Scalar transcription of T5's `_relative_position_bucket`."""
+  ret, n = 0, -rel
+  if bidirectional:
+    num_buckets //= 2
+    ret += num_buckets if n < 0 else 0
+    n = abs(n)
+  else:
+    n = max(n, 0)
+  max_exact = num_buckets // 2
+  if n < max_exact:
+    return ret + n
+  large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact)
+                          * (num_buckets - max_exact))
+  return ret + min(large, num_buckets - 1)
+
+
+def test_relative_position_buckets_match_t5():
+  rel = np.arange(-300, 301)
+  for bidi in (True, False):
+    expected = [_t5_bucket(int(r), bidi) for r in rel]
+    np.testing.assert_array_equal(layers.relative_position_bucket(jnp.asarray(rel), bidi, 32, 128),
+                                  expected)
+
+
+def dataclasses_replace(cfg, **kw):
+  import dataclasses
+  return dataclasses.replace(cfg, **kw)
