@@ -167,7 +167,7 @@ def _append_jsonl(path: str, obj) -> None:
 # ---------------------------------------------------------------------------
 def train(
     workdir: str,
-    dataset: str = 'synthetic',
+    dataset: str | sequences.SequenceData = 'synthetic',
     data_dir: str | None = None,
     id_scheme: IdScheme = AtomicIds(),
     model_config: models.TransformerConfig = models.TransformerConfig(),
@@ -190,7 +190,9 @@ def train(
 
   Args:
     workdir: the run directory (see the module docstring).
-    dataset: 'synthetic' or an Amazon 2014 set ('beauty', 'sports', 'toys').
+    dataset: 'synthetic' or an Amazon 2014 set ('beauty', 'sports', 'toys'), or
+      the data itself (gin: `DATASET = @sequences.make_synthetic()` with its
+      own bindings, e.g. `sequences.make_synthetic.num_users = 500`).
     data_dir: folder holding amazon-2014/; defaults to $GENREC_DATA_DIR.
     id_scheme: how items become tokens.
     model_config: model sizes (vocab_size is filled in from the identifiers).
@@ -218,7 +220,8 @@ def train(
     raise ValueError(f'beam_size {beam_size} < {max(metrics.DEFAULT_KS)}: full-ranking '
                      'metrics need at least as many beams as the largest cut-off.')
   os.makedirs(workdir, exist_ok=True)
-  data = sequences.load_dataset(dataset, data_dir)
+  data = (dataset if isinstance(dataset, sequences.SequenceData)
+          else sequences.load_dataset(dataset, data_dir))
   logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
   task = tasks.register_recommendation_task(data, ids, max_history)

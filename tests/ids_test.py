@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from genrec import ids, sequences
+
+
+def _data(n_items=500):
+  return sequences.SequenceData('toy', n_items, (np.array([1, 2, 3]),))
+
+
+@pytest.mark.parametrize('scheme', [ids.AtomicIds(), ids.RandomCodeIds(num_levels=2),
+                                    ids.RandomCodeIds(num_levels=3, codebook_size=16, seed=4)])
+def test_scheme_gives_unique_in_range_round_trippable_ids(scheme, tmp_path):
+  data = _data()
+  item_ids = scheme.fit(data)
+  assert item_ids.codes.shape == (501, item_ids.num_levels)
+  assert item_ids.num_collisions == 0
+  assert len({tuple(c) for c in item_ids.codes[1:]}) == 500
+  tokens = item_ids.items_to_tokens(np.arange(1, 501))
+  assert tokens.min() >= ids.NUM_RESERVED_TOKENS and tokens.max() < item_ids.vocab_size
+  # Each level owns its own token range.
+  for level in range(item_ids.num_levels):
+    lo = item_ids.level_offsets[level]
+    assert ((tokens[:, level] >= lo) & (tokens[:, level] < lo + item_ids.level_sizes[level])).all()
+  np.testing.assert_array_equal(item_ids.tokens_to_items(tokens), np.arange(1, 501))
+  # Deterministic for a seed; save/load round trip.
+  np.testing.assert_array_equal(scheme.fit(data).codes, item_ids.codes)
+  item_ids.save(str(tmp_path))
+  loaded = ids.ItemIds.load(str(tmp_path))
+  np.testing.assert_array_equal(loaded.codes, item_ids.codes)
+  assert loaded.level_sizes == item_ids.level_sizes and loaded.scheme == item_ids.scheme
+
+
+def test_tokens_that_name_no_item_map_to_zero():
+  item_ids = ids.RandomCodeIds(num_levels=2, codebook_size=30).fit(_data(100))
+  used = {tuple(c) for c in item_ids.codes[1:]}
+  free = next((a, b) for a in range(30) for b in range(30) if (a, b) not in used)
+  off = item_ids.level_offsets
+  bad = np.array([[free[0] + off[0], free[1] + off[1]],  # unused code tuple
+                  [0, 0],  # padding
+                  [off[1], off[0]]])  # level tokens swapped
+  np.testing.assert_array_equal(item_ids.tokens_to_items(bad), [0, 0, 0])
+
+
+def test_random_codes_seed_changes_assignment_and_size_is_checked():
+  a = ids.RandomCodeIds(seed=0).fit(_data())
+  b = ids.RandomCodeIds(seed=1).fit(_data())
+  assert not np.array_equal(a.codes, b.codes)
+  assert a.level_sizes == (23, 23)  # smallest k with k^2 >= 500
+  with pytest.raises(ValueError, match='fewer than the 500 items'):
+    ids.RandomCodeIds(num_levels=2, codebook_size=10).fit(_data())
+
+
+def test_corrupt_artifact_is_reported(tmp_path):
+  ids.AtomicIds().fit(_data(10)).save(str(tmp_path))
+  (tmp_path / 'codes.npy').write_bytes(b'garbage')
+  with pytest.raises(ValueError, match='delete the folder'):
+    ids.ItemIds.load(str(tmp_path))

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from genrec import metrics
+
+
+def test_hand_computed_cases():
+  ranked = np.array([[5, 3, 9, 1, 2, 7, 8, 4, 6, 10],   # target 5 at rank 1
+                     [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 7 at rank 7
+                     [0, 0, 1, 2, 3, 4, 6, 8, 9, 10],   # target 11 missing, 2 invalid
+                     [2, 4, 6, 8, 10, 12, 14, 16, 18, 3]])  # target 3 at rank 10
+  targets = np.array([5, 7, 11, 3])
+  m = metrics.rank_metrics(ranked, targets)
+  assert m['recall@5'] == pytest.approx(1 / 4)
+  assert m['recall@10'] == pytest.approx(3 / 4)
+  assert m['ndcg@5'] == pytest.approx(1 / 4)
+  assert m['ndcg@10'] == pytest.approx((1 + 1 / np.log2(8) + 1 / np.log2(11)) / 4)
+  assert m['invalid_rate'] == pytest.approx(2 / 40)
+
+
+def test_cutoff_larger_than_beam_is_an_error():
+  with pytest.raises(ValueError, match='beam_size'):
+    metrics.rank_metrics(np.ones((2, 5), int), np.ones(2, int), ks=(10,))
+
+
+def test_matches_ranx():
+  ranx = pytest.importorskip('ranx')
+  rng = np.random.default_rng(0)
+  n, k, items = 300, 10, 40
+  ranked = np.stack([rng.permutation(items)[:k] + 1 for _ in range(n)])
+  targets = rng.integers(1, items + 1, n)
+  qrels = ranx.Qrels({f'q{i}': {f'd{t}': 1} for i, t in enumerate(targets)})
+  run = ranx.Run({f'q{i}': {f'd{d}': float(k - j) for j, d in enumerate(r)}
+                  for i, r in enumerate(ranked)})
+  ref = ranx.evaluate(qrels, run, ['recall@5', 'recall@10', 'ndcg@5', 'ndcg@10'])
+  ours = metrics.rank_metrics(ranked, targets)
+  for name, value in ref.items():
+    assert ours[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_seqio_metric_fn_and_popularity():
+  m = metrics.ranking_metrics([3, 4], [[3, 1, 2, 5, 6, 7, 8, 9, 10, 11], [1] * 10])
+  assert m['recall@10'] == 0.5 and m['ndcg@10'] == 0.5
+  counts = np.array([100, 1, 5, 5, 0])  # index 0 is padding and never recommended
+  np.testing.assert_array_equal(metrics.popularity_ranking(counts, 3), [2, 3, 1])
