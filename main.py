@@ -27,7 +27,7 @@ def _quiet_orbax(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
