@@ -30,8 +30,9 @@ def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
   import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU') if tf.config.list_physical_devices('TPU') else None
+  for kind in ('GPU', 'TPU'):
+    if tf.config.list_physical_devices(kind):
+      tf.config.set_visible_devices([], kind)
   import jax
   if FLAGS.multiprocess:
     jax.distributed.initialize()

@@ -217,6 +217,9 @@ def load_dataset(name: str, data_dir: str | None = None, **synthetic_kwargs) -> 
   """'synthetic' (built in, no download) or an Amazon 2014 data set."""
   if name == 'synthetic':
     return make_synthetic(**synthetic_kwargs)
+  if name not in AMAZON_DATASETS:
+    raise DataError(f"Unknown data set {name!r}; choose 'synthetic' or one of "
+                    f'{AMAZON_DATASETS}.')
   return load_amazon(name, data_dir)
 
 

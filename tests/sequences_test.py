@@ -46,6 +46,8 @@ def test_missing_data_dir_says_how_to_set_it(monkeypatch):
     sequences.load_amazon('beauty', '/nonexistent/dir')
   with pytest.raises(sequences.DataError, match='choose one of'):
     sequences.load_amazon('books', '/tmp')
+  with pytest.raises(sequences.DataError, match="choose 'synthetic' or one of"):
+    sequences.load_dataset('beuaty', '/tmp')
 
 
 def test_leave_one_out_protocol():
