@@ -4,6 +4,7 @@ Flags, optional multi-process initialization, gin, then one call (as t5x's
 train.py does).
 """
 
+import logging as py_logging
 import os
 
 from absl import app, flags, logging
@@ -21,13 +22,13 @@ FLAGS = flags.FLAGS
 
 def _quiet_orbax(record) -> bool:
   """Drops orbax's per-save INFO lines; its warnings and errors still show."""
-  return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
   import tensorflow as tf
   for kind in ('GPU', 'TPU'):

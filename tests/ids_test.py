@@ -56,3 +56,53 @@ def test_corrupt_artifact_is_reported(tmp_path):
   (tmp_path / 'codes.npy').write_bytes(b'garbage')
   with pytest.raises(ValueError, match='delete the folder'):
     ids.ItemIds.load(str(tmp_path))
+
+
+def _clustered_data(n_items=300, seed=0):
+  """Items with attributes drawn from 6 latent groups (so content has structure)."""
+  rng = np.random.default_rng(seed)
+  group = rng.integers(0, 6, n_items)
+  attrs = [np.zeros(0, np.int32)] + [
+      np.unique(np.r_[g * 10 + rng.integers(0, 3, 2), 60 + rng.integers(0, 40, 1)]).astype(np.int32)
+      for g in group]
+  data = sequences.SequenceData('clustered', n_items, (np.array([1, 2, 3]),), tuple(attrs))
+  return data, group
+
+
+@pytest.mark.parametrize('scheme', [
+    ids.ResidualKMeansIds(num_levels=2, codebook_size=8),
+    ids.HierarchicalKMeansIds(num_levels=2, branching=6)])
+def test_kmeans_schemes_unique_deterministic_and_semantic(scheme, tmp_path):
+  data, group = _clustered_data()
+  item_ids = scheme.fit(data)
+  assert item_ids.num_levels == 3  # two semantic levels + the collision level
+  assert item_ids.num_collisions == 0
+  np.testing.assert_array_equal(scheme.fit(data).codes, item_ids.codes)
+  tokens = item_ids.items_to_tokens(np.arange(1, 301))
+  np.testing.assert_array_equal(item_ids.tokens_to_items(tokens), np.arange(1, 301))
+  assert tokens.max() < item_ids.vocab_size
+  # The first level follows the latent groups: items of one group mostly share a code.
+  first = item_ids.codes[1:, 0]
+  purity = np.mean([np.bincount(first[group == g]).max() / (group == g).sum()
+                    for g in range(6)])
+  assert purity > 0.8
+  item_ids.save(str(tmp_path))
+  np.testing.assert_array_equal(ids.ItemIds.load(str(tmp_path)).codes, item_ids.codes)
+
+
+def test_collision_level_numbers_items_sharing_a_code():
+  codes = np.array([[-1, -1], [0, 1], [0, 1], [2, 0], [0, 1]], np.int32)
+  out, sizes = ids.add_collision_level(codes, (3, 2))
+  np.testing.assert_array_equal(out[1:, 2], [0, 1, 0, 2])
+  assert sizes == (3, 2, 3)
+
+
+def test_kmeans_recovers_separated_clusters():
+  from genrec.ids.kmeans import kmeans
+  rng = np.random.default_rng(0)
+  centers = np.array([[0, 0], [10, 0], [0, 10]], float)
+  x = np.concatenate([c + rng.normal(0, 0.5, (50, 2)) for c in centers])
+  cent, assign = kmeans(x, 3, seed=0)
+  assert len({tuple(assign[i * 50:(i + 1) * 50]) for i in range(3)}) == 3
+  assert all(len(set(assign[i * 50:(i + 1) * 50])) == 1 for i in range(3))
+  np.testing.assert_allclose(np.sort(cent[:, 0]), [0, 0, 10], atol=0.5)

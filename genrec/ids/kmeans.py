@@ -1,0 +1,162 @@
+"""K-means (k-means++ init, Lloyd iterations) and the semantic-ID schemes built on it:
+residual k-means (RQ-KMeans) and hierarchical k-means (DSI semantic docids)."""
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from genrec import content
+from genrec.ids.base import IdScheme, ItemIds
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int, num_iters: int = 50
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """Clusters rows of x into k clusters.
+
+  Args:
+    x: float [n, d].
+    k: clusters; fewer are used when n < k.
+    seed: seeds the k-means++ initialization.
+    num_iters: maximum Lloyd iterations (stops early when assignments settle).
+
+  Returns:
+    (centroids float32 [k', d], assignment int32 [n]) with k' = min(k, n).
+  """
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  k = max(1, min(k, n))
+  rng = np.random.default_rng(seed)
+  sq = (x * x).sum(1)
+  centroids = np.empty((k, x.shape[1]))
+  centroids[0] = x[rng.integers(n)]
+  best = np.maximum(sq - 2 * x @ centroids[0] + centroids[0] @ centroids[0], 0)
+  for j in range(1, k):  # k-means++: sample proportionally to squared distance
+    total = best.sum()
+    idx = rng.choice(n, p=best / total) if total > 0 else rng.integers(n)
+    centroids[j] = x[idx]
+    best = np.minimum(best, np.maximum(sq - 2 * x @ centroids[j] + centroids[j] @ centroids[j], 0))
+  assign = np.full(n, -1)
+  for _ in range(num_iters):
+    dist = sq[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None]
+    new = dist.argmin(1)
+    if np.array_equal(new, assign):
+      break
+    assign = new
+    counts = np.bincount(assign, minlength=k)
+    sums = np.zeros_like(centroids)
+    np.add.at(sums, assign, x)
+    empty = counts == 0
+    centroids[~empty] = sums[~empty] / counts[~empty, None]
+    if empty.any():  # re-seed empty clusters with the points farthest from their centroid
+      far = np.argsort(-dist[np.arange(n), assign])[:empty.sum()]
+      centroids[empty] = x[far]
+  return centroids.astype(np.float32), assign.astype(np.int32)
+
+
+def add_collision_level(codes: np.ndarray, level_sizes: tuple[int, ...]
+                        ) -> tuple[np.ndarray, tuple[int, ...]]:
+  """Appends a level that numbers the items sharing a code tuple (TIGER).
+
+  Args:
+    codes: int [num_items + 1, L] (row 0 unused).
+    level_sizes: codebook size per level.
+
+  Returns:
+    (codes [num_items + 1, L + 1], sizes + (largest group size,)); every
+    item's code is then unique.
+  """
+  body = codes[1:]
+  _, group = np.unique(body, axis=0, return_inverse=True)
+  group = group.reshape(-1)
+  order = np.argsort(group, kind='stable')
+  rank = np.empty(len(body), np.int32)
+  starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1]
+  lengths = np.diff(np.r_[starts, len(body)])
+  rank[order] = np.arange(len(body)) - np.repeat(starts, lengths)
+  out = np.full((codes.shape[0], codes.shape[1] + 1), -1, np.int32)
+  out[1:, :-1] = body
+  out[1:, -1] = rank
+  return out, tuple(level_sizes) + (int(lengths.max()),)
+
+
+def _finish(codes: np.ndarray, level_sizes: tuple[int, ...], scheme: str,
+            dedup: bool) -> ItemIds:
+  full = np.full((codes.shape[0] + 1, codes.shape[1]), -1, np.int32)
+  full[1:] = codes
+  if dedup:
+    full, level_sizes = add_collision_level(full, level_sizes)
+  return ItemIds(codes=full, level_sizes=level_sizes, scheme=scheme)
+
+
+ContentFn = Callable[..., np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualKMeansIds(IdScheme):
+  """RQ-KMeans: level l clusters the residuals left by levels < l.
+
+  Attributes:
+    num_levels: semantic levels (before the collision level).
+    codebook_size: codes per level.
+    content_fn: data -> float [num_items + 1, d] item content (row 0 unused).
+    dedup: append the collision level so that every item's ID is unique.
+    seed: seeds k-means.
+  """
+  num_levels: int = 3
+  codebook_size: int = 256
+  content_fn: ContentFn = content.attribute_tfidf
+  dedup: bool = True
+  seed: int = 0
+
+  @property
+  def name(self) -> str:
+    return f'rqkmeans-{self.num_levels}x{self.codebook_size}-s{self.seed}'
+
+  def fit(self, data) -> ItemIds:
+    residual = np.asarray(self.content_fn(data), np.float64)[1:]
+    codes = np.zeros((len(residual), self.num_levels), np.int32)
+    for level in range(self.num_levels):
+      centroids, codes[:, level] = kmeans(residual, self.codebook_size,
+                                          seed=self.seed + level)
+      residual = residual - centroids[codes[:, level]]
+    return _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup)
+
+
+@dataclasses.dataclass(frozen=True)
+class HierarchicalKMeansIds(IdScheme):
+  """DSI semantic docids: k-means within each parent cluster, level by level.
+
+  Unlike RQ-KMeans the codebooks are not shared: code c at level l means
+  "the c-th sub-cluster of this item's parent", clustering the content itself.
+
+  Attributes:
+    num_levels: semantic levels (before the collision level).
+    branching: clusters per node.
+    content_fn, dedup, seed: as in ResidualKMeansIds.
+  """
+  num_levels: int = 2
+  branching: int = 32
+  content_fn: ContentFn = content.attribute_tfidf
+  dedup: bool = True
+  seed: int = 0
+
+  @property
+  def name(self) -> str:
+    return f'hkmeans-{self.num_levels}x{self.branching}-s{self.seed}'
+
+  def fit(self, data) -> ItemIds:
+    x = np.asarray(self.content_fn(data), np.float64)[1:]
+    codes = np.zeros((len(x), self.num_levels), np.int32)
+    groups = [np.arange(len(x))]
+    for level in range(self.num_levels):
+      next_groups = []
+      for g, members in enumerate(groups):
+        if len(members) <= 1:
+          next_groups.append(members)
+          continue
+        _, assign = kmeans(x[members], self.branching, seed=self.seed + 1000 * level + g)
+        codes[members, level] = assign
+        next_groups.extend(members[assign == c] for c in range(assign.max() + 1))
+      groups = next_groups
+    return _finish(codes, (self.branching,) * self.num_levels, self.name, self.dedup)
