@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,38 @@ def test_kmeans_recovers_separated_clusters():
   assert len({tuple(assign[i * 50:(i + 1) * 50]) for i in range(3)}) == 3
   assert all(len(set(assign[i * 50:(i + 1) * 50])) == 1 for i in range(3))
   np.testing.assert_allclose(np.sort(cent[:, 0]), [0, 0, 10], atol=0.5)
+
+
+def test_precomputed_lcrec_file_with_zero_based_ids(tmp_path):
+  path = tmp_path / 'toy.index.json'
+  path.write_text(json.dumps({'0': ['<a_1>', '<b_2>'], '1': ['<a_1>', '<b_2>'],
+                              '2': ['<a_0>', '<b_5>']}))
+  data = _data(3)
+  item_ids = ids.PrecomputedIds(path=str(path), item_offset=1).fit(data)
+  np.testing.assert_array_equal(item_ids.codes[1:], [[1, 2, 0], [1, 2, 1], [0, 5, 0]])
+  assert item_ids.level_sizes == (2, 6, 2) and item_ids.num_collisions == 0
+  with pytest.raises(ValueError, match='outside 1..3; check item_offset'):
+    ids.PrecomputedIds(path=str(path), item_offset=2).fit(data)
+  with pytest.raises(ValueError, match='no codes for 1 items'):
+    ids.PrecomputedIds(path=str(path)).fit(_data(4))
+
+
+def test_lcrec_beauty_index_covers_the_catalog():
+  from conftest import data_dir_or_skip
+  data_dir = data_dir_or_skip('amazon-2014', 'beauty', 'lcrec_index.json')
+  data = sequences.load_amazon('beauty', data_dir)
+  item_ids = ids.PrecomputedIds(path='amazon-2014/beauty/lcrec_index.json',
+                                data_dir=data_dir).fit(data)
+  # 12,088 distinct tuples for 12,101 items (README): the collision level fixes 13.
+  assert len(np.unique(item_ids.codes[1:, :4], axis=0)) == 12088
+  assert item_ids.num_levels == 5 and item_ids.num_collisions == 0
+  assert item_ids.level_sizes[:4] == (256, 256, 256, 256)
+
+
+def test_sequential_ids_follow_first_appearance():
+  data = sequences.SequenceData('seq', 5, (np.array([4, 2, 4, 3, 3], np.int32),
+                                           np.array([5, 2, 1, 3, 3], np.int32)))
+  item_ids = ids.SequentialIds(num_levels=2, codebook_size=3).fit(data)
+  # Training parts: [4, 2, 4] and [5, 2, 1] -> order 4, 2, 5, 1, then unseen 3.
+  keys = item_ids.codes[1:, 0] * 3 + item_ids.codes[1:, 1]
+  np.testing.assert_array_equal(keys, [3, 1, 4, 0, 2])
