@@ -143,3 +143,26 @@ def test_sequential_ids_follow_first_appearance():
   # Training parts: [4, 2, 4] and [5, 2, 1] -> order 4, 2, 5, 1, then unseen 3.
   keys = item_ids.codes[1:, 0] * 3 + item_ids.codes[1:, 1]
   np.testing.assert_array_equal(keys, [3, 1, 4, 0, 2])
+
+
+def test_sinkhorn_spreads_the_last_level_and_cuts_collisions():
+  data, _ = _clustered_data(400)
+  plain = ids.ResidualKMeansIds(num_levels=2, codebook_size=8, dedup=False).fit(data)
+  balanced = ids.ResidualKMeansIds(num_levels=2, codebook_size=8, dedup=False,
+                                   sinkhorn_last_level=True).fit(data)
+  usage_plain = np.bincount(plain.codes[1:, 1], minlength=8)
+  usage_bal = np.bincount(balanced.codes[1:, 1], minlength=8)
+  assert usage_bal.max() <= 1.3 * 400 / 8 < usage_plain.max()
+  assert balanced.num_collisions < plain.num_collisions
+
+
+def test_sinkhorn_assignment_is_near_uniform_and_prefers_near_codes():
+  from genrec.ids.kmeans import sinkhorn_assign
+  rng = np.random.default_rng(0)
+  dist = rng.random((1000, 10))
+  dist[:, 0] -= 0.5  # every point prefers code 0
+  codes = sinkhorn_assign(dist)
+  counts = np.bincount(codes, minlength=10)
+  assert counts.min() >= 80 and counts.max() <= 120
+  # Each point still goes to a relatively near code.
+  assert dist[np.arange(1000), codes].mean() < dist.mean()

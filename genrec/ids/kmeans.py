@@ -54,6 +54,37 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, num_iters: int = 50
   return centroids.astype(np.float32), assign.astype(np.int32)
 
 
+def sinkhorn_assign(dist: np.ndarray, epsilon: float = 0.05, num_iters: int = 100
+                    ) -> np.ndarray:
+  """Balanced assignment of n points to k codes (LC-Rec's uniform semantic mapping).
+
+  Sinkhorn-Knopp on exp(-dist / (epsilon * scale)) in the log domain, with
+  rows summing to 1 (each point assigned once) and columns to n / k (codes
+  used uniformly), then each point takes its most probable code.
+
+  Args:
+    dist: float [n, k] squared distances of points to codes.
+    epsilon: entropic temperature relative to the distances' spread; smaller
+      is closer to nearest-code assignment under the balance constraint.
+    num_iters: Sinkhorn iterations.
+
+  Returns:
+    int32 [n] codes.
+  """
+  n, k = dist.shape
+  scale = max(float(dist.std()), 1e-12)
+  log_q = -dist / (epsilon * scale)
+  for _ in range(num_iters):
+    log_q = log_q - _logsumexp(log_q, axis=0) + np.log(n / k)
+    log_q = log_q - _logsumexp(log_q, axis=1)
+  return log_q.argmax(1).astype(np.int32)
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+  m = x.max(axis=axis, keepdims=True)
+  return m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
 def add_collision_level(codes: np.ndarray, level_sizes: tuple[int, ...]
                         ) -> tuple[np.ndarray, tuple[int, ...]]:
   """Appends a level that numbers the items sharing a code tuple (TIGER).
@@ -100,18 +131,22 @@ class ResidualKMeansIds(IdScheme):
     num_levels: semantic levels (before the collision level).
     codebook_size: codes per level.
     content_fn: data -> float [num_items + 1, d] item content (row 0 unused).
+    sinkhorn_last_level: assign the last level by balanced Sinkhorn-Knopp
+      (LC-Rec) instead of nearest centroid, spreading items that would collide.
     dedup: append the collision level so that every item's ID is unique.
     seed: seeds k-means.
   """
   num_levels: int = 3
   codebook_size: int = 256
   content_fn: ContentFn = content.attribute_tfidf
+  sinkhorn_last_level: bool = False
   dedup: bool = True
   seed: int = 0
 
   @property
   def name(self) -> str:
-    return f'rqkmeans-{self.num_levels}x{self.codebook_size}-s{self.seed}'
+    sk = '-sinkhorn' if self.sinkhorn_last_level else ''
+    return f'rqkmeans-{self.num_levels}x{self.codebook_size}{sk}-s{self.seed}'
 
   def fit(self, data) -> ItemIds:
     residual = np.asarray(self.content_fn(data), np.float64)[1:]
@@ -119,6 +154,9 @@ class ResidualKMeansIds(IdScheme):
     for level in range(self.num_levels):
       centroids, codes[:, level] = kmeans(residual, self.codebook_size,
                                           seed=self.seed + level)
+      if self.sinkhorn_last_level and level == self.num_levels - 1:
+        dist = ((residual[:, None, :] - centroids[None].astype(np.float64)) ** 2).sum(-1)
+        codes[:, level] = sinkhorn_assign(dist)
       residual = residual - centroids[codes[:, level]]
     return _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup)
 
