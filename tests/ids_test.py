@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -166,3 +167,22 @@ def test_sinkhorn_assignment_is_near_uniform_and_prefers_near_codes():
   assert counts.min() >= 80 and counts.max() <= 120
   # Each point still goes to a relatively near code.
   assert dist[np.arange(1000), codes].mean() < dist.mean()
+
+
+def test_rqvae_trains_gives_unique_ids_and_is_deterministic(tmp_path):
+  data, group = _clustered_data(300)
+  scheme = ids.RQVAEIds(num_levels=2, codebook_size=8, latent_dim=8, hidden=(32,),
+                        num_steps=150, batch_size=128, dead_code_every=50,
+                        learning_rate=3e-3)
+  item_ids = scheme.fit(data)
+  assert item_ids.num_levels == 3 and item_ids.num_collisions == 0
+  np.testing.assert_array_equal(scheme.fit(data).codes, item_ids.codes)
+  # Reconstruction improves on the untrained model's.
+  untrained = dataclasses.replace(scheme, num_steps=0).fit(data)
+  assert item_ids.info['reconstruction_mse'] < untrained.info['reconstruction_mse']
+  first = item_ids.codes[1:, 0]
+  purity = np.mean([np.bincount(first[group == g]).max() / (group == g).sum()
+                    for g in range(6)])
+  assert purity > 0.6
+  item_ids.save(str(tmp_path))
+  assert ids.ItemIds.load(str(tmp_path)).info == json.loads(json.dumps(item_ids.info))

@@ -5,3 +5,4 @@ from genrec.ids.base import EOS_ID, IdScheme, ItemIds, NUM_RESERVED_TOKENS, PAD_
 from genrec.ids.kmeans import HierarchicalKMeansIds, ResidualKMeansIds, add_collision_level
 from genrec.ids.precomputed import PrecomputedIds, SequentialIds
 from genrec.ids.random_codes import RandomCodeIds
+from genrec.ids.rqvae import RQVAEIds

@@ -31,10 +31,12 @@ class ItemIds:
       i (item ids are 1-based, row 0 is unused and all -1).
     level_sizes: codebook size of every level.
     scheme: the name of the scheme that produced the codes.
+    info: figures of the fit (e.g. reconstruction error), saved alongside.
   """
   codes: np.ndarray
   level_sizes: tuple[int, ...]
   scheme: str
+  info: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     codes = np.asarray(self.codes)
@@ -114,7 +116,7 @@ class ItemIds:
     np.save(os.path.join(directory, 'codes.npy'), self.codes)
     with open(os.path.join(directory, 'ids.json'), 'w') as f:
       json.dump({'level_sizes': list(self.level_sizes), 'scheme': self.scheme,
-                 'num_items': self.num_items}, f, indent=1)
+                 'num_items': self.num_items, 'info': self.info}, f, indent=1)
 
   @classmethod
   def load(cls, directory: str) -> 'ItemIds':
@@ -127,7 +129,8 @@ class ItemIds:
     except (OSError, ValueError, json.JSONDecodeError) as e:
       raise ValueError(f'Cannot read item identifiers from {directory} ({e}); delete the '
                        'folder to fit the identifiers again.') from e
-    ids = cls(codes=codes, level_sizes=tuple(meta['level_sizes']), scheme=meta['scheme'])
+    ids = cls(codes=codes, level_sizes=tuple(meta['level_sizes']), scheme=meta['scheme'],
+              info=meta.get('info', {}))
     if ids.num_items != meta['num_items']:
       raise ValueError(f'{codes_path} has {ids.num_items} items but {meta_path} says '
                        f'{meta["num_items"]}; delete the folder to fit them again.')
