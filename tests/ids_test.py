@@ -186,3 +186,19 @@ def test_rqvae_trains_gives_unique_ids_and_is_deterministic(tmp_path):
   assert purity > 0.6
   item_ids.save(str(tmp_path))
   assert ids.ItemIds.load(str(tmp_path)).info == json.loads(json.dumps(item_ids.info))
+
+
+def test_collaborative_ids_group_items_consumed_together():
+  rng = np.random.default_rng(0)
+  # Two communities of 60 items each; users stay within one community.
+  seqs = []
+  for u in range(400):
+    base = 1 if u % 2 else 61
+    seqs.append((base + rng.integers(0, 60, 8)).astype(np.int32))
+  data = sequences.SequenceData('communities', 120, tuple(seqs))
+  scheme = ids.CollaborativeIds(num_levels=2, branching=2)
+  item_ids = scheme.fit(data)
+  first = item_ids.codes[1:, 0]
+  assert len(set(first[:60])) == 1 and len(set(first[60:])) == 1 and first[0] != first[60]
+  assert item_ids.num_collisions == 0
+  np.testing.assert_array_equal(scheme.fit(data).codes, item_ids.codes)
