@@ -154,6 +154,9 @@ def test_sinkhorn_spreads_the_last_level_and_cuts_collisions():
   usage_plain = np.bincount(plain.codes[1:, 1], minlength=8)
   usage_bal = np.bincount(balanced.codes[1:, 1], minlength=8)
   assert usage_bal.max() <= 1.3 * 400 / 8 < usage_plain.max()
+  # Items sharing a first-level code get distinct last codes while a bucket fits.
+  buckets = np.bincount(balanced.codes[1:, 0])
+  assert balanced.num_collisions == sum(max(0, b - 8) for b in buckets)
   assert balanced.num_collisions < plain.num_collisions
 
 

@@ -54,13 +54,12 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, num_iters: int = 50
   return centroids.astype(np.float32), assign.astype(np.int32)
 
 
-def sinkhorn_assign(dist: np.ndarray, epsilon: float = 0.05, num_iters: int = 100
-                    ) -> np.ndarray:
-  """Balanced assignment of n points to k codes (LC-Rec's uniform semantic mapping).
+def sinkhorn_plan(dist: np.ndarray, epsilon: float = 0.05, num_iters: int = 100
+                  ) -> np.ndarray:
+  """Log of a balanced transport plan of n points onto k codes.
 
-  Sinkhorn-Knopp on exp(-dist / (epsilon * scale)) in the log domain, with
-  rows summing to 1 (each point assigned once) and columns to n / k (codes
-  used uniformly), then each point takes its most probable code.
+  Sinkhorn-Knopp on exp(-dist / (epsilon * scale)) in the log domain: rows sum
+  to 1 (each point assigned once), columns to n / k (codes used uniformly).
 
   Args:
     dist: float [n, k] squared distances of points to codes.
@@ -69,7 +68,7 @@ def sinkhorn_assign(dist: np.ndarray, epsilon: float = 0.05, num_iters: int = 10
     num_iters: Sinkhorn iterations.
 
   Returns:
-    int32 [n] codes.
+    float [n, k] log plan.
   """
   n, k = dist.shape
   scale = max(float(dist.std()), 1e-12)
@@ -77,7 +76,50 @@ def sinkhorn_assign(dist: np.ndarray, epsilon: float = 0.05, num_iters: int = 10
   for _ in range(num_iters):
     log_q = log_q - _logsumexp(log_q, axis=0) + np.log(n / k)
     log_q = log_q - _logsumexp(log_q, axis=1)
-  return log_q.argmax(1).astype(np.int32)
+  return log_q
+
+
+def sinkhorn_assign(dist: np.ndarray, **kwargs) -> np.ndarray:
+  """Each point's most probable code under the balanced plan: int32 [n]."""
+  return sinkhorn_plan(dist, **kwargs).argmax(1).astype(np.int32)
+
+
+def uniform_last_level(prefix: np.ndarray, dist: np.ndarray) -> np.ndarray:
+  """LC-Rec's uniform semantic mapping of the last level.
+
+  Items are assigned by the balanced Sinkhorn plan; items that share all
+  earlier codes (a prefix bucket) then take distinct codes, each in order of
+  confidence taking its most probable code not yet taken in its bucket, so
+  that even items with identical content get different IDs while buckets
+  have at most k items.
+
+  Args:
+    prefix: int [n, L-1] the earlier levels' codes.
+    dist: float [n, k] distances of the last-level residuals to the codes.
+
+  Returns:
+    int32 [n] last-level codes.
+  """
+  log_q = sinkhorn_plan(dist)
+  n, k = dist.shape
+  codes = log_q.argmax(1).astype(np.int32)
+  if prefix.shape[1] == 0:
+    buckets = np.zeros(n, np.int64)
+  else:
+    _, buckets = np.unique(prefix, axis=0, return_inverse=True)
+    buckets = buckets.reshape(-1)
+  order = np.lexsort((-log_q.max(1), buckets))  # by bucket, most confident first
+  prefs = np.argsort(-log_q, axis=1)
+  taken, current = set(), None
+  for i in order:
+    if buckets[i] != current:
+      taken, current = set(), buckets[i]
+    if len(taken) == k:  # bucket larger than the codebook: the collision level takes over
+      taken = set()
+    code = next(c for c in prefs[i] if c not in taken)
+    codes[i] = code
+    taken.add(int(code))
+  return codes
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
@@ -112,12 +154,16 @@ def add_collision_level(codes: np.ndarray, level_sizes: tuple[int, ...]
 
 
 def _finish(codes: np.ndarray, level_sizes: tuple[int, ...], scheme: str,
-            dedup: bool) -> ItemIds:
+            dedup: bool, info: dict | None = None) -> ItemIds:
+  """Item-id-indexed ItemIds from per-item codes [num_items, L], recording how
+  many items collided before the optional collision level."""
   full = np.full((codes.shape[0] + 1, codes.shape[1]), -1, np.int32)
   full[1:] = codes
+  info = {**(info or {}),
+          'collisions_before_dedup': int(len(codes) - len(np.unique(codes, axis=0)))}
   if dedup:
     full, level_sizes = add_collision_level(full, level_sizes)
-  return ItemIds(codes=full, level_sizes=level_sizes, scheme=scheme)
+  return ItemIds(codes=full, level_sizes=level_sizes, scheme=scheme, info=info)
 
 
 ContentFn = Callable[..., np.ndarray]
@@ -156,7 +202,7 @@ class ResidualKMeansIds(IdScheme):
                                           seed=self.seed + level)
       if self.sinkhorn_last_level and level == self.num_levels - 1:
         dist = ((residual[:, None, :] - centroids[None].astype(np.float64)) ** 2).sum(-1)
-        codes[:, level] = sinkhorn_assign(dist)
+        codes[:, level] = uniform_last_level(codes[:, :level], dist)
       residual = residual - centroids[codes[:, level]]
     return _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup)
 

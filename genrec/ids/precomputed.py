@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from genrec.ids.base import IdScheme, ItemIds
-from genrec.ids.kmeans import add_collision_level
+from genrec.ids.kmeans import _finish
 
 _TOKEN = re.compile(r'^<([a-z])_(\d+)>$')
 
@@ -74,10 +74,11 @@ class PrecomputedIds(IdScheme):
       raise ValueError(f'{path}: no codes for {missing.size} items (e.g. item ids '
                        f'{missing[:5].tolist()}); the file must cover the whole catalog.')
     sizes = tuple(int(s) + 1 for s in codes[1:].max(axis=0))
-    codes = codes.astype(np.int32)
-    if self.dedup and len(np.unique(codes[1:], axis=0)) < data.num_items:
-      codes, sizes = add_collision_level(codes, sizes)
-    return ItemIds(codes=codes, level_sizes=sizes, scheme=self.name)
+    collisions = data.num_items - len(np.unique(codes[1:], axis=0))
+    if not (self.dedup and collisions):  # unique already: no collision level needed
+      return ItemIds(codes=codes.astype(np.int32), level_sizes=sizes, scheme=self.name,
+                     info={'collisions_before_dedup': int(collisions)})
+    return _finish(codes[1:], sizes, self.name, dedup=True)
 
 
 @dataclasses.dataclass(frozen=True)

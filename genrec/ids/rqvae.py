@@ -13,7 +13,7 @@ import optax
 
 from genrec import content
 from genrec.ids.base import IdScheme, ItemIds
-from genrec.ids.kmeans import ContentFn, _finish, kmeans, sinkhorn_assign
+from genrec.ids.kmeans import ContentFn, _finish, kmeans, uniform_last_level
 
 
 class Mlp(nnx.Module):
@@ -144,8 +144,8 @@ class RQVAEIds(IdScheme):
     info = {'reconstruction_mse': recon, 'dead_codes_reseeded': int(reseeded),
             'fit_seconds': round(time.time() - t0, 1)}
     logging.info('RQ-VAE fitted: %s', info)
-    ids = _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup)
-    return dataclasses.replace(ids, info=info)
+    return _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup,
+                   info)
 
   def _reseed_dead_codes(self, model, batch, usage, rng) -> int:
     """Codes unused over the window move onto residuals of random batch items."""
@@ -172,7 +172,7 @@ class RQVAEIds(IdScheme):
     for level in range(self.num_levels):
       dist = ((residual[:, None] - books[level][None]) ** 2).sum(-1)
       if self.sinkhorn_last_level and level == self.num_levels - 1:
-        codes[:, level] = sinkhorn_assign(dist)
+        codes[:, level] = uniform_last_level(codes[:, :level], dist)
       else:
         codes[:, level] = dist.argmin(-1)
       quantized += books[level][codes[:, level]]
