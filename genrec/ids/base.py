@@ -13,6 +13,7 @@ Vocabulary layout shared by inputs and targets:
 import abc
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -135,6 +136,36 @@ class ItemIds:
       raise ValueError(f'{codes_path} has {ids.num_items} items but {meta_path} says '
                        f'{meta["num_items"]}; delete the folder to fit them again.')
     return ids
+
+
+def codebook_size_for(num_items: int, num_levels: int, requested: int = 0) -> int:
+  """`requested`, or (if 0) the smallest k with k ** num_levels >= num_items.
+
+  Raises:
+    ValueError: when the codes cannot number every item.
+  """
+  if num_levels < 1:
+    raise ValueError(f'num_levels must be >= 1, got {num_levels}.')
+  k = requested
+  if not k:
+    k = max(1, math.ceil(num_items ** (1 / num_levels) - 1e-9))
+    while k ** num_levels < num_items:
+      k += 1
+  if k ** num_levels < num_items:
+    raise ValueError(f'{num_levels} levels of {k} codes give {k ** num_levels} identifiers, '
+                     f'fewer than the {num_items} items; raise codebook_size.')
+  return k
+
+
+def keys_to_codes(keys: np.ndarray, k: int, num_levels: int) -> np.ndarray:
+  """Distinct integers -> item-id-indexed codes: row i + 1 holds keys[i] in
+  base k over num_levels digits, most significant first (row 0 is -1)."""
+  codes = np.full((len(keys) + 1, num_levels), -1, np.int32)
+  keys = np.asarray(keys, np.int64)
+  for level in reversed(range(num_levels)):
+    codes[1:, level] = keys % k
+    keys = keys // k
+  return codes
 
 
 class IdScheme(abc.ABC):

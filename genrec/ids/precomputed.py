@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from genrec.ids.base import IdScheme, ItemIds
+from genrec.ids.base import IdScheme, ItemIds, codebook_size_for, keys_to_codes
 from genrec.ids.kmeans import _finish
 
 _TOKEN = re.compile(r'^<([a-z])_(\d+)>$')
@@ -95,12 +95,7 @@ class SequentialIds(IdScheme):
 
   def fit(self, data) -> ItemIds:
     n = data.num_items
-    k = self.codebook_size or int(np.ceil(n ** (1 / self.num_levels) - 1e-9))
-    while k ** self.num_levels < n:
-      if self.codebook_size:
-        raise ValueError(f'{self.num_levels} levels of {k} codes cannot number {n} items; '
-                         'raise codebook_size.')
-      k += 1
+    k = codebook_size_for(n, self.num_levels, self.codebook_size)
     order, seen = [], np.zeros(n + 1, bool)
     for seq in data.train_sequences():
       for item in seq:
@@ -110,9 +105,5 @@ class SequentialIds(IdScheme):
     order.extend(np.flatnonzero(~seen[1:]) + 1)  # items never seen in training
     rank = np.empty(n + 1, np.int64)
     rank[np.asarray(order)] = np.arange(n)
-    codes = np.full((n + 1, self.num_levels), -1, np.int32)
-    keys = rank[1:]
-    for level in reversed(range(self.num_levels)):
-      codes[1:, level] = keys % k
-      keys = keys // k
-    return ItemIds(codes=codes, level_sizes=(k,) * self.num_levels, scheme=self.name)
+    return ItemIds(codes=keys_to_codes(rank[1:], k, self.num_levels),
+                   level_sizes=(k,) * self.num_levels, scheme=self.name)
