@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.sparse import linalg as sp_linalg
 
 from genrec.ids.base import IdScheme, ItemIds
-from genrec.ids.kmeans import _finish, kmeans
+from genrec.ids.kmeans import _finish, kmeans, split_levels
 
 
 def cooccurrence(data, window: int = 3) -> sp.csr_matrix:
@@ -72,20 +72,10 @@ class CollaborativeIds(IdScheme):
 
   def fit(self, data) -> ItemIds:
     a = cooccurrence(data, self.window)[1:, 1:].tocsr()
-    n = data.num_items
-    codes = np.zeros((n, self.num_levels), np.int32)
-    groups = [np.arange(n)]
-    for level in range(self.num_levels):
-      next_groups = []
-      for g, members in enumerate(groups):
-        if len(members) <= self.branching:  # small groups: one code per item
-          codes[members, level] = np.arange(len(members))
-          next_groups.extend(members[i:i + 1] for i in range(len(members)))
-          continue
-        emb = spectral_embedding(a[members][:, members], self.branching,
-                                 self.seed + 1000 * level + g)
-        _, assign = kmeans(emb, self.branching, seed=self.seed + 1000 * level + g)
-        codes[members, level] = assign
-        next_groups.extend(members[assign == c] for c in range(assign.max() + 1))
-      groups = next_groups
+
+    def cluster(members, seed):
+      emb = spectral_embedding(a[members][:, members], self.branching, self.seed + seed)
+      return kmeans(emb, self.branching, seed=self.seed + seed)[1]
+
+    codes = split_levels(data.num_items, self.num_levels, self.branching, cluster)
     return _finish(codes, (self.branching,) * self.num_levels, self.name, self.dedup)

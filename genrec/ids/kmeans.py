@@ -169,6 +169,31 @@ def _finish(codes: np.ndarray, level_sizes: tuple[int, ...], scheme: str,
 ContentFn = Callable[..., np.ndarray]
 
 
+def split_levels(n: int, num_levels: int, branching: int,
+                 cluster_fn: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+  """Codes of a tree built level by level: every group of more than
+  `branching` items is split by `cluster_fn(members, seed) -> cluster ids`;
+  a smaller group gives its items distinct codes (they become leaves).
+
+  Returns:
+    int32 [n, num_levels]; leaves reached early carry 0 below.
+  """
+  codes = np.zeros((n, num_levels), np.int32)
+  groups = [np.arange(n)]
+  for level in range(num_levels):
+    next_groups = []
+    for g, members in enumerate(groups):
+      if len(members) <= branching:
+        codes[members, level] = np.arange(len(members))
+        next_groups.extend(members[i:i + 1] for i in range(len(members)) if len(members) > 1)
+        continue
+      assign = cluster_fn(members, 1000 * level + g)
+      codes[members, level] = assign
+      next_groups.extend(members[assign == c] for c in range(assign.max() + 1))
+    groups = next_groups
+  return codes
+
+
 @dataclasses.dataclass(frozen=True)
 class ResidualKMeansIds(IdScheme):
   """RQ-KMeans: level l clusters the residuals left by levels < l.
@@ -231,16 +256,7 @@ class HierarchicalKMeansIds(IdScheme):
 
   def fit(self, data) -> ItemIds:
     x = np.asarray(self.content_fn(data), np.float64)[1:]
-    codes = np.zeros((len(x), self.num_levels), np.int32)
-    groups = [np.arange(len(x))]
-    for level in range(self.num_levels):
-      next_groups = []
-      for g, members in enumerate(groups):
-        if len(members) <= 1:
-          next_groups.append(members)
-          continue
-        _, assign = kmeans(x[members], self.branching, seed=self.seed + 1000 * level + g)
-        codes[members, level] = assign
-        next_groups.extend(members[assign == c] for c in range(assign.max() + 1))
-      groups = next_groups
+    codes = split_levels(
+        len(x), self.num_levels, self.branching,
+        lambda members, seed: kmeans(x[members], self.branching, seed=self.seed + seed)[1])
     return _finish(codes, (self.branching,) * self.num_levels, self.name, self.dedup)
