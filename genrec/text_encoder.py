@@ -205,10 +205,9 @@ def encode(texts: Sequence[str], model_dir: str | None = None, batch_size: int =
     width = max(len(encodings[i].ids) for i in idx)
     width = -(-width // 32) * 32
     ids = np.zeros((batch_size, width), np.int32)
-    for row, i in enumerate(idx):
-      ids[row, :len(encodings[i].ids)] = encodings[i].ids
     mask = np.zeros_like(ids, bool)
     for row, i in enumerate(idx):
+      ids[row, :len(encodings[i].ids)] = encodings[i].ids
       mask[row, :len(encodings[i].ids)] = True
     out[idx] = np.asarray(_encode_batch(model, jnp.asarray(ids), jnp.asarray(mask)))[:len(idx)]
     done += len(idx)
