@@ -14,7 +14,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from genrec import metrics, preprocessors, sequences
+from genrec import features, metrics, preprocessors, sequences
 from genrec.ids import EOS_ID, ItemIds
 
 SPLITS = ('train', 'validation', 'test')
@@ -59,8 +59,7 @@ def register_recommendation_task(data: sequences.SequenceData, ids: ItemIds,
       metric_fns=[metrics.ranking_metrics])
 
 
-def sequence_lengths(ids: ItemIds, max_history: int) -> dict[str, int]:
-  return {'inputs': max_history * ids.num_levels, 'targets': ids.num_levels}
+sequence_lengths = features.sequence_lengths
 
 
 def _to_numpy(ds: tf.data.Dataset, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ bind them. A run directory holds:
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import time
@@ -23,7 +24,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from genrec import checkpoints, metrics, models, partitioning, sequences, tasks, trainer
+from genrec import checkpoints, features, metrics, models, partitioning, sequences, trainer
 from genrec.ids import AtomicIds, IdScheme, ItemIds
 
 
@@ -128,6 +129,29 @@ def _fmt_metrics(m: dict[str, float]) -> str:
   return ' '.join(f'{k}={v:.4f}' for k, v in m.items())
 
 
+def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
+                pipeline: str = 'auto') -> tuple[dict, dict, dict]:
+  """Train, validation and test model features of the leave-one-out task."""
+  if pipeline == 'auto':
+    pipeline = ('seqio' if all(importlib.util.find_spec(m) for m in ('seqio', 'tensorflow'))
+                else 'numpy')
+  if pipeline == 'seqio':
+    from genrec import tasks  # imports TensorFlow
+    task = tasks.register_recommendation_task(data, ids, max_history)
+    lengths = tasks.sequence_lengths(ids, max_history)
+    return (tasks.load_train_arrays(task, lengths),
+            tasks.load_eval_arrays(task, 'validation', lengths),
+            tasks.load_eval_arrays(task, 'test', lengths))
+  if pipeline != 'numpy':
+    raise ValueError(f"input_pipeline must be 'auto', 'seqio' or 'numpy', not {pipeline!r}.")
+  logging.info('Input pipeline: numpy (seqio/TensorFlow not used)')
+  splits = sequences.leave_one_out(data, max_history)
+  lengths = features.sequence_lengths(ids, max_history)
+  return (features.train_arrays(splits['train'], ids, lengths),
+          features.eval_arrays(splits['validation'], ids, lengths),
+          features.eval_arrays(splits['test'], ids, lengths))
+
+
 def fit_or_load_ids(scheme: IdScheme, data: sequences.SequenceData, directory: str
                     ) -> ItemIds:
   """Loads the run's identifier artifact, or fits the scheme and saves it."""
@@ -185,6 +209,7 @@ def train(
     log_every_steps: int = 100,
     seed: int = 0,
     stop_after_step: int | None = None,
+    input_pipeline: str = 'auto',
 ) -> dict:
   """Trains and evaluates a generative recommender; resumes from `workdir`.
 
@@ -212,6 +237,9 @@ def train(
     seed: seeds the parameters, the data order and dropout.
     stop_after_step: end this invocation after that step (checkpointed), e.g.
       for time-sliced jobs; running the same command again resumes.
+    input_pipeline: 'seqio' (the registered seqio Task), 'numpy' (the same
+      arrays without TensorFlow, see `genrec.features`) or 'auto' (seqio when
+      seqio and TensorFlow are installed).
 
   Returns:
     The results dict (also written to workdir/results.json).
@@ -224,11 +252,7 @@ def train(
           else sequences.load_dataset(dataset, data_dir))
   logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
-  task = tasks.register_recommendation_task(data, ids, max_history)
-  lengths = tasks.sequence_lengths(ids, max_history)
-  train_arrays = tasks.load_train_arrays(task, lengths)
-  valid_arrays = tasks.load_eval_arrays(task, 'validation', lengths)
-  test_arrays = tasks.load_eval_arrays(task, 'test', lengths)
+  train_arrays, valid_arrays, test_arrays = load_arrays(data, ids, max_history, input_pipeline)
 
   mesh = mesh_fn()
   dp = partitioning.data_parallel_size(mesh)
@@ -341,5 +365,20 @@ def results_table(results: dict) -> str:
 
 
 def _make_writer(logdir: str):
+  """TensorBoard scalars through clu; log lines only where TensorFlow is absent."""
+  if importlib.util.find_spec('tensorflow') is None:  # clu's writers import it
+    logging.warning('TensorFlow is not installed: no TensorBoard scalars in %s; the same '
+                    'values are in train_log.jsonl and eval_history.jsonl.', logdir)
+    return _NoTensorBoard()
   from clu import metric_writers  # heavy import, only when a run starts
   return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+
+
+class _NoTensorBoard:
+  """The part of clu's MetricWriter the loop uses, for hosts without TensorFlow."""
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    del step, scalars  # already logged and written to the JSON-lines files
+
+  def flush(self) -> None:
+    pass

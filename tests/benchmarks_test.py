@@ -1,7 +1,9 @@
+import json
+
 import numpy as np
 
 from genrec import ids, sequences
-from genrec.benchmarks import id_quality
+from genrec.benchmarks import ablation, id_quality
 
 
 def test_code_usage_counts_and_perplexity():
@@ -17,3 +19,29 @@ def test_quality_row_reports_collisions_before_and_after():
   assert row['collisions_after'] == 0 and row['levels'] == 2
   schemes = id_quality.make_schemes(['atomic', 'lcrec'], None, 'synthetic', 10)
   assert list(schemes) == ['atomic']  # no LC-Rec file for the synthetic set
+
+
+def _fake_run(root, name, ndcg):
+  m = {'recall@5': 0.1, 'ndcg@5': 0.05, 'recall@10': 0.2, 'ndcg@10': ndcg, 'invalid_rate': 0.0}
+  run = root / name
+  run.mkdir()
+  (run / 'results.json').write_text(json.dumps({
+      'id_scheme': name, 'params': 10, 'num_train_steps': 100, 'batch_size': 8,
+      'best_step': 100, 'train_time_s_this_invocation': 1.0, 'device': '1 x cpu',
+      'identifier_collisions': 0, 'validation': m, 'test': m, 'popularity_test': m}))
+  (run / 'eval_history.jsonl').write_text(
+      json.dumps({'step': 50, 'validation/ndcg@10': ndcg / 2}) + '\n'
+      + json.dumps({'step': 100, 'validation/ndcg@10': ndcg}) + '\n')
+
+
+def test_ablation_table_from_run_directories(tmp_path):
+  _fake_run(tmp_path, 'atomic', 0.125)
+  _fake_run(tmp_path, 'rqvae', 0.25)
+  (tmp_path / 'unfinished').mkdir()  # no results.json: left out
+  md = ablation.write_table(str(tmp_path), 'Beauty')
+  assert md.startswith('## Beauty')
+  assert '| atomic | atomic | test | 0.1000 | 0.0500 | 0.2000 | 0.1250 |' in md
+  assert '- rqvae: 50:0.1250 100:0.2500' in md
+  assert 'unfinished' not in md
+  rows = (tmp_path / 'ablation.csv').read_text().splitlines()
+  assert len(rows) == 1 + 4  # header + 2 runs x 2 splits

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from genrec import ids, sequences, tasks
+from genrec import ids, sequences, tasks, train
 
 
 def test_task_turns_items_into_identifier_tokens():
@@ -26,3 +27,23 @@ def test_task_turns_items_into_identifier_tokens():
   # Re-registering with other data replaces the task.
   again = tasks.register_recommendation_task(data, item_ids, max_history=2)
   assert again.name == task.name
+
+
+def test_numpy_pipeline_equals_seqio_task():
+  data = sequences.make_synthetic(num_users=60, num_items=40, seed=3)
+  for scheme in (ids.AtomicIds(), ids.RandomCodeIds(num_levels=3, codebook_size=4, seed=2)):
+    item_ids = scheme.fit(data)
+    for max_history in (3, 20):
+      from_seqio = train.load_arrays(data, item_ids, max_history, 'seqio')
+      from_numpy = train.load_arrays(data, item_ids, max_history, 'numpy')
+      for a, b in zip(from_seqio, from_numpy):
+        assert a.keys() == b.keys()
+        for k in a:
+          assert a[k].dtype == b[k].dtype, k
+          np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_unknown_input_pipeline_is_refused():
+  data = sequences.make_synthetic(num_users=20, num_items=10, seed=0)
+  with pytest.raises(ValueError, match="'auto', 'seqio' or 'numpy'"):
+    train.load_arrays(data, ids.AtomicIds().fit(data), 5, 'grain')
