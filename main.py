@@ -4,6 +4,7 @@ Flags, optional multi-process initialization, gin, then one call (as t5x's
 train.py does).
 """
 
+import importlib.util
 import logging as py_logging
 import os
 
@@ -30,10 +31,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
-  import tensorflow as tf
-  for kind in ('GPU', 'TPU'):
-    if tf.config.list_physical_devices(kind):
-      tf.config.set_visible_devices([], kind)
+  # (Without TensorFlow, training uses genrec's numpy input pipeline.)
+  if importlib.util.find_spec('tensorflow') is not None:
+    import tensorflow as tf
+    for kind in ('GPU', 'TPU'):
+      if tf.config.list_physical_devices(kind):
+        tf.config.set_visible_devices([], kind)
   import jax
   if FLAGS.multiprocess:
     jax.distributed.initialize()

@@ -18,6 +18,7 @@ table (`<root>/ablation.md`, `.csv`) is built from the run directories, so
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,20 @@ def run_all(gin_files: list[str], bindings: list[str], root: str, parallel: int)
     else:
       todo.append((name, _command(f, bindings, workdir)))
   running, failed, t0 = {}, [], time.time()
+  # A SIGTERM (e.g. from `timeout`) stops the runs too instead of orphaning them.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(f'Terminated; stopping {list(running)}'))
+  try:
+    _loop(todo, running, failed, root, env, parallel, t0)
+  finally:
+    for proc, log in running.values():
+      proc.terminate()
+      proc.wait()
+      log.close()
+  if failed:
+    print(f'Failed runs: {failed}; see their logs under {root}.', flush=True)
+
+
+def _loop(todo, running, failed, root, env, parallel, t0) -> None:
   while todo or running:
     while todo and len(running) < parallel:
       name, cmd = todo.pop(0)
@@ -74,8 +89,6 @@ def run_all(gin_files: list[str], bindings: list[str], root: str, parallel: int)
         print(f'{name}: {status} after {time.time() - t0:.0f}s; log {log.name}', flush=True)
         if proc.returncode:
           failed.append(name)
-  if failed:
-    print(f'Failed runs: {failed}; see their logs under {root}.', flush=True)
 
 
 def _curve(workdir: str) -> str:
