@@ -3,9 +3,8 @@ r"""Runs several gin experiments at one shared budget and tabulates their result
   python -m genrec.benchmarks.ablation \
     --gin_file=gin/experiments/beauty_atomic.gin \
     --gin_file=gin/experiments/beauty_rqvae.gin \
-    --gin_bindings="DATA_DIR='../shared/data'" \
-    --gin_bindings="train.train.num_train_steps=3000" \
-    --root=runs/ablation --parallel=2
+    --common_gin_file=gin/experiments/budget_3k.gin \
+    --gin_bindings="DATA_DIR='../shared/data'" --root=runs/ablation --parallel=2
 
 Each gin file becomes the run directory `<root>/<file name without .gin>`
 (`main.py` runs it, its log goes to `<root>/<name>.log`); a run directory that
@@ -27,6 +26,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('gin_file', [], 'One experiment per file.')
+flags.DEFINE_multi_string('common_gin_file', [], 'Gin files read after each experiment\'s '
+                          'own file, e.g. a shared budget.')
 flags.DEFINE_multi_string('gin_bindings', [], 'Bindings shared by every experiment.')
 flags.DEFINE_string('root', 'runs/ablation', 'Folder of the run directories and the table.')
 flags.DEFINE_integer('parallel', 1, 'Experiments run at the same time.')
@@ -38,12 +39,13 @@ MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'main.py')
 
 
-def _command(gin_file: str, bindings: list[str], workdir: str) -> list[str]:
-  return ([sys.executable, MAIN, f'--gin_file={gin_file}', f'--workdir={workdir}']
+def _command(gin_files: list[str], bindings: list[str], workdir: str) -> list[str]:
+  return ([sys.executable, MAIN, f'--workdir={workdir}'] + [f'--gin_file={f}' for f in gin_files]
           + [f'--gin_bindings={b}' for b in bindings])
 
 
-def run_all(gin_files: list[str], bindings: list[str], root: str, parallel: int) -> None:
+def run_all(gin_files: list[str], bindings: list[str], root: str, parallel: int,
+            common_gin_files: tuple[str, ...] = ()) -> None:
   """Runs every experiment, `parallel` at a time; prints a line as each ends."""
   if not os.path.exists(MAIN):
     raise FileNotFoundError(f'{MAIN} not found: run from a checkout of genrec.')
@@ -58,7 +60,7 @@ def run_all(gin_files: list[str], bindings: list[str], root: str, parallel: int)
     if os.path.exists(os.path.join(workdir, 'results.json')):
       print(f'{name}: results.json exists, not run again', flush=True)
     else:
-      todo.append((name, _command(f, bindings, workdir)))
+      todo.append((name, _command([f, *common_gin_files], bindings, workdir)))
   running, failed, t0 = {}, [], time.time()
   # A SIGTERM (e.g. from `timeout`) stops the runs too instead of orphaning them.
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(f'Terminated; stopping {list(running)}'))
@@ -154,7 +156,8 @@ def main(argv):
   if not FLAGS.table_only:
     if not FLAGS.gin_file:
       raise app.UsageError('Name at least one --gin_file (or pass --table_only).')
-    run_all(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.root, FLAGS.parallel)
+    run_all(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.root, FLAGS.parallel,
+            FLAGS.common_gin_file)
   print(write_table(FLAGS.root, FLAGS.title), flush=True)
 
 
