@@ -1,43 +1,66 @@
-"""Beam search over fixed-length identifiers: pure, jittable, with a constraint hook."""
+"""Beam search over fixed-length identifiers: pure, jittable, cached, with a
+constraint hook.
+
+Identifiers have a small fixed length (the number of levels), so the steps
+are unrolled, every beam stays alive to the end and no end-of-sequence token
+is needed: a finished identifier is simply `num_steps` tokens long.
+"""
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-# (sequences [batch * beam, num_steps], step) -> logits [batch * beam, vocab] of
-# the token at position `step` (positions > step of `sequences` are zeros).
-TokensToLogits = Callable[[jax.Array, int], jax.Array]
+Cache = Any  # a pytree whose leaves are [batch * beam, ...] (per-beam state)
+# (tokens [batch * beam] at position `step` of the decoder input, cache, step)
+#   -> (logits [batch * beam, vocab] of the token at position `step`, cache)
+TokensToLogits = Callable[[jax.Array, Cache, int], tuple[jax.Array, Cache]]
 # (sequences [batch, beam, num_steps], step, log_probs [batch, beam, vocab]) ->
-# log_probs with disallowed tokens set to -inf.
+# log_probs with disallowed tokens set to -inf. Positions >= step of
+# `sequences` are zeros.
 ConstrainFn = Callable[[jax.Array, int, jax.Array], jax.Array]
 
 
-def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: int,
-                num_steps: int, constrain_fn: ConstrainFn | None = None
+def _reorder(cache: Cache, parent: jax.Array) -> Cache:
+  """Gathers every cache leaf's rows by beam parent, within each query."""
+  batch, beam = parent.shape
+
+  def gather(x):
+    x = x.reshape(batch, beam, *x.shape[1:])
+    idx = parent.reshape(batch, beam, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(x, idx, axis=1).reshape(batch * beam, *x.shape[2:])
+  return jax.tree.map(gather, cache)
+
+
+def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
+                beam_size: int, num_steps: int, constrain_fn: ConstrainFn | None = None
                 ) -> tuple[jax.Array, jax.Array]:
   """Finds the `beam_size` most likely token sequences of length `num_steps`.
 
-  Identifiers have a small fixed length, so the steps are unrolled and every
-  beam stays alive to the end (no end-of-sequence handling is needed).
-
   Args:
-    tokens_to_logits: the model's next-token logits for a batch of beams.
+    tokens_to_logits: the model's next-token logits for a batch of beams,
+      reading and updating a per-beam cache (e.g. self-attention keys/values).
+    cache: the initial per-beam cache (leaves [batch * beam, ...]); state shared
+      by a query's beams (the encoder's keys/values) belongs in the closure.
     batch_size: number of queries.
     beam_size: beams kept per query (= the number of results returned).
     num_steps: identifier length.
-    constrain_fn: optional hook that masks disallowed tokens at every step.
+    constrain_fn: optional hook that masks disallowed tokens at every step
+      (e.g. `constraints.PrefixTrie.constrain`).
 
   Returns:
     sequences int32 [batch, beam, num_steps] and their total log-probabilities
-    float32 [batch, beam], best first.
+    float32 [batch, beam], best first. A beam whose score is -inf found no
+    allowed continuation (fewer valid identifiers than beams).
   """
   seqs = jnp.zeros((batch_size, beam_size, num_steps), jnp.int32)
   # Only beam 0 is live at the start, so the first step does not pick the same
   # token beam_size times.
   scores = jnp.full((batch_size, beam_size), -jnp.inf).at[:, 0].set(0.0)
   for step in range(num_steps):
-    logits = tokens_to_logits(seqs.reshape(batch_size * beam_size, num_steps), step)
+    prev = seqs[:, :, step - 1] if step else jnp.zeros((batch_size, beam_size), jnp.int32)
+    logits, cache = tokens_to_logits(prev.reshape(batch_size * beam_size), cache, step)
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(
         batch_size, beam_size, vocab)  # [batch, beam, vocab]
@@ -48,4 +71,6 @@ def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: in
     parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
     seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1)
     seqs = seqs.at[:, :, step].set(token)
+    if step + 1 < num_steps:
+      cache = _reorder(cache, parent)
   return seqs, scores

@@ -108,9 +108,20 @@ class MultiHeadAttention(nnx.Module):
 
   def __call__(self, x_q: Array, x_kv: Array, mask: Array | None, bias: Array | None,
                *, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
-    q = self.query(x_q) / jnp.sqrt(self.head_dim).astype(self.dtype)  # [b, q, h, d]
-    k = self.key(x_kv)  # [b, k, h, d]
-    v = self.value(x_kv)
+    return self.attend(self.queries(x_q), *self.keys_values(x_kv), mask, bias,
+                       deterministic=deterministic, rngs=rngs)
+
+  def queries(self, x: Array) -> Array:
+    """[b, q, d_model] -> scaled queries [b, q, h, d]."""
+    return self.query(x) / jnp.sqrt(self.head_dim).astype(self.dtype)
+
+  def keys_values(self, x: Array) -> tuple[Array, Array]:
+    """[b, k, d_model] -> keys, values [b, k, h, d] (what a decoding cache holds)."""
+    return self.key(x), self.value(x)
+
+  def attend(self, q: Array, k: Array, v: Array, mask: Array | None, bias: Array | None,
+             *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """Scaled queries [b, q, h, d] over keys/values [b, k, h, d] -> [b, q, d_model]."""
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)

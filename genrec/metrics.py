@@ -61,3 +61,48 @@ def popularity_ranking(train_counts: np.ndarray, k: int) -> np.ndarray:
   counts = np.asarray(train_counts).astype(np.float64)
   counts[0] = -1  # padding is never recommended
   return np.argsort(-counts, kind='stable')[:k].astype(np.int32)
+
+
+SLICES = ('head', 'torso', 'tail', 'unseen')
+
+
+def popularity_slices(target_counts: np.ndarray, head: float = 0.2, tail: float = 0.5
+                      ) -> np.ndarray:
+  """Slice index (into SLICES) of every item id by training-target frequency.
+
+  Items seen as training targets are ranked by count (ties: lower id first):
+  the top `head` fraction is 'head', the bottom `tail` fraction 'tail', the
+  rest 'torso'; items never a training target are 'unseen' (cold start).
+
+  Args:
+    target_counts: int [num_items + 1], how often each item is a training target.
+
+  Returns:
+    int8 [num_items + 1].
+  """
+  if not (0 <= head and 0 <= tail and head + tail <= 1):
+    raise ValueError(f'head ({head}) and tail ({tail}) must be fractions summing to <= 1.')
+  counts = np.asarray(target_counts)
+  out = np.full(len(counts), SLICES.index('unseen'), np.int8)
+  seen = np.flatnonzero(counts > 0)
+  order = seen[np.argsort(-counts[seen], kind='stable')]
+  n_head, n_tail = int(round(head * len(order))), int(round(tail * len(order)))
+  out[order] = SLICES.index('torso')
+  out[order[:n_head]] = SLICES.index('head')
+  out[order[len(order) - n_tail:]] = SLICES.index('tail')
+  return out
+
+
+def sliced_metrics(ranked: np.ndarray, targets: np.ndarray, item_slices: np.ndarray,
+                   ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float]]:
+  """`rank_metrics` on the users of each target-item slice, with 'users' counts.
+
+  The overall metric is the users-weighted sum of the slices' metrics.
+  """
+  ranked, targets = np.asarray(ranked), np.asarray(targets)
+  of_user = item_slices[targets]
+  out = {}
+  for i, name in enumerate(SLICES):
+    keep = of_user == i
+    out[name] = rank_metrics(ranked[keep], targets[keep], ks) | {'users': int(keep.sum())}
+  return out

@@ -81,6 +81,35 @@ class DecoderLayer(nnx.Module):
     return y + self.dropout(self.mlp(self.mlp_norm(y), **kw), **kw)
 
 
+  def decode_step(self, y, cross_kv, cross_mask, self_kv, step: int, bias):
+    """One position of incremental decoding (inference, no dropout).
+
+    Args:
+      y: [n, 1, d] the current token's embedding, n = batch * beams.
+      cross_kv: keys/values of the encoder output [batch, s, h, dk] (shared by
+        a query's beams, never repeated per beam).
+      cross_mask: [batch, 1, 1, s].
+      self_kv: cached self-attention keys/values [n, T, h, dk].
+      step: the position (static).
+      bias: the decoder's relative position bias [1, h, T, T].
+
+    Returns:
+      (y [n, 1, d], self_kv with position `step` filled in).
+    """
+    h = self.self_attn_norm(y)
+    k_new, v_new = self.self_attn.keys_values(h)  # [n, 1, h, dk]
+    k, v = (c.at[:, step].set(x[:, 0]) for c, x in zip(self_kv, (k_new, v_new)))
+    visible = (jnp.arange(k.shape[1]) <= step)[None, None, None, :]  # [1, 1, 1, T]
+    y = y + self.self_attn.attend(self.self_attn.queries(h), k, v, visible,
+                                  bias[:, :, step:step + 1, :])
+    h = self.cross_attn_norm(y)
+    n, b = y.shape[0], cross_kv[0].shape[0]
+    q = self.cross_attn.queries(h)  # [n, 1, h, dk]: a query's beams become its positions
+    q = q.reshape(b, n // b, *q.shape[2:])
+    y = y + self.cross_attn.attend(q, *cross_kv, cross_mask, None).reshape(y.shape)
+    return y + self.mlp(self.mlp_norm(y), deterministic=True, rngs=None), (k, v)
+
+
 class EncoderDecoder(nnx.Module):
   """Encoder over history tokens, causal decoder over identifier tokens.
 
@@ -138,13 +167,52 @@ class EncoderDecoder(nnx.Module):
     y = self.dropout(self._embed(decoder_input_tokens), **kw)
     for layer in self.decoder_layers:
       y = layer(y, encoded, causal, cross_mask, bias, **kw)
-    y = self.dropout(self.decoder_norm(y), **kw)
+    return self._logits(self.dropout(self.decoder_norm(y), **kw))
+
+  def _logits(self, y: Array) -> Array:
     if self.logits_dense is None:
       logits = jnp.einsum('btd,vd->btv', y, self.embed[...].astype(y.dtype))
       logits = logits / jnp.sqrt(self.cfg.d_model).astype(y.dtype)
     else:
       logits = self.logits_dense(y)
     return logits.astype(jnp.float32)
+
+  # -- incremental decoding (inference) ----------------------------------------
+  def cross_attention_cache(self, encoded: Array) -> list[tuple[Array, Array]]:
+    """Per decoder layer, the keys/values of the encoder output [b, s, h, dk]."""
+    return [layer.cross_attn.keys_values(encoded) for layer in self.decoder_layers]
+
+  def init_self_cache(self, n: int, max_len: int) -> list[tuple[Array, Array]]:
+    """Empty self-attention caches [n, max_len, h, dk] per decoder layer."""
+    shape = (n, max_len, self.cfg.num_heads, self.cfg.head_dim)
+    zeros = lambda: jnp.zeros(shape, self.cfg.compute_dtype)
+    return [(zeros(), zeros()) for _ in self.decoder_layers]
+
+  def decode_step(self, tokens: Array, step: int, cross_cache, encoder_valid: Array,
+                  self_cache) -> tuple[Array, list]:
+    """Next-token logits of n = batch * beams sequences, one position at a time.
+
+    Args:
+      tokens: int32 [n], the token at position `step` of the decoder input
+        (0, the start token, at step 0).
+      step: the position (static).
+      cross_cache: `cross_attention_cache(encoded)`; batch = n / beams.
+      encoder_valid: [batch, s].
+      self_cache: from `init_self_cache` or the previous step.
+
+    Returns:
+      (float32 logits [n, vocab], the updated self cache). Equal to
+      `decode(...)[:, step]` on the whole prefix (tested).
+    """
+    max_len = self_cache[0][0].shape[1]
+    bias = self.decoder_bias(max_len, max_len)
+    cross_mask = encoder_valid[:, None, None, :]
+    y = self._embed(tokens[:, None])  # [n, 1, d]
+    new_cache = []
+    for layer, cross_kv, self_kv in zip(self.decoder_layers, cross_cache, self_cache):
+      y, kv = layer.decode_step(y, cross_kv, cross_mask, self_kv, step, bias)
+      new_cache.append(kv)
+    return self._logits(self.decoder_norm(y))[:, 0], new_cache
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:

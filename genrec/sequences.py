@@ -45,6 +45,14 @@ class SequenceData:
     """The training part of every user (validation and test items removed)."""
     return [s[:-2] for s in self.sequences]
 
+  def item_target_counts(self) -> np.ndarray:
+    """[num_items + 1] how often every item is a training target (not the first
+    item of a training part, which is only ever history)."""
+    counts = np.zeros(self.num_items + 1, np.int64)
+    for s in self.train_sequences():
+      np.add.at(counts, s[1:], 1)
+    return counts
+
   def item_train_counts(self) -> np.ndarray:
     """[num_items + 1] occurrences of every item in the training parts."""
     counts = np.zeros(self.num_items + 1, np.int64)

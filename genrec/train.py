@@ -24,7 +24,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from genrec import checkpoints, features, metrics, models, partitioning, sequences, trainer
+from genrec import (checkpoints, constraints, features, metrics, models, partitioning,
+                    sequences, trainer)
 from genrec.ids import AtomicIds, IdScheme, ItemIds
 
 
@@ -75,9 +76,11 @@ class EpochBatcher:
 # Evaluation
 # ---------------------------------------------------------------------------
 def evaluate(tr: trainer.Trainer, params, arrays: dict[str, np.ndarray], ids: ItemIds,
-             beam_size: int, batch_size: int, ks=metrics.DEFAULT_KS
+             beam_size: int, batch_size: int, ks=metrics.DEFAULT_KS,
+             trie: constraints.PrefixTrie | None = None
              ) -> tuple[dict[str, float], np.ndarray]:
-  """Beam search over every example; full-catalog Recall/NDCG.
+  """Beam search over every example (constrained to `trie` if given);
+  full-catalog Recall/NDCG.
 
   Returns:
     (metrics, ranked item ids [n, beam_size] with 0 for invalid identifiers).
@@ -94,17 +97,11 @@ def evaluate(tr: trainer.Trainer, params, arrays: dict[str, np.ndarray], ids: It
       chunk = np.pad(chunk, ((0, batch_size - rows), (0, 0)))
     local = chunk[partitioning.host_slice(batch_size)]
     tokens, _ = tr.predict(params, partitioning.shard_batch({'x': local}, tr.mesh)['x'],
-                           beam_size, ids.num_levels)
+                           beam_size, ids.num_levels, trie)
     tokens = multihost_utils.process_allgather(tokens, tiled=True)
     ranked.append(ids.tokens_to_items(np.asarray(tokens)[:rows]))
   ranked = np.concatenate(ranked) if ranked else np.zeros((0, beam_size), np.int32)
   return metrics.rank_metrics(ranked, targets, ks), ranked
-
-
-def popularity_metrics(data: sequences.SequenceData, targets: np.ndarray, k: int
-                       ) -> dict[str, float]:
-  top = metrics.popularity_ranking(data.item_train_counts(), k)
-  return metrics.rank_metrics(np.tile(top, (len(targets), 1)), targets)
 
 
 def _subsample(arrays: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
@@ -210,6 +207,9 @@ def train(
     seed: int = 0,
     stop_after_step: int | None = None,
     input_pipeline: str = 'auto',
+    constrained_decoding: bool = True,
+    report_unconstrained: bool = True,
+    slice_fractions: tuple[float, float] = (0.2, 0.5),
 ) -> dict:
   """Trains and evaluates a generative recommender; resumes from `workdir`.
 
@@ -240,6 +240,15 @@ def train(
     input_pipeline: 'seqio' (the registered seqio Task), 'numpy' (the same
       arrays without TensorFlow, see `genrec.features`) or 'auto' (seqio when
       seqio and TensorFlow are installed).
+    constrained_decoding: decode only identifiers that exist (a prefix trie on
+      the device, `genrec.constraints`); else free beam search, whose invalid
+      identifiers count in `invalid_rate`.
+    report_unconstrained: with constrained decoding, also evaluate the test
+      split without constraints (results 'test_unconstrained'), so the
+      invalid-ID rate the constraints remove is on record.
+    slice_fractions: (head, tail) fractions of the items seen as training
+      targets, by frequency, for the popularity slices of the final metrics
+      (`metrics.popularity_slices`; unseen items form their own slice).
 
   Returns:
     The results dict (also written to workdir/results.json).
@@ -254,6 +263,10 @@ def train(
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
   train_arrays, valid_arrays, test_arrays = load_arrays(data, ids, max_history, input_pipeline)
 
+  trie = constraints.PrefixTrie.from_ids(ids) if constrained_decoding else None
+  if trie is not None:
+    logging.info('Prefix trie: %s nodes per level, %.2f MiB on each device',
+                 trie.num_nodes(), trie.memory_bytes() / 2**20)
   mesh = mesh_fn()
   dp = partitioning.data_parallel_size(mesh)
   if batch_size % (dp * jax.process_count()):
@@ -306,7 +319,8 @@ def train(
     eval_metrics = None
     if step % eval_every_steps == 0 or final:
       t0 = time.time()
-      m, _ = evaluate(tr, state.params, valid_sample, ids, beam_size, eval_batch_size)
+      m, _ = evaluate(tr, state.params, valid_sample, ids, beam_size, eval_batch_size,
+                      trie=trie)
       eval_metrics = {f'validation/{k}': v for k, v in m.items()}
       logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
                    time.time() - t0, _fmt_metrics(m))
@@ -337,10 +351,20 @@ def train(
       'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       'best_step': best_step, 'identifier_collisions': ids.num_collisions,
   }
+  item_slices = metrics.popularity_slices(data.item_target_counts(), *slice_fractions)
+  popular = metrics.popularity_ranking(data.item_train_counts(), beam_size)
   for split, arrays in (('validation', valid_arrays), ('test', test_arrays)):
-    m, _ = evaluate(tr, state.params, arrays, ids, beam_size, eval_batch_size)
+    targets = arrays['target_item']
+    m, ranked = evaluate(tr, state.params, arrays, ids, beam_size, eval_batch_size, trie=trie)
     results[split] = m
-    results[f'popularity_{split}'] = popularity_metrics(data, arrays['target_item'], beam_size)
+    results[f'{split}_slices'] = metrics.sliced_metrics(ranked, targets, item_slices)
+    pop_ranked = np.tile(popular, (len(targets), 1))
+    results[f'popularity_{split}'] = metrics.rank_metrics(pop_ranked, targets)
+    results[f'popularity_{split}_slices'] = metrics.sliced_metrics(pop_ranked, targets,
+                                                                   item_slices)
+  if trie is not None and report_unconstrained:
+    results['test_unconstrained'], _ = evaluate(tr, state.params, test_arrays, ids, beam_size,
+                                                eval_batch_size)
   writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
                                          for k, v in results[s].items()})
   writer.flush()
@@ -361,6 +385,16 @@ def results_table(results: dict) -> str:
     for split in ('validation', 'test'):
       m = results[prefix + split]
       lines.append(f'| {name} | {split} | ' + ' | '.join(f'{m[k]:.4f}' for k in keys) + ' |')
+  if 'test_unconstrained' in results:
+    m = results['test_unconstrained']
+    lines.append('| genrec, no constraints | test | '
+                 + ' | '.join(f'{m[k]:.4f}' for k in keys) + ' |')
+  lines += ['', 'Test by target-item popularity (training-target frequency):', '',
+            '| model | slice | users | recall@10 | ndcg@10 |', '|---|---|---|---|---|']
+  for name, prefix in (('genrec', ''), ('popularity', 'popularity_')):
+    for slice_name, m in results.get(f'{prefix}test_slices', {}).items():
+      lines.append(f"| {name} | {slice_name} | {m['users']} | {m['recall@10']:.4f} | "
+                   f"{m['ndcg@10']:.4f} |")
   return '\n'.join(lines)
 
 

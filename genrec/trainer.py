@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 import optax
 
-from genrec import decoding, models, partitioning
+from genrec import constraints, decoding, models, partitioning
 
 BATCH_KEYS = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
               'decoder_loss_weights')
@@ -139,30 +139,34 @@ class Trainer:
 
   # -- predict ----------------------------------------------------------------
   def predict(self, params, encoder_input_tokens: jax.Array, beam_size: int,
-              num_steps: int, constrain_fn: decoding.ConstrainFn | None = None):
-    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores)."""
-    key = (beam_size, num_steps, constrain_fn)
+              num_steps: int, trie: constraints.PrefixTrie | None = None):
+    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores).
+
+    With `trie`, only identifiers in it are decoded (exact, on the device).
+    """
+    key = (beam_size, num_steps, trie is None)
     if key not in self._predict:
-      fn = functools.partial(self._predict_fn, beam_size=beam_size, num_steps=num_steps,
-                             constrain_fn=constrain_fn)
+      fn = functools.partial(self._predict_fn, beam_size=beam_size, num_steps=num_steps)
       out = NamedSharding(self.mesh, partitioning.logical_to_mesh_spec(('batch',)))
+      replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._predict[key] = jax.jit(
           fn, in_shardings=(self.state_shardings.params,
-                            partitioning.batch_sharding(self.mesh)),
+                            partitioning.batch_sharding(self.mesh), replicated),
           out_shardings=(partitioning.batch_sharding(self.mesh, 3), out))
-    return self._predict[key](params, encoder_input_tokens)
+    return self._predict[key](params, encoder_input_tokens, trie)
 
-  def _predict_fn(self, params, encoder_input_tokens, *, beam_size, num_steps, constrain_fn):
+  def _predict_fn(self, params, encoder_input_tokens, trie, *, beam_size, num_steps):
     model = nnx.merge(self.graphdef, params)
     batch = encoder_input_tokens.shape[0]
     encoded, valid = model.encode(encoder_input_tokens)
-    encoded = jnp.repeat(encoded, beam_size, axis=0)  # [batch * beam, s, d]
-    valid = jnp.repeat(valid, beam_size, axis=0)
+    cross = model.cross_attention_cache(encoded)  # once per query, not per beam
 
-    def tokens_to_logits(seqs, step):
-      decoder_inputs = jnp.pad(seqs[:, :-1], ((0, 0), (1, 0)))  # shift right, 0 = start
-      return model.decode(encoded, valid, decoder_inputs)[:, step]
-    return decoding.beam_search(tokens_to_logits, batch, beam_size, num_steps, constrain_fn)
+    def tokens_to_logits(tokens, cache, step):
+      return model.decode_step(tokens, step, cross, valid, cache)
+    return decoding.beam_search(tokens_to_logits,
+                                model.init_self_cache(batch * beam_size, num_steps),
+                                batch, beam_size, num_steps,
+                                None if trie is None else trie.constrain)
 
 
 def param_count(params) -> int:

@@ -15,14 +15,19 @@ def _table(seed):
 
 
 def _tokens_to_logits(table):
-  def fn(seqs, step):  # seqs [batch * beam, T]; positions >= step are zero
-    batch_beam = seqs.shape[0]
-    prefix = jnp.zeros(batch_beam, jnp.int32)
-    for i in range(T):
-      prefix = prefix * V + jnp.where(i < step, seqs[:, i], 0)
-    query = jnp.arange(batch_beam) // (batch_beam // 2)
-    return table[query, prefix]
+  # The cache holds each beam's prefix code so far (reordered with the beams).
+  def fn(tokens, prefix, step):  # tokens [batch * beam]: position `step` of the input
+    if step:
+      prefix = prefix + tokens * V ** (T - step)
+    query = jnp.arange(tokens.shape[0]) // (tokens.shape[0] // 2)
+    return table[query, prefix], prefix
   return fn
+
+
+def _search(table, beam, constrain=None):
+  cache = jnp.zeros(2 * beam, jnp.int32)
+  return jax.jit(lambda: decoding.beam_search(_tokens_to_logits(table), cache, 2, beam, T,
+                                              constrain))()
 
 
 def _exhaustive(table, constraint=None):
@@ -46,7 +51,7 @@ def _exhaustive(table, constraint=None):
 
 def test_beam_equals_exhaustive_search_when_beam_covers_the_space():
   table = _table(0)
-  seqs, scores = jax.jit(lambda: decoding.beam_search(_tokens_to_logits(table), 2, V ** 2, T))()
+  seqs, scores = _search(table, V ** 2)
   best = _exhaustive(table)
   for q in range(2):
     # With beam >= V^(T-1) nothing is pruned before the last step: exact top-k.
@@ -70,7 +75,7 @@ def test_constraint_hook_is_respected_and_matches_constrained_exhaustive():
       ok = jnp.ones(log_probs.shape, bool)
     return jnp.where(ok, log_probs, -jnp.inf)
 
-  seqs, _ = jax.jit(lambda: decoding.beam_search(_tokens_to_logits(table), 2, 36, T, constrain))()
+  seqs, _ = _search(table, 36, constrain)
   assert all(allowed(tuple(int(x) for x in s)) for s in np.asarray(seqs).reshape(-1, T))
   best = _exhaustive(table, allowed)
   for q in range(2):
@@ -78,7 +83,7 @@ def test_constraint_hook_is_respected_and_matches_constrained_exhaustive():
 
 
 def test_beams_are_distinct_and_sorted():
-  seqs, scores = jax.jit(lambda: decoding.beam_search(_tokens_to_logits(_table(2)), 2, 10, T))()
+  seqs, scores = _search(_table(2), 10)
   assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()
   for q in range(2):
     assert len({tuple(s) for s in np.asarray(seqs[q])}) == 10

@@ -43,3 +43,29 @@ def test_seqio_metric_fn_and_popularity():
   assert m['recall@10'] == 0.5 and m['ndcg@10'] == 0.5
   counts = np.array([100, 1, 5, 5, 0])  # index 0 is padding and never recommended
   np.testing.assert_array_equal(metrics.popularity_ranking(counts, 3), [2, 3, 1])
+
+
+def test_popularity_slices_partition_items_by_training_frequency():
+  counts = np.array([0, 50, 0, 3, 9, 1, 1, 20, 2, 4, 7])  # item 0 is padding
+  slices = metrics.popularity_slices(counts, head=0.2, tail=0.5)
+  names = [metrics.SLICES[i] for i in slices]
+  assert names[2] == 'unseen' and names[0] == 'unseen'
+  assert {i for i, n in enumerate(names) if n == 'head'} == {1, 7}      # top 2 of 9 seen
+  assert {i for i, n in enumerate(names) if n == 'tail'} == {3, 5, 6, 8}  # bottom 4 of 9
+  with pytest.raises(ValueError, match='fractions'):
+    metrics.popularity_slices(counts, head=0.7, tail=0.5)
+
+
+def test_slices_sum_back_to_the_overall_metrics():
+  rng = np.random.default_rng(0)
+  n_items = 50
+  targets = rng.integers(1, n_items + 1, 400)
+  ranked = rng.integers(0, n_items + 1, (400, 10))
+  ranked[:100, 3] = targets[:100]
+  slices = metrics.popularity_slices(rng.integers(0, 5, n_items + 1))
+  overall = metrics.rank_metrics(ranked, targets)
+  parts = metrics.sliced_metrics(ranked, targets, slices)
+  assert sum(p['users'] for p in parts.values()) == 400
+  for k, v in overall.items():
+    total = sum(p[k] * p['users'] for p in parts.values()) / 400
+    assert abs(total - v) < 1e-12, k

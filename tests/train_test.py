@@ -49,6 +49,10 @@ def test_train_evaluate_and_beat_popularity(tmp_path):
     assert set(results[split]) == {'recall@5', 'recall@10', 'ndcg@5', 'ndcg@10',
                                    'invalid_rate'}
     assert results[split]['recall@10'] > results[f'popularity_{split}']['recall@10']
+    assert results[split]['invalid_rate'] == 0  # constrained decoding (the default)
+    slices = results[f'{split}_slices']
+    assert sum(m['users'] for m in slices.values()) == results['num_users']
+  assert 'invalid_rate' in results['test_unconstrained']
   assert results['best_step'] in (75, 150)
   assert (tmp_path / 'config.gin').exists() and (tmp_path / 'ids' / 'codes.npy').exists()
   assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
@@ -101,7 +105,7 @@ def test_gin_files_parse(path):
   try:
     # Parsing imports the modules and checks every binding against its signature.
     gin.parse_config_files_and_bindings([path], ["DATASET='synthetic'", "DATA_DIR='/x'"])
-    if '/models/' not in path:
+    if '/models/' not in path and '/budgets/' not in path:  # those are fragments
       assert gin.query_parameter('train.train.dataset') is not None
   finally:
     gin.clear_config()

@@ -3,7 +3,7 @@ r"""Runs several gin experiments at one shared budget and tabulates their result
   python -m genrec.benchmarks.ablation \
     --gin_file=gin/experiments/beauty_atomic.gin \
     --gin_file=gin/experiments/beauty_rqvae.gin \
-    --common_gin_file=gin/experiments/budget_3k.gin \
+    --common_gin_file=gin/budgets/3k.gin \
     --gin_bindings="DATA_DIR='../shared/data'" --root=runs/ablation --parallel=2
 
 Each gin file becomes the run directory `<root>/<file name without .gin>`
