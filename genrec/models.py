@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+import optax
 
 from genrec import layers
 
@@ -32,6 +33,11 @@ class TransformerConfig:
   relative_attention_max_distance: int = 128
   logits_via_embedding: bool = False
   dtype: str = 'float32'  # compute dtype: 'float32' or 'bfloat16'
+  # 'encoder_decoder' (generative; with num_items > 0 it scores items through
+  # a projection head instead of decoding identifiers) or 'sasrec'.
+  architecture: str = 'encoder_decoder'
+  num_items: int = 0  # item-scoring models: catalog size, filled in from the data
+  max_len: int = 0  # SASRec: history positions, filled in from max_history
 
   @property
   def compute_dtype(self):
@@ -115,6 +121,11 @@ class EncoderDecoder(nnx.Module):
 
   Token 0 is padding in the encoder input and the start token of the decoder
   input (decoder inputs are targets shifted right, as in T5).
+
+  With `cfg.num_items > 0` it also has an item projection head (as in
+  Lite-LLM4Rec): the decoder's state after the start token is scored against
+  a learned embedding of every item, so one pass ranks the whole catalog
+  (`score_items`) instead of a beam search over identifiers.
   """
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
@@ -139,6 +150,7 @@ class EncoderDecoder(nnx.Module):
     self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
         (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.item_embed = (_item_table(cfg, rngs) if cfg.num_items > 0 else None)
 
   def _embed(self, tokens: Array) -> Array:
     return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
@@ -159,6 +171,12 @@ class EncoderDecoder(nnx.Module):
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array, *,
              deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
     """Returns float32 logits [b, t, vocab] for every decoder position."""
+    return self._logits(self.decode_hidden(encoded, encoder_valid, decoder_input_tokens,
+                                           deterministic=deterministic, rngs=rngs))
+
+  def decode_hidden(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
+                    *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """The decoder's final states [b, t, d] (normalized)."""
     kw = dict(deterministic=deterministic, rngs=rngs)
     t = decoder_input_tokens.shape[1]
     causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # [1, 1, t, t]
@@ -167,7 +185,7 @@ class EncoderDecoder(nnx.Module):
     y = self.dropout(self._embed(decoder_input_tokens), **kw)
     for layer in self.decoder_layers:
       y = layer(y, encoded, causal, cross_mask, bias, **kw)
-    return self._logits(self.dropout(self.decoder_norm(y), **kw))
+    return self.dropout(self.decoder_norm(y), **kw)
 
   def _logits(self, y: Array) -> Array:
     if self.logits_dense is None:
@@ -220,6 +238,110 @@ class EncoderDecoder(nnx.Module):
     return self.decode(encoded, valid, decoder_input_tokens,
                        deterministic=deterministic, rngs=rngs)
 
+  def score_items(self, encoder_input_tokens: Array, *, deterministic: bool = True,
+                  rngs: nnx.Rngs | None = None) -> Array:
+    """Projection head: float32 scores [b, rows >= num_items + 1] of item ids (item 0
+    and the padding rows never win)."""
+    if self.item_embed is None:
+      raise ValueError('This model has no item projection head (TransformerConfig.num_items '
+                       "is 0); use train.train.head = 'projection'.")
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    encoded, valid = self.encode(encoder_input_tokens, **kw)
+    start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
+    h = self.decode_hidden(encoded, valid, start, **kw)[:, 0]  # [b, d]
+    return _item_scores(h, self.item_embed[...], self.cfg.num_items)
+
+  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
+    """Mean cross-entropy of the identifier tokens (or, with a projection head,
+    of the target item over the catalog) and accuracy."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    if self.item_embed is not None:
+      return _item_loss(self.score_items(batch['encoder_input_tokens'], **kw),
+                        batch['target_item'])
+    logits = self(batch['encoder_input_tokens'], batch['decoder_input_tokens'], **kw)
+    targets = batch['decoder_target_tokens']
+    weights = batch['decoder_loss_weights'].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    correct = (logits.argmax(-1) == targets).astype(jnp.float32)
+    return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+
+
+def _item_table(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Param:
+  """[rows, d] item embeddings, rows = num_items + 1 rounded up to a multiple of
+  128 so that the table shards evenly; the extra rows are never scored."""
+  rows = -(-(cfg.num_items + 1) // 128) * 128
+  return layers._param(rngs, nnx.initializers.normal(1.0), (rows, cfg.d_model),
+                       ('items', 'embed'))
+
+
+def _item_scores(h: Array, table: Array, num_items: int) -> Array:
+  """[b, d] x [rows, d] -> float32 [b, rows]; only items 1..num_items can win."""
+  scores = jnp.einsum('bd,nd->bn', h, table.astype(h.dtype)).astype(jnp.float32)
+  scores = scores / jnp.sqrt(h.shape[-1]).astype(jnp.float32)
+  item = jnp.arange(table.shape[0])
+  return jnp.where((item > 0) & (item <= num_items), scores, jnp.finfo(jnp.float32).min)
+
+
+def _item_loss(scores: Array, target_item: Array) -> tuple[Array, dict[str, Array]]:
+  ce = optax.softmax_cross_entropy_with_integer_labels(scores, target_item)
+  accuracy = (scores.argmax(-1) == target_item).astype(jnp.float32).mean()
+  return ce.mean(), {'accuracy': accuracy}
+
+
+class SASRec(nnx.Module):
+  """Self-attentive sequential recommendation (Kang & McAuley, 2018) in the same
+  framework: a causal Transformer over item-id embeddings plus learned
+  positions; the last history position is scored against every item's
+  (shared input/output) embedding, trained with full-catalog cross-entropy.
+
+  Inputs are item ids [b, max_len], 0-padded at the end, oldest first.
+  Sizes: d_model, num_heads, head_dim, d_ff, num_encoder_layers (blocks),
+  dropout_rate, max_len, num_items.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    if cfg.num_items <= 0 or cfg.max_len <= 0:
+      raise ValueError('SASRec needs TransformerConfig.num_items and max_len (filled in '
+                       'by train.train from the data and max_history).')
+    dt = cfg.compute_dtype
+    self.cfg = cfg
+    self.item_embed = _item_table(cfg, rngs)
+    self.pos_embed = layers._param(rngs, nnx.initializers.normal(0.02),
+                                   (cfg.max_len, cfg.d_model), ('length', 'embed'))
+    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def score_items(self, items: Array, *, deterministic: bool = True,
+                  rngs: nnx.Rngs | None = None) -> Array:
+    """[b, max_len] history item ids -> float32 scores [b, rows] of item ids."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    b, t = items.shape
+    valid = items > 0
+    x = jnp.take(self.item_embed[...], items, axis=0) + self.pos_embed[...][None, :t]
+    x = self.dropout(x.astype(self.cfg.compute_dtype), **kw)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]
+    for block in self.blocks:
+      x = block(x, mask, None, **kw)
+    x = self.norm(x)
+    last = jnp.maximum(valid.sum(axis=1) - 1, 0)  # [b]: the most recent item
+    return _item_scores(x[jnp.arange(b), last], self.item_embed[...], self.cfg.num_items)
+
+  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
+    return _item_loss(self.score_items(batch['encoder_input_tokens'],
+                                       deterministic=deterministic, rngs=rngs),
+                      batch['target_item'])
+
+
+def model_class(cfg: TransformerConfig) -> type[nnx.Module]:
+  classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec}
+  if cfg.architecture not in classes:
+    raise ValueError(f'Unknown architecture {cfg.architecture!r}; use one of {sorted(classes)}.')
+  return classes[cfg.architecture]
+
 
 # For functions compiled to run once (parameter init): XLA's backend otherwise
 # spends seconds per random op (the threefry rounds of every parameter).
@@ -230,10 +352,10 @@ ONE_SHOT_COMPILE_OPTIONS = {'xla_backend_optimization_level': 0,
 def init_params(cfg: TransformerConfig, rng: jax.Array) -> dict:
   """Fresh parameters as a pure dict (traceable: jit it with out_shardings)."""
   with nnx.use_eager_sharding(False):
-    return nnx.to_pure_dict(nnx.state(EncoderDecoder(cfg, rngs=nnx.Rngs(params=rng))))
+    return nnx.to_pure_dict(nnx.state(model_class(cfg)(cfg, rngs=nnx.Rngs(params=rng))))
 
 
-def create_model(cfg: TransformerConfig, rng: jax.Array) -> EncoderDecoder:
+def create_model(cfg: TransformerConfig, rng: jax.Array) -> nnx.Module:
   """A ready model on the default device (for inference, tests, notebooks)."""
   graphdef, _ = nnx.split(abstract_model(cfg))
   init = jax.jit(init_params, static_argnums=0).lower(cfg, rng).compile(
@@ -241,7 +363,7 @@ def create_model(cfg: TransformerConfig, rng: jax.Array) -> EncoderDecoder:
   return nnx.merge(graphdef, init(rng))
 
 
-def abstract_model(cfg: TransformerConfig) -> EncoderDecoder:
+def abstract_model(cfg: TransformerConfig) -> nnx.Module:
   """The model with ShapeDtypeStructs instead of arrays (no memory, no compute)."""
   with nnx.use_eager_sharding(False):
-    return nnx.eval_shape(lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(params=0)))
+    return nnx.eval_shape(lambda: model_class(cfg)(cfg, rngs=nnx.Rngs(params=0)))

@@ -26,6 +26,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('mlp', 'model'),
     ('heads', 'model'),
     ('vocab', 'model'),
+    ('items', 'model'),
     ('kv', None),
     ('length', None),
     ('relpos_buckets', None),

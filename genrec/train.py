@@ -87,6 +87,7 @@ def evaluate(tr: trainer.Trainer, params, arrays: dict[str, np.ndarray], ids: It
   """
   inputs, targets = arrays['encoder_input_tokens'], arrays['target_item']
   n = len(targets)
+  item_scoring = tr.scores_items
   dp = partitioning.data_parallel_size(tr.mesh) * jax.process_count()
   batch_size = max(dp, batch_size // dp * dp)
   ranked = []
@@ -95,9 +96,14 @@ def evaluate(tr: trainer.Trainer, params, arrays: dict[str, np.ndarray], ids: It
     rows = len(chunk)
     if rows < batch_size:  # pad the last batch; padded rows are dropped below
       chunk = np.pad(chunk, ((0, batch_size - rows), (0, 0)))
-    local = chunk[partitioning.host_slice(batch_size)]
-    tokens, _ = tr.predict(params, partitioning.shard_batch({'x': local}, tr.mesh)['x'],
-                           beam_size, ids.num_levels, trie)
+    local = partitioning.shard_batch({'x': chunk[partitioning.host_slice(batch_size)]},
+                                     tr.mesh)['x']
+    if item_scoring:  # one pass over the catalog: exact top-k items
+      top = multihost_utils.process_allgather(tr.rank_items(params, local, beam_size),
+                                              tiled=True)
+      ranked.append(np.asarray(top)[:rows])
+      continue
+    tokens, _ = tr.predict(params, local, beam_size, ids.num_levels, trie)
     tokens = multihost_utils.process_allgather(tokens, tiled=True)
     ranked.append(ids.tokens_to_items(np.asarray(tokens)[:rows]))
   ranked = np.concatenate(ranked) if ranked else np.zeros((0, beam_size), np.int32)
@@ -124,6 +130,28 @@ def _fmt_time(seconds: float) -> str:
 
 def _fmt_metrics(m: dict[str, float]) -> str:
   return ' '.join(f'{k}={v:.4f}' for k, v in m.items())
+
+
+def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: bool
+                        ) -> dict[str, np.ndarray]:
+  """Features of item-scoring models: inputs and the target item id.
+
+  SASRec reads item ids rather than identifier tokens, so its history tokens
+  are mapped back to items (single-level identifiers only).
+  """
+  inputs = arrays['encoder_input_tokens']
+  if 'target_item' in arrays:
+    target = arrays['target_item']
+  else:
+    target = ids.tokens_to_items(arrays['decoder_target_tokens'][:, :ids.num_levels])
+  if sasrec:
+    if ids.num_levels != 1:
+      raise ValueError(f'SASRec embeds item ids: use ID_SCHEME = @ids.AtomicIds(), not '
+                       f'{ids.scheme!r} with {ids.num_levels} levels.')
+    item_of_token = np.zeros(ids.vocab_size, np.int32)
+    item_of_token[ids.token_table()[1:, 0]] = np.arange(1, ids.num_items + 1)
+    inputs = item_of_token[inputs]
+  return {'encoder_input_tokens': inputs, 'target_item': target.astype(np.int32)}
 
 
 def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
@@ -210,6 +238,7 @@ def train(
     constrained_decoding: bool = True,
     report_unconstrained: bool = True,
     slice_fractions: tuple[float, float] = (0.2, 0.5),
+    head: str = 'beam',
 ) -> dict:
   """Trains and evaluates a generative recommender; resumes from `workdir`.
 
@@ -249,6 +278,9 @@ def train(
     slice_fractions: (head, tail) fractions of the items seen as training
       targets, by frequency, for the popularity slices of the final metrics
       (`metrics.popularity_slices`; unseen items form their own slice).
+    head: 'beam' (decode identifiers by beam search) or 'projection' (score
+      every item in one pass from the decoder state, Lite-LLM4Rec style; also
+      what `architecture='sasrec'` models do, see gin/models/sasrec.gin).
 
   Returns:
     The results dict (also written to workdir/results.json).
@@ -263,7 +295,16 @@ def train(
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
   train_arrays, valid_arrays, test_arrays = load_arrays(data, ids, max_history, input_pipeline)
 
-  trie = constraints.PrefixTrie.from_ids(ids) if constrained_decoding else None
+  config = dataclasses.replace(model_config, vocab_size=ids.vocab_size)
+  if head not in ('beam', 'projection'):
+    raise ValueError(f"head must be 'beam' or 'projection', not {head!r}.")
+  if head == 'projection' or config.architecture == 'sasrec':
+    config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history)
+    sasrec = config.architecture == 'sasrec'
+    train_arrays, valid_arrays, test_arrays = (
+        item_scoring_arrays(a, ids, sasrec) for a in (train_arrays, valid_arrays, test_arrays))
+  trie = (constraints.PrefixTrie.from_ids(ids)
+          if constrained_decoding and not config.num_items else None)
   if trie is not None:
     logging.info('Prefix trie: %s nodes per level, %.2f MiB on each device',
                  trie.num_nodes(), trie.memory_bytes() / 2**20)
@@ -272,7 +313,6 @@ def train(
   if batch_size % (dp * jax.process_count()):
     raise ValueError(f'batch_size {batch_size} must be divisible by the data-parallel size '
                      f'{dp * jax.process_count()} of mesh {dict(mesh.shape)}.')
-  config = dataclasses.replace(model_config, vocab_size=ids.vocab_size)
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
   batcher = EpochBatcher(len(train_arrays['encoder_input_tokens']), batch_size, seed)
@@ -344,6 +384,8 @@ def train(
   manager.close()
   results = {
       'dataset': data.name, 'id_scheme': ids.scheme, 'num_users': data.num_users,
+      'model': config.architecture + (' + projection head' if config.num_items and
+                                       config.architecture != 'sasrec' else ''),
       'num_items': data.num_items, 'num_train_examples': batcher.num_examples,
       'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'resumed_from_step': start or None,

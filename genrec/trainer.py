@@ -12,8 +12,6 @@ import optax
 
 from genrec import constraints, decoding, models, partitioning
 
-BATCH_KEYS = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
-              'decoder_loss_weights')
 
 
 @flax.struct.dataclass
@@ -93,13 +91,14 @@ class Trainer:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                    opt_state=abstract_opt), self.state_shardings)
-    self.batch_shardings = {k: partitioning.batch_sharding(mesh) for k in BATCH_KEYS}
+    # One sharding for every leaf of the batch dict: split the batch dimension.
+    self.batch_shardings = partitioning.batch_sharding(mesh, 1)
     repl = partitioning.replicated(mesh)
     self._init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
     self.train_step = jax.jit(
         self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl),
         out_shardings=(self.state_shardings, repl), donate_argnums=0)
-    self._predict = {}
+    self._predict, self._rank = {}, {}
 
   # -- init -----------------------------------------------------------------
   def _init_fn(self, rng):
@@ -117,14 +116,7 @@ class Trainer:
   # -- train ----------------------------------------------------------------
   def loss_fn(self, params, batch, dropout_rng, deterministic=False):
     model = nnx.merge(self.graphdef, params)
-    logits = model(batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-                   deterministic=deterministic, rngs=nnx.Rngs(dropout=dropout_rng))
-    targets = batch['decoder_target_tokens']
-    weights = batch['decoder_loss_weights'].astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    denom = jnp.maximum(weights.sum(), 1.0)
-    correct = (logits.argmax(-1) == targets).astype(jnp.float32)
-    return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+    return model.loss(batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=dropout_rng))
 
   def _train_step(self, state: TrainState, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -167,6 +159,24 @@ class Trainer:
                                 model.init_self_cache(batch * beam_size, num_steps),
                                 batch, beam_size, num_steps,
                                 None if trie is None else trie.constrain)
+
+
+  @property
+  def scores_items(self) -> bool:
+    """Whether the model ranks the catalog in one pass (`rank_items`) rather
+    than decoding identifiers (`predict`)."""
+    return self.config.num_items > 0
+
+  def rank_items(self, params, inputs: jax.Array, k: int) -> jax.Array:
+    """Item-scoring models: [batch, s] -> the top-k item ids [batch, k], best first."""
+    if k not in self._rank:
+      def fn(params, inputs):
+        model = nnx.merge(self.graphdef, params)
+        return jax.lax.top_k(model.score_items(inputs), k)[1].astype(jnp.int32)
+      self._rank[k] = jax.jit(fn, in_shardings=(self.state_shardings.params,
+                                                partitioning.batch_sharding(self.mesh)),
+                              out_shardings=partitioning.batch_sharding(self.mesh))
+    return self._rank[k](params, inputs)
 
 
 def param_count(params) -> int:

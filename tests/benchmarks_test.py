@@ -40,7 +40,7 @@ def test_ablation_table_from_run_directories(tmp_path):
   (tmp_path / 'unfinished').mkdir()  # no results.json: left out
   md = ablation.write_table(str(tmp_path), 'Beauty')
   assert md.startswith('## Beauty')
-  assert '| atomic | atomic | test | 0.1000 | 0.0500 | 0.2000 | 0.1250 |' in md
+  assert '| atomic | encoder_decoder | atomic | test | 0.1000 | 0.0500 | 0.2000 | 0.1250 |' in md
   assert '- rqvae: 50:0.1250 100:0.2500' in md
   assert 'unfinished' not in md
   rows = (tmp_path / 'ablation.csv').read_text().splitlines()

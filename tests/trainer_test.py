@@ -1,10 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 import optax
 import pytest
 
-from genrec import trainer
+from genrec import models, partitioning, trainer
 
 
 def test_schedules_warm_up_then_decay():
@@ -34,3 +35,21 @@ def test_optimizers_minimize_and_clip(name):
   assert float(loss(params)) < 0.05 * 144
   with pytest.raises(ValueError, match='Unknown optimizer'):
     trainer.make_optimizer(10, name='sgd')
+
+
+def test_projection_head_top_k_matches_brute_force_scoring():
+  cfg = models.TransformerConfig(vocab_size=128, d_model=16, num_heads=2, head_dim=8, d_ff=32,
+                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0,
+                                 num_items=300)
+  tr = trainer.Trainer(cfg, optax.sgd(0.0), partitioning.make_mesh(-1, 1, 1))
+  params = tr.init_state(0).params
+  x = np.random.default_rng(0).integers(2, 128, (8, 6)).astype(np.int32)
+  top = np.asarray(tr.rank_items(params, jnp.asarray(x), 10))
+  # Brute force: the decoder state after the start token against each item, one at a time.
+  model = nnx.merge(tr.graphdef, params)
+  encoded, valid = model.encode(jnp.asarray(x))
+  h = np.asarray(model.decode_hidden(encoded, valid, jnp.zeros((8, 1), jnp.int32))[:, 0])
+  table = np.asarray(params['item_embed'])
+  scores = np.array([[h[b] @ table[i] / np.sqrt(16) for i in range(1, 301)] for b in range(8)])
+  expected = np.argsort(-scores, axis=1, kind='stable')[:, :10] + 1
+  np.testing.assert_array_equal(top, expected)

@@ -111,7 +111,8 @@ def table(root: str, title: str) -> tuple[str, list[dict]]:
       continue
     with open(path) as f:
       r = json.load(f)
-    base = {'run': name, 'id_scheme': r['id_scheme'], 'params': r['params'],
+    base = {'run': name, 'model': r.get('model', 'encoder_decoder'),
+            'id_scheme': r['id_scheme'], 'params': r['params'],
             'budget': f"{r['num_train_steps']}x{r['batch_size']}", 'best_step': r['best_step'],
             'train_time_s': r['train_time_s_this_invocation'], 'device': r['device'],
             'collisions': r['identifier_collisions']}
@@ -124,14 +125,14 @@ def table(root: str, title: str) -> tuple[str, list[dict]]:
   lines = [f'## {title}', '']
   if not rows:
     return '\n'.join(lines + ['(no finished runs)']), rows
-  cols = ['run', 'id_scheme', 'split', *METRICS, 'invalid_rate', 'budget', 'best_step',
+  cols = ['run', 'model', 'id_scheme', 'split', *METRICS, 'invalid_rate', 'budget', 'best_step',
           'train_time_s', 'device']
   lines += ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   for row in rows:
     lines.append('| ' + ' | '.join(f'{row[c]:.4f}' if isinstance(row[c], float) and c in
                                    (*METRICS, 'invalid_rate') else str(row[c])
                                    for c in cols) + ' |')
-  lines.append('| popularity | - | test | ' + ' | '.join(f'{popularity[k]:.4f}' for k in METRICS)
+  lines.append('| popularity | - | - | test | ' + ' | '.join(f'{popularity[k]:.4f}' for k in METRICS)
                + ' | 0 | - | - | - | - |')
   lines += ['', 'Validation NDCG@10 during training (sampled users), step:value:', '']
   lines += [f"- {row['run']}: {row['val_ndcg@10_curve']}" for row in rows
