@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from genrec import ids, sequences
-from genrec.benchmarks import ablation, id_quality
+from genrec.benchmarks import ablation, id_quality, tiger_table
 
 
 def test_code_usage_counts_and_perplexity():
@@ -45,3 +45,15 @@ def test_ablation_table_from_run_directories(tmp_path):
   assert 'unfinished' not in md
   rows = (tmp_path / 'ablation.csv').read_text().splitlines()
   assert len(rows) == 1 + 4  # header + 2 runs x 2 splits
+
+
+def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
+  _fake_run(tmp_path, 'tiger_beauty', 0.03)
+  results = json.loads((tmp_path / 'tiger_beauty' / 'results.json').read_text())
+  results['dataset'] = 'beauty'
+  (tmp_path / 'tiger_beauty' / 'results.json').write_text(json.dumps(results))
+  md = tiger_table.markdown(tiger_table.collect([str(tmp_path)]))
+  beauty = md.split('### beauty')[1].split('###')[0]
+  assert '| tiger_beauty | genrec encoder_decoder / tiger_beauty | 0.1 | 0.05 | 0.2 | 0.03 |' in beauty
+  assert '| - | TIGER (paper) | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
+  assert 'SASRec (TIGER paper)' in beauty and '### toys' in md

@@ -117,7 +117,7 @@ def table(root: str, title: str) -> tuple[str, list[dict]]:
             'train_time_s': r['train_time_s_this_invocation'], 'device': r['device'],
             'collisions': r['identifier_collisions']}
     for split in ('validation', 'test'):
-      rows.append(base | {'model': 'genrec', 'split': split}
+      rows.append(base | {'split': split}
                   | {k: r[split][k] for k in METRICS}
                   | {'invalid_rate': r[split]['invalid_rate'],
                      'val_ndcg@10_curve': _curve(os.path.join(root, name))})

@@ -126,17 +126,20 @@ def main(argv):
     rows += bench_catalog(config, int(n), [int(b) for b in FLAGS.beams], FLAGS.batch_size,
                           FLAGS.latency_batch, FLAGS.history, FLAGS.reps, FLAGS.levels,
                           FLAGS.codebook_size)
-  rows = with_ratios(rows)
-  md = markdown(rows)
-  print(md, flush=True)
-  if FLAGS.output_dir:
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, 'decoding.md'), 'w') as f:
-      f.write(md + '\n')
-    with open(os.path.join(FLAGS.output_dir, 'decoding.csv'), 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
+    rows = with_ratios(rows)
+    if FLAGS.output_dir:  # after every catalog, so a cut-short run keeps its figures
+      write(rows, FLAGS.output_dir)
+  print(markdown(rows), flush=True)
+
+
+def write(rows: list[dict], output_dir: str) -> None:
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, 'decoding.md'), 'w') as f:
+    f.write(markdown(rows) + '\n')
+  with open(os.path.join(output_dir, 'decoding.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,81 @@
+r"""Our test metrics beside the published TIGER and SASRec rows.
+
+  python -m genrec.benchmarks.tiger_table --runs=runs/tiger [--runs=runs/ablation]
+
+Reads every run directory (with results.json) under each --runs and writes
+one table per data set to <first --runs>/tiger_table.md and .csv: our rows with
+their budget (steps x batch), best step, training time and machine, then the
+published figures (Rajput et al., 2023, Table 2).
+"""
+
+import csv
+import json
+import os
+
+from absl import app, flags
+
+flags.DEFINE_multi_string('runs', ['runs/tiger'], 'Folders of run directories.')
+FLAGS = flags.FLAGS
+
+METRICS = ('recall@5', 'ndcg@5', 'recall@10', 'ndcg@10')
+# (data set, model) -> R@5, N@5, R@10, N@10 as published in the TIGER paper.
+PUBLISHED = {
+    ('beauty', 'TIGER (paper)'): (0.0454, 0.0321, 0.0648, 0.0384),
+    ('sports', 'TIGER (paper)'): (0.0264, 0.0181, 0.0400, 0.0225),
+    ('toys', 'TIGER (paper)'): (0.0521, 0.0371, 0.0712, 0.0432),
+    ('beauty', 'SASRec (TIGER paper)'): (0.0387, 0.0249, 0.0605, 0.0318),
+}
+
+
+def collect(roots: list[str]) -> list[dict]:
+  rows = []
+  for root in roots:
+    for name in sorted(os.listdir(root)):
+      path = os.path.join(root, name, 'results.json')
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        r = json.load(f)
+      rows.append({
+          'dataset': r['dataset'], 'run': name,
+          'model': f"genrec {r.get('model', 'encoder_decoder')} / {r['id_scheme']}",
+          **{k: round(r['test'][k], 4) for k in METRICS},
+          'invalid_rate': round(r['test']['invalid_rate'], 4),
+          'budget': f"{r['num_train_steps']} x {r['batch_size']}",
+          'best_step': r['best_step'], 'train_time_s': r['train_time_s_this_invocation'],
+          'machine': r['device']})
+  for (dataset, model), values in PUBLISHED.items():
+    rows.append({'dataset': dataset, 'run': '-', 'model': model,
+                 **dict(zip(METRICS, values)), 'invalid_rate': '', 'budget': 'paper',
+                 'best_step': '', 'train_time_s': '', 'machine': ''})
+  return rows
+
+
+def markdown(rows: list[dict]) -> str:
+  cols = [c for c in rows[0] if c != 'dataset']
+  out = []
+  for dataset in sorted({r['dataset'] for r in rows}):
+    out += [f'### {dataset}', '', '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    out += ['| ' + ' | '.join(str(r[c]) for c in cols) + ' |'
+            for r in rows if r['dataset'] == dataset]
+    out.append('')
+  return '\n'.join(out)
+
+
+def main(argv):
+  del argv
+  rows = collect(FLAGS.runs)
+  md = markdown(rows)
+  print(md, flush=True)
+  out = FLAGS.runs[0]
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'tiger_table.md'), 'w') as f:
+    f.write(md + '\n')
+  with open(os.path.join(out, 'tiger_table.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+
+
+if __name__ == '__main__':
+  app.run(main)
