@@ -150,7 +150,8 @@ class EncoderDecoder(nnx.Module):
     self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
         (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
-    self.item_embed = (_item_table(cfg, rngs) if cfg.num_items > 0 else None)
+    # Like the tied token logits: unit-variance rows, scores scaled by 1/sqrt(d).
+    self.item_embed = _item_table(cfg, 1.0, rngs) if cfg.num_items > 0 else None
 
   def _embed(self, tokens: Array) -> Array:
     return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
@@ -249,7 +250,8 @@ class EncoderDecoder(nnx.Module):
     encoded, valid = self.encode(encoder_input_tokens, **kw)
     start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
     h = self.decode_hidden(encoded, valid, start, **kw)[:, 0]  # [b, d]
-    return _item_scores(h, self.item_embed[...], self.cfg.num_items)
+    return _item_scores(h, self.item_embed[...], self.cfg.num_items,
+                        1 / self.cfg.d_model ** 0.5)
 
   def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
            rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
@@ -268,18 +270,17 @@ class EncoderDecoder(nnx.Module):
     return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
 
 
-def _item_table(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Param:
+def _item_table(cfg: TransformerConfig, stddev: float, rngs: nnx.Rngs) -> nnx.Param:
   """[rows, d] item embeddings, rows = num_items + 1 rounded up to a multiple of
   128 so that the table shards evenly; the extra rows are never scored."""
   rows = -(-(cfg.num_items + 1) // 128) * 128
-  return layers._param(rngs, nnx.initializers.normal(1.0), (rows, cfg.d_model),
+  return layers._param(rngs, nnx.initializers.normal(stddev), (rows, cfg.d_model),
                        ('items', 'embed'))
 
 
-def _item_scores(h: Array, table: Array, num_items: int) -> Array:
-  """[b, d] x [rows, d] -> float32 [b, rows]; only items 1..num_items can win."""
-  scores = jnp.einsum('bd,nd->bn', h, table.astype(h.dtype)).astype(jnp.float32)
-  scores = scores / jnp.sqrt(h.shape[-1]).astype(jnp.float32)
+def _item_scores(h: Array, table: Array, num_items: int, scale: float = 1.0) -> Array:
+  """scale * [b, d] x [rows, d] -> float32 [b, rows]; only items 1..num_items can win."""
+  scores = jnp.einsum('bd,nd->bn', h, table.astype(h.dtype)).astype(jnp.float32) * scale
   item = jnp.arange(table.shape[0])
   return jnp.where((item > 0) & (item <= num_items), scores, jnp.finfo(jnp.float32).min)
 
@@ -307,7 +308,9 @@ class SASRec(nnx.Module):
                        'by train.train from the data and max_history).')
     dt = cfg.compute_dtype
     self.cfg = cfg
-    self.item_embed = _item_table(cfg, rngs)
+    # As in SASRec: small item embeddings, scaled by sqrt(d) on input, and raw
+    # dot products as scores (unit-variance rows learn far slower here).
+    self.item_embed = _item_table(cfg, 0.02, rngs)
     self.pos_embed = layers._param(rngs, nnx.initializers.normal(0.02),
                                    (cfg.max_len, cfg.d_model), ('length', 'embed'))
     self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
@@ -320,7 +323,8 @@ class SASRec(nnx.Module):
     kw = dict(deterministic=deterministic, rngs=rngs)
     b, t = items.shape
     valid = items > 0
-    x = jnp.take(self.item_embed[...], items, axis=0) + self.pos_embed[...][None, :t]
+    x = (jnp.take(self.item_embed[...], items, axis=0) * jnp.sqrt(self.cfg.d_model)
+         + self.pos_embed[...][None, :t])
     x = self.dropout(x.astype(self.cfg.compute_dtype), **kw)
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]
     for block in self.blocks:
