@@ -14,7 +14,6 @@ table (`<root>/ablation.md`, `.csv`) is built from the run directories, so
 `--table_only` rebuilds it from finished runs without training anything.
 """
 
-import csv
 import json
 import os
 import signal
@@ -23,6 +22,8 @@ import sys
 import time
 
 from absl import app, flags
+
+from genrec.benchmarks import tables
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('gin_file', [], 'One experiment per file.')
@@ -105,12 +106,7 @@ def _curve(workdir: str) -> str:
 def table(root: str, title: str) -> tuple[str, list[dict]]:
   """Markdown and CSV rows of every run directory under `root` with results."""
   rows = []
-  for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name, 'results.json')
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      r = json.load(f)
+  for name, r in tables.finished_runs(root):
     base = {'run': name, 'model': r.get('model', 'encoder_decoder'),
             'id_scheme': r['id_scheme'], 'params': r['params'],
             'budget': f"{r['num_train_steps']}x{r['batch_size']}", 'best_step': r['best_step'],
@@ -142,13 +138,7 @@ def table(root: str, title: str) -> tuple[str, list[dict]]:
 
 def write_table(root: str, title: str) -> str:
   md, rows = table(root, title)
-  with open(os.path.join(root, 'ablation.md'), 'w') as f:
-    f.write(md + '\n')
-  if rows:
-    with open(os.path.join(root, 'ablation.csv'), 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
+  tables.write(md, rows, root, 'ablation')
   return md
 
 

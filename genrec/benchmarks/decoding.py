@@ -14,7 +14,6 @@ model with an item projection head ranks the catalog in one pass (top-k).
 Writes decoding.md and decoding.csv.
 """
 
-import csv
 import dataclasses
 import os
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import optax
 
 from genrec import constraints, models, partitioning, trainer
+from genrec.benchmarks import tables
 from genrec.ids import ItemIds
 from genrec.ids.kmeans import add_collision_level
 
@@ -144,18 +144,8 @@ def main(argv):
                           FLAGS.codebook_size, FLAGS.projection)
     rows = with_ratios(rows)
     if FLAGS.output_dir:  # after every catalog, so a cut-short run keeps its figures
-      write(rows, FLAGS.output_dir)
+      tables.write(markdown(rows), rows, FLAGS.output_dir, 'decoding')
   print(markdown(rows), flush=True)
-
-
-def write(rows: list[dict], output_dir: str) -> None:
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, 'decoding.md'), 'w') as f:
-    f.write(markdown(rows) + '\n')
-  with open(os.path.join(output_dir, 'decoding.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
 
 
 if __name__ == '__main__':

@@ -8,11 +8,9 @@ their budget (steps x batch), best step, training time and machine, then the
 published figures (Rajput et al., 2023, Table 2).
 """
 
-import csv
-import json
-import os
-
 from absl import app, flags
+
+from genrec.benchmarks import tables
 
 flags.DEFINE_multi_string('runs', ['runs/tiger'], 'Folders of run directories.')
 FLAGS = flags.FLAGS
@@ -30,12 +28,7 @@ PUBLISHED = {
 def collect(roots: list[str]) -> list[dict]:
   rows = []
   for root in roots:
-    for name in sorted(os.listdir(root)):
-      path = os.path.join(root, name, 'results.json')
-      if not os.path.exists(path):
-        continue
-      with open(path) as f:
-        r = json.load(f)
+    for name, r in tables.finished_runs(root):
       rows.append({
           'dataset': r['dataset'], 'run': name,
           'model': f"genrec {r.get('model', 'encoder_decoder')} / {r['id_scheme']}",
@@ -67,14 +60,7 @@ def main(argv):
   rows = collect(FLAGS.runs)
   md = markdown(rows)
   print(md, flush=True)
-  out = FLAGS.runs[0]
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'tiger_table.md'), 'w') as f:
-    f.write(md + '\n')
-  with open(os.path.join(out, 'tiger_table.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+  tables.write(md, rows, FLAGS.runs[0], 'tiger_table')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,27 @@
+"""Shared by the benchmark scripts: finished run directories in, tables out."""
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+
+
+def finished_runs(root: str) -> Iterator[tuple[str, dict]]:
+  """(name, results.json) of every run directory under `root` that finished."""
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name, 'results.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        yield name, json.load(f)
+
+
+def write(markdown: str, rows: list[dict], directory: str, stem: str) -> None:
+  """Writes <directory>/<stem>.md and, if there are rows, <stem>.csv."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, f'{stem}.md'), 'w') as f:
+    f.write(markdown + '\n')
+  if rows:
+    with open(os.path.join(directory, f'{stem}.csv'), 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=list(rows[0]))
+      w.writeheader()
+      w.writerows(rows)
