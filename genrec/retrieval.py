@@ -1,0 +1,192 @@
+"""Document retrieval data and baselines: BEIR-style collections, a SentencePiece
+text vocabulary trained on the corpus, BM25 over that tokenization, and the
+retrieval metrics (Recall@1/10/100, nDCG@10, MRR@10).
+
+Files (under <data dir>/<name>/, e.g. cranfield/):
+  corpus.jsonl      {"_id", "title", "text", ...} per line
+  queries.jsonl     {"_id", "text", ...} per line
+  qrels/<split>.tsv query-id <tab> corpus-id <tab> score, with a header line
+
+Every listed (query, document) pair counts as relevant (binary relevance),
+whatever its grade.
+"""
+
+import collections
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import scipy.sparse as sp
+import sentencepiece as spm
+
+from genrec import sequences
+
+RETRIEVAL_KS = (1, 10, 100)
+
+
+class CollectionError(ValueError):
+  """A malformed collection file; the message names the file, line and fix."""
+
+
+@dataclasses.dataclass
+class Collection:
+  name: str
+  doc_ids: list[str]
+  titles: list[str]
+  texts: list[str]
+  queries: dict[str, str]
+  qrels: dict[str, dict[str, set[str]]]  # split -> query id -> relevant doc ids
+
+  @property
+  def num_docs(self) -> int:
+    return len(self.doc_ids)
+
+  def doc_index(self) -> dict[str, int]:
+    return {d: i for i, d in enumerate(self.doc_ids)}
+
+
+def _read_jsonl(path: str, required: tuple[str, ...]) -> list[dict]:
+  rows = []
+  with open(path, encoding='utf-8') as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise CollectionError(f'{path}:{n}: not valid JSON ({e.msg}); each line must be one '
+                              'JSON object.') from e
+      missing = [k for k in required if k not in row]
+      if missing:
+        raise CollectionError(f'{path}:{n}: missing field(s) {missing}; every line needs '
+                              f'{list(required)}.')
+      rows.append(row)
+  return rows
+
+
+def load_beir(name: str, data_dir: str | None = None) -> Collection:
+  """Reads a BEIR-style collection from <data dir>/<name>, validating it."""
+  root = os.path.join(sequences.resolve_data_dir(data_dir), name)
+  if not os.path.isdir(root):
+    raise CollectionError(f'No collection folder {root}; set DATA_DIR / $GENREC_DATA_DIR to '
+                          'the folder that holds it.')
+  corpus = _read_jsonl(os.path.join(root, 'corpus.jsonl'), ('_id', 'text'))
+  doc_ids = [str(r['_id']) for r in corpus]
+  dup = [d for d, c in collections.Counter(doc_ids).items() if c > 1]
+  if dup:
+    raise CollectionError(f'{root}/corpus.jsonl: duplicate _id(s) {dup[:5]}; ids must be '
+                          'unique.')
+  queries = {str(r['_id']): r['text']
+             for r in _read_jsonl(os.path.join(root, 'queries.jsonl'), ('_id', 'text'))}
+  known = set(doc_ids)
+  qrels = {}
+  qrels_dir = os.path.join(root, 'qrels')
+  for fname in sorted(os.listdir(qrels_dir)) if os.path.isdir(qrels_dir) else []:
+    if not fname.endswith('.tsv'):
+      continue
+    path = os.path.join(qrels_dir, fname)
+    split = collections.defaultdict(set)
+    with open(path, encoding='utf-8') as f:
+      for n, line in enumerate(f, 1):
+        parts = line.rstrip('\n').split('\t')
+        if n == 1 and parts[0] == 'query-id':
+          continue
+        if len(parts) != 3:
+          raise CollectionError(f'{path}:{n}: expected "query-id<TAB>corpus-id<TAB>score", '
+                                f'got {line.strip()!r}.')
+        qid, did = parts[0], parts[1]
+        if qid not in queries or did not in known:
+          raise CollectionError(f'{path}:{n}: unknown {"query" if qid not in queries else "doc"}'
+                                f' id {qid if qid not in queries else did!r}; qrels may only '
+                                'name ids of queries.jsonl and corpus.jsonl.')
+        split[qid].add(did)
+    qrels[fname[:-4]] = dict(split)
+  if not qrels:
+    raise CollectionError(f'{qrels_dir} holds no <split>.tsv files.')
+  return Collection(name, doc_ids, [str(r.get('title', '')) for r in corpus],
+                    [r['text'] for r in corpus], queries, qrels)
+
+
+# ---------------------------------------------------------------------------
+# Text vocabulary
+# ---------------------------------------------------------------------------
+def train_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int = 8000,
+                        model_type: str = 'unigram') -> str:
+  """Trains a SentencePiece model on `texts`; returns the .model path.
+
+  `vocab_size` is an upper bound (small corpora may yield fewer pieces).
+  Ids: 0 pad, 1 eos, 2 unk (T5's layout, so the model plugs into
+  `seqio.SentencePieceVocabulary`); no bos.
+  """
+  os.makedirs(os.path.dirname(model_prefix) or '.', exist_ok=True)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([t for t in texts if t.strip()]), model_prefix=model_prefix,
+      vocab_size=vocab_size, model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      character_coverage=1.0, num_threads=1, hard_vocab_limit=False,
+      minloglevel=2)
+  return model_prefix + '.model'
+
+
+def text_vocabulary(model_path: str):
+  """The SentencePiece model as a seqio vocabulary (seqio imports TensorFlow)."""
+  import seqio
+  return seqio.SentencePieceVocabulary(model_path)
+
+
+# ---------------------------------------------------------------------------
+# BM25
+# ---------------------------------------------------------------------------
+class BM25:
+  """Okapi BM25 over token-id documents (idf = ln(1 + (N - df + .5) / (df + .5)))."""
+
+  def __init__(self, docs: list[list[int]], vocab_size: int, k1: float = 0.9, b: float = 0.4):
+    rows = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+    cols = np.concatenate([np.asarray(d, np.int64) for d in docs]) if docs else np.zeros(0)
+    tf = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)),
+                       shape=(len(docs), vocab_size))
+    tf.sum_duplicates()
+    n = len(docs)
+    df = np.bincount(tf.indices, minlength=vocab_size)
+    self.idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+    lengths = np.asarray([len(d) for d in docs], np.float32)
+    norm = k1 * (1 - b + b * lengths / max(lengths.mean(), 1e-9))
+    tf = tf.tocoo()
+    weights = tf.data * (k1 + 1) / (tf.data + norm[tf.row])
+    # [vocab, docs]: a query's scores are a sum of its terms' rows.
+    self.term_doc = sp.csr_matrix((weights, (tf.col, tf.row)), shape=(vocab_size, n))
+
+  def scores(self, query: list[int]) -> np.ndarray:
+    counts = collections.Counter(int(t) for t in query)
+    terms = np.array(list(counts), np.int64)
+    qw = np.array([counts[t] for t in terms], np.float32) * self.idf[terms]
+    return np.asarray(self.term_doc[terms].T @ qw).ravel()
+
+  def search(self, query: list[int], k: int = 100) -> np.ndarray:
+    s = self.scores(query)
+    k = min(k, len(s))
+    top = np.argpartition(-s, k - 1)[:k]
+    return top[np.lexsort((top, -s[top]))]  # by score, then doc index
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+def retrieval_metrics(ranked: dict[str, list[str]], qrels: dict[str, set[str]],
+                      ks=RETRIEVAL_KS) -> dict[str, float]:
+  """Recall@k, nDCG@10 and MRR@10 (binary relevance) averaged over the qrels'
+  queries; a query missing from `ranked` scores 0."""
+  out = collections.defaultdict(float)
+  for qid, relevant in qrels.items():
+    run = list(dict.fromkeys(ranked.get(qid, [])))  # a document counts once
+    hits = [d in relevant for d in run]
+    for k in ks:
+      out[f'recall@{k}'] += sum(hits[:k]) / len(relevant)
+    dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits[:10]))
+    idcg = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
+    out['ndcg@10'] += dcg / idcg
+    first = next((i for i, h in enumerate(hits[:10]) if h), None)
+    out['mrr@10'] += 0.0 if first is None else 1 / (first + 1)
+  n = max(len(qrels), 1)
+  return {k: v / n for k, v in out.items()}

@@ -1,0 +1,87 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import ranx
+
+from conftest import data_dir_or_skip
+from genrec import retrieval
+
+
+def _write_collection(root, corpus, queries, qrels_lines):
+  (root / 'qrels').mkdir(parents=True)
+  (root / 'corpus.jsonl').write_text('\n'.join(json.dumps(d) for d in corpus) + '\n')
+  (root / 'queries.jsonl').write_text('\n'.join(json.dumps(q) for q in queries) + '\n')
+  (root / 'qrels' / 'test.tsv').write_text('query-id\tcorpus-id\tscore\n' + qrels_lines)
+
+
+def test_cranfield_loads_with_its_documented_statistics():
+  data_dir = data_dir_or_skip('cranfield')
+  c = retrieval.load_beir('cranfield', data_dir)
+  assert c.num_docs == 1400 and len(c.queries) == 225
+  assert len(c.qrels['train']) == 113 and len(c.qrels['test']) == 112
+  assert sum(len(v) for s in c.qrels.values() for v in s.values()) == 1837
+
+
+def test_malformed_collections_get_clear_errors(tmp_path):
+  docs = [{'_id': 'a', 'text': 'x y'}, {'_id': 'b', 'text': 'y z'}]
+  _write_collection(tmp_path / 'ok', docs, [{'_id': 'q', 'text': 'y'}], 'q\ta\t1\n')
+  assert retrieval.load_beir('ok', str(tmp_path)).qrels == {'test': {'q': {'a'}}}
+  _write_collection(tmp_path / 'dup', docs + docs[:1], [{'_id': 'q', 'text': 'y'}], '')
+  with pytest.raises(retrieval.CollectionError, match='duplicate _id'):
+    retrieval.load_beir('dup', str(tmp_path))
+  _write_collection(tmp_path / 'unk', docs, [{'_id': 'q', 'text': 'y'}], 'q\tzz\t1\n')
+  with pytest.raises(retrieval.CollectionError, match=r"test.tsv:2: unknown doc id 'zz'"):
+    retrieval.load_beir('unk', str(tmp_path))
+  _write_collection(tmp_path / 'bad', docs, [{'_id': 'q'}], '')
+  with pytest.raises(retrieval.CollectionError, match=r"queries.jsonl:1: missing field"):
+    retrieval.load_beir('bad', str(tmp_path))
+  with pytest.raises(retrieval.CollectionError, match='No collection folder'):
+    retrieval.load_beir('absent', str(tmp_path))
+
+
+def test_sentencepiece_vocabulary_round_trips(tmp_path):
+  texts = [f'the wing {w} of the aircraft in a slipstream number {i}'
+           for i, w in enumerate(['span', 'lift', 'drag', 'chord'] * 30)]
+  path = retrieval.train_sentencepiece(texts, str(tmp_path / 'spm'), vocab_size=60)
+  import sentencepiece as spm
+  sp = spm.SentencePieceProcessor(model_file=path)
+  assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
+  ids = sp.encode(texts[3])
+  assert min(ids) > 2 and sp.decode(ids) == texts[3]
+
+
+def test_bm25_matches_the_formula():
+  docs = [[3, 4, 4, 5], [4, 6], [3, 3, 3, 7, 8, 9], [5]]
+  bm25 = retrieval.BM25(docs, vocab_size=10, k1=1.2, b=0.75)
+  avgdl = sum(map(len, docs)) / 4
+  query = [3, 4, 4]
+
+  def score(d):
+    s = 0.0
+    for t in set(query):
+      df = sum(t in x for x in docs)
+      idf = math.log(1 + (4 - df + 0.5) / (df + 0.5))
+      tf = d.count(t)
+      s += query.count(t) * idf * tf * 2.2 / (tf + 1.2 * (1 - 0.75 + 0.75 * len(d) / avgdl))
+    return s
+  np.testing.assert_allclose(bm25.scores(query), [score(d) for d in docs], rtol=1e-5)
+  assert list(bm25.search(query, 2)) == list(np.argsort([-score(d) for d in docs])[:2])
+
+
+def test_metrics_match_ranx():
+  rng = np.random.default_rng(0)
+  docs = [f'd{i}' for i in range(40)]
+  qrels = {f'q{i}': set(rng.choice(docs, rng.integers(1, 6), replace=False)) for i in range(20)}
+  run = {q: list(rng.permutation(docs)[:100]) for q in qrels}
+  for q in list(qrels)[:5]:  # some queries find a relevant doc first
+    run[q].insert(0, sorted(qrels[q])[0])
+  ours = retrieval.retrieval_metrics(run, qrels)
+  r_qrels = ranx.Qrels({q: {d: 1 for d in v} for q, v in qrels.items()})
+  r_run = ranx.Run({q: {d: 1000.0 - i for i, d in enumerate(dict.fromkeys(v))}
+                    for q, v in run.items()})
+  theirs = ranx.evaluate(r_qrels, r_run, ['recall@1', 'recall@10', 'recall@100', 'ndcg@10',
+                                          'mrr@10'])
+  for k, v in theirs.items():
+    assert abs(ours[k] - v) < 1e-9, k
