@@ -58,15 +58,3 @@ def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   assert '| - | TIGER (paper) | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
   assert 'SASRec (TIGER paper)' in beauty and '### toys' in md
 
-
-def test_bm25_row_on_cranfield(tmp_path):
-  from conftest import data_dir_or_skip
-  import sentencepiece as spm
-  from genrec import retrieval as r
-  from genrec.benchmarks import retrieval as bench
-  c = r.load_beir('cranfield', data_dir_or_skip('cranfield'))
-  model = r.train_sentencepiece([f'{t} {x}' for t, x in zip(c.titles, c.texts)],
-                                str(tmp_path / 'spm'), 4000)
-  row = bench.bm25_row(c, spm.SentencePieceProcessor(model_file=model), 'test')
-  assert row['queries'] == 112 and 0.2 < row['ndcg@10'] < 1.0
-  assert row['recall@1'] <= row['recall@10'] <= row['recall@100']

@@ -9,7 +9,6 @@ reference the generative methods are measured against). Metrics: Recall@1/
 """
 
 import os
-import time
 
 from absl import app, flags
 import sentencepiece as spm
@@ -25,22 +24,6 @@ flags.DEFINE_string('output_dir', 'runs/retrieval', 'Where the vocabulary and ta
 FLAGS = flags.FLAGS
 
 
-def bm25_row(c: retrieval.Collection, sp: spm.SentencePieceProcessor, split: str) -> dict:
-  t0 = time.perf_counter()
-  docs = [sp.encode(f'{t} {x}') for t, x in zip(c.titles, c.texts)]
-  index = retrieval.BM25(docs, sp.get_piece_size())
-  build_s = time.perf_counter() - t0
-  qrels = c.qrels[split]
-  t0 = time.perf_counter()
-  ranked = {q: [c.doc_ids[i] for i in index.search(sp.encode(c.queries[q]), 100)]
-            for q in qrels}
-  query_ms = (time.perf_counter() - t0) / len(qrels) * 1e3
-  m = retrieval.retrieval_metrics(ranked, qrels)
-  return {'method': 'BM25 (k1 0.9, b 0.4)', 'tokens': f'SentencePiece {sp.get_piece_size()}',
-          **{k: round(v, 4) for k, v in m.items()}, 'queries': len(qrels),
-          'training': 'none', 'index_s': round(build_s, 2), 'ms_per_query': round(query_ms, 2)}
-
-
 def main(argv):
   del argv
   c = retrieval.load_beir(FLAGS.collection, FLAGS.data_dir)
@@ -48,7 +31,7 @@ def main(argv):
       [f'{t} {x}' for t, x in zip(c.titles, c.texts)],
       os.path.join(FLAGS.output_dir, f'{FLAGS.collection}_spm'), FLAGS.vocab_size)
   sp = spm.SentencePieceProcessor(model_file=model)
-  rows = [bm25_row(c, sp, FLAGS.split)]
+  rows = [retrieval.bm25_row(c, sp, FLAGS.split)]
   cols = list(rows[0])
   md = '\n'.join([f'## {c.name}, {FLAGS.split} queries', '',
                   '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
