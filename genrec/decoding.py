@@ -7,10 +7,12 @@ is needed: a finished identifier is simply `num_steps` tokens long.
 """
 
 from collections.abc import Callable
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Cache = Any  # a pytree whose leaves are [batch * beam, ...] (per-beam state)
 # (tokens [batch * beam] at position `step` of the decoder input, cache, step)
@@ -54,23 +56,81 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
     float32 [batch, beam], best first. A beam whose score is -inf found no
     allowed continuation (fewer valid identifiers than beams).
   """
+  seqs, scores = _init(batch_size, beam_size, num_steps)
+  for step in range(num_steps):
+    logits, cache = tokens_to_logits(_previous(seqs, step), cache, step)
+    log_probs = _log_probs(logits, batch_size, beam_size)
+    if constrain_fn is not None:
+      log_probs = constrain_fn(seqs, step, log_probs)
+    seqs, scores, cache = _select(seqs, scores, log_probs, cache, step)
+  return seqs, scores
+
+
+def _init(batch_size: int, beam_size: int, num_steps: int) -> tuple[jax.Array, jax.Array]:
   seqs = jnp.zeros((batch_size, beam_size, num_steps), jnp.int32)
   # Only beam 0 is live at the start, so the first step does not pick the same
   # token beam_size times.
   scores = jnp.full((batch_size, beam_size), -jnp.inf).at[:, 0].set(0.0)
-  for step in range(num_steps):
-    prev = seqs[:, :, step - 1] if step else jnp.zeros((batch_size, beam_size), jnp.int32)
-    logits, cache = tokens_to_logits(prev.reshape(batch_size * beam_size), cache, step)
-    vocab = logits.shape[-1]
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(
-        batch_size, beam_size, vocab)  # [batch, beam, vocab]
-    if constrain_fn is not None:
-      log_probs = constrain_fn(seqs, step, log_probs)
-    candidates = (scores[:, :, None] + log_probs).reshape(batch_size, beam_size * vocab)
-    scores, flat = jax.lax.top_k(candidates, beam_size)  # [batch, beam]
-    parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
-    seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1)
-    seqs = seqs.at[:, :, step].set(token)
-    if step + 1 < num_steps:
-      cache = _reorder(cache, parent)
   return seqs, scores
+
+
+def _previous(seqs: jax.Array, step: int) -> jax.Array:
+  """[batch * beam] the decoder input at `step` (0, the start token, at step 0)."""
+  prev = seqs[:, :, step - 1] if step else jnp.zeros(seqs.shape[:2], jnp.int32)
+  return prev.reshape(-1)
+
+
+def _log_probs(logits: jax.Array, batch_size: int, beam_size: int) -> jax.Array:
+  """[batch * beam, vocab] logits -> float32 log-probabilities [batch, beam, vocab]."""
+  return jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beam_size, -1)
+
+
+def _select(seqs, scores, log_probs, cache, step: int):
+  """Keeps the best beam_size continuations; reorders sequences and cache."""
+  batch_size, beam_size, vocab = log_probs.shape
+  candidates = (scores[:, :, None] + log_probs).reshape(batch_size, beam_size * vocab)
+  scores, flat = jax.lax.top_k(candidates, beam_size)  # [batch, beam]
+  parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+  seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1)
+  seqs = seqs.at[:, :, step].set(token)
+  if step + 1 < seqs.shape[-1]:
+    cache = _reorder(cache, parent)
+  return seqs, scores, cache
+
+
+# (sequences int32 [batch, beam, step] so far, on the host) -> bool [batch, beam,
+# vocab]: the tokens each beam may take next.
+HostAllowedFn = Callable[[np.ndarray], np.ndarray]
+
+
+def host_constrained_beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
+                                 batch_size: int, beam_size: int, num_steps: int,
+                                 allowed_fn: HostAllowedFn) -> tuple[jax.Array, jax.Array]:
+  """Beam search whose constraint is computed on the host at every step.
+
+  For constraints that live in host data structures (e.g. an FM-index over a
+  corpus, `genrec.fm_index.NGramConstraint`). The boundary is explicit and
+  cheap: per step one jitted model call on the device, one batched
+  `allowed_fn` call for all beams on the host (the current sequences go to
+  the host, a boolean mask comes back), one jitted selection on the device.
+  `tokens_to_logits` is called eagerly once per step: pass a jitted one
+  (e.g. `jax.jit(fn, static_argnums=2)`).
+
+  Returns what `beam_search` returns.
+  """
+  seqs, scores = _init(batch_size, beam_size, num_steps)
+  for step in range(num_steps):
+    logits, cache = tokens_to_logits(_previous(seqs, step), cache, step)  # device
+    allowed = allowed_fn(np.asarray(seqs[:, :, :step]))  # host
+    seqs, scores, cache = _jit_masked_select(step)(seqs, scores, logits, jnp.asarray(allowed),
+                                                   cache)
+  return seqs, scores
+
+
+@functools.cache
+def _jit_masked_select(step: int):
+  def fn(seqs, scores, logits, allowed, cache):
+    log_probs = _log_probs(logits, *seqs.shape[:2])
+    log_probs = jnp.where(allowed, log_probs, -jnp.inf)
+    return _select(seqs, scores, log_probs, cache, step)
+  return jax.jit(fn)

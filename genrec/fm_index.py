@@ -170,3 +170,44 @@ class FMIndex:
       raise ValueError(f'{directory}: the index files disagree in size (corrupt or mixed '
                        'files); rebuild the index.')
     return cls(text, sa, starts, int(meta['vocab_size']))
+
+
+class NGramConstraint:
+  """`decoding.HostAllowedFn` that keeps every beam on an n-gram of the corpus.
+
+  Token ids of the decoder are the corpus token ids (a beam may take token t
+  after prefix g iff g + [t] occurs in some document). Each prefix's
+  suffix-array interval is memoized, so a step extends each beam's interval
+  by one backward-search step instead of re-reading the whole prefix.
+  """
+
+  def __init__(self, index: FMIndex, vocab_size: int):
+    if vocab_size < index.vocab_size:
+      raise ValueError(f'decoder vocabulary {vocab_size} is smaller than the index '
+                       f'vocabulary {index.vocab_size}.')
+    self.index = index
+    self.vocab_size = vocab_size
+    self._intervals: dict[tuple[int, ...], tuple[int, int]] = {(): index.full_range()}
+
+  def interval(self, prefix: tuple[int, ...]) -> tuple[int, int]:
+    found = self._intervals.get(prefix)
+    if found is None:
+      lo, hi = self.interval(prefix[:-1])
+      tok = prefix[-1]
+      found = (self.index.extend((lo, hi), tok) if hi > lo and 1 <= tok < self.index.vocab_size
+               else (0, 0))
+      self._intervals[prefix] = found
+    return found
+
+  def __call__(self, seqs: np.ndarray) -> np.ndarray:
+    """int [batch, beam, step] -> bool [batch, beam, vocab]."""
+    batch, beam = seqs.shape[:2]
+    allowed = np.zeros((batch, beam, self.vocab_size), bool)
+    for b in range(batch):
+      for k in range(beam):
+        lo, hi = self.interval(tuple(int(t) for t in seqs[b, k]))
+        if hi > lo:
+          found = self.index.wavelet.range_list(start=lo, end=hi, lower=1,
+                                                upper=self.index.vocab_size)
+          allowed[b, k, [f['value'] for f in found]] = True
+    return allowed

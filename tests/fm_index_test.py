@@ -87,3 +87,40 @@ def test_bad_documents_are_refused():
     FMIndex.build([])
   with pytest.raises(ValueError, match='outside vocab_size'):
     FMIndex.build([[1, 9]], vocab_size=5)
+
+
+def test_ngram_constrained_beam_search_only_generates_corpus_ngrams():
+  import itertools
+  import jax
+  import jax.numpy as jnp
+  from genrec import decoding
+  from genrec.fm_index import NGramConstraint
+
+  vocab, steps, batch, beam = 6, 3, 2, 25
+  rng = np.random.default_rng(7)
+  docs = [rng.integers(1, vocab, rng.integers(2, 9)) for _ in range(6)]
+  index = FMIndex.build(docs, vocab)
+  table = jax.random.normal(jax.random.key(3), (batch, steps, vocab, vocab)) * 3
+
+  @jax.jit
+  def logits_fn(tokens, cache, step):  # a random model: depends on query, step, last token
+    return table[jnp.arange(tokens.shape[0]) // beam, step, tokens], cache
+  seqs, scores = decoding.host_constrained_beam_search(
+      lambda t, c, s: logits_fn(t, c, s), jnp.zeros(batch * beam), batch, beam, steps,
+      NGramConstraint(index, vocab))
+  seqs, scores = np.asarray(seqs), np.asarray(scores)
+  # Exhaustive: every 3-gram of the corpus scored by the same model, best first.
+  logp = np.asarray(jax.nn.log_softmax(table, -1))
+  grams = {tuple(int(t) for t in d[i:i + steps]) for d in docs for i in range(len(d) - steps + 1)}
+  for q in range(batch):
+    def score(g):
+      prev = [0, *g[:-1]]
+      return sum(logp[q, s, prev[s], g[s]] for s in range(steps))
+    best = sorted(grams, key=lambda g: -score(g))
+    finite = np.isfinite(scores[q])
+    assert finite.sum() == min(beam, len(grams))
+    got = [tuple(s) for s in seqs[q][finite]]
+    assert all(index.count(g) > 0 for g in got)
+    # beam (25) >= every 2-gram prefix here, so the search is exact.
+    assert len({g[:2] for g in grams}) <= beam
+    assert got == best[:len(got)]
