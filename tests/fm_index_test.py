@@ -90,7 +90,6 @@ def test_bad_documents_are_refused():
 
 
 def test_ngram_constrained_beam_search_only_generates_corpus_ngrams():
-  import itertools
   import jax
   import jax.numpy as jnp
   from genrec import decoding
