@@ -123,11 +123,9 @@ def table(root: str, title: str) -> tuple[str, list[dict]]:
     return '\n'.join(lines + ['(no finished runs)']), rows
   cols = ['run', 'model', 'id_scheme', 'split', *METRICS, 'invalid_rate', 'budget', 'best_step',
           'train_time_s', 'device']
-  lines += ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-  for row in rows:
-    lines.append('| ' + ' | '.join(f'{row[c]:.4f}' if isinstance(row[c], float) and c in
-                                   (*METRICS, 'invalid_rate') else str(row[c])
-                                   for c in cols) + ' |')
+  rates = (*METRICS, 'invalid_rate')
+  lines += tables.markdown(rows, cols, lambda c, v: f'{v:.4f}' if c in rates else str(v)
+                           ).splitlines()
   lines.append('| popularity | - | - | test | ' + ' | '.join(f'{popularity[k]:.4f}' for k in METRICS)
                + ' | 0 | - | - | - | - |')
   lines += ['', 'Validation NDCG@10 during training (sampled users), step:value:', '']

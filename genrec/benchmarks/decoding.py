@@ -125,13 +125,6 @@ def with_ratios(rows: list[dict]) -> list[dict]:
   return rows
 
 
-def markdown(rows: list[dict]) -> str:
-  cols = list(rows[0])
-  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-  lines += ['| ' + ' | '.join(str(r.get(c, '')) for c in cols) + ' |' for r in rows]
-  return '\n'.join(lines)
-
-
 def main(argv):
   del argv
   gin.add_config_file_search_path(os.getcwd())
@@ -144,8 +137,8 @@ def main(argv):
                           FLAGS.codebook_size, FLAGS.projection)
     rows = with_ratios(rows)
     if FLAGS.output_dir:  # after every catalog, so a cut-short run keeps its figures
-      tables.write(markdown(rows), rows, FLAGS.output_dir, 'decoding')
-  print(markdown(rows), flush=True)
+      tables.write(tables.markdown(rows), rows, FLAGS.output_dir, 'decoding')
+  print(tables.markdown(rows), flush=True)
 
 
 if __name__ == '__main__':

@@ -75,9 +75,7 @@ def main(argv):
   rows = []
   for n in FLAGS.sizes:
     rows.append(bench(int(n), FLAGS.vocab, FLAGS.queries))
-    cols = list(rows[0])
-    md = '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-                   + ['| ' + ' | '.join(str(r[c]) for c in cols) + ' |' for r in rows])
+    md = tables.markdown(rows)
     if FLAGS.output_dir:
       tables.write(md, rows, FLAGS.output_dir, 'fm_index')
   print(md, flush=True)

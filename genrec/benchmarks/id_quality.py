@@ -9,7 +9,6 @@ the perplexity of code usage), RQ-VAE reconstruction error, fit time. Prints
 one markdown table per data set and writes id_quality.md and id_quality.csv.
 """
 
-import csv
 import os
 import time
 
@@ -17,6 +16,7 @@ from absl import app, flags, logging
 import numpy as np
 
 from genrec import ids, sequences
+from genrec.benchmarks import tables
 
 flags.DEFINE_string('data_dir', None, 'Folder holding amazon-2014/ (default $GENREC_DATA_DIR).')
 flags.DEFINE_list('datasets', ['beauty', 'sports', 'toys', 'synthetic'], 'Data sets.')
@@ -91,18 +91,10 @@ def main(argv):
       item_ids = scheme.fit(data)
       rows.append(quality_row(dataset, name, item_ids, time.time() - t0))
       logging.info('%s / %s: %s', dataset, name, rows[-1])
-  keys = list(rows[0]) if rows else []
-  md = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
-  md += ['| ' + ' | '.join(str(r[k]) for k in keys) + ' |' for r in rows]
-  print('\n'.join(md), flush=True)
+  md = tables.markdown(rows) if rows else '(no rows)'
+  print(md, flush=True)
   if FLAGS.output_dir:
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, 'id_quality.md'), 'w') as f:
-      f.write('\n'.join(md) + '\n')
-    with open(os.path.join(FLAGS.output_dir, 'id_quality.csv'), 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=keys)
-      writer.writeheader()
-      writer.writerows(rows)
+    tables.write(md, rows, FLAGS.output_dir, 'id_quality')
 
 
 if __name__ == '__main__':

@@ -32,10 +32,7 @@ def main(argv):
       os.path.join(FLAGS.output_dir, f'{FLAGS.collection}_spm'), FLAGS.vocab_size)
   sp = spm.SentencePieceProcessor(model_file=model)
   rows = [retrieval.bm25_row(c, sp, FLAGS.split)]
-  cols = list(rows[0])
-  md = '\n'.join([f'## {c.name}, {FLAGS.split} queries', '',
-                  '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-                 + ['| ' + ' | '.join(str(r[k]) for k in cols) + ' |' for r in rows])
+  md = f'## {c.name}, {FLAGS.split} queries\n\n' + tables.markdown(rows)
   print(md, flush=True)
   tables.write(md, rows, FLAGS.output_dir, 'retrieval')
 

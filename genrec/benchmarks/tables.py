@@ -3,7 +3,7 @@
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def finished_runs(root: str) -> Iterator[tuple[str, dict]]:
@@ -13,6 +13,16 @@ def finished_runs(root: str) -> Iterator[tuple[str, dict]]:
     if os.path.exists(path):
       with open(path) as f:
         yield name, json.load(f)
+
+
+def markdown(rows: list[dict], cols: list[str] | None = None,
+             cell: Callable[[str, object], str] = lambda col, value: str(value)) -> str:
+  """A markdown table of `rows` (columns: `cols`, default the first row's keys);
+  `cell(column, value)` formats each value."""
+  cols = list(rows[0]) if cols is None else cols
+  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+  lines += ['| ' + ' | '.join(cell(c, r.get(c, '')) for c in cols) + ' |' for r in rows]
+  return '\n'.join(lines)
 
 
 def write(markdown: str, rows: list[dict], directory: str, stem: str) -> None:

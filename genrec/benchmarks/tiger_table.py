@@ -48,10 +48,8 @@ def markdown(rows: list[dict]) -> str:
   cols = [c for c in rows[0] if c != 'dataset']
   out = []
   for dataset in sorted({r['dataset'] for r in rows}):
-    out += [f'### {dataset}', '', '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-    out += ['| ' + ' | '.join(str(r[c]) for c in cols) + ' |'
-            for r in rows if r['dataset'] == dataset]
-    out.append('')
+    out += [f'### {dataset}', '',
+            tables.markdown([r for r in rows if r['dataset'] == dataset], cols), '']
   return '\n'.join(out)
 
 

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from genrec import models, partitioning, trainer
+from genrec.benchmarks import tables
 from genrec.ids import NUM_RESERVED_TOKENS
 
 flags.DEFINE_multi_string('gin_file', ['gin/models/tiger.gin'], 'Model-size gin files.')
@@ -92,9 +93,7 @@ def main(argv):
   result = {'model': ','.join(os.path.basename(f) for f in FLAGS.gin_file),
             **run(config, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup, FLAGS.input_len,
                   FLAGS.target_len, mesh)}
-  print('| ' + ' | '.join(result) + ' |')
-  print('|' + '---|' * len(result))
-  print('| ' + ' | '.join(str(v) for v in result.values()) + ' |', flush=True)
+  print(tables.markdown([result]), flush=True)
   if FLAGS.output:
     new = not os.path.exists(FLAGS.output)
     with open(FLAGS.output, 'a', newline='') as f:
