@@ -48,17 +48,16 @@ class SequenceData:
   def item_target_counts(self) -> np.ndarray:
     """[num_items + 1] how often every item is a training target (not the first
     item of a training part, which is only ever history)."""
-    counts = np.zeros(self.num_items + 1, np.int64)
-    for s in self.train_sequences():
-      np.add.at(counts, s[1:], 1)
-    return counts
+    return self._item_counts(start=1)
 
   def item_train_counts(self) -> np.ndarray:
     """[num_items + 1] occurrences of every item in the training parts."""
-    counts = np.zeros(self.num_items + 1, np.int64)
-    for s in self.train_sequences():
-      np.add.at(counts, s, 1)
-    return counts
+    return self._item_counts(start=0)
+
+  def _item_counts(self, start: int) -> np.ndarray:
+    parts = [s[start:] for s in self.train_sequences()]
+    return np.bincount(np.concatenate(parts) if parts else np.zeros(0, np.int64),
+                       minlength=self.num_items + 1).astype(np.int64)
 
 
 def resolve_data_dir(data_dir: str | None) -> str:

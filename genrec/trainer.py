@@ -139,12 +139,12 @@ class Trainer:
     key = (beam_size, num_steps, trie is None)
     if key not in self._predict:
       fn = functools.partial(self._predict_fn, beam_size=beam_size, num_steps=num_steps)
-      out = NamedSharding(self.mesh, partitioning.logical_to_mesh_spec(('batch',)))
-      replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._predict[key] = jax.jit(
           fn, in_shardings=(self.state_shardings.params,
-                            partitioning.batch_sharding(self.mesh), replicated),
-          out_shardings=(partitioning.batch_sharding(self.mesh, 3), out))
+                            partitioning.batch_sharding(self.mesh),
+                            partitioning.replicated(self.mesh)),
+          out_shardings=(partitioning.batch_sharding(self.mesh, 3),
+                         partitioning.batch_sharding(self.mesh, 1)))
     return self._predict[key](params, encoder_input_tokens, trie)
 
   def _predict_fn(self, params, encoder_input_tokens, trie, *, beam_size, num_steps):
