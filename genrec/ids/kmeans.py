@@ -10,6 +10,16 @@ from genrec import content
 from genrec.ids.base import IdScheme, ItemIds
 
 
+def squared_distances(x: np.ndarray, centroids: np.ndarray, chunk: int = 2048) -> np.ndarray:
+  """[n, d] x [k, d] -> [n, k] squared Euclidean distances, computed as
+  ((x - c) ** 2).sum(-1) a block of rows at a time (peak memory chunk * k * d,
+  not n * k * d)."""
+  out = np.empty((len(x), len(centroids)), np.result_type(x, centroids))
+  for i in range(0, len(x), chunk):
+    out[i:i + chunk] = ((x[i:i + chunk, None, :] - centroids[None]) ** 2).sum(-1)
+  return out
+
+
 def kmeans(x: np.ndarray, k: int, *, seed: int, num_iters: int = 50
            ) -> tuple[np.ndarray, np.ndarray]:
   """Clusters rows of x into k clusters.
@@ -226,7 +236,7 @@ class ResidualKMeansIds(IdScheme):
       centroids, codes[:, level] = kmeans(residual, self.codebook_size,
                                           seed=self.seed + level)
       if self.sinkhorn_last_level and level == self.num_levels - 1:
-        dist = ((residual[:, None, :] - centroids[None].astype(np.float64)) ** 2).sum(-1)
+        dist = squared_distances(residual, centroids.astype(np.float64))
         codes[:, level] = uniform_last_level(codes[:, :level], dist)
       residual = residual - centroids[codes[:, level]]
     return _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup)

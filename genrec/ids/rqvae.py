@@ -13,7 +13,8 @@ import optax
 
 from genrec import content
 from genrec.ids.base import IdScheme, ItemIds
-from genrec.ids.kmeans import ContentFn, _finish, kmeans, uniform_last_level
+from genrec.ids.kmeans import (ContentFn, _finish, kmeans, squared_distances,
+                               uniform_last_level)
 
 
 class Mlp(nnx.Module):
@@ -159,7 +160,7 @@ class RQVAEIds(IdScheme):
       idx = np.flatnonzero(dead[level])
       if idx.size:
         books[level, idx] = residual[rng.choice(len(residual), idx.size)]
-      dist = ((residual[:, None] - books[level][None]) ** 2).sum(-1)
+      dist = squared_distances(residual, books[level])
       residual = residual - books[level][dist.argmin(-1)]
     model.codebooks[...] = jnp.asarray(books)
     return int(dead.sum())
@@ -170,7 +171,7 @@ class RQVAEIds(IdScheme):
     codes = np.zeros((len(z), self.num_levels), np.int32)
     residual, quantized = z, np.zeros_like(z)
     for level in range(self.num_levels):
-      dist = ((residual[:, None] - books[level][None]) ** 2).sum(-1)
+      dist = squared_distances(residual, books[level])
       if self.sinkhorn_last_level and level == self.num_levels - 1:
         codes[:, level] = uniform_last_level(codes[:, :level], dist)
       else:
