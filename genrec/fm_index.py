@@ -103,7 +103,12 @@ class FMIndex:
     Returns (tokens int64 [k], counts int64 [k]), tokens ascending; for the
     empty n-gram, every token of the corpus with its frequency.
     """
-    lo, hi = self.range(ngram)
+    return self.followers(self.range(ngram))
+
+  def followers(self, interval: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, counts) that extend the n-gram of a suffix-array interval, tokens
+    ascending (the distinct non-separator BWT symbols in the interval)."""
+    lo, hi = interval
     if hi <= lo:
       return np.zeros(0, np.int64), np.zeros(0, np.int64)
     found = self.wavelet.range_list(start=lo, end=hi, lower=1, upper=self.vocab_size)
@@ -205,9 +210,6 @@ class NGramConstraint:
     allowed = np.zeros((batch, beam, self.vocab_size), bool)
     for b in range(batch):
       for k in range(beam):
-        lo, hi = self.interval(tuple(int(t) for t in seqs[b, k]))
-        if hi > lo:
-          found = self.index.wavelet.range_list(start=lo, end=hi, lower=1,
-                                                upper=self.index.vocab_size)
-          allowed[b, k, [f['value'] for f in found]] = True
+        tokens, _ = self.index.followers(self.interval(tuple(int(t) for t in seqs[b, k])))
+        allowed[b, k, tokens] = True
     return allowed
