@@ -110,6 +110,14 @@ def load_beir(name: str, data_dir: str | None = None) -> Collection:
                     [r['text'] for r in corpus], queries, qrels)
 
 
+def document_text(title: str, text: str) -> str:
+  """A document's title and text, the title once (cranfield's texts start with it)."""
+  title, text = title.strip(), text.strip()
+  if not title or text.startswith(title):
+    return text
+  return f'{title} {text}'.strip()
+
+
 # ---------------------------------------------------------------------------
 # Text vocabulary
 # ---------------------------------------------------------------------------
@@ -174,7 +182,7 @@ class BM25:
 def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str) -> dict:
   """BM25 over `sp`'s tokens of title + text, evaluated on `split`: a table row."""
   t0 = time.perf_counter()
-  docs = [sp.encode(f'{t} {x}') for t, x in zip(c.titles, c.texts)]
+  docs = [sp.encode(document_text(t, x)) for t, x in zip(c.titles, c.texts)]
   index = BM25(docs, sp.get_piece_size())
   build_s = time.perf_counter() - t0
   qrels = c.qrels[split]

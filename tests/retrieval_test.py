@@ -90,8 +90,8 @@ def test_metrics_match_ranx():
 def test_bm25_row_on_cranfield(tmp_path):
   import sentencepiece as spm
   c = retrieval.load_beir('cranfield', data_dir_or_skip('cranfield'))
-  model = retrieval.train_sentencepiece([f'{t} {x}' for t, x in zip(c.titles, c.texts)],
-                                        str(tmp_path / 'spm'), 4000)
+  texts = [retrieval.document_text(t, x) for t, x in zip(c.titles, c.texts)]
+  model = retrieval.train_sentencepiece(texts, str(tmp_path / 'spm'), 4000)
   row = retrieval.bm25_row(c, spm.SentencePieceProcessor(model_file=model), 'test')
   assert row['queries'] == 112 and 0.2 < row['ndcg@10'] < 1.0
   assert row['recall@1'] <= row['recall@10'] <= row['recall@100']

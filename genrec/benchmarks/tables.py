@@ -32,6 +32,7 @@ def write(markdown: str, rows: list[dict], directory: str, stem: str) -> None:
     f.write(markdown + '\n')
   if rows:
     with open(os.path.join(directory, f'{stem}.csv'), 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
+      fields = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ in keys
+      w = csv.DictWriter(f, fieldnames=fields)
       w.writeheader()
       w.writerows(rows)

@@ -1,0 +1,554 @@
+"""Generative document retrieval: DSI docids and SEAL n-gram identifiers.
+
+One encoder-decoder (`genrec.models`) reads a query's SentencePiece tokens and
+generates an identifier of a document:
+
+* DSI (`method='dsi_atomic' | 'dsi_naive' | 'dsi_semantic'`): a docid, decoded
+  by beam search constrained to existing docids (`constraints.PrefixTrie`).
+  atomic: one token per document; naive: the digits of the document's
+  number, zero-padded (a fixed-length version of DSI's naive string docid);
+  semantic: hierarchical k-means over MiniLM embeddings of the documents'
+  text (`ids.HierarchicalKMeansIds`, branching 10 as in DSI, plus a
+  collision level). Docid tokens follow the text pieces in one vocabulary.
+  Training mixes the indexing task (document prefix, title and random spans
+  -> docid) with the retrieval task (train queries -> docids of their
+  relevant documents).
+* SEAL (`method='seal'`): n-grams of the corpus, decoded by beam search that
+  an FM-index over the corpus keeps on n-grams that occur
+  (`fm_index.NGramConstraint`), then mapped to documents and scored by
+  `SealScorer` (the formula is in its docstring). Training targets are
+  n-grams of relevant documents: the title (the document's first tokens) and
+  the spans that overlap the query most for train queries; for every
+  document, random spans as pseudo-queries with the title and another span
+  as targets.
+
+`train_and_evaluate` trains one method and evaluates it on a qrels split;
+`python -m genrec.benchmarks.retrieval` tabulates every method beside BM25.
+Test qrels are only used for evaluation.
+"""
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import os
+import time
+from collections.abc import Callable
+
+from absl import logging
+import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.experimental import multihost_utils
+import numpy as np
+import sentencepiece as spm
+
+from genrec import (checkpoints, constraints, decoding, fm_index, models, partitioning,
+                    retrieval, text_encoder, trainer)
+from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
+from genrec.train import EpochBatcher
+
+METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
+
+
+# ---------------------------------------------------------------------------
+# Tokenized collection
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class TokenizedCollection:
+  """A collection with its SentencePiece tokens.
+
+  doc_tokens[i]: the document's title and text (the title once: cranfield's
+  texts repeat it) as token ids >= 1; title_lengths[i]: how many of those
+  tokens are the title (0 when it has none or the text does not start with it).
+  """
+  collection: retrieval.Collection
+  sp: spm.SentencePieceProcessor
+  doc_tokens: list[np.ndarray]
+  title_lengths: np.ndarray
+  query_tokens: dict[str, np.ndarray]
+
+  @property
+  def text_vocab_size(self) -> int:
+    return self.sp.get_piece_size()
+
+  @classmethod
+  def build(cls, c: retrieval.Collection, sp: spm.SentencePieceProcessor
+            ) -> 'TokenizedCollection':
+    docs, title_lengths = [], []
+    for i in range(c.num_docs):
+      title, text = c.titles[i].strip(), c.texts[i].strip()
+      title_toks = sp.encode(title) if title else []
+      full = retrieval.document_text(title, text)
+      toks = sp.encode(full) if full else []
+      docs.append(np.asarray(toks or [sp.unk_id()], np.int32))
+      title_lengths.append(len(title_toks) if toks[:len(title_toks)] == title_toks else 0)
+    queries = {q: np.asarray(sp.encode(t), np.int32) for q, t in c.queries.items()}
+    return cls(c, sp, docs, np.asarray(title_lengths), queries)
+
+
+def _pad(rows: list, width: int) -> np.ndarray:
+  out = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    r = np.asarray(r)[:width]
+    out[i, :len(r)] = r
+  return out
+
+
+def seq2seq_arrays(inputs: list, targets: list, input_len: int, target_len: int
+                   ) -> dict[str, np.ndarray]:
+  """The model's training features from (input tokens, target tokens) pairs."""
+  tgt = _pad(targets, target_len)
+  dec_in = np.zeros_like(tgt)
+  dec_in[:, 1:] = tgt[:, :-1]
+  return {'encoder_input_tokens': _pad(inputs, input_len), 'decoder_input_tokens': dec_in,
+          'decoder_target_tokens': tgt, 'decoder_loss_weights': (tgt > 0).astype(np.int32)}
+
+
+def _random_spans(tokens: np.ndarray, length: int, num: int, rng: np.random.Generator
+                  ) -> list[np.ndarray]:
+  if len(tokens) <= length:
+    return [tokens] * min(num, 1)
+  starts = rng.integers(0, len(tokens) - length + 1, num)
+  return [tokens[s:s + length] for s in starts]
+
+
+# ---------------------------------------------------------------------------
+# DSI docids
+# ---------------------------------------------------------------------------
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DsiTasks:
+  """DSI's training mixture.
+
+  Attributes:
+    num_spans: random spans of each document used as indexing inputs (besides
+      its first `input_len` tokens and its title).
+    retrieval_repeats: copies of each (train query, relevant doc) pair, to
+      balance the retrieval task against the indexing task.
+    semantic_branching: clusters per node of the semantic docids (DSI: 10).
+    semantic_levels: k-means levels of the semantic docids (a collision level
+      is added below them when leaves are shared).
+  """
+  num_spans: int = 5
+  retrieval_repeats: int = 4
+  semantic_branching: int = 10
+  semantic_levels: int = 3
+
+
+def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
+           cache_dir: str | None = None) -> ItemIds:
+  """The docids of a DSI method; item id i + 1 is document i."""
+  c = tc.collection
+  if method == 'dsi_atomic':
+    return ItemIds(np.arange(-1, c.num_docs)[:, None], (c.num_docs,), 'atomic')
+  if method == 'dsi_naive':
+    numbers = [int(d) if d.isdigit() else i + 1 for i, d in enumerate(c.doc_ids)]
+    if len(set(numbers)) != len(numbers):  # ids are not distinct numbers: use row numbers
+      numbers = list(range(1, c.num_docs + 1))
+    width = len(str(max(numbers)))
+    digits = np.array([[int(ch) for ch in str(n).zfill(width)] for n in numbers], np.int32)
+    return ItemIds(np.vstack([np.full((1, width), -1), digits]), (10,) * width,
+                   f'naive-{width}-digits')
+  if method == 'dsi_semantic':
+    emb = document_embeddings(c, cache_dir)
+    scheme = HierarchicalKMeansIds(tasks.semantic_levels, tasks.semantic_branching,
+                                   content_fn=lambda _: np.vstack([emb[:1] * 0, emb]))
+    return scheme.fit(None)
+  raise ValueError(f'Unknown DSI method {method!r}; use one of {METHODS[:3]}.')
+
+
+def document_embeddings(c: retrieval.Collection, cache_dir: str | None = None) -> np.ndarray:
+  """MiniLM embeddings [num_docs, 384] of the documents' text; with `cache_dir`
+  stored under a digest of the texts (so they travel to hosts without the
+  encoder package)."""
+  texts = [retrieval.document_text(t, x) for t, x in zip(c.titles, c.texts)]
+  path = None
+  if cache_dir:
+    digest = hashlib.sha256('\x00'.join(texts).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f'{c.name}-doc-minilm-{digest}.npy')
+    if os.path.exists(path):
+      return np.load(path)
+  emb = text_encoder.encode(texts)
+  if path:
+    os.makedirs(cache_dir, exist_ok=True)
+    np.save(path, emb)
+  return emb
+
+
+def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTasks,
+                 split: str, input_len: int, seed: int) -> dict[str, np.ndarray]:
+  """Indexing (document prefix, title, random spans -> docid) + retrieval
+  (train queries of `split` -> docid) examples."""
+  rng = np.random.default_rng(seed)
+  table = ids.token_table() + shift  # row i + 1: tokens of document i
+  inputs, targets = [], []
+  for i, toks in enumerate(tc.doc_tokens):
+    docid = table[i + 1]
+    pieces = [toks[:input_len]] + _random_spans(toks, input_len, tasks.num_spans, rng)
+    if tc.title_lengths[i]:
+      pieces.append(toks[:tc.title_lengths[i]])
+    inputs += pieces
+    targets += [docid] * len(pieces)
+  index = tc.collection.doc_index()
+  for q, docs in tc.collection.qrels[split].items():
+    for d in sorted(docs):
+      inputs += [tc.query_tokens[q]] * tasks.retrieval_repeats
+      targets += [table[index[d] + 1]] * tasks.retrieval_repeats
+  return seq2seq_arrays(inputs, targets, input_len, ids.num_levels)
+
+
+# ---------------------------------------------------------------------------
+# SEAL n-grams
+# ---------------------------------------------------------------------------
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SealTasks:
+  """SEAL's training targets.
+
+  Attributes:
+    ngram_len: tokens of every target n-gram and of decoded n-grams (SEAL: 10).
+    spans_per_pair: per (train query, relevant doc), the doc's n-grams that
+      share the most distinct tokens with the query (besides its title).
+    num_spans: per document, random spans used as pseudo-queries, each paired
+      with the title and with another random n-gram of the document.
+    span_input_len: tokens of those pseudo-query spans.
+  """
+  ngram_len: int = 10
+  spans_per_pair: int = 3
+  num_spans: int = 3
+  span_input_len: int = 32
+
+
+def _overlapping_ngrams(doc: np.ndarray, query: np.ndarray, length: int, k: int
+                        ) -> list[np.ndarray]:
+  """The k non-overlapping windows of `doc` that contain the most distinct query tokens."""
+  if len(doc) <= length:
+    return [doc]
+  q = set(query.tolist())
+  hit = np.isin(doc, list(q))
+  scores = np.array([len(set(doc[s:s + length][hit[s:s + length]].tolist()))
+                     for s in range(len(doc) - length + 1)])
+  chosen = []
+  for s in np.argsort(-scores, kind='stable'):
+    if scores[s] == 0 or len(chosen) == k:
+      break
+    if all(abs(s - t) >= length for t in chosen):
+      chosen.append(int(s))
+  return [doc[s:s + length] for s in chosen]
+
+
+def seal_examples(tc: TokenizedCollection, tasks: SealTasks, split: str, input_len: int,
+                  seed: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  n = tasks.ngram_len
+  inputs, targets = [], []
+  index = tc.collection.doc_index()
+  for q, docs in tc.collection.qrels[split].items():
+    query = tc.query_tokens[q]
+    for d in sorted(docs):
+      doc = tc.doc_tokens[index[d]]
+      for t in [doc[:n]] + _overlapping_ngrams(doc, query, n, tasks.spans_per_pair):
+        inputs.append(query)
+        targets.append(t)
+  for doc in tc.doc_tokens:
+    for span in _random_spans(doc, tasks.span_input_len, tasks.num_spans, rng):
+      inputs += [span, span]
+      targets += [doc[:n], _random_spans(doc, n, 1, rng)[0]]
+  return seq2seq_arrays(inputs, targets, input_len, n)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SealScorer:
+  """SEAL's document score from generated n-grams (Bevilacqua et al. 2022, 3.3).
+
+  For a generated n-gram g with conditional log-probability log P(g|q) (sum of
+  its tokens' log-probs under the model) and corpus frequency F(g):
+
+    P(g)    = (F(g) + smoothing) / (corpus tokens)        unconditional
+    w(g, q) = max(0, log [P(g|q) (1 - P(g))] / [P(g) (1 - P(g|q))])
+
+  so an n-gram scores high when the model wants it more than the corpus
+  frequency explains (SEAL's unconditional-probability correction). A
+  document d collects the generated n-grams that occur in it, K(d), taken in
+  decreasing w; each adds
+
+    W(d, q) += w(g, q) ** alpha * cover(g),
+    cover(g) = 1 - beta + beta * |tokens(g) - tokens already covered in d| / |tokens(g)|
+
+  (the coverage weight: an n-gram whose tokens earlier, better n-grams of the
+  same document already matched adds only (1 - beta) of its weight).
+  Documents are ranked by W; those reached by no n-gram are not returned.
+
+  Attributes:
+    alpha, beta: the exponent and coverage weight above.
+    min_ngram_len: shorter prefixes of the decoded n-grams are not used.
+    locate_limit: occurrences read per n-gram when mapping it to documents
+      (very frequent n-grams carry little weight anyway).
+    smoothing: added to F(g).
+  """
+  alpha: float = 2.0
+  beta: float = 0.8
+  min_ngram_len: int = 1
+  locate_limit: int = 2000
+  smoothing: float = 0.0
+
+  def weights(self, ngrams: dict[tuple[int, ...], float], index: fm_index.FMIndex
+              ) -> dict[tuple[int, ...], float]:
+    """{n-gram: log P(g|q)} -> {n-gram: w(g, q) > 0}."""
+    total = index.num_tokens
+    out = {}
+    for g, logp in ngrams.items():
+      freq = index.count(g) + self.smoothing
+      if freq <= 0:
+        continue
+      p_cond = min(float(np.exp(logp)), 1 - 1e-7)
+      p = min(freq / total, 1 - 1e-7)
+      w = np.log(p_cond) + np.log1p(-p) - np.log(p) - np.log1p(-p_cond)
+      if w > 0:
+        out[g] = float(w)
+    return out
+
+  def rank(self, ngrams: dict[tuple[int, ...], float], index: fm_index.FMIndex, k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (document rows, scores) for one query's generated n-grams."""
+    w = self.weights(ngrams, index)
+    covered: dict[int, set] = collections.defaultdict(set)
+    scores: dict[int, float] = collections.defaultdict(float)
+    for g in sorted(w, key=lambda g: (-w[g], g)):
+      toks = set(g)
+      for d in index.locate(g, self.locate_limit).tolist():
+        new = len(toks - covered[d]) / len(toks)
+        scores[d] += w[g] ** self.alpha * (1 - self.beta + self.beta * new)
+        covered[d] |= toks
+    docs = sorted(scores, key=lambda d: (-scores[d], d))[:k]
+    return np.array(docs, np.int64), np.array([scores[d] for d in docs])
+
+
+def prefix_ngrams(seqs: np.ndarray, token_logp: np.ndarray, min_len: int
+                  ) -> dict[tuple[int, ...], float]:
+  """Every prefix (>= min_len tokens) of the decoded n-grams of one query, with
+  its log-probability (the best over beams that share it).
+
+  seqs int [beam, L]; token_logp float [beam, L] per-token log-probs.
+  """
+  out = {}
+  cum = np.cumsum(token_logp, axis=-1)
+  for b in range(seqs.shape[0]):
+    for n in range(min_len, seqs.shape[1] + 1):
+      if not np.isfinite(cum[b, n - 1]) or seqs[b, n - 1] <= 0:
+        break
+      g = tuple(int(t) for t in seqs[b, :n])
+      out[g] = max(out.get(g, -np.inf), float(cum[b, n - 1]))
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Decoding with the trained model
+# ---------------------------------------------------------------------------
+def token_log_probs(tr: trainer.Trainer, params, inputs: jax.Array, targets: jax.Array
+                    ) -> jax.Array:
+  """Teacher-forced per-token log-probs float32 [b, L] of `targets` [b, L]."""
+  return _token_log_probs_fn(tr)(params, inputs, targets)
+
+
+@functools.cache
+def _token_log_probs_fn(tr: trainer.Trainer):
+  def fn(params, inputs, targets):
+    model = nnx.merge(tr.graphdef, params)
+    dec_in = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
+    logp = jax.nn.log_softmax(model(inputs, dec_in).astype(jnp.float32))
+    return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return jax.jit(fn)
+
+
+@functools.cache
+def _host_decode_fns(tr: trainer.Trainer, beam_size: int, num_steps: int):
+  """Jitted encode (+ empty self-attention cache) and per-step decode for
+  `decoding.host_constrained_beam_search`."""
+  def encode(params, inputs):
+    model = nnx.merge(tr.graphdef, params)
+    encoded, valid = model.encode(inputs)
+    # Cross-attention keys/values are computed once per query; beams share them.
+    return (model.cross_attention_cache(encoded), valid,
+            model.init_self_cache(inputs.shape[0] * beam_size, num_steps))
+
+  def step(params, tokens, cache, cross, valid, step):
+    model = nnx.merge(tr.graphdef, params)
+    return model.decode_step(tokens, step, cross, valid, cache)
+  return jax.jit(encode), jax.jit(step, static_argnums=5)
+
+
+def host_constrained_predict(tr: trainer.Trainer, params, inputs: jax.Array, beam_size: int,
+                             num_steps: int, allowed_fn: decoding.HostAllowedFn):
+  """Beam search whose constraint lives on the host (e.g. an FM-index): what
+  `Trainer.predict` does with a device trie."""
+  encode, step = _host_decode_fns(tr, beam_size, num_steps)
+  cross, valid, cache = encode(params, inputs)
+  return decoding.host_constrained_beam_search(
+      lambda tokens, cache, s: step(params, tokens, cache, cross, valid, s),
+      cache, inputs.shape[0], beam_size, num_steps, allowed_fn)
+
+
+def _in_batches(inputs: np.ndarray, batch_size: int, mesh, fn: Callable) -> list:
+  """Applies fn(sharded input batch, rows) to padded batches of `inputs`."""
+  dp = partitioning.data_parallel_size(mesh) * jax.process_count()
+  batch_size = max(dp, batch_size // dp * dp)
+  out = []
+  for start in range(0, len(inputs), batch_size):
+    chunk = inputs[start:start + batch_size]
+    rows = len(chunk)
+    chunk = np.pad(chunk, ((0, batch_size - rows), (0, 0)))
+    local = partitioning.shard_batch({'x': chunk[partitioning.host_slice(batch_size)]},
+                                     mesh)['x']
+    out.append(fn(local, rows))
+  return out
+
+
+def _gather(x, rows: int) -> np.ndarray:
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]
+
+
+# ---------------------------------------------------------------------------
+# Train and evaluate one method
+# ---------------------------------------------------------------------------
+@gin.configurable(denylist=['method', 'tc', 'workdir'])
+def train_and_evaluate(
+    method: str,
+    tc: TokenizedCollection,
+    workdir: str,
+    model_config: models.TransformerConfig = models.TransformerConfig(),
+    optimizer_fn: Callable = trainer.make_optimizer,
+    mesh_fn: Callable = partitioning.make_mesh,
+    num_train_steps: int = 3000,
+    batch_size: int = 128,
+    input_len: int = 64,
+    train_split: str = 'train',
+    eval_split: str = 'test',
+    dsi_beam_size: int = 100,
+    seal_beam_size: int = 15,
+    eval_batch_size: int = 16,
+    log_every_steps: int = 200,
+    seed: int = 0,
+    dsi_tasks: DsiTasks = DsiTasks(),
+    seal_tasks: SealTasks = SealTasks(),
+    seal_scorer: SealScorer = SealScorer(),
+    fm: fm_index.FMIndex | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+  """Trains `method` (one of METHODS) on `tc` and evaluates it on `eval_split`.
+
+  The final parameters are checkpointed in workdir/checkpoints: running again
+  with the same workdir and settings evaluates them without training.
+
+  Returns a row for the retrieval table (metrics, budget, timings).
+  """
+  if method not in METHODS:
+    raise ValueError(f'Unknown method {method!r}; use one of {METHODS}.')
+  c = tc.collection
+  for split in (train_split, eval_split):
+    if split not in c.qrels:
+      raise ValueError(f'{c.name} has no qrels split {split!r} (has {sorted(c.qrels)}).')
+  os.makedirs(workdir, exist_ok=True)
+  v = tc.text_vocab_size
+  t_prep = time.time()
+  if method == 'seal':
+    if fm is None:
+      fm = fm_index.FMIndex.build(tc.doc_tokens, v)
+    arrays = seal_examples(tc, seal_tasks, train_split, input_len, seed)
+    used, ids, shift, trie = v, None, 0, None
+  else:
+    ids = docids(method, tc, dsi_tasks, cache_dir)
+    shift = v - NUM_RESERVED_TOKENS  # docid tokens follow the text pieces
+    arrays = dsi_examples(tc, ids, shift, dsi_tasks, train_split, input_len, seed)
+    used = v + sum(ids.level_sizes)
+    trie = constraints.PrefixTrie.from_codes(ids.codes[1:], ids.level_sizes,
+                                             ids.level_offsets + shift)
+  prep_s = time.time() - t_prep
+  config = dataclasses.replace(model_config, vocab_size=-(-used // 128) * 128)
+  mesh = mesh_fn()
+  tx, lr_fn = optimizer_fn(num_train_steps)
+  tr = trainer.Trainer(config, tx, mesh, lr_fn)
+  n = len(arrays['encoder_input_tokens'])
+  batcher = EpochBatcher(n, batch_size, seed)
+  logging.info('%s: %d training examples (%.1f epochs), %.2fM parameters, vocab %d', method,
+               n, num_train_steps * batch_size / n,
+               trainer.param_count(tr.abstract_state.params) / 1e6, config.vocab_size)
+
+  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
+                                     best_metric=None)
+  t0 = time.time()
+  if manager.latest_step() == num_train_steps:
+    state, saved = checkpoints.restore(manager, num_train_steps, tr.abstract_state)
+    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints'))
+    train_s, loss = saved.get('train_seconds'), saved.get('final_loss')
+    logging.info('%s: evaluating the checkpoint of %s', method, workdir)
+  else:
+    state = tr.init_state(seed)
+    rng = jax.random.key(seed + 1)
+    for step in range(num_train_steps):
+      idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
+      batch = partitioning.shard_batch({k: a[idx] for k, a in arrays.items()}, mesh)
+      state, m = tr.train_step(state, batch, rng)
+      if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
+        loss = float(m['loss'])
+        rate = (step + 1) / (time.time() - t0)
+        logging.info('%s step %d/%d loss %.4f | %.1f steps/s | ETA %.0fs', method, step + 1,
+                     num_train_steps, loss, rate, (num_train_steps - step - 1) / rate)
+    train_s = time.time() - t0
+    checkpoints.save(manager, num_train_steps, state,
+                     batcher.state(num_train_steps) | {'train_seconds': train_s,
+                                                       'final_loss': loss})
+    manager.wait_until_finished()
+  manager.close()
+
+  qrels = c.qrels[eval_split]
+  qids = sorted(qrels, key=lambda q: (len(q), q))
+  inputs = _pad([tc.query_tokens[q] for q in qids], input_len)
+  t0 = time.time()
+  ranked = {}
+  if method == 'seal':
+    allowed = fm_index.NGramConstraint(fm, config.vocab_size)
+    L = seal_tasks.ngram_len
+
+    def run(x, rows):
+      seqs, _ = host_constrained_predict(tr, state.params, x, seal_beam_size, L, allowed)
+      b = x.shape[0]
+      flat = seqs.reshape(b * seal_beam_size, L)
+      logp = token_log_probs(tr, state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
+      return _gather(seqs, rows), _gather(logp.reshape(b, seal_beam_size, L), rows)
+    outs = _in_batches(inputs, eval_batch_size, mesh, run)
+    seqs = np.concatenate([o[0] for o in outs])
+    logp = np.concatenate([o[1] for o in outs])
+    num_ngrams = []
+    for i, q in enumerate(qids):
+      grams = prefix_ngrams(seqs[i], logp[i], seal_scorer.min_ngram_len)
+      num_ngrams.append(len(grams))
+      docs, _ = seal_scorer.rank(grams, fm, 100)
+      ranked[q] = [c.doc_ids[d] for d in docs]
+    extra = {'ngrams_per_query': float(np.mean(num_ngrams)),
+             'docs_per_query': float(np.mean([len(r) for r in ranked.values()]))}
+  else:
+    def run(x, rows):
+      tokens, _ = tr.predict(state.params, x, dsi_beam_size, ids.num_levels, trie)
+      return _gather(tokens, rows)
+    tokens = np.concatenate(_in_batches(inputs, eval_batch_size, mesh, run))
+    items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)
+    for q, row in zip(qids, items):
+      ranked[q] = [c.doc_ids[i - 1] for i in row if i > 0]
+    extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
+             ids.info.get('collisions_before_dedup', 0)}
+  eval_s = time.time() - t0
+  m = retrieval.retrieval_metrics(ranked, qrels)
+  device = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
+  row = {'method': method, 'tokens': f'SentencePiece {v}',
+         **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
+         'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',
+         'train_s': None if train_s is None else round(train_s, 1),
+         'prep_s': round(prep_s, 1), 'ms_per_query': round(eval_s / len(qids) * 1e3, 1),
+         'final_loss': None if loss is None else round(loss, 4),
+         'params_m': round(trainer.param_count(state.params) / 1e6, 2), **extra}
+  logging.info('%s: %s', method, row)
+  return row

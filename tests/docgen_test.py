@@ -1,0 +1,172 @@
+import dataclasses
+import json
+
+import jax
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from genrec import docgen, fm_index, models, partitioning, retrieval, trainer
+
+TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+
+
+@pytest.fixture(scope='module')
+def tc(tmp_path_factory):
+  """16 documents with distinctive titles; query i is doc i's title
+  (train: even i, test: odd i)."""
+  root = tmp_path_factory.mktemp('data')
+  rng = np.random.default_rng(0)
+  common = [f'word{j}' for j in range(30)]
+  corpus, queries, lines = [], [], {'train': '', 'test': ''}
+  for i in range(16):
+    title = f'topic{i} subject{i} matter{i}'
+    text = title + ' ' + ' '.join(rng.choice(common, 20))
+    corpus.append({'_id': str(i + 1), 'title': title, 'text': text})
+    queries.append({'_id': f'q{i}', 'text': title})
+    lines['train' if i % 2 == 0 else 'test'] += f'q{i}\t{i + 1}\t1\n'
+  folder = root / 'toy'
+  (folder / 'qrels').mkdir(parents=True)
+  (folder / 'corpus.jsonl').write_text('\n'.join(map(json.dumps, corpus)) + '\n')
+  (folder / 'queries.jsonl').write_text('\n'.join(map(json.dumps, queries)) + '\n')
+  for split, body in lines.items():
+    (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
+  c = retrieval.load_beir('toy', str(root))
+  path = retrieval.train_sentencepiece(
+      [retrieval.document_text(t, x) for t, x in zip(c.titles, c.texts)],
+      str(root / 'spm'), vocab_size=120)
+  return docgen.TokenizedCollection.build(c, spm.SentencePieceProcessor(model_file=path))
+
+
+def test_tokenized_collection_keeps_the_title_once(tc):
+  assert retrieval.document_text('a b', 'a b c') == 'a b c'
+  assert retrieval.document_text('t', 'x y') == 't x y'
+  assert (tc.title_lengths > 0).all()
+  for toks, n in zip(tc.doc_tokens, tc.title_lengths):
+    assert tc.sp.decode(toks[:n].tolist()).startswith('topic')
+    assert tc.sp.decode(toks.tolist()).count('topic') == 1
+
+
+def test_seq2seq_arrays_shift_targets_right():
+  a = docgen.seq2seq_arrays([[5, 6, 7]], [[9, 8]], input_len=4, target_len=3)
+  np.testing.assert_array_equal(a['encoder_input_tokens'], [[5, 6, 7, 0]])
+  np.testing.assert_array_equal(a['decoder_target_tokens'], [[9, 8, 0]])
+  np.testing.assert_array_equal(a['decoder_input_tokens'], [[0, 9, 8]])
+  np.testing.assert_array_equal(a['decoder_loss_weights'], [[1, 1, 0]])
+
+
+def test_atomic_and_naive_docids_are_unique_and_decode_back(tc):
+  for method, levels in (('dsi_atomic', 1), ('dsi_naive', 2)):
+    ids = docgen.docids(method, tc, docgen.DsiTasks())
+    assert ids.num_items == 16 and ids.num_levels == levels and ids.num_collisions == 0
+    np.testing.assert_array_equal(ids.tokens_to_items(ids.token_table()[1:]), np.arange(1, 17))
+  naive = docgen.docids('dsi_naive', tc, docgen.DsiTasks())
+  np.testing.assert_array_equal(naive.codes[12], [1, 2])  # document "12"
+
+
+def test_semantic_docids_cluster_the_text_embeddings(tc, monkeypatch):
+  # Two well-separated groups of documents: the first level must split them.
+  emb = np.zeros((16, 4), np.float32)
+  emb[:8, 0], emb[8:, 1] = 1, 1
+  emb += np.random.default_rng(0).normal(0, 0.01, emb.shape)
+  monkeypatch.setattr(docgen.text_encoder, 'encode', lambda texts, **kw: emb[:len(texts)])
+  ids = docgen.docids('dsi_semantic', tc, docgen.DsiTasks(semantic_branching=2,
+                                                           semantic_levels=2))
+  assert ids.num_collisions == 0
+  first = ids.codes[1:, 0]
+  assert len(set(first[:8])) == 1 and len(set(first[8:])) == 1 and first[0] != first[8]
+
+
+def test_dsi_examples_mix_indexing_and_train_queries_only(tc):
+  ids = docgen.docids('dsi_atomic', tc, docgen.DsiTasks())
+  tasks = docgen.DsiTasks(num_spans=2, retrieval_repeats=3)
+  a = docgen.dsi_examples(tc, ids, 100, tasks, 'train', 16, seed=0)
+  # per doc: prefix + 2 spans + title; 8 train pairs x 3 repeats.
+  assert len(a['encoder_input_tokens']) == 16 * 4 + 8 * 3
+  assert set(a['decoder_target_tokens'][:, 0]) == set(ids.token_table()[1:, 0] + 100)
+  test_queries = {tuple(tc.query_tokens[f'q{i}']) for i in range(1, 16, 2)}
+  inputs = {tuple(r[r > 0]) for r in a['encoder_input_tokens'][16 * 4:]}
+  assert not inputs & test_queries
+
+
+def test_seal_targets_are_corpus_ngrams(tc):
+  a = docgen.seal_examples(tc, docgen.SealTasks(ngram_len=4), 'train', 16, seed=0)
+  index = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
+  for t in a['decoder_target_tokens']:
+    assert index.count(t[t > 0].tolist()) > 0
+
+
+def test_prefix_ngrams_keep_the_best_score_and_stop_at_dead_beams():
+  seqs = np.array([[5, 6, 7], [5, 6, 8], [9, 0, 0]])
+  logp = np.log([[.5, .5, .5], [.8, .25, .5], [.5, 1, 1]])
+  logp[2, 1] = -np.inf
+  g = docgen.prefix_ngrams(seqs, logp, min_len=1)
+  assert set(g) == {(5,), (5, 6), (5, 6, 7), (5, 6, 8), (9,)}
+  assert g[(5,)] == pytest.approx(np.log(.8)) and g[(5, 6)] == pytest.approx(np.log(.25))
+  assert set(docgen.prefix_ngrams(seqs, logp, min_len=2)) == {(5, 6), (5, 6, 7), (5, 6, 8)}
+
+
+def test_seal_scorer_formula_and_coverage():
+  # Docs: 0 = [3 4 5 6], 1 = [3 4 7], 2 = [7 7 8].
+  index = fm_index.FMIndex.build([[3, 4, 5, 6], [3, 4, 7], [7, 7, 8]], 10)
+  total = 10
+  scorer = docgen.SealScorer(alpha=1.0, beta=0.5)
+  grams = {(3, 4): np.log(0.6), (5, 6): np.log(0.3), (4,): np.log(0.9), (8,): np.log(1e-4)}
+  w = scorer.weights(grams, index)
+  p = 2 / total
+  assert w[(3, 4)] == pytest.approx(np.log(0.6 * (1 - p) / (p * 0.4)))
+  assert (8,) not in w  # the model wants it less than its corpus frequency: w = 0
+  docs, scores = scorer.rank(grams, index, k=10)
+  # Best first: (4), then (3 4) with token 4 already covered (cover 1 - .5 + .5 * 1/2),
+  # then (5 6) (doc 0 only).
+  assert w[(4,)] > w[(3, 4)] > w[(5, 6)]
+  expected0 = w[(4,)] + w[(3, 4)] * 0.75 + w[(5, 6)]
+  expected1 = w[(4,)] + w[(3, 4)] * 0.75
+  assert list(docs) == [0, 1]
+  np.testing.assert_allclose(scores, [expected0, expected1])
+
+
+def test_host_constrained_decoding_generates_corpus_ngrams(tc):
+  cfg = dataclasses.replace(TINY, vocab_size=128)
+  tx, _ = trainer.make_optimizer(10)
+  tr = trainer.Trainer(cfg, tx, partitioning.make_mesh(devices=jax.devices()[:1]))
+  state = tr.init_state(0)
+  index = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
+  x = docgen._pad([tc.query_tokens['q0'], tc.query_tokens['q3']], 8)
+  seqs, scores = docgen.host_constrained_predict(
+      tr, state.params, x, beam_size=4, num_steps=5,
+      allowed_fn=fm_index.NGramConstraint(index, 128))
+  seqs, scores = np.asarray(seqs), np.asarray(scores)
+  assert np.isfinite(scores).all()
+  for s in seqs.reshape(-1, 5):
+    assert index.count(s.tolist()) > 0
+  # The teacher-forced log-probs add up to the beam scores.
+  logp = docgen.token_log_probs(tr, state.params, np.repeat(x, 4, axis=0),
+                                seqs.reshape(-1, 5))
+  np.testing.assert_allclose(np.asarray(logp).sum(-1).reshape(2, 4), scores, rtol=1e-4,
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('method', ['dsi_atomic', 'seal'])
+def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
+  kw = dict(model_config=TINY, num_train_steps=300, batch_size=32, input_len=16,
+            optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
+                                                          warmup_steps=20),
+            dsi_beam_size=16, seal_beam_size=4, log_every_steps=100,
+            seal_tasks=docgen.SealTasks(ngram_len=4, span_input_len=8),
+            dsi_tasks=docgen.DsiTasks(num_spans=2))
+  row = docgen.train_and_evaluate(method, tc, str(tmp_path), **kw)
+  # Test queries are titles of documents seen only by the indexing task.
+  assert row['recall@10'] >= 0.75, row
+  assert row['queries'] == 8 and row['training'].startswith('300 x 32')
+  again = docgen.train_and_evaluate(method, tc, str(tmp_path), **kw)  # from the checkpoint
+  assert again['train_s'] == row['train_s'] and again['ndcg@10'] == row['ndcg@10']
+
+
+def test_bad_method_or_split_is_named(tc, tmp_path):
+  with pytest.raises(ValueError, match='Unknown method'):
+    docgen.train_and_evaluate('dsi_bogus', tc, str(tmp_path))
+  with pytest.raises(ValueError, match="no qrels split 'dev'"):
+    docgen.train_and_evaluate('seal', tc, str(tmp_path), eval_split='dev')
