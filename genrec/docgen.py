@@ -345,6 +345,25 @@ def prefix_ngrams(seqs: np.ndarray, token_logp: np.ndarray, min_len: int
   return out
 
 
+def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: SealScorer,
+                 tc: TokenizedCollection, fm: fm_index.FMIndex, k: int = 100):
+  """Ranks documents for decoded n-grams (seqs int [q, beam, L], per-token
+  log-probs [q, beam, L]) with `scorer`.
+
+  Returns ({qid: doc ids}, {qid: scores}, figures for the table row).
+  """
+  ranked, scores, num_ngrams = {}, {}, []
+  for i, q in enumerate(qids):
+    grams = prefix_ngrams(seqs[i], logp[i], scorer.min_ngram_len)
+    num_ngrams.append(len(grams))
+    docs, sc = scorer.rank(grams, fm, k)
+    ranked[q] = [tc.collection.doc_ids[d] for d in docs]
+    scores[q] = sc.tolist()
+  return ranked, scores, {'ngrams_per_query': round(float(np.mean(num_ngrams)), 1),
+                          'docs_per_query': round(float(np.mean([len(r) for r in
+                                                                ranked.values()])), 1)}
+
+
 # ---------------------------------------------------------------------------
 # Decoding with the trained model
 # ---------------------------------------------------------------------------
@@ -522,24 +541,27 @@ def train_and_evaluate(
     outs = _in_batches(inputs, eval_batch_size, mesh, run)
     seqs = np.concatenate([o[0] for o in outs])
     logp = np.concatenate([o[1] for o in outs])
-    num_ngrams = []
-    for i, q in enumerate(qids):
-      grams = prefix_ngrams(seqs[i], logp[i], seal_scorer.min_ngram_len)
-      num_ngrams.append(len(grams))
-      docs, _ = seal_scorer.rank(grams, fm, 100)
-      ranked[q] = [c.doc_ids[d] for d in docs]
-    extra = {'ngrams_per_query': float(np.mean(num_ngrams)),
-             'docs_per_query': float(np.mean([len(r) for r in ranked.values()]))}
+    # The decoded n-grams and their token log-probs, so that the scorer can be
+    # studied again without the model (`rescore_seal`).
+    np.savez(os.path.join(workdir, f'{eval_split}_ngrams.npz'), qids=np.array(qids),
+             seqs=seqs, logp=logp)
+    ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
   else:
     def run(x, rows):
-      tokens, _ = tr.predict(state.params, x, dsi_beam_size, ids.num_levels, trie)
-      return _gather(tokens, rows)
-    tokens = np.concatenate(_in_batches(inputs, eval_batch_size, mesh, run))
+      tokens, beam_scores = tr.predict(state.params, x, dsi_beam_size, ids.num_levels, trie)
+      return _gather(tokens, rows), _gather(beam_scores, rows)
+    outs = _in_batches(inputs, eval_batch_size, mesh, run)
+    tokens = np.concatenate([o[0] for o in outs])
+    beam_scores = np.concatenate([o[1] for o in outs])
     items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)
-    for q, row in zip(qids, items):
+    scores = {}
+    for q, row, sc in zip(qids, items, beam_scores):
       ranked[q] = [c.doc_ids[i - 1] for i in row if i > 0]
+      scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
     extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
              ids.info.get('collisions_before_dedup', 0)}
+  retrieval.write_trec_run(os.path.join(workdir, f'{eval_split}.trec'), ranked, scores,
+                           method)
   eval_s = time.time() - t0
   m = retrieval.retrieval_metrics(ranked, qrels)
   device = f'{jax.device_count()} x {jax.devices()[0].device_kind}'

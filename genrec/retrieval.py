@@ -196,6 +196,23 @@ def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str) -> dict:
           'training': 'none', 'index_s': round(build_s, 2), 'ms_per_query': round(query_ms, 2)}
 
 
+def write_trec_run(path: str, ranked: dict[str, list[str]], scores: dict[str, list[float]],
+                   tag: str) -> None:
+  """Writes a TREC run file: `qid Q0 docid rank score tag` per line (rank from 1),
+  readable by trec_eval, pytrec_eval and ranx.
+
+  Those tools re-sort by score and break ties their own way, so tied scores
+  are nudged down (by 1e-9 relative) to keep the run's order.
+  """
+  with open(path, 'w') as f:
+    for q, docs in ranked.items():
+      prev = math.inf
+      for rank, (d, s) in enumerate(zip(docs, scores[q]), 1):
+        s = min(float(s), prev - 1e-9 * max(1.0, abs(prev))) if rank > 1 else float(s)
+        prev = s
+        f.write(f'{q} Q0 {d} {rank} {s:.15g} {tag}\n')
+
+
 # ---------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import jax
 
 import numpy as np
 import pytest
+import ranx
 import sentencepiece as spm
 
 from genrec import docgen, fm_index, models, partitioning, retrieval, trainer
@@ -163,6 +164,16 @@ def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
   assert row['queries'] == 8 and row['training'].startswith('300 x 32')
   again = docgen.train_and_evaluate(method, tc, str(tmp_path), **kw)  # from the checkpoint
   assert again['train_s'] == row['train_s'] and again['ndcg@10'] == row['ndcg@10']
+  run = ranx.Run.from_file(str(tmp_path / 'test.trec'), kind='trec')
+  qrels = ranx.Qrels({q: {d: 1 for d in ds} for q, ds in tc.collection.qrels['test'].items()})
+  assert ranx.evaluate(qrels, run, 'ndcg@10') == pytest.approx(row['ndcg@10'], abs=1e-4)
+  if method == 'seal':  # the saved n-grams rank the same documents again
+    saved = np.load(tmp_path / 'test_ngrams.npz')
+    fm = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
+    ranked, _, _ = docgen.rescore_seal(list(saved['qids']), saved['seqs'], saved['logp'],
+                                       docgen.SealScorer(), tc, fm)
+    m = retrieval.retrieval_metrics(ranked, tc.collection.qrels['test'])
+    assert m['ndcg@10'] == pytest.approx(row['ndcg@10'], abs=1e-4)
 
 
 def test_bad_method_or_split_is_named(tc, tmp_path):
