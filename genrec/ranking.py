@@ -1,0 +1,341 @@
+"""A ranking model whose item embeddings come from hashed item keys
+(`genrec.sid_features`): random item-id hashing vs Semantic-ID n-grams and
+SentencePiece sub-pieces, under one embedding-table budget.
+
+Model (DIN-style): every item (history and candidate) is the pooled rows of
+its keys; the history is pooled by attention to the candidate (softmax of
+scaled dot products over valid positions) and by its mean; an MLP over
+[attended history, candidate, their product, mean history] gives the logit
+of P(engage | history, candidate).
+
+Data: the leave-one-out sequences of an Amazon set. A `cold_fraction` of the
+items is removed from training altogether (as history and as target): the
+new items. Training examples are every prefix of the remaining training
+sequences, the next item as the positive and `num_negatives` items drawn
+uniformly from the warm items as negatives (sigmoid cross-entropy). Test:
+each user's last item against `eval_negatives` items drawn uniformly from
+the whole catalog; AUC and log loss pooled over the candidates of a slice of
+users (all; cold = the target is a new item; head / tail = the target's
+training frequency, `metrics.popularity_slices`), and Recall@10 of the
+target among its candidates.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+from absl import logging
+import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx
+import numpy as np
+import optax
+import scipy.stats
+
+from genrec import checkpoints, metrics, partitioning, sequences, sid_features
+from genrec.ids import IdScheme, ResidualKMeansIds
+from genrec.train import EpochBatcher
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RankerConfig:
+  dim: int = 32
+  mlp_dims: tuple[int, ...] = (128, 64)
+  pooling: str = 'sum'  # of an item's key rows: 'sum' or 'mean'
+
+
+def _dense(n_in: int, n_out: int, axes, rngs: nnx.Rngs) -> nnx.Linear:
+  init = nnx.with_partitioning(nnx.initializers.lecun_normal(), axes)
+  return nnx.Linear(n_in, n_out, kernel_init=init,
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
+                    rngs=rngs)
+
+
+class Ranker(nnx.Module):
+
+  def __init__(self, cfg: RankerConfig, table_rows: int, *, rngs: nnx.Rngs):
+    if cfg.pooling not in ('sum', 'mean'):
+      raise ValueError(f"RankerConfig.pooling must be 'sum' or 'mean', not {cfg.pooling!r}.")
+    self.cfg = cfg
+    init = nnx.with_partitioning(nnx.initializers.normal(0.05), ('vocab', 'embed'))
+    self.table = nnx.Param(init(rngs.params(), (table_rows, cfg.dim), jnp.float32))
+    dims = (4 * cfg.dim,) + tuple(cfg.mlp_dims)
+    self.mlp = nnx.List([_dense(a, b, ('embed', 'mlp') if i == 0 else (None, 'mlp'), rngs)
+                         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
+    self.out = _dense(dims[-1], 1, ('mlp', None), rngs)
+
+  def embed(self, items: jax.Array, rows: jax.Array, mask: jax.Array) -> jax.Array:
+    """[...] item ids -> [..., dim]: the pooled table rows of their keys."""
+    r, m = rows[items], mask[items].astype(jnp.float32)  # [..., K]
+    e = (self.table[...][r] * m[..., None]).sum(-2)
+    if self.cfg.pooling == 'mean':
+      e = e / jnp.maximum(m.sum(-1, keepdims=True), 1.0)
+    return e
+
+  def __call__(self, history: jax.Array, candidates: jax.Array, rows: jax.Array,
+               mask: jax.Array) -> jax.Array:
+    """history int [b, H] (0 = padding), candidates int [b, C] -> logits [b, C]."""
+    h = self.embed(history, rows, mask)  # [b, H, d]
+    c = self.embed(candidates, rows, mask)  # [b, C, d]
+    valid = history > 0
+    att = jnp.einsum('bcd,bhd->bch', c, h) / np.sqrt(self.cfg.dim)
+    att = jnp.where(valid[:, None, :], att, -1e9)
+    w = jax.nn.softmax(att, -1) * valid.any(-1)[:, None, None]
+    u = jnp.einsum('bch,bhd->bcd', w, h)
+    mean = (h * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1, keepdims=True), 1)
+    x = jnp.concatenate([u, c, u * c, jnp.broadcast_to(mean[:, None], c.shape)], -1)
+    for layer in self.mlp:
+      x = jax.nn.relu(layer(x))
+    return self.out(x)[..., 0]
+
+
+def abstract_ranker(cfg: RankerConfig, table_rows: int) -> Ranker:
+  """The model with ShapeDtypeStructs instead of arrays (no memory, no compute)."""
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: Ranker(cfg, table_rows, rngs=nnx.Rngs(0)))
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class RankingData:
+  data: sequences.SequenceData
+  cold: np.ndarray  # bool [num_items + 1]: new items, never in training
+  train_history: np.ndarray  # int32 [n, H]
+  train_target: np.ndarray  # int32 [n]
+  test_history: np.ndarray  # int32 [users, H]
+  test_target: np.ndarray  # int32 [users]
+  train_counts: np.ndarray  # int64 [num_items + 1] occurrences in the training data
+  target_counts: np.ndarray  # int64 [num_items + 1] occurrences as a training target
+
+
+def split_cold_start(data: sequences.SequenceData, cold_fraction: float, max_history: int,
+                     seed: int) -> RankingData:
+  """Removes a random `cold_fraction` of the items from training (see module doc)."""
+  if not 0 <= cold_fraction < 1:
+    raise ValueError(f'cold_fraction must be in [0, 1), got {cold_fraction}.')
+  rng = np.random.default_rng([seed, 7])
+  n = data.num_items
+  cold = np.zeros(n + 1, bool)
+  cold[1 + rng.choice(n, int(round(cold_fraction * n)), replace=False)] = True
+  hist, tgt = [], []
+  train_counts = np.zeros(n + 1, np.int64)
+  target_counts = np.zeros(n + 1, np.int64)
+  for s in data.sequences:
+    part = s[:-2][~cold[s[:-2]]]
+    np.add.at(train_counts, part, 1)
+    for t in range(1, len(part)):
+      hist.append(part[max(0, t - max_history):t])
+      tgt.append(int(part[t]))
+    np.add.at(target_counts, part[1:], 1)
+  test = sequences.leave_one_out(data, max_history)['test']
+  train = sequences._pack(hist, tgt, max_history)
+  return RankingData(data, cold, train.history, train.target, test.history, test.target,
+                     train_counts, target_counts)
+
+
+def eval_candidates(targets: np.ndarray, num_items: int, num_negatives: int, seed: int
+                    ) -> np.ndarray:
+  """int32 [n, 1 + num_negatives]: the target first, then distinct uniform
+  negatives from the whole catalog (never the target)."""
+  rng = np.random.default_rng([seed, 11])
+  neg = rng.integers(1, num_items, (len(targets), num_negatives))  # 1..num_items-1
+  neg = neg + (neg >= targets[:, None])  # skip the target: uniform over the others
+  return np.concatenate([targets[:, None], neg], 1).astype(np.int32)
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney, ties count one half)."""
+  labels = np.asarray(labels, bool)
+  pos, neg = labels.sum(), (~labels).sum()
+  if not pos or not neg:
+    return float('nan')
+  ranks = scipy.stats.rankdata(scores)
+  return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def slice_metrics(logits: np.ndarray, users: np.ndarray) -> dict[str, float]:
+  """AUC, log loss and Recall@10 over `users` rows of candidate logits [n, C]
+  (column 0 the positive)."""
+  x = logits[users]
+  labels = np.zeros_like(x, bool)
+  labels[:, 0] = True
+  p = 1 / (1 + np.exp(-x.astype(np.float64)))
+  eps = 1e-7
+  loss = -np.where(labels, np.log(p + eps), np.log(1 - p + eps)).mean() if len(x) else np.nan
+  rank = (x[:, 1:] > x[:, :1]).sum(1)
+  return {'auc': auc(labels.ravel(), x.ravel()), 'logloss': float(loss),
+          'recall@10': float((rank < 10).mean()) if len(x) else float('nan'),
+          'users': int(len(x))}
+
+
+# ---------------------------------------------------------------------------
+# Train and evaluate
+# ---------------------------------------------------------------------------
+@gin.configurable(denylist=['variant', 'table_rows', 'workdir'])
+def train_and_evaluate(
+    variant: str,
+    table_rows: int,
+    workdir: str,
+    dataset: str | sequences.SequenceData = 'beauty',
+    data_dir: str | None = None,
+    sid_scheme: IdScheme = ResidualKMeansIds(num_levels=3, codebook_size=256, dedup=False),
+    config: RankerConfig = RankerConfig(),
+    mesh_fn: Callable = partitioning.make_mesh,
+    cold_fraction: float = 0.1,
+    max_history: int = 20,
+    num_negatives: int = 4,
+    eval_negatives: int = 99,
+    num_train_steps: int = 2000,
+    batch_size: int = 512,
+    learning_rate: float = 2e-3,
+    eval_batch_size: int = 2048,
+    slice_fractions: tuple[float, float] = (0.2, 0.5),
+    log_every_steps: int = 200,
+    seed: int = 0,
+    data_cache: dict | None = None,
+) -> dict:
+  """Trains the ranker with one item representation and evaluates it.
+
+  Args:
+    variant: `sid_features.VARIANTS`.
+    table_rows: embedding-table rows (the same budget for every variant).
+    workdir: run folder (checkpoint, SentencePiece model, results).
+    dataset, data_dir: an Amazon set (or SequenceData) and the data dir.
+    sid_scheme: the Semantic IDs (fitted on every item's content, new ones too).
+    cold_fraction: items held out of training (new items).
+    data_cache: dict reused across calls for the loaded data, split and IDs.
+
+  Returns:
+    A table row: metrics per slice ('all', 'cold', 'head', 'tail'), budget, timings.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  cache = data_cache if data_cache is not None else {}
+  key = (dataset if isinstance(dataset, str) else dataset.name, cold_fraction, max_history,
+         seed)
+  if key not in cache:
+    data = (dataset if isinstance(dataset, sequences.SequenceData)
+            else sequences.load_dataset(dataset, data_dir))
+    cache[key] = split_cold_start(data, cold_fraction, max_history, seed)
+  rd = cache[key]
+  data = rd.data
+  codes = sizes = None
+  if variant != 'random':
+    sid_key = (key, sid_scheme)
+    if sid_key not in cache:
+      cache[sid_key] = sid_scheme.fit(data)
+    ids = cache[sid_key]
+    codes, sizes = ids.codes, ids.level_sizes
+  t0 = time.time()
+  feats = sid_features.item_features(variant, table_rows, data.num_items, codes, sizes,
+                                     rd.train_counts, workdir)
+  features_s = time.time() - t0
+
+  mesh = mesh_fn()
+  dp = partitioning.data_parallel_size(mesh) * jax.process_count()
+  if batch_size % dp:
+    raise ValueError(f'batch_size {batch_size} must be divisible by the data-parallel size '
+                     f'{dp}.')
+  tx = optax.adam(learning_rate)
+  graphdef, abstract_params = nnx.split(abstract_ranker(config, table_rows))
+  param_specs = partitioning.param_partition_specs(abstract_params)
+  to_sharding = lambda tree: jax.tree.map(
+      lambda s: jax.sharding.NamedSharding(mesh, s), tree,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  param_sh = to_sharding(param_specs)
+  repl = partitioning.replicated(mesh)
+  rows = jax.device_put(feats.rows, repl)
+  mask = jax.device_put(feats.mask, repl)
+
+  def logits_fn(params, history, candidates, rows, mask):
+    return nnx.merge(graphdef, params)(history, candidates, rows, mask)
+
+  def train_step(params, opt_state, batch, rows, mask):
+    def loss_fn(p):
+      logits = logits_fn(p, batch['history'], batch['candidates'], rows, mask)
+      return optax.sigmoid_binary_cross_entropy(logits, batch['labels']).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  def init(rng):
+    with nnx.use_eager_sharding(False):
+      return nnx.to_pure_dict(nnx.state(Ranker(config, table_rows, rngs=nnx.Rngs(params=rng)),
+                                        nnx.Param))
+  params = jax.jit(init, out_shardings=param_sh)(jax.random.key(seed))
+  opt_state = jax.jit(tx.init)(params)
+  step_j = jax.jit(train_step, donate_argnums=(0, 1))
+  predict_j = jax.jit(logits_fn)
+
+  warm = np.flatnonzero(~rd.cold[1:]) + 1
+  n_train = len(rd.train_target)
+  batcher = EpochBatcher(n_train, batch_size, seed)
+  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
+                                     best_metric=None)
+  t0 = time.time()
+  loss = None
+  if manager.latest_step() == num_train_steps:
+    state, saved = checkpoints.restore(
+        manager, num_train_steps,
+        jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                     params, param_sh))
+    params, train_s, loss = state, saved.get('train_seconds'), saved.get('final_loss')
+  else:
+    for step in range(num_train_steps):
+      idx = batcher.indices(step)
+      rng = np.random.default_rng([seed, 3, step])
+      neg = warm[rng.integers(0, len(warm), (batch_size, num_negatives))]
+      cands = np.concatenate([rd.train_target[idx][:, None], neg], 1)
+      labels = np.zeros(cands.shape, np.float32)
+      labels[:, 0] = 1
+      batch = partitioning.shard_batch(
+          {k: v[partitioning.host_slice(batch_size)] for k, v in
+           {'history': rd.train_history[idx], 'candidates': cands, 'labels': labels}.items()},
+          mesh)
+      params, opt_state, loss_v = step_j(params, opt_state, batch, rows, mask)
+      if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
+        loss = float(loss_v)
+        rate = (step + 1) / (time.time() - t0)
+        logging.info('%s/%d step %d/%d loss %.4f | %.1f steps/s | ETA %.0fs', variant,
+                     table_rows, step + 1, num_train_steps, loss, rate,
+                     (num_train_steps - step - 1) / rate)
+    train_s = time.time() - t0
+    checkpoints.save(manager, num_train_steps, params,
+                     batcher.state(num_train_steps) | {'train_seconds': train_s,
+                                                       'final_loss': loss})
+    manager.wait_until_finished()
+  manager.close()
+
+  t0 = time.time()
+  cands = eval_candidates(rd.test_target, data.num_items, eval_negatives, seed)
+  logits = []
+  bs = max(dp, eval_batch_size // dp * dp)
+  for start in range(0, len(cands), bs):
+    h, c = rd.test_history[start:start + bs], cands[start:start + bs]
+    n = len(c)
+    pad = lambda a: np.pad(a, ((0, bs - n), (0, 0)))
+    b = partitioning.shard_batch({'h': pad(h), 'c': pad(c)}, mesh)
+    logits.append(np.asarray(jax.device_get(predict_j(params, b['h'], b['c'], rows,
+                                                      mask)))[:n])
+  logits = np.concatenate(logits)
+  eval_s = time.time() - t0
+  pop = metrics.popularity_slices(rd.target_counts, *slice_fractions)[rd.test_target]
+  users = {'all': np.arange(len(cands)), 'cold': np.flatnonzero(rd.cold[rd.test_target]),
+           'head': np.flatnonzero(pop == metrics.SLICES.index('head')),
+           'tail': np.flatnonzero(pop == metrics.SLICES.index('tail'))}
+  row = {'dataset': data.name, 'variant': variant, 'table_rows': table_rows,
+         'params': int(sum(x.size for x in jax.tree.leaves(params))),
+         'train': f'{num_train_steps} x {batch_size} x (1 + {num_negatives})',
+         'train_s': None if train_s is None else round(train_s, 1),
+         'eval_s': round(eval_s, 1), 'features_s': round(features_s, 1),
+         'final_loss': None if loss is None else round(loss, 4),
+         'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}', **feats.info}
+  for name, u in users.items():
+    for k, v in slice_metrics(logits, u).items():
+      row[f'{name}/{k}'] = round(v, 4) if isinstance(v, float) else v
+  logging.info('%s', row)
+  return row
