@@ -451,9 +451,9 @@ def train_and_evaluate(
     eval_batch_size: int = 16,
     log_every_steps: int = 200,
     seed: int = 0,
-    dsi_tasks: DsiTasks = DsiTasks(),
-    seal_tasks: SealTasks = SealTasks(),
-    seal_scorer: SealScorer = SealScorer(),
+    dsi_tasks: DsiTasks | None = None,
+    seal_tasks: SealTasks | None = None,
+    seal_scorer: SealScorer | None = None,
     fm: fm_index.FMIndex | None = None,
     cache_dir: str | None = None,
 ) -> dict:
@@ -462,8 +462,15 @@ def train_and_evaluate(
   The final parameters are checkpointed in workdir/checkpoints: running again
   with the same workdir and settings evaluates them without training.
 
+  `dsi_tasks`, `seal_tasks` and `seal_scorer` default to their classes built
+  at call time, so gin bindings of those classes (e.g.
+  `docgen.SealScorer.alpha = 1.5`) apply.
+
   Returns a row for the retrieval table (metrics, budget, timings).
   """
+  dsi_tasks = dsi_tasks or DsiTasks()
+  seal_tasks = seal_tasks or SealTasks()
+  seal_scorer = seal_scorer or SealScorer()
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; use one of {METHODS}.')
   c = tc.collection

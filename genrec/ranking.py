@@ -184,7 +184,7 @@ def train_and_evaluate(
     dataset: str | sequences.SequenceData = 'beauty',
     data_dir: str | None = None,
     sid_scheme: IdScheme = ResidualKMeansIds(num_levels=3, codebook_size=256, dedup=False),
-    config: RankerConfig = RankerConfig(),
+    config: RankerConfig | None = None,
     mesh_fn: Callable = partitioning.make_mesh,
     cold_fraction: float = 0.1,
     max_history: int = 20,
@@ -207,12 +207,15 @@ def train_and_evaluate(
     workdir: run folder (checkpoint, SentencePiece model, results).
     dataset, data_dir: an Amazon set (or SequenceData) and the data dir.
     sid_scheme: the Semantic IDs (fitted on every item's content, new ones too).
+    config: the model (default `RankerConfig()` built at call time, so gin
+      bindings of RankerConfig apply).
     cold_fraction: items held out of training (new items).
     data_cache: dict reused across calls for the loaded data, split and IDs.
 
   Returns:
     A table row: metrics per slice ('all', 'cold', 'head', 'tail'), budget, timings.
   """
+  config = config or RankerConfig()
   os.makedirs(workdir, exist_ok=True)
   cache = data_cache if data_cache is not None else {}
   key = (dataset if isinstance(dataset, str) else dataset.name, cold_fraction, max_history,
