@@ -88,21 +88,25 @@ def strings_to_codes(strings: list[str], level_sizes) -> np.ndarray:
 def train_sid_sentencepiece(codes: np.ndarray, level_sizes, weights: np.ndarray,
                             model_prefix: str, vocab_size: int, max_copies: int = 50
                             ) -> spm.SentencePieceProcessor:
-  """SentencePiece (BPE) over items' Semantic-ID strings.
+  """SentencePiece (BPE) over the Semantic-ID strings of the training data.
 
   BPE, because SentencePiece's unigram trainer seeds no multi-symbol pieces
   from these space-free private-use strings (it learns the bare symbols).
 
   Args:
-    codes: int [n, L] Semantic IDs of the items to learn from.
+    codes: int [n, L] Semantic IDs of the items.
     weights: [n] how often each item occurs in training; an item's string is
-      repeated 1 + min(weight, max_copies) times, so frequent code sequences
-      earn whole pieces.
-    vocab_size: upper bound of the vocabulary (it stops when no piece is left).
+      repeated min(weight, max_copies) times, so frequent code sequences earn
+      whole pieces, and items absent from training (new items) add nothing:
+      their IDs are cut into pieces learned from the training items. Every
+      (level, code) symbol is also one sentence of its own, so any ID can be
+      encoded without an unknown piece.
+    vocab_size: upper bound of the vocabulary (it stops when no merge is left).
   """
   strings = sid_strings(codes, level_sizes)
-  copies = 1 + np.minimum(np.asarray(weights, np.int64), max_copies)
-  sentences = [s for s, k in zip(strings, copies) for _ in range(int(k))]
+  copies = np.minimum(np.asarray(weights, np.int64), max_copies)
+  symbols = [chr(_SYMBOL_BASE + i) for i in range(int(sum(level_sizes)))]
+  sentences = symbols + [s for s, k in zip(strings, copies) for _ in range(int(k))]
   os.makedirs(os.path.dirname(model_prefix) or '.', exist_ok=True)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(sentences), model_prefix=model_prefix, vocab_size=vocab_size,

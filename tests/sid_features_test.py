@@ -43,6 +43,11 @@ def test_sentencepiece_pieces_reassemble_the_codes(tmp_path):
   # Frequent items earn whole pieces: on average fewer pieces than rare ones.
   n = np.array([len(p) for p in pieces])
   assert n[weights >= 20].mean() < n[weights <= 1].mean()
+  # An item absent from training is cut into known pieces (never the unknown piece).
+  new = np.array([[7, 15, 15]])
+  assert not any((codes == new).all(1))
+  ids = sp.encode(sf.sid_strings(new, SIZES))[0]
+  assert len(ids) >= 2 and sp.unk_id() not in ids
 
 
 def test_every_variant_spends_the_same_table_budget(tmp_path):
