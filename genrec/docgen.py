@@ -553,6 +553,7 @@ def train_and_evaluate(
     np.savez(os.path.join(workdir, f'{eval_split}_ngrams.npz'), qids=np.array(qids),
              seqs=seqs, logp=logp)
     ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
+    extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
   else:
     def run(x, rows):
       tokens, beam_scores = tr.predict(state.params, x, dsi_beam_size, ids.num_levels, trie)

@@ -20,6 +20,7 @@ back to positions and documents (`locate`).
 import dataclasses
 import json
 import os
+import time
 
 import numpy as np
 import pydivsufsort
@@ -193,6 +194,7 @@ class NGramConstraint:
     self.index = index
     self.vocab_size = vocab_size
     self._intervals: dict[tuple[int, ...], tuple[int, int]] = {(): index.full_range()}
+    self.seconds = 0.0  # host time spent in __call__ (the constraint's cost)
 
   def interval(self, prefix: tuple[int, ...]) -> tuple[int, int]:
     found = self._intervals.get(prefix)
@@ -206,10 +208,12 @@ class NGramConstraint:
 
   def __call__(self, seqs: np.ndarray) -> np.ndarray:
     """int [batch, beam, step] -> bool [batch, beam, vocab]."""
+    t0 = time.perf_counter()
     batch, beam = seqs.shape[:2]
     allowed = np.zeros((batch, beam, self.vocab_size), bool)
     for b in range(batch):
       for k in range(beam):
         tokens, _ = self.index.followers(self.interval(tuple(int(t) for t in seqs[b, k])))
         allowed[b, k, tokens] = True
+    self.seconds += time.perf_counter() - t0
     return allowed
