@@ -40,14 +40,13 @@ import gin
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.experimental import multihost_utils
 import numpy as np
 import sentencepiece as spm
 
-from genrec import (checkpoints, constraints, decoding, fm_index, models, partitioning,
+from genrec import (constraints, decoding, fm_index, models, partitioning,
                     retrieval, text_encoder, trainer)
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
-from genrec.train import EpochBatcher
+from genrec.train import EpochBatcher, train_fixed_budget
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 
@@ -411,25 +410,6 @@ def host_constrained_predict(tr: trainer.Trainer, params, inputs: jax.Array, bea
       cache, inputs.shape[0], beam_size, num_steps, allowed_fn)
 
 
-def _in_batches(inputs: np.ndarray, batch_size: int, mesh, fn: Callable) -> list:
-  """Applies fn(sharded input batch, rows) to padded batches of `inputs`."""
-  dp = partitioning.data_parallel_size(mesh) * jax.process_count()
-  batch_size = max(dp, batch_size // dp * dp)
-  out = []
-  for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
-    rows = len(chunk)
-    chunk = np.pad(chunk, ((0, batch_size - rows), (0, 0)))
-    local = partitioning.shard_batch({'x': chunk[partitioning.host_slice(batch_size)]},
-                                     mesh)['x']
-    out.append(fn(local, rows))
-  return out
-
-
-def _gather(x, rows: int) -> np.ndarray:
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]
-
-
 # ---------------------------------------------------------------------------
 # Train and evaluate one method
 # ---------------------------------------------------------------------------
@@ -503,32 +483,16 @@ def train_and_evaluate(
                n, num_train_steps * batch_size / n,
                trainer.param_count(tr.abstract_state.params) / 1e6, config.vocab_size)
 
-  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
-                                     best_metric=None)
-  t0 = time.time()
-  if manager.latest_step() == num_train_steps:
-    state, saved = checkpoints.restore(manager, num_train_steps, tr.abstract_state)
-    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints'))
-    train_s, loss = saved.get('train_seconds'), saved.get('final_loss')
-    logging.info('%s: evaluating the checkpoint of %s', method, workdir)
-  else:
-    state = tr.init_state(seed)
-    rng = jax.random.key(seed + 1)
-    for step in range(num_train_steps):
-      idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
-      batch = partitioning.shard_batch({k: a[idx] for k, a in arrays.items()}, mesh)
-      state, m = tr.train_step(state, batch, rng)
-      if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
-        loss = float(m['loss'])
-        rate = (step + 1) / (time.time() - t0)
-        logging.info('%s step %d/%d loss %.4f | %.1f steps/s | ETA %.0fs', method, step + 1,
-                     num_train_steps, loss, rate, (num_train_steps - step - 1) / rate)
-    train_s = time.time() - t0
-    checkpoints.save(manager, num_train_steps, state,
-                     batcher.state(num_train_steps) | {'train_seconds': train_s,
-                                                       'final_loss': loss})
-    manager.wait_until_finished()
-  manager.close()
+  rng = jax.random.key(seed + 1)
+
+  def step_fn(state, step):
+    idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
+    state, m = tr.train_step(
+        state, partitioning.shard_batch({k: a[idx] for k, a in arrays.items()}, mesh), rng)
+    return state, m['loss']
+  state, train_s, loss = train_fixed_budget(workdir, method, num_train_steps, batcher,
+                                            tr.abstract_state, lambda: tr.init_state(seed),
+                                            step_fn, log_every_steps)
 
   qrels = c.qrels[eval_split]
   qids = sorted(qrels, key=lambda q: (len(q), q))
@@ -539,13 +503,15 @@ def train_and_evaluate(
     allowed = fm_index.NGramConstraint(fm, config.vocab_size)
     L = seal_tasks.ngram_len
 
-    def run(x, rows):
+    def run(batch, rows):
+      x = batch['x']
       seqs, _ = host_constrained_predict(tr, state.params, x, seal_beam_size, L, allowed)
       b = x.shape[0]
       flat = seqs.reshape(b * seal_beam_size, L)
       logp = token_log_probs(tr, state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
-      return _gather(seqs, rows), _gather(logp.reshape(b, seal_beam_size, L), rows)
-    outs = _in_batches(inputs, eval_batch_size, mesh, run)
+      return (partitioning.gather(seqs, rows),
+              partitioning.gather(logp.reshape(b, seal_beam_size, L), rows))
+    outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
     seqs = np.concatenate([o[0] for o in outs])
     logp = np.concatenate([o[1] for o in outs])
     # The decoded n-grams and their token log-probs, so that the scorer can be
@@ -555,10 +521,11 @@ def train_and_evaluate(
     ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
     extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
   else:
-    def run(x, rows):
-      tokens, beam_scores = tr.predict(state.params, x, dsi_beam_size, ids.num_levels, trie)
-      return _gather(tokens, rows), _gather(beam_scores, rows)
-    outs = _in_batches(inputs, eval_batch_size, mesh, run)
+    def run(batch, rows):
+      tokens, beam_scores = tr.predict(state.params, batch['x'], dsi_beam_size,
+                                       ids.num_levels, trie)
+      return partitioning.gather(tokens, rows), partitioning.gather(beam_scores, rows)
+    outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
     tokens = np.concatenate([o[0] for o in outs])
     beam_scores = np.concatenate([o[1] for o in outs])
     items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)

@@ -7,11 +7,12 @@ and MaxText do, so that a new sharding strategy is a change of this table (or
 of the mesh shape), never of the model code.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import math
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from flax import nnx
 import numpy as np
@@ -135,3 +136,30 @@ def host_slice(global_batch_size: int) -> slice:
                      f'{n} processes.')
   per = global_batch_size // n
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def map_batches(arrays: dict[str, np.ndarray], batch_size: int, mesh: Mesh,
+                fn: Callable[[dict[str, jax.Array], int], Any]) -> list:
+  """Calls fn(sharded batch, rows) on consecutive global batches of `arrays`.
+
+  The batch size is rounded to the data-parallel size; the last batch is
+  zero-padded to full size and `rows` says how many of its rows are real.
+  Every process passes the same global `arrays` and feeds its own slice.
+  """
+  dp = data_parallel_size(mesh) * jax.process_count()
+  batch_size = max(dp, batch_size // dp * dp)
+  n = len(next(iter(arrays.values())))
+  out = []
+  for start in range(0, n, batch_size):
+    rows = min(batch_size, n - start)
+    chunk = {k: np.pad(v[start:start + batch_size],
+                       ((0, batch_size - rows),) + ((0, 0),) * (v.ndim - 1))
+             for k, v in arrays.items()}
+    out.append(fn(shard_batch({k: v[host_slice(batch_size)] for k, v in chunk.items()}, mesh),
+                  rows))
+  return out
+
+
+def gather(x: jax.Array, rows: int | None = None) -> np.ndarray:
+  """A batch-sharded global array on every host as numpy (first `rows` rows)."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:rows]

@@ -34,9 +34,9 @@ import numpy as np
 import optax
 import scipy.stats
 
-from genrec import checkpoints, metrics, partitioning, sequences, sid_features
+from genrec import metrics, partitioning, sequences, sid_features
 from genrec.ids import IdScheme, ResidualKMeansIds
-from genrec.train import EpochBatcher
+from genrec.train import EpochBatcher, train_fixed_budget
 
 
 @gin.configurable
@@ -269,62 +269,48 @@ def train_and_evaluate(
     with nnx.use_eager_sharding(False):
       return nnx.to_pure_dict(nnx.state(Ranker(config, table_rows, rngs=nnx.Rngs(params=rng)),
                                         nnx.Param))
-  params = jax.jit(init, out_shardings=param_sh)(jax.random.key(seed))
-  opt_state = jax.jit(tx.init)(params)
   step_j = jax.jit(train_step, donate_argnums=(0, 1))
   predict_j = jax.jit(logits_fn)
-
   warm = np.flatnonzero(~rd.cold[1:]) + 1
-  n_train = len(rd.train_target)
-  batcher = EpochBatcher(n_train, batch_size, seed)
-  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
-                                     best_metric=None)
-  t0 = time.time()
-  loss = None
-  if manager.latest_step() == num_train_steps:
-    state, saved = checkpoints.restore(
-        manager, num_train_steps,
-        jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                     params, param_sh))
-    params, train_s, loss = state, saved.get('train_seconds'), saved.get('final_loss')
-  else:
-    for step in range(num_train_steps):
-      idx = batcher.indices(step)
-      rng = np.random.default_rng([seed, 3, step])
-      neg = warm[rng.integers(0, len(warm), (batch_size, num_negatives))]
-      cands = np.concatenate([rd.train_target[idx][:, None], neg], 1)
-      labels = np.zeros(cands.shape, np.float32)
-      labels[:, 0] = 1
-      batch = partitioning.shard_batch(
-          {k: v[partitioning.host_slice(batch_size)] for k, v in
-           {'history': rd.train_history[idx], 'candidates': cands, 'labels': labels}.items()},
-          mesh)
-      params, opt_state, loss_v = step_j(params, opt_state, batch, rows, mask)
-      if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
-        loss = float(loss_v)
-        rate = (step + 1) / (time.time() - t0)
-        logging.info('%s/%d step %d/%d loss %.4f | %.1f steps/s | ETA %.0fs', variant,
-                     table_rows, step + 1, num_train_steps, loss, rate,
-                     (num_train_steps - step - 1) / rate)
-    train_s = time.time() - t0
-    checkpoints.save(manager, num_train_steps, params,
-                     batcher.state(num_train_steps) | {'train_seconds': train_s,
-                                                       'final_loss': loss})
-    manager.wait_until_finished()
-  manager.close()
+  batcher = EpochBatcher(len(rd.train_target), batch_size, seed)
+
+  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
+  opt_sh = optax.tree_map_params(
+      tx, lambda _, sh: sh, abstract_opt, param_sh, transform_non_params=lambda _: repl,
+      is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+  state_sh = {'params': param_sh, 'opt_state': opt_sh}
+
+  def init_state(rng):
+    params = init(rng)
+    return {'params': params, 'opt_state': tx.init(params)}
+  init_fn = lambda: jax.jit(init_state, out_shardings=state_sh)(jax.random.key(seed))
+
+  def step_fn(state, step):
+    idx = batcher.indices(step)
+    rng = np.random.default_rng([seed, 3, step])
+    neg = warm[rng.integers(0, len(warm), (batch_size, num_negatives))]
+    cands = np.concatenate([rd.train_target[idx][:, None], neg], 1)
+    labels = np.zeros(cands.shape, np.float32)
+    labels[:, 0] = 1
+    batch = {'history': rd.train_history[idx], 'candidates': cands, 'labels': labels}
+    batch = partitioning.shard_batch(
+        {k: v[partitioning.host_slice(batch_size)] for k, v in batch.items()}, mesh)
+    params, opt_state, loss = step_j(state['params'], state['opt_state'], batch, rows, mask)
+    return {'params': params, 'opt_state': opt_state}, loss
+
+  abstract_state = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      jax.eval_shape(init_state, jax.random.key(seed)), state_sh)
+  state, train_s, loss = train_fixed_budget(workdir, f'{variant}/{table_rows}', num_train_steps,
+                                            batcher, abstract_state, init_fn, step_fn,
+                                            log_every_steps)
+  params = state['params']
 
   t0 = time.time()
   cands = eval_candidates(rd.test_target, data.num_items, eval_negatives, seed)
-  logits = []
-  bs = max(dp, eval_batch_size // dp * dp)
-  for start in range(0, len(cands), bs):
-    h, c = rd.test_history[start:start + bs], cands[start:start + bs]
-    n = len(c)
-    pad = lambda a: np.pad(a, ((0, bs - n), (0, 0)))
-    b = partitioning.shard_batch({'h': pad(h), 'c': pad(c)}, mesh)
-    logits.append(np.asarray(jax.device_get(predict_j(params, b['h'], b['c'], rows,
-                                                      mask)))[:n])
-  logits = np.concatenate(logits)
+  logits = np.concatenate(partitioning.map_batches(
+      {'h': rd.test_history, 'c': cands}, eval_batch_size, mesh,
+      lambda b, n: partitioning.gather(predict_j(params, b['h'], b['c'], rows, mask), n)))
   eval_s = time.time() - t0
   pop = metrics.popularity_slices(rd.target_counts, *slice_fractions)[rd.test_target]
   users = {'all': np.arange(len(cands)), 'cold': np.flatnonzero(rd.cold[rd.test_target]),

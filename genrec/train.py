@@ -214,6 +214,51 @@ def _append_jsonl(path: str, obj) -> None:
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
+def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
+                       abstract_state, init_fn: Callable[[], object],
+                       step_fn: Callable[[object, int], tuple[object, jax.Array]],
+                       log_every_steps: int = 200) -> tuple[object, float | None, float | None]:
+  """Trains `num_train_steps` steps and checkpoints the final state in
+  workdir/checkpoints, or restores that state when it is already there.
+
+  For fixed-budget studies (the retrieval and ranking benchmarks): a second
+  run with the same workdir evaluates the saved model without training.
+
+  Args:
+    name: shown in the progress lines.
+    batcher: the data order (its state is saved and checked on restore).
+    abstract_state: the state's ShapeDtypeStructs with shardings (for restore).
+    init_fn: () -> the initial state.
+    step_fn: (state, step) -> (state, loss).
+
+  Returns:
+    (state, training seconds, final loss); the last two as saved, on restore.
+  """
+  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
+                                     best_metric=None)
+  if manager.latest_step() == num_train_steps:
+    state, saved = checkpoints.restore(manager, num_train_steps, abstract_state)
+    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints'))
+    manager.close()
+    logging.info('%s: evaluating the checkpoint of %s', name, workdir)
+    return state, saved.get('train_seconds'), saved.get('final_loss')
+  state, loss, t0 = init_fn(), None, time.time()
+  for step in range(num_train_steps):
+    state, loss_v = step_fn(state, step)
+    if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
+      loss = float(loss_v)
+      rate = (step + 1) / (time.time() - t0)
+      logging.info('%s step %d/%d loss %.4f | %.1f steps/s | ETA %s', name, step + 1,
+                   num_train_steps, loss, rate, _fmt_time((num_train_steps - step - 1) / rate))
+  train_s = time.time() - t0
+  checkpoints.save(manager, num_train_steps, state,
+                   batcher.state(num_train_steps) | {'train_seconds': train_s,
+                                                     'final_loss': loss})
+  manager.wait_until_finished()
+  manager.close()
+  return state, train_s, loss
+
+
 def train(
     workdir: str,
     dataset: str | sequences.SequenceData = 'synthetic',

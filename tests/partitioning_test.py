@@ -101,3 +101,12 @@ def test_logical_rules_never_reuse_a_mesh_axis():
       ('data', 'fsdp'), None, None)
   with pytest.raises(ValueError, match='no rule'):
     partitioning.logical_to_mesh_spec(('nonexistent',))
+
+
+def test_map_batches_pads_the_last_batch_and_gathers_real_rows():
+  mesh = partitioning.make_mesh()
+  x = np.arange(21 * 3).reshape(21, 3)
+  outs = partitioning.map_batches({'x': x}, 10, mesh, lambda b, rows: (
+      b['x'].shape[0], partitioning.gather(b['x'] * 2, rows)))
+  assert [o[0] for o in outs] == [8, 8, 8]  # rounded to the 8 data-parallel devices
+  np.testing.assert_array_equal(np.concatenate([o[1] for o in outs]), x * 2)

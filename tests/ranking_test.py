@@ -56,7 +56,7 @@ def _table(workdir) -> np.ndarray:
   out = manager.restore(manager.latest_step(),
                         args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
-  return np.asarray(out.state['table'])
+  return np.asarray(out.state['params']['table'])
 
 
 def test_cold_items_get_sid_embeddings_and_no_learned_random_row(data, tmp_path):
