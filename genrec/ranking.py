@@ -195,6 +195,7 @@ def train_and_evaluate(
     learning_rate: float = 2e-3,
     eval_batch_size: int = 2048,
     slice_fractions: tuple[float, float] = (0.2, 0.5),
+    spm_vocab_size: int | None = None,
     log_every_steps: int = 200,
     seed: int = 0,
     data_cache: dict | None = None,
@@ -210,6 +211,7 @@ def train_and_evaluate(
     config: the model (default `RankerConfig()` built at call time, so gin
       bindings of RankerConfig apply).
     cold_fraction: items held out of training (new items).
+    spm_vocab_size: spm_sid's SentencePiece vocabulary bound (default: table_rows).
     data_cache: dict reused across calls for the loaded data, split and IDs.
 
   Returns:
@@ -235,7 +237,7 @@ def train_and_evaluate(
     codes, sizes = ids.codes, ids.level_sizes
   t0 = time.time()
   feats = sid_features.item_features(variant, table_rows, data.num_items, codes, sizes,
-                                     rd.train_counts, workdir)
+                                     rd.train_counts, workdir, spm_vocab_size)
   features_s = time.time() - t0
 
   mesh = mesh_fn()
