@@ -26,6 +26,7 @@ deterministic across runs and machines.
 import dataclasses
 import os
 
+from absl import logging
 import numpy as np
 import sentencepiece as spm
 
@@ -101,11 +102,16 @@ def train_sid_sentencepiece(codes: np.ndarray, level_sizes, weights: np.ndarray,
       their IDs are cut into pieces learned from the training items. Every
       (level, code) symbol is also one sentence of its own, so any ID can be
       encoded without an unknown piece.
-    vocab_size: upper bound of the vocabulary (it stops when no merge is left).
+    vocab_size: upper bound of the vocabulary (it stops when no merge is left);
+      raised to the number of symbols + 1 (every symbol and the unknown piece).
   """
   strings = sid_strings(codes, level_sizes)
   copies = np.minimum(np.asarray(weights, np.int64), max_copies)
   symbols = [chr(_SYMBOL_BASE + i) for i in range(int(sum(level_sizes)))]
+  if vocab_size <= len(symbols):
+    logging.warning('SentencePiece vocabulary %d < %d Semantic-ID symbols + 1: using %d.',
+                    vocab_size, len(symbols), len(symbols) + 1)
+    vocab_size = len(symbols) + 1
   sentences = symbols + [s for s, k in zip(strings, copies) for _ in range(int(k))]
   os.makedirs(os.path.dirname(model_prefix) or '.', exist_ok=True)
   spm.SentencePieceTrainer.train(
