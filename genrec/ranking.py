@@ -133,7 +133,7 @@ def split_cold_start(data: sequences.SequenceData, cold_fraction: float, max_his
       tgt.append(int(part[t]))
     np.add.at(target_counts, part[1:], 1)
   test = sequences.leave_one_out(data, max_history)['test']
-  train = sequences._pack(hist, tgt, max_history)
+  train = sequences.pack_split(hist, tgt, max_history)
   return RankingData(data, cold, train.history, train.target, test.history, test.target,
                      train_counts, target_counts)
 

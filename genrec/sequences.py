@@ -237,7 +237,9 @@ class Split:
   target: np.ndarray  # int32 [n]
 
 
-def _pack(histories: list[np.ndarray], targets: list[int], max_history: int) -> Split:
+def pack_split(histories: list[np.ndarray], targets: list[int], max_history: int) -> Split:
+  """A Split from per-example histories (each at most `max_history` items,
+  0-padded at the end) and their targets."""
   h = np.zeros((len(histories), max_history), np.int32)
   for i, x in enumerate(histories):
     h[i, :len(x)] = x
@@ -258,4 +260,4 @@ def leave_one_out(data: SequenceData, max_history: int = 20) -> dict[str, Split]
     out['validation'][1].append(int(s[n - 2]))
     out['test'][0].append(s[:n - 1][-max_history:])
     out['test'][1].append(int(s[n - 1]))
-  return {k: _pack(h, t, max_history) for k, (h, t) in out.items()}
+  return {k: pack_split(h, t, max_history) for k, (h, t) in out.items()}
