@@ -176,11 +176,11 @@ def slice_metrics(logits: np.ndarray, users: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------------------
 # Train and evaluate
 # ---------------------------------------------------------------------------
-@gin.configurable(denylist=['variant', 'table_rows', 'workdir'])
+@gin.configurable(denylist=['workdir'])
 def train_and_evaluate(
-    variant: str,
-    table_rows: int,
-    workdir: str,
+    variant: str = 'spm_sid',
+    table_rows: int = 4000,
+    workdir: str = 'runs/ranking',
     dataset: str | sequences.SequenceData = 'beauty',
     data_dir: str | None = None,
     sid_scheme: IdScheme = ResidualKMeansIds(num_levels=3, codebook_size=256, dedup=False),
@@ -203,7 +203,7 @@ def train_and_evaluate(
   """Trains the ranker with one item representation and evaluates it.
 
   Args:
-    variant: `sid_features.VARIANTS`.
+    variant: `sid_features.VARIANTS` (gin: `ranking.train_and_evaluate.variant`).
     table_rows: embedding-table rows (the same budget for every variant).
     workdir: run folder (checkpoint, SentencePiece model, results).
     dataset, data_dir: an Amazon set (or SequenceData) and the data dir.
