@@ -91,3 +91,14 @@ def test_training_learns_and_rerun_reuses_the_checkpoint(data, tmp_path):
   again = _run('sid_unigram', 256, tmp_path, data, cache, steps=300)
   assert again['train_s'] == row['train_s'] and again['all/auc'] == row['all/auc']
   json.dumps(row)  # a plain table row
+
+
+def test_trains_sharded_on_a_data_and_model_mesh(data, tmp_path):
+  # 8 fake CPU devices: batch split 4 ways, embedding table rows split 2 ways.
+  mesh = partitioning.make_mesh(data=4, fsdp=1, model=2)
+  row = ranking.train_and_evaluate(
+      'sid_bigram', 256, str(tmp_path), dataset=data, sid_scheme=SCHEME,
+      config=ranking.RankerConfig(dim=8, mlp_dims=(16,)), num_train_steps=20, batch_size=64,
+      eval_negatives=19, cold_fraction=0.2, mesh_fn=lambda: mesh)
+  assert 0 < row['all/auc'] <= 1 and row['device'].startswith('8 x')
+  assert _table(tmp_path).shape == (256, 8)  # the sharded table checkpoints whole
