@@ -29,7 +29,6 @@ Test qrels are only used for evaluation.
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import os
 import time
@@ -39,11 +38,10 @@ from absl import logging
 import gin
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import numpy as np
 import sentencepiece as spm
 
-from genrec import (constraints, decoding, fm_index, models, partitioning,
+from genrec import (constraints, fm_index, models, partitioning,
                     retrieval, text_encoder, trainer)
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
 from genrec.train import EpochBatcher, train_fixed_budget
@@ -364,53 +362,6 @@ def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: Se
 
 
 # ---------------------------------------------------------------------------
-# Decoding with the trained model
-# ---------------------------------------------------------------------------
-def token_log_probs(tr: trainer.Trainer, params, inputs: jax.Array, targets: jax.Array
-                    ) -> jax.Array:
-  """Teacher-forced per-token log-probs float32 [b, L] of `targets` [b, L]."""
-  return _token_log_probs_fn(tr)(params, inputs, targets)
-
-
-@functools.cache
-def _token_log_probs_fn(tr: trainer.Trainer):
-  def fn(params, inputs, targets):
-    model = nnx.merge(tr.graphdef, params)
-    dec_in = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
-    logp = jax.nn.log_softmax(model(inputs, dec_in).astype(jnp.float32))
-    return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-  return jax.jit(fn)
-
-
-@functools.cache
-def _host_decode_fns(tr: trainer.Trainer, beam_size: int, num_steps: int):
-  """Jitted encode (+ empty self-attention cache) and per-step decode for
-  `decoding.host_constrained_beam_search`."""
-  def encode(params, inputs):
-    model = nnx.merge(tr.graphdef, params)
-    encoded, valid = model.encode(inputs)
-    # Cross-attention keys/values are computed once per query; beams share them.
-    return (model.cross_attention_cache(encoded), valid,
-            model.init_self_cache(inputs.shape[0] * beam_size, num_steps))
-
-  def step(params, tokens, cache, cross, valid, step):
-    model = nnx.merge(tr.graphdef, params)
-    return model.decode_step(tokens, step, cross, valid, cache)
-  return jax.jit(encode), jax.jit(step, static_argnums=5)
-
-
-def host_constrained_predict(tr: trainer.Trainer, params, inputs: jax.Array, beam_size: int,
-                             num_steps: int, allowed_fn: decoding.HostAllowedFn):
-  """Beam search whose constraint lives on the host (e.g. an FM-index): what
-  `Trainer.predict` does with a device trie."""
-  encode, step = _host_decode_fns(tr, beam_size, num_steps)
-  cross, valid, cache = encode(params, inputs)
-  return decoding.host_constrained_beam_search(
-      lambda tokens, cache, s: step(params, tokens, cache, cross, valid, s),
-      cache, inputs.shape[0], beam_size, num_steps, allowed_fn)
-
-
-# ---------------------------------------------------------------------------
 # Train and evaluate one method
 # ---------------------------------------------------------------------------
 @gin.configurable(denylist=['method', 'tc', 'workdir'])
@@ -505,10 +456,10 @@ def train_and_evaluate(
 
     def run(batch, rows):
       x = batch['x']
-      seqs, _ = host_constrained_predict(tr, state.params, x, seal_beam_size, L, allowed)
+      seqs, _ = tr.predict_host_constrained(state.params, x, seal_beam_size, L, allowed)
       b = x.shape[0]
       flat = seqs.reshape(b * seal_beam_size, L)
-      logp = token_log_probs(tr, state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
+      logp = tr.token_log_probs(state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
       return (partitioning.gather(seqs, rows),
               partitioning.gather(logp.reshape(b, seal_beam_size, L), rows))
     outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 import scipy.stats
 
-from genrec import metrics, partitioning, sequences, sid_features
+from genrec import metrics, partitioning, sequences, sid_features, trainer
 from genrec.ids import IdScheme, ResidualKMeansIds
 from genrec.train import EpochBatcher, train_fixed_budget
 
@@ -247,11 +247,8 @@ def train_and_evaluate(
                      f'{dp}.')
   tx = optax.adam(learning_rate)
   graphdef, abstract_params = nnx.split(abstract_ranker(config, table_rows))
-  param_specs = partitioning.param_partition_specs(abstract_params)
-  to_sharding = lambda tree: jax.tree.map(
-      lambda s: jax.sharding.NamedSharding(mesh, s), tree,
-      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  param_sh = to_sharding(param_specs)
+  _, param_specs, _, opt_specs = trainer.param_and_opt_specs(abstract_params, tx)
+  state_sh = trainer.named_shardings({'params': param_specs, 'opt_state': opt_specs}, mesh)
   repl = partitioning.replicated(mesh)
   rows = jax.device_put(feats.rows, repl)
   mask = jax.device_put(feats.mask, repl)
@@ -275,12 +272,6 @@ def train_and_evaluate(
   predict_j = jax.jit(logits_fn)
   warm = np.flatnonzero(~rd.cold[1:]) + 1
   batcher = EpochBatcher(len(rd.train_target), batch_size, seed)
-
-  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
-  opt_sh = optax.tree_map_params(
-      tx, lambda _, sh: sh, abstract_opt, param_sh, transform_non_params=lambda _: repl,
-      is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
-  state_sh = {'params': param_sh, 'opt_state': opt_sh}
 
   def init_state(rng):
     params = init(rng)

@@ -32,7 +32,6 @@ import sentencepiece as spm
 
 VARIANTS = ('random', 'sid_unigram', 'sid_bigram', 'sid_prefix', 'spm_sid')
 _SYMBOL_BASE = 0xE000  # Unicode private use area: one symbol per (level, code)
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -72,16 +71,21 @@ class ItemFeatures:
   info: dict
 
 
+def _symbol_offsets(level_sizes) -> np.ndarray:
+  """The first symbol (relative to _SYMBOL_BASE) of every level."""
+  return np.concatenate([[0], np.cumsum(level_sizes)[:-1]]).astype(np.int64)
+
+
 def sid_strings(codes: np.ndarray, level_sizes) -> list[str]:
   """Each item's Semantic ID as a string, one symbol per (level, code)."""
-  offsets = np.concatenate([[0], np.cumsum(level_sizes)[:-1]]).astype(np.int64)
+  offsets = _symbol_offsets(level_sizes)
   return [''.join(chr(_SYMBOL_BASE + int(o + c)) for o, c in zip(offsets, row))
           for row in np.asarray(codes)]
 
 
 def strings_to_codes(strings: list[str], level_sizes) -> np.ndarray:
   """Inverse of `sid_strings`."""
-  offsets = np.concatenate([[0], np.cumsum(level_sizes)[:-1]]).astype(np.int64)
+  offsets = _symbol_offsets(level_sizes)
   sym = np.array([[ord(ch) - _SYMBOL_BASE for ch in s] for s in strings], np.int64)
   return (sym - offsets).astype(np.int32)
 

@@ -64,6 +64,30 @@ def make_optimizer(num_train_steps: int, name: str = 'adamw', learning_rate: flo
   return tx, lr
 
 
+def param_and_opt_specs(abstract_params: nnx.State, tx: optax.GradientTransformation):
+  """Mesh PartitionSpecs of the parameters (from their logical axes) and of the
+  optimizer state (a parameter's moments shard like it, counters replicate).
+
+  Returns:
+    (abstract params as a pure dict, their specs, abstract optimizer state,
+    its specs).
+  """
+  param_specs = partitioning.param_partition_specs(abstract_params)
+  abstract_params = nnx.to_pure_dict(abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_specs = optax.tree_map_params(
+      tx, lambda _, spec: spec, abstract_opt, param_specs,
+      transform_non_params=lambda _: partitioning.logical_to_mesh_spec(None),
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return abstract_params, param_specs, abstract_opt, opt_specs
+
+
+def named_shardings(specs, mesh: Mesh):
+  """A pytree of PartitionSpecs as NamedShardings on `mesh`."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
 class Trainer:
   """Holds the model's graph, the optimizer and the jitted, sharded steps."""
 
@@ -75,18 +99,11 @@ class Trainer:
     self.lr_fn = learning_rate_fn
     abstract = models.abstract_model(config)
     self.graphdef, abstract_params = nnx.split(abstract)
-    param_specs = partitioning.param_partition_specs(abstract_params)
-    abstract_params = nnx.to_pure_dict(abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_specs = optax.tree_map_params(
-        tx, lambda _, spec: spec, abstract_opt, param_specs,
-        transform_non_params=lambda _: partitioning.logical_to_mesh_spec(None),
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    abstract_params, param_specs, abstract_opt, opt_specs = param_and_opt_specs(
+        abstract_params, tx)
     specs = TrainState(step=partitioning.logical_to_mesh_spec(None), params=param_specs,
                        opt_state=opt_specs)
-    self.state_shardings = jax.tree.map(
-        lambda s: NamedSharding(mesh, s), specs,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    self.state_shardings = named_shardings(specs, mesh)
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
@@ -98,7 +115,8 @@ class Trainer:
     self.train_step = jax.jit(
         self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl),
         out_shardings=(self.state_shardings, repl), donate_argnums=0)
-    self._predict, self._rank = {}, {}
+    self._predict, self._rank, self._host_decode = {}, {}, {}
+    self._token_log_probs = None
 
   # -- init -----------------------------------------------------------------
   def _init_fn(self, rng):
@@ -160,6 +178,42 @@ class Trainer:
                                 batch, beam_size, num_steps,
                                 None if trie is None else trie.constrain)
 
+  def predict_host_constrained(self, params, encoder_input_tokens: jax.Array, beam_size: int,
+                               num_steps: int, allowed_fn: decoding.HostAllowedFn):
+    """`predict` with a constraint that lives on the host (e.g. an FM-index,
+    `fm_index.NGramConstraint`): `decoding.host_constrained_beam_search` over
+    one jitted encode and one jitted decode step."""
+    key = (beam_size, num_steps)
+    if key not in self._host_decode:
+      def encode(params, inputs):
+        model = nnx.merge(self.graphdef, params)
+        encoded, valid = model.encode(inputs)
+        # Cross-attention keys/values once per query; beams share them.
+        return (model.cross_attention_cache(encoded), valid,
+                model.init_self_cache(inputs.shape[0] * beam_size, num_steps))
+
+      def step(params, tokens, cache, cross, valid, step):
+        model = nnx.merge(self.graphdef, params)
+        return model.decode_step(tokens, step, cross, valid, cache)
+      self._host_decode[key] = jax.jit(encode), jax.jit(step, static_argnums=5)
+    encode, step = self._host_decode[key]
+    cross, valid, cache = encode(params, encoder_input_tokens)
+    return decoding.host_constrained_beam_search(
+        lambda tokens, cache, s: step(params, tokens, cache, cross, valid, s),
+        cache, encoder_input_tokens.shape[0], beam_size, num_steps, allowed_fn)
+
+  def token_log_probs(self, params, encoder_input_tokens: jax.Array, targets: jax.Array
+                      ) -> jax.Array:
+    """Teacher-forced per-token log-probs float32 [b, L] of `targets` [b, L]
+    (their sum is a decoded sequence's beam score)."""
+    if self._token_log_probs is None:
+      def fn(params, inputs, targets):
+        model = nnx.merge(self.graphdef, params)
+        dec_in = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
+        logp = jax.nn.log_softmax(model(inputs, dec_in).astype(jnp.float32))
+        return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+      self._token_log_probs = jax.jit(fn)
+    return self._token_log_probs(params, encoder_input_tokens, targets)
 
   @property
   def scores_items(self) -> bool:

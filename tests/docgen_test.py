@@ -136,16 +136,15 @@ def test_host_constrained_decoding_generates_corpus_ngrams(tc):
   state = tr.init_state(0)
   index = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
   x = docgen._pad([tc.query_tokens['q0'], tc.query_tokens['q3']], 8)
-  seqs, scores = docgen.host_constrained_predict(
-      tr, state.params, x, beam_size=4, num_steps=5,
+  seqs, scores = tr.predict_host_constrained(
+      state.params, x, beam_size=4, num_steps=5,
       allowed_fn=fm_index.NGramConstraint(index, 128))
   seqs, scores = np.asarray(seqs), np.asarray(scores)
   assert np.isfinite(scores).all()
   for s in seqs.reshape(-1, 5):
     assert index.count(s.tolist()) > 0
   # The teacher-forced log-probs add up to the beam scores.
-  logp = docgen.token_log_probs(tr, state.params, np.repeat(x, 4, axis=0),
-                                seqs.reshape(-1, 5))
+  logp = tr.token_log_probs(state.params, np.repeat(x, 4, axis=0), seqs.reshape(-1, 5))
   np.testing.assert_allclose(np.asarray(logp).sum(-1).reshape(2, 4), scores, rtol=1e-4,
                              atol=1e-4)
 
