@@ -44,7 +44,7 @@ import sentencepiece as spm
 from genrec import (constraints, fm_index, models, partitioning,
                     retrieval, text_encoder, trainer)
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
-from genrec.train import EpochBatcher, train_fixed_budget
+from genrec.loop import EpochBatcher, train_fixed_budget
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 

@@ -36,7 +36,7 @@ import scipy.stats
 
 from genrec import metrics, partitioning, sequences, sid_features, trainer
 from genrec.ids import IdScheme, ResidualKMeansIds
-from genrec.train import EpochBatcher, train_fixed_budget
+from genrec.loop import EpochBatcher, train_fixed_budget
 
 
 @gin.configurable

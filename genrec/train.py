@@ -13,7 +13,6 @@ bind them. A run directory holds:
 
 import dataclasses
 import importlib.util
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,52 +23,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from genrec import (checkpoints, constraints, features, metrics, models, partitioning,
+from genrec import (checkpoints, constraints, features, loop, metrics, models, partitioning,
                     sequences, trainer)
 from genrec.ids import AtomicIds, IdScheme, ItemIds
-
-
-# ---------------------------------------------------------------------------
-# Data feeding
-# ---------------------------------------------------------------------------
-@dataclasses.dataclass
-class EpochBatcher:
-  """Global batches drawn from a fresh permutation each epoch.
-
-  The batch of a step is a pure function of (seed, step), so the iterator's
-  checkpointed state is the step alone and a resumed run sees exactly the
-  batches the uninterrupted run would have seen.
-  """
-  num_examples: int
-  batch_size: int
-  seed: int
-
-  def __post_init__(self):
-    if self.num_examples < self.batch_size:
-      raise ValueError(f'batch_size {self.batch_size} exceeds the {self.num_examples} '
-                       'training examples; lower train.batch_size.')
-    self.steps_per_epoch = self.num_examples // self.batch_size
-    self._epoch, self._perm = -1, None
-
-  def indices(self, step: int) -> np.ndarray:
-    epoch, pos = divmod(step, self.steps_per_epoch)
-    if epoch != self._epoch:
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-      self._epoch = epoch
-    return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
-
-  def state(self, step: int) -> dict:
-    return {'step': step, 'epoch': step // self.steps_per_epoch,
-            'num_examples': self.num_examples, 'batch_size': self.batch_size,
-            'seed': self.seed}
-
-  def check_resumable(self, saved: dict, where: str) -> None:
-    mine = self.state(saved['step'])
-    diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
-    if diff:
-      raise ValueError(f'Checkpoint {where} was written with different data settings '
-                       f'(saved, now): {diff}. Resume with the same data set and batch size, '
-                       'or use a new --workdir.')
 
 
 # ---------------------------------------------------------------------------
@@ -121,17 +77,6 @@ def _subsample(arrays: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
-
-
-def _fmt_metrics(m: dict[str, float]) -> str:
-  return ' '.join(f'{k}={v:.4f}' for k, v in m.items())
-
-
 def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: bool
                         ) -> dict[str, np.ndarray]:
   """Features of item-scoring models: inputs and the target item id.
@@ -197,68 +142,9 @@ def fit_or_load_ids(scheme: IdScheme, data: sequences.SequenceData, directory: s
   return ids
 
 
-def _write_json(path: str, obj) -> None:
-  if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path: str, obj) -> None:
-  if jax.process_index() == 0:
-    with open(path, 'a') as f:
-      f.write(json.dumps(obj) + '\n')
-
-
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
-def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
-                       abstract_state, init_fn: Callable[[], object],
-                       step_fn: Callable[[object, int], tuple[object, jax.Array]],
-                       log_every_steps: int = 200) -> tuple[object, float | None, float | None]:
-  """Trains `num_train_steps` steps and checkpoints the final state in
-  workdir/checkpoints, or restores that state when it is already there.
-
-  For fixed-budget studies (the retrieval and ranking benchmarks): a second
-  run with the same workdir evaluates the saved model without training.
-
-  Args:
-    name: shown in the progress lines.
-    batcher: the data order (its state is saved and checked on restore).
-    abstract_state: the state's ShapeDtypeStructs with shardings (for restore).
-    init_fn: () -> the initial state.
-    step_fn: (state, step) -> (state, loss).
-
-  Returns:
-    (state, training seconds, final loss); the last two as saved, on restore.
-  """
-  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
-                                     best_metric=None)
-  if manager.latest_step() == num_train_steps:
-    state, saved = checkpoints.restore(manager, num_train_steps, abstract_state)
-    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints'))
-    manager.close()
-    logging.info('%s: evaluating the checkpoint of %s', name, workdir)
-    return state, saved.get('train_seconds'), saved.get('final_loss')
-  state, loss, t0 = init_fn(), None, time.time()
-  for step in range(num_train_steps):
-    state, loss_v = step_fn(state, step)
-    if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
-      loss = float(loss_v)
-      rate = (step + 1) / (time.time() - t0)
-      logging.info('%s step %d/%d loss %.4f | %.1f steps/s | ETA %s', name, step + 1,
-                   num_train_steps, loss, rate, _fmt_time((num_train_steps - step - 1) / rate))
-  train_s = time.time() - t0
-  checkpoints.save(manager, num_train_steps, state,
-                   batcher.state(num_train_steps) | {'train_seconds': train_s,
-                                                     'final_loss': loss})
-  manager.wait_until_finished()
-  manager.close()
-  return state, train_s, loss
-
-
 def train(
     workdir: str,
     dataset: str | sequences.SequenceData = 'synthetic',
@@ -360,7 +246,7 @@ def train(
                      f'{dp * jax.process_count()} of mesh {dict(mesh.shape)}.')
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
-  batcher = EpochBatcher(len(train_arrays['encoder_input_tokens']), batch_size, seed)
+  batcher = loop.EpochBatcher(len(train_arrays['encoder_input_tokens']), batch_size, seed)
   logging.info('Model: %s, %.2fM parameters; %d train examples, %d steps/epoch; mesh %s',
                config, trainer.param_count(tr.abstract_state.params) / 1e6,
                batcher.num_examples, batcher.steps_per_epoch, dict(mesh.shape))
@@ -378,29 +264,26 @@ def train(
     with open(os.path.join(workdir, 'config.gin'), 'w') as f:
       f.write(gin.operative_config_str())
 
-  writer = _make_writer(os.path.join(workdir, 'tensorboard'))
+  writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
   valid_sample = _subsample(valid_arrays, num_eval_users, seed)
   history_path = os.path.join(workdir, 'eval_history.jsonl')
   train_log = os.path.join(workdir, 'train_log.jsonl')
   rng = jax.random.key(seed + 1)
-  t_start, t_last, last_step = time.time(), time.time(), start
-  step = start
+  t_start, step = time.time(), start
+  window, progress = loop.DispatchWindow(), loop.Progress(num_train_steps, start)
   while step < num_train_steps:
     idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
     batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
     state, train_metrics = tr.train_step(state, batch, rng)
+    window.push(train_metrics['loss'])
     step += 1
     final = step == num_train_steps
     if step % log_every_steps == 0 or final:
       values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
-      now = time.time()
-      rate = (step - last_step) / max(now - t_last, 1e-9)
-      t_last, last_step = now, step
-      logging.info('step %d/%d %s | %.2f steps/s | ETA %s', step, num_train_steps,
-                   _fmt_metrics(values), rate, _fmt_time((num_train_steps - step) / rate))
+      rate = progress.log(step, values)
       writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
                            | {'train/steps_per_sec': rate})
-      _append_jsonl(train_log, {'step': step, **values})
+      loop.append_jsonl(train_log, {'step': step, **values})
     eval_metrics = None
     if step % eval_every_steps == 0 or final:
       t0 = time.time()
@@ -408,9 +291,9 @@ def train(
                       trie=trie)
       eval_metrics = {f'validation/{k}': v for k, v in m.items()}
       logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
-                   time.time() - t0, _fmt_metrics(m))
+                   time.time() - t0, loop.fmt_metrics(m))
       writer.write_scalars(step, eval_metrics)
-      _append_jsonl(history_path, {'step': step, **eval_metrics})
+      loop.append_jsonl(history_path, {'step': step, **eval_metrics})
     stopping = stop_after_step is not None and step >= stop_after_step and not final
     if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
       checkpoints.save(manager, step, state, batcher.state(step), eval_metrics)
@@ -455,7 +338,7 @@ def train(
   writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
                                          for k, v in results[s].items()})
   writer.flush()
-  _write_json(os.path.join(workdir, 'results.json'), results)
+  loop.write_json(os.path.join(workdir, 'results.json'), results)
   if jax.process_index() == 0:
     print(results_table(results), flush=True)
   return results
@@ -483,23 +366,3 @@ def results_table(results: dict) -> str:
       lines.append(f"| {name} | {slice_name} | {m['users']} | {m['recall@10']:.4f} | "
                    f"{m['ndcg@10']:.4f} |")
   return '\n'.join(lines)
-
-
-def _make_writer(logdir: str):
-  """TensorBoard scalars through clu; log lines only where TensorFlow is absent."""
-  if importlib.util.find_spec('tensorflow') is None:  # clu's writers import it
-    logging.warning('TensorFlow is not installed: no TensorBoard scalars in %s; the same '
-                    'values are in train_log.jsonl and eval_history.jsonl.', logdir)
-    return _NoTensorBoard()
-  from clu import metric_writers  # heavy import, only when a run starts
-  return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
-
-
-class _NoTensorBoard:
-  """The part of clu's MetricWriter the loop uses, for hosts without TensorFlow."""
-
-  def write_scalars(self, step: int, scalars: dict) -> None:
-    del step, scalars  # already logged and written to the JSON-lines files
-
-  def flush(self) -> None:
-    pass

@@ -1,0 +1,225 @@
+"""The run loop's pieces shared by every application: the data order, a
+bounded dispatch window, progress lines, metric writers and the fixed-budget
+train-or-restore loop.
+
+Why a dispatch window: JAX dispatches jitted steps asynchronously, so a
+Python loop that never reads a result runs ahead of the devices. On XLA:CPU
+with several devices (the fake-device meshes of tests and of the multi-device
+CPU runs) that is a deadlock, not just memory: each launch of a multi-device
+program takes one client thread per device, and a launch that finds the
+device's in-flight queue full (32 computations) *blocks that thread*. The
+client's pool has max(cores, devices) threads, so once the loop is 32 steps
+ahead the blocked launches hold threads that the running step's all-reduce
+needs for its other participants; XLA then aborts with "Termination timeout
+for all reduce ... Expected 8 threads to join the rendezvous, but only 7 of
+them arrived". Keeping at most `DispatchWindow.size` steps in flight (two by
+default, enough for the host to prepare the next step while the device runs
+this one) keeps every launch non-blocking on every backend.
+"""
+
+import collections
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable
+
+from absl import logging
+import jax
+import numpy as np
+
+from genrec import checkpoints
+
+
+# ---------------------------------------------------------------------------
+# Data order
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class EpochBatcher:
+  """Global batches drawn from a fresh permutation each epoch.
+
+  The batch of a step is a pure function of (seed, step), so the iterator's
+  checkpointed state is the step alone and a resumed run sees exactly the
+  batches the uninterrupted run would have seen.
+  """
+  num_examples: int
+  batch_size: int
+  seed: int
+
+  def __post_init__(self):
+    if self.num_examples < self.batch_size:
+      raise ValueError(f'batch_size {self.batch_size} exceeds the {self.num_examples} '
+                       'training examples; lower the batch size.')
+    self.steps_per_epoch = self.num_examples // self.batch_size
+    self._epoch, self._perm = -1, None
+
+  def indices(self, step: int) -> np.ndarray:
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    if epoch != self._epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._epoch = epoch
+    return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+  def state(self, step: int) -> dict:
+    return {'step': step, 'epoch': step // self.steps_per_epoch,
+            'num_examples': self.num_examples, 'batch_size': self.batch_size,
+            'seed': self.seed}
+
+  def check_resumable(self, saved: dict, where: str) -> None:
+    mine = self.state(saved['step'])
+    diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+    if diff:
+      raise ValueError(f'Checkpoint {where} was written with different data settings '
+                       f'(saved, now): {diff}. Resume with the same data set and batch size, '
+                       'or use a new --workdir.')
+
+
+# ---------------------------------------------------------------------------
+# Dispatch window
+# ---------------------------------------------------------------------------
+class DispatchWindow:
+  """Keeps at most `size` asynchronously dispatched steps in flight.
+
+  `push(x)` records an output of the step just dispatched (any small array,
+  e.g. the loss) and, when more than `size` are recorded, waits for the
+  oldest. See the module docstring for why this matters on XLA:CPU.
+  """
+
+  def __init__(self, size: int = 2):
+    if size < 1:
+      raise ValueError(f'DispatchWindow size must be >= 1, not {size}.')
+    self.size = size
+    self._pending = collections.deque()
+
+  def push(self, output) -> None:
+    self._pending.append(output)
+    while len(self._pending) > self.size:
+      jax.block_until_ready(self._pending.popleft())
+
+  def drain(self) -> None:
+    while self._pending:
+      jax.block_until_ready(self._pending.popleft())
+
+
+# ---------------------------------------------------------------------------
+# Progress and writers
+# ---------------------------------------------------------------------------
+def fmt_time(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def fmt_metrics(m: dict[str, float]) -> str:
+  return ' '.join(f'{k}={v:.4f}' for k, v in m.items())
+
+
+class Progress:
+  """The one progress line of every run: step, metrics, steps/s and ETA."""
+
+  def __init__(self, total_steps: int, start_step: int = 0, name: str = ''):
+    self.total, self.name = total_steps, name
+    self._t, self._step = time.time(), start_step
+
+  def log(self, step: int, values: dict[str, float]) -> float:
+    """Logs the line for `step`; returns the steps/s since the last line."""
+    now = time.time()
+    rate = (step - self._step) / max(now - self._t, 1e-9)
+    self._t, self._step = now, step
+    prefix = f'{self.name} ' if self.name else ''
+    logging.info('%sstep %d/%d %s | %.2f steps/s | ETA %s', prefix, step, self.total,
+                 fmt_metrics(values), rate, fmt_time((self.total - step) / max(rate, 1e-9)))
+    return rate
+
+
+def write_json(path: str, obj) -> None:
+  """Atomically writes `obj` as JSON (process 0 only)."""
+  if jax.process_index() == 0:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: str, obj) -> None:
+  """Appends one JSON line (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(path, 'a') as f:
+      f.write(json.dumps(obj) + '\n')
+
+
+def make_writer(logdir: str):
+  """TensorBoard scalars through clu; nothing where TensorFlow is absent.
+
+  The writer never logs the scalars itself: the progress and eval lines
+  already show them once.
+  """
+  if importlib.util.find_spec('tensorflow') is None:  # clu's writers import it
+    logging.warning('TensorFlow is not installed: no TensorBoard scalars in %s; the same '
+                    'values are in train_log.jsonl and eval_history.jsonl.', logdir)
+    return NoTensorBoard()
+  if jax.process_index() > 0:
+    return NoTensorBoard()
+  from clu.metric_writers import summary_writer  # heavy import, only when a run starts
+  return summary_writer.SummaryWriter(logdir)
+
+
+class NoTensorBoard:
+  """The part of clu's MetricWriter the loop uses, for hosts without TensorFlow."""
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    del step, scalars  # already logged and written to the JSON-lines files
+
+  def flush(self) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Fixed-budget train-or-restore loop
+# ---------------------------------------------------------------------------
+def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
+                       abstract_state, init_fn: Callable[[], object],
+                       step_fn: Callable[[object, int], tuple[object, jax.Array]],
+                       log_every_steps: int = 200) -> tuple[object, float | None, float | None]:
+  """Trains `num_train_steps` steps and checkpoints the final state in
+  workdir/checkpoints, or restores that state when it is already there.
+
+  For fixed-budget studies (document retrieval, ranking): a second run with
+  the same workdir evaluates the saved model without training.
+
+  Args:
+    name: shown in the progress lines.
+    batcher: the data order (its state is saved and checked on restore).
+    abstract_state: the state's ShapeDtypeStructs with shardings (for restore).
+    init_fn: () -> the initial state.
+    step_fn: (state, step) -> (state, loss).
+
+  Returns:
+    (state, training seconds, final loss); the last two as saved, on restore.
+  """
+  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
+                                     best_metric=None)
+  if manager.latest_step() == num_train_steps:
+    state, saved = checkpoints.restore(manager, num_train_steps, abstract_state)
+    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints'))
+    manager.close()
+    logging.info('%s: evaluating the checkpoint of %s', name, workdir)
+    return state, saved.get('train_seconds'), saved.get('final_loss')
+  state, loss, t0 = init_fn(), None, time.time()
+  window, progress = DispatchWindow(), Progress(num_train_steps, name=name)
+  for step in range(num_train_steps):
+    state, loss_v = step_fn(state, step)
+    window.push(loss_v)
+    if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
+      loss = float(loss_v)
+      progress.log(step + 1, {'loss': loss})
+  window.drain()
+  train_s = time.time() - t0
+  checkpoints.save(manager, num_train_steps, state,
+                   batcher.state(num_train_steps) | {'train_seconds': train_s,
+                                                     'final_loss': loss})
+  manager.wait_until_finished()
+  manager.close()
+  return state, train_s, loss
