@@ -109,7 +109,7 @@ def host_constrained_beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
   """Beam search whose constraint is computed on the host at every step.
 
   For constraints that live in host data structures (e.g. an FM-index over a
-  corpus, `genrec.fm_index.NGramConstraint`). The boundary is explicit and
+  corpus, `genrec.retrieval.fm_index.NGramConstraint`). The boundary is explicit and
   cheap: per step one jitted model call on the device, one batched
   `allowed_fn` call for all beams on the host (the current sequences go to
   the host, a boolean mask comes back), one jitted selection on the device.

@@ -104,6 +104,11 @@ def param_partition_specs(abstract_params: nnx.State, rules=LOGICAL_AXIS_RULES) 
   return nnx.to_pure_dict(specs)
 
 
+def device_summary() -> str:
+  """'<count> x <device kind>' of the devices a run uses, for results tables."""
+  return f'{jax.device_count()} x {jax.devices()[0].device_kind}'
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Sharding of a batch-major array: batch split over the data axes."""
   return NamedSharding(mesh, logical_to_mesh_spec(('batch',) + (None,) * (ndim - 1)))

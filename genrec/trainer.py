@@ -1,6 +1,5 @@
-"""Pure train and predict steps, the optimizer, and their shardings."""
+"""The train step, the optimizer and their shardings (prediction: `Predictor`)."""
 
-import functools
 from typing import Any
 
 import flax
@@ -10,7 +9,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 import optax
 
-from genrec import constraints, decoding, models, partitioning
+from genrec import models, partitioning
+from genrec.predictor import Predictor
 
 
 
@@ -88,17 +88,15 @@ def named_shardings(specs, mesh: Mesh):
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
-class Trainer:
-  """Holds the model's graph, the optimizer and the jitted, sharded steps."""
+class Trainer(Predictor):
+  """A `Predictor` with the optimizer and the jitted, sharded train step."""
 
   def __init__(self, config: models.TransformerConfig, tx: optax.GradientTransformation,
                mesh: Mesh, learning_rate_fn: optax.Schedule | None = None):
-    self.config = config
+    super().__init__(config, mesh)
     self.tx = tx
-    self.mesh = mesh
     self.lr_fn = learning_rate_fn
-    abstract = models.abstract_model(config)
-    self.graphdef, abstract_params = nnx.split(abstract)
+    _, abstract_params = nnx.split(models.abstract_model(config))
     abstract_params, param_specs, abstract_opt, opt_specs = param_and_opt_specs(
         abstract_params, tx)
     specs = TrainState(step=partitioning.logical_to_mesh_spec(None), params=param_specs,
@@ -115,8 +113,6 @@ class Trainer:
     self.train_step = jax.jit(
         self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl),
         out_shardings=(self.state_shardings, repl), donate_argnums=0)
-    self._predict, self._rank, self._host_decode = {}, {}, {}
-    self._token_log_probs = None
 
   # -- init -----------------------------------------------------------------
   def _init_fn(self, rng):
@@ -146,91 +142,6 @@ class Trainer:
     if self.lr_fn is not None:
       metrics['learning_rate'] = jnp.asarray(self.lr_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  # -- predict ----------------------------------------------------------------
-  def predict(self, params, encoder_input_tokens: jax.Array, beam_size: int,
-              num_steps: int, trie: constraints.PrefixTrie | None = None):
-    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores).
-
-    With `trie`, only identifiers in it are decoded (exact, on the device).
-    """
-    key = (beam_size, num_steps, trie is None)
-    if key not in self._predict:
-      fn = functools.partial(self._predict_fn, beam_size=beam_size, num_steps=num_steps)
-      self._predict[key] = jax.jit(
-          fn, in_shardings=(self.state_shardings.params,
-                            partitioning.batch_sharding(self.mesh),
-                            partitioning.replicated(self.mesh)),
-          out_shardings=(partitioning.batch_sharding(self.mesh, 3),
-                         partitioning.batch_sharding(self.mesh, 1)))
-    return self._predict[key](params, encoder_input_tokens, trie)
-
-  def _predict_fn(self, params, encoder_input_tokens, trie, *, beam_size, num_steps):
-    model = nnx.merge(self.graphdef, params)
-    batch = encoder_input_tokens.shape[0]
-    encoded, valid = model.encode(encoder_input_tokens)
-    cross = model.cross_attention_cache(encoded)  # once per query, not per beam
-
-    def tokens_to_logits(tokens, cache, step):
-      return model.decode_step(tokens, step, cross, valid, cache)
-    return decoding.beam_search(tokens_to_logits,
-                                model.init_self_cache(batch * beam_size, num_steps),
-                                batch, beam_size, num_steps,
-                                None if trie is None else trie.constrain)
-
-  def predict_host_constrained(self, params, encoder_input_tokens: jax.Array, beam_size: int,
-                               num_steps: int, allowed_fn: decoding.HostAllowedFn):
-    """`predict` with a constraint that lives on the host (e.g. an FM-index,
-    `fm_index.NGramConstraint`): `decoding.host_constrained_beam_search` over
-    one jitted encode and one jitted decode step."""
-    key = (beam_size, num_steps)
-    if key not in self._host_decode:
-      def encode(params, inputs):
-        model = nnx.merge(self.graphdef, params)
-        encoded, valid = model.encode(inputs)
-        # Cross-attention keys/values once per query; beams share them.
-        return (model.cross_attention_cache(encoded), valid,
-                model.init_self_cache(inputs.shape[0] * beam_size, num_steps))
-
-      def step(params, tokens, cache, cross, valid, step):
-        model = nnx.merge(self.graphdef, params)
-        return model.decode_step(tokens, step, cross, valid, cache)
-      self._host_decode[key] = jax.jit(encode), jax.jit(step, static_argnums=5)
-    encode, step = self._host_decode[key]
-    cross, valid, cache = encode(params, encoder_input_tokens)
-    return decoding.host_constrained_beam_search(
-        lambda tokens, cache, s: step(params, tokens, cache, cross, valid, s),
-        cache, encoder_input_tokens.shape[0], beam_size, num_steps, allowed_fn)
-
-  def token_log_probs(self, params, encoder_input_tokens: jax.Array, targets: jax.Array
-                      ) -> jax.Array:
-    """Teacher-forced per-token log-probs float32 [b, L] of `targets` [b, L]
-    (their sum is a decoded sequence's beam score)."""
-    if self._token_log_probs is None:
-      def fn(params, inputs, targets):
-        model = nnx.merge(self.graphdef, params)
-        dec_in = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
-        logp = jax.nn.log_softmax(model(inputs, dec_in).astype(jnp.float32))
-        return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-      self._token_log_probs = jax.jit(fn)
-    return self._token_log_probs(params, encoder_input_tokens, targets)
-
-  @property
-  def scores_items(self) -> bool:
-    """Whether the model ranks the catalog in one pass (`rank_items`) rather
-    than decoding identifiers (`predict`)."""
-    return self.config.num_items > 0
-
-  def rank_items(self, params, inputs: jax.Array, k: int) -> jax.Array:
-    """Item-scoring models: [batch, s] -> the top-k item ids [batch, k], best first."""
-    if k not in self._rank:
-      def fn(params, inputs):
-        model = nnx.merge(self.graphdef, params)
-        return jax.lax.top_k(model.score_items(inputs), k)[1].astype(jnp.int32)
-      self._rank[k] = jax.jit(fn, in_shardings=(self.state_shardings.params,
-                                                partitioning.batch_sharding(self.mesh)),
-                              out_shardings=partitioning.batch_sharding(self.mesh))
-    return self._rank[k](params, inputs)
 
 
 def param_count(params) -> int:

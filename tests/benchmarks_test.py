@@ -2,7 +2,8 @@ import json
 
 import numpy as np
 
-from genrec import ids, sequences
+from genrec import ids
+from genrec.data import sequences
 from genrec.benchmarks import ablation, id_quality, tiger_table
 
 

@@ -1,11 +1,14 @@
 """Test setup: 8 fake CPU devices (set before jax is imported), quiet TF."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Text-embedding caches of the tests go to a temporary folder, not ~/.cache.
+os.environ.setdefault('GENREC_CACHE_DIR', tempfile.mkdtemp(prefix='genrec-test-cache-'))
 
 import pytest  # noqa: E402
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genrec import constraints, decoding, ids, sequences
+from genrec import constraints, decoding, ids
+from genrec.data import sequences
 
 SIZES, OFFSETS = (3, 40, 5), (2, 5, 45)
 VOCAB = 64

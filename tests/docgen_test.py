@@ -8,7 +8,8 @@ import pytest
 import ranx
 import sentencepiece as spm
 
-from genrec import docgen, fm_index, models, partitioning, retrieval, trainer
+from genrec import models, partitioning, trainer
+from genrec.retrieval import corpus, docgen, fm_index
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -21,29 +22,29 @@ def tc(tmp_path_factory):
   root = tmp_path_factory.mktemp('data')
   rng = np.random.default_rng(0)
   common = [f'word{j}' for j in range(30)]
-  corpus, queries, lines = [], [], {'train': '', 'test': ''}
+  docs, queries, lines = [], [], {'train': '', 'test': ''}
   for i in range(16):
     title = f'topic{i} subject{i} matter{i}'
     text = title + ' ' + ' '.join(rng.choice(common, 20))
-    corpus.append({'_id': str(i + 1), 'title': title, 'text': text})
+    docs.append({'_id': str(i + 1), 'title': title, 'text': text})
     queries.append({'_id': f'q{i}', 'text': title})
     lines['train' if i % 2 == 0 else 'test'] += f'q{i}\t{i + 1}\t1\n'
   folder = root / 'toy'
   (folder / 'qrels').mkdir(parents=True)
-  (folder / 'corpus.jsonl').write_text('\n'.join(map(json.dumps, corpus)) + '\n')
+  (folder / 'corpus.jsonl').write_text('\n'.join(map(json.dumps, docs)) + '\n')
   (folder / 'queries.jsonl').write_text('\n'.join(map(json.dumps, queries)) + '\n')
   for split, body in lines.items():
     (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
-  c = retrieval.load_beir('toy', str(root))
-  path = retrieval.train_sentencepiece(
-      [retrieval.document_text(t, x) for t, x in zip(c.titles, c.texts)],
+  c = corpus.load_beir('toy', str(root))
+  path = corpus.train_sentencepiece(
+      [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)],
       str(root / 'spm'), vocab_size=120)
   return docgen.TokenizedCollection.build(c, spm.SentencePieceProcessor(model_file=path))
 
 
 def test_tokenized_collection_keeps_the_title_once(tc):
-  assert retrieval.document_text('a b', 'a b c') == 'a b c'
-  assert retrieval.document_text('t', 'x y') == 't x y'
+  assert corpus.document_text('a b', 'a b c') == 'a b c'
+  assert corpus.document_text('t', 'x y') == 't x y'
   assert (tc.title_lengths > 0).all()
   for toks, n in zip(tc.doc_tokens, tc.title_lengths):
     assert tc.sp.decode(toks[:n].tolist()).startswith('topic')
@@ -171,7 +172,7 @@ def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
     fm = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
     ranked, _, _ = docgen.rescore_seal(list(saved['qids']), saved['seqs'], saved['logp'],
                                        docgen.SealScorer(), tc, fm)
-    m = retrieval.retrieval_metrics(ranked, tc.collection.qrels['test'])
+    m = corpus.retrieval_metrics(ranked, tc.collection.qrels['test'])
     assert m['ndcg@10'] == pytest.approx(row['ndcg@10'], abs=1e-4)
 
 

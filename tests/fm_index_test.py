@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from genrec.fm_index import FMIndex
+from genrec.retrieval.fm_index import FMIndex
 
 
 def _corpus(seed, num_docs=12, vocab=9, max_len=30):
@@ -93,7 +93,7 @@ def test_ngram_constrained_beam_search_only_generates_corpus_ngrams():
   import jax
   import jax.numpy as jnp
   from genrec import decoding
-  from genrec.fm_index import NGramConstraint
+  from genrec.retrieval.fm_index import NGramConstraint
 
   vocab, steps, batch, beam = 6, 3, 2, 25
   rng = np.random.default_rng(7)

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from genrec import ids, sequences
+from genrec import ids
+from genrec.data import sequences
 
 
 def _data(n_items=500):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import data_dir_or_skip
-from genrec import sequences
+from genrec.data import sequences
 
 
 def _write(tmp_path, text, name='sequences.txt'):
@@ -45,7 +45,7 @@ def test_missing_data_dir_says_how_to_set_it(monkeypatch):
     sequences.load_amazon('beauty', '/nonexistent/dir')
   with pytest.raises(sequences.DataError, match='choose one of'):
     sequences.load_amazon('books', '/tmp')
-  with pytest.raises(sequences.DataError, match="choose 'synthetic' or one of"):
+  with pytest.raises(sequences.DataError, match="Unknown data set 'beuaty'"):
     sequences.load_dataset('beuaty', '/tmp')
 
 
@@ -82,3 +82,52 @@ def test_amazon_beauty_matches_published_statistics():
   assert len(splits['test'].target) == 22363
   assert len(splits['train'].target) == 198502 - 3 * 22363
   assert splits['train'].history.shape[1] == 20
+
+
+def test_interactions_tsv_folder_with_item_text(tmp_path):
+  folder = tmp_path / 'shop'
+  folder.mkdir()
+  # A header, string ids, events out of time order; user z has 2 events (dropped).
+  (folder / 'interactions.tsv').write_text(
+      '\ufeffuser\titem\tts\n'
+      'ann\tsku-b\t20\nann\tsku-a\t10\nann\tsku-c\t30\n'
+      'bob\tsku-c\t5\nbob\tsku-a\t6\nbob\tsku-d\t7\n'
+      'zed\tsku-a\t1\nzed\tsku-b\t2\n')
+  (folder / 'item_text.jsonl').write_text(
+      json.dumps({'item': 'sku-a', 'title': 'Apple', 'categories': ['Fruit']}) + '\n'
+      + json.dumps({'item': 'sku-c', 'title': 'Cherry', 'brand': None}) + '\n')
+  data = sequences.load_dataset(str(folder))
+  assert data.num_items == 4 and data.num_users == 2
+  assert data.item_keys == ('', 'sku-b', 'sku-a', 'sku-c', 'sku-d')  # first appearance
+  assert data.sequences[0].tolist() == [2, 1, 3]  # ann by time: a, b, c
+  assert data.item_text[2] == {'title': 'Apple', 'categories': [['Fruit']]}
+  assert data.item_text[1] is None and data.item_text[3] == {'title': 'Cherry'}
+  # A folder name under the data dir works too.
+  assert sequences.load_dataset('shop', str(tmp_path)).num_items == 4
+
+
+@pytest.mark.parametrize('files, match', [
+    ({}, 'exactly one of sequences.txt'),
+    ({'sequences.txt': '1 1 2 3\n', 'interactions.tsv': 'a\tb\t1\n'}, 'it holds both'),
+    ({'interactions.tsv': 'a\tb\n'}, r'interactions.tsv:1: expected 3 tab-separated'),
+    ({'interactions.tsv': 'u\ti\tt\na\tb\tlater\n'}, r'interactions.tsv:2: timestamp'),
+    ({'sequences.txt': '1 1 2 3\n', 'item_text.jsonl': '{"item": 9, "title": "x"}\n'},
+     r'item_text.jsonl:1: unknown item 9'),
+    ({'sequences.txt': '1 1 2 3\n', 'item_text.jsonl': '{"title": "x"}\n'},
+     r'item_text.jsonl:1: expected an object with an "item" key'),
+    ({'sequences.txt': '1 1 2 3\n', 'item_text.jsonl': '{"item": 1, "title": 3}\n'},
+     r'item_text.jsonl:1: "title" must be a string'),
+    ({'sequences.txt': '1 1 2 3\n',
+      'item_text.jsonl': '{"item": 1, "title": "a"}\n{"item": 1, "title": "b"}\n'},
+     r'item_text.jsonl:2: item 1 already has text on line 1'),
+])
+def test_bad_folders_name_the_file_and_line(tmp_path, files, match):
+  for name, body in files.items():
+    (tmp_path / name).write_text(body)
+  with pytest.raises(sequences.DataError, match=match):
+    sequences.load_folder(str(tmp_path))
+
+
+def test_unknown_data_set_lists_what_it_accepts(tmp_path):
+  with pytest.raises(sequences.DataError, match="no folder 'nope' under"):
+    sequences.load_dataset('nope', str(tmp_path))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from genrec import sid_features as sf
+from genrec.ranking import sid_features as sf
 
 SIZES = (8, 16, 16)
 
@@ -51,13 +51,13 @@ def test_sentencepiece_pieces_reassemble_the_codes(tmp_path):
 
 
 def test_every_variant_spends_the_same_table_budget(tmp_path):
-  from genrec import ranking
+  from genrec.ranking import ranker
   shapes = set()
   for variant in sf.VARIANTS:
     f = sf.item_features(variant, 64, 400, _codes(), SIZES, np.ones(401, np.int64),
                          str(tmp_path))
     assert f.table_rows == 64
-    model = ranking.abstract_ranker(ranking.RankerConfig(dim=8), f.table_rows)
+    model = ranker.abstract_ranker(ranker.RankerConfig(dim=8), f.table_rows)
     shapes.add(tuple(model.table.shape))
   assert shapes == {(64, 8)}
 

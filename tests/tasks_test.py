@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from genrec import ids, sequences, tasks, train
+from genrec import ids
+from genrec.data import sequences
+from genrec.recommendation import tasks, train
 
 
 def test_task_turns_items_into_identifier_tokens():

@@ -4,15 +4,15 @@ import dataclasses
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import gin
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from genrec import models, partitioning, sequences, train, trainer
+from genrec import models, partitioning, trainer
+from genrec.data import sequences
+from genrec.recommendation import train
 from genrec.ids import AtomicIds, RandomCodeIds
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
@@ -105,31 +105,18 @@ def test_gin_files_parse(path):
   gin.add_config_file_search_path(REPO_ROOT)
   try:
     # Parsing imports the modules and checks every binding against its signature.
-    gin.parse_config_files_and_bindings([path], ["DATASET='synthetic'", "DATA_DIR='/x'"])
-    if '/retrieval/' in path:
+    gin.parse_config_files_and_bindings([path], ["DATASET='synthetic'", "DATA_DIR='/x'",
+                                                 "INPUT_FILE='/x'"])
+    if path.endswith(('runs/retrieval.gin', 'runs/ranking.gin', 'runs/infer.gin')):
+      assert gin.query_parameter('launch.run_experiment.run') is not None
+    elif '/retrieval/' in path:
       assert gin.query_parameter('docgen.train_and_evaluate.num_train_steps') > 0
     elif '/ranking/' in path:
-      assert gin.query_parameter('ranking.train_and_evaluate.num_train_steps') > 0
+      assert gin.query_parameter('ranker.train_and_evaluate.num_train_steps') > 0
     elif '/models/' not in path and '/budgets/' not in path:  # those are fragments
       assert gin.query_parameter('train.train.dataset') is not None
   finally:
     gin.clear_config()
-
-
-def test_main_runs_quickstart_config(tmp_path):
-  cmd = [sys.executable, os.path.join(REPO_ROOT, 'main.py'),
-         '--gin_file=gin/runs/quickstart.gin', f'--workdir={tmp_path}',
-         '--gin_bindings=train.train.num_train_steps=20',
-         '--gin_bindings=train.train.eval_every_steps=20',
-         '--gin_bindings=sequences.make_synthetic.num_users=200',
-         '--gin_bindings=sequences.make_synthetic.num_items=60']
-  env = {**os.environ, 'XLA_FLAGS': ''}
-  proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '| genrec | test |' in proc.stdout
-  results = json.loads((tmp_path / 'results.json').read_text())
-  assert results['num_train_steps'] == 20 and results['num_items'] == 60
 
 
 @pytest.mark.parametrize('kind', ['projection', 'sasrec'])

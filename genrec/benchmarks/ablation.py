@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from genrec.benchmarks import tables
+from genrec import tables
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('gin_file', [], 'One experiment per file.')

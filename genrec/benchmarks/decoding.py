@@ -24,8 +24,7 @@ import jax
 import numpy as np
 import optax
 
-from genrec import constraints, models, partitioning, trainer
-from genrec.benchmarks import tables
+from genrec import constraints, models, partitioning, tables, trainer
 from genrec.ids import ItemIds
 from genrec.ids.kmeans import add_collision_level
 
@@ -93,7 +92,7 @@ def bench_catalog(model_config: models.TransformerConfig, num_items: int, beams:
   rows = []
   for beam in beams:
     for mode in ('beam', 'beam+trie') + (('projection',) if projection else ()):
-      row = {'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      row = {'device': partitioning.device_summary(),
              'items': num_items, 'levels': ids.num_levels, 'vocab': ids.vocab_size,
              'trie_MiB': round(trie.memory_bytes() / 2**20, 2),
              'trie_build_s': round(build_s, 2), 'k': beam, 'mode': mode}

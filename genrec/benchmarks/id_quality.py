@@ -3,7 +3,10 @@ r"""Identifier quality per data set and scheme.
   python -m genrec.benchmarks.id_quality --data_dir=../shared/data \
       --datasets=beauty,sports,toys,synthetic --output_dir=runs/id_quality
 
-For every scheme: levels and codebook sizes, items colliding before and after
+For every scheme: the item content it clusters (`--content`: 'auto' = text
+where the data set has item text, else attributes; 'text' = MiniLM over
+"title; brand; categories"; 'attributes' = TF-IDF of attribute ids; content-
+based schemes get one row per content), levels and codebook sizes, items colliding before and after
 the collision level, per-level codebook utilization (used codes / size and
 the perplexity of code usage), RQ-VAE reconstruction error, fit time. Prints
 one markdown table per data set and writes id_quality.md and id_quality.csv.
@@ -15,8 +18,13 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
-from genrec import ids, sequences
-from genrec.benchmarks import tables
+from genrec import ids, tables
+from genrec.data import sequences
+from genrec.ids import content as item_content
+
+CONTENT_FNS = {'auto': item_content.item_content, 'text': item_content.text_embeddings,
+               'attributes': item_content.attribute_tfidf}
+CONTENT_SCHEMES = ('hkmeans', 'rqkmeans', 'rqkmeans_sinkhorn', 'rqvae')
 
 flags.DEFINE_string('data_dir', None, 'Folder holding amazon-2014/ (default $GENREC_DATA_DIR).')
 flags.DEFINE_list('datasets', ['beauty', 'sports', 'toys', 'synthetic'], 'Data sets.')
@@ -24,23 +32,29 @@ flags.DEFINE_list('schemes', ['atomic', 'random', 'sequential', 'collaborative',
                               'rqkmeans', 'rqkmeans_sinkhorn', 'rqvae', 'lcrec'],
                   'Schemes to fit (lcrec only where the data set ships its file).')
 flags.DEFINE_integer('rqvae_steps', 3000, 'RQ-VAE training steps.')
+flags.DEFINE_list('content', ['auto'], 'Item content of the content-based schemes: auto, '
+                  'text, attributes (one row each).')
 flags.DEFINE_string('output_dir', None, 'Where to write id_quality.md/.csv.')
 FLAGS = flags.FLAGS
 
 
-def make_schemes(names, data_dir: str | None, dataset: str, rqvae_steps: int) -> dict:
-  """Scheme name -> IdScheme, at the settings of the papers."""
+def make_schemes(names, data_dir: str | None, dataset: str, rqvae_steps: int,
+                 content_fn=item_content.item_content) -> dict:
+  """Scheme name -> IdScheme, at the settings of the papers (content-based
+  ones clustering `content_fn(data)`)."""
   lcrec = os.path.join('amazon-2014', dataset, 'lcrec_index.json')
+  c = content_fn
   table = {
       'atomic': lambda: ids.AtomicIds(),
       'random': lambda: ids.RandomCodeIds(num_levels=2),
       'sequential': lambda: ids.SequentialIds(num_levels=2),
       'collaborative': lambda: ids.CollaborativeIds(num_levels=3, branching=32),
-      'hkmeans': lambda: ids.HierarchicalKMeansIds(num_levels=2, branching=32),
-      'rqkmeans': lambda: ids.ResidualKMeansIds(num_levels=3, codebook_size=256),
-      'rqkmeans_sinkhorn': lambda: ids.ResidualKMeansIds(num_levels=3, codebook_size=256,
-                                                         sinkhorn_last_level=True),
-      'rqvae': lambda: ids.RQVAEIds(num_levels=3, codebook_size=256, num_steps=rqvae_steps),
+      'hkmeans': lambda: ids.HierarchicalKMeansIds(num_levels=2, branching=32, content_fn=c),
+      'rqkmeans': lambda: ids.ResidualKMeansIds(num_levels=3, codebook_size=256, content_fn=c),
+      'rqkmeans_sinkhorn': lambda: ids.ResidualKMeansIds(
+          num_levels=3, codebook_size=256, sinkhorn_last_level=True, content_fn=c),
+      'rqvae': lambda: ids.RQVAEIds(num_levels=3, codebook_size=256, num_steps=rqvae_steps,
+                                    content_fn=c),
       'lcrec': lambda: ids.PrecomputedIds(path=lcrec, data_dir=data_dir),
   }
   unknown = set(names) - set(table)
@@ -63,14 +77,15 @@ def code_usage(codes: np.ndarray, size: int) -> tuple[int, float]:
   return int((counts > 0).sum()), float(np.exp(-(p * np.log(p)).sum()))
 
 
-def quality_row(dataset: str, name: str, item_ids: ids.ItemIds, seconds: float) -> dict:
+def quality_row(dataset: str, name: str, item_ids: ids.ItemIds, seconds: float,
+                content: str = '') -> dict:
   usage = []
   for level, size in enumerate(item_ids.level_sizes):
     used, ppl = code_usage(item_ids.codes[1:, level], size)
     usage.append(f'{used}/{size} (ppl {ppl:.0f})')
   info = item_ids.info
   return {
-      'dataset': dataset, 'scheme': name, 'levels': item_ids.num_levels,
+      'dataset': dataset, 'scheme': name, 'content': content, 'levels': item_ids.num_levels,
       'collisions_before': info.get('collisions_before_dedup', item_ids.num_collisions),
       'collisions_after': item_ids.num_collisions,
       'utilization_per_level': '; '.join(usage),
@@ -82,15 +97,26 @@ def quality_row(dataset: str, name: str, item_ids: ids.ItemIds, seconds: float) 
 
 def main(argv):
   del argv
+  unknown = set(FLAGS.content) - set(CONTENT_FNS)
+  if unknown:
+    raise app.UsageError(f'Unknown --content {sorted(unknown)}; use {sorted(CONTENT_FNS)}.')
   rows = []
   for dataset in FLAGS.datasets:
     data = sequences.load_dataset(dataset, FLAGS.data_dir)
-    for name, scheme in make_schemes(FLAGS.schemes, FLAGS.data_dir, dataset,
-                                     FLAGS.rqvae_steps).items():
-      t0 = time.time()
-      item_ids = scheme.fit(data)
-      rows.append(quality_row(dataset, name, item_ids, time.time() - t0))
-      logging.info('%s / %s: %s', dataset, name, rows[-1])
+    has_text = data.item_text is not None
+    for i, mode in enumerate(FLAGS.content):
+      if mode == 'text' and not has_text:
+        logging.warning('%s has no item text: no text rows.', dataset)
+        continue
+      resolved = {'auto': 'text' if has_text else 'attributes'}.get(mode, mode)
+      names = [n for n in FLAGS.schemes if n in CONTENT_SCHEMES or i == 0]
+      for name, scheme in make_schemes(names, FLAGS.data_dir, dataset, FLAGS.rqvae_steps,
+                                       CONTENT_FNS[mode]).items():
+        t0 = time.time()
+        item_ids = scheme.fit(data)
+        rows.append(quality_row(dataset, name, item_ids, time.time() - t0,
+                                resolved if name in CONTENT_SCHEMES else ''))
+        logging.info('%s / %s: %s', dataset, name, rows[-1])
   md = tables.markdown(rows) if rows else '(no rows)'
   print(md, flush=True)
   if FLAGS.output_dir:

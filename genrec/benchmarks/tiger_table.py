@@ -10,7 +10,7 @@ published figures (Rajput et al., 2023, Table 2).
 
 from absl import app, flags
 
-from genrec.benchmarks import tables
+from genrec import tables
 
 flags.DEFINE_multi_string('runs', ['runs/tiger'], 'Folders of run directories.')
 FLAGS = flags.FLAGS

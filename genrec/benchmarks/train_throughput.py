@@ -22,8 +22,7 @@ import gin
 import jax
 import numpy as np
 
-from genrec import models, partitioning, trainer
-from genrec.benchmarks import tables
+from genrec import models, partitioning, tables, trainer
 from genrec.ids import NUM_RESERVED_TOKENS
 
 flags.DEFINE_multi_string('gin_file', ['gin/models/tiger.gin'], 'Model-size gin files.')
@@ -71,7 +70,7 @@ def run(config: models.TransformerConfig, batch_size: int, steps: int, warmup: i
   step_s = float(np.median(times))
   mem, where = peak_memory_mb()
   return {
-      'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'device': partitioning.device_summary(),
       'params_M': round(trainer.param_count(state.params) / 1e6, 2),
       'batch_size': batch_size, 'median_step_ms': round(step_s * 1e3, 2),
       'p90_step_ms': round(float(np.percentile(times, 90)) * 1e3, 2),

@@ -169,7 +169,7 @@ def keys_to_codes(keys: np.ndarray, k: int, num_levels: int) -> np.ndarray:
 
 
 class IdScheme(abc.ABC):
-  """Fits item identifiers on a data set (see `genrec.sequences.SequenceData`)."""
+  """Fits item identifiers on a data set (see `genrec.data.sequences.SequenceData`)."""
 
   @property
   @abc.abstractmethod

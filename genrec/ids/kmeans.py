@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from genrec import content
+from genrec.ids import content
 from genrec.ids.base import IdScheme, ItemIds
 
 
@@ -211,7 +211,8 @@ class ResidualKMeansIds(IdScheme):
   Attributes:
     num_levels: semantic levels (before the collision level).
     codebook_size: codes per level.
-    content_fn: data -> float [num_items + 1, d] item content (row 0 unused).
+    content_fn: data -> float [num_items + 1, d] item content (row 0 unused);
+      default text embeddings where the data has item text, else attributes.
     sinkhorn_last_level: assign the last level by balanced Sinkhorn-Knopp
       (LC-Rec) instead of nearest centroid, spreading items that would collide.
     dedup: append the collision level so that every item's ID is unique.
@@ -219,7 +220,7 @@ class ResidualKMeansIds(IdScheme):
   """
   num_levels: int = 3
   codebook_size: int = 256
-  content_fn: ContentFn = content.attribute_tfidf
+  content_fn: ContentFn = content.item_content
   sinkhorn_last_level: bool = False
   dedup: bool = True
   seed: int = 0
@@ -227,7 +228,8 @@ class ResidualKMeansIds(IdScheme):
   @property
   def name(self) -> str:
     sk = '-sinkhorn' if self.sinkhorn_last_level else ''
-    return f'rqkmeans-{self.num_levels}x{self.codebook_size}{sk}-s{self.seed}'
+    return (f'rqkmeans-{self.num_levels}x{self.codebook_size}{sk}-s{self.seed}'
+            f'{content.tag(self.content_fn)}')
 
   def fit(self, data) -> ItemIds:
     residual = np.asarray(self.content_fn(data), np.float64)[1:]
@@ -256,13 +258,13 @@ class HierarchicalKMeansIds(IdScheme):
   """
   num_levels: int = 2
   branching: int = 32
-  content_fn: ContentFn = content.attribute_tfidf
+  content_fn: ContentFn = content.item_content
   dedup: bool = True
   seed: int = 0
 
   @property
   def name(self) -> str:
-    return f'hkmeans-{self.num_levels}x{self.branching}-s{self.seed}'
+    return f'hkmeans-{self.num_levels}x{self.branching}-s{self.seed}{content.tag(self.content_fn)}'
 
   def fit(self, data) -> ItemIds:
     x = np.asarray(self.content_fn(data), np.float64)[1:]

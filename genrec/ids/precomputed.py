@@ -46,7 +46,7 @@ class PrecomputedIds(IdScheme):
     return f'precomputed-{stem}'
 
   def fit(self, data) -> ItemIds:
-    from genrec.sequences import resolve_data_dir  # avoid an import cycle
+    from genrec.data.sequences import resolve_data_dir  # avoid an import cycle
     path = self.path
     if not os.path.isabs(path):
       path = os.path.join(resolve_data_dir(self.data_dir), path)

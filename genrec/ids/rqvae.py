@@ -11,7 +11,7 @@ from flax import nnx
 import numpy as np
 import optax
 
-from genrec import content
+from genrec.ids import content
 from genrec.ids.base import IdScheme, ItemIds
 from genrec.ids.kmeans import (ContentFn, _finish, kmeans, squared_distances,
                                uniform_last_level)
@@ -89,7 +89,7 @@ class RQVAEIds(IdScheme):
   batch_size: int = 1024
   learning_rate: float = 1e-3
   dead_code_every: int = 200
-  content_fn: ContentFn = content.attribute_tfidf
+  content_fn: ContentFn = content.item_content
   sinkhorn_last_level: bool = False
   dedup: bool = True
   seed: int = 0
@@ -97,7 +97,8 @@ class RQVAEIds(IdScheme):
   @property
   def name(self) -> str:
     sk = '-sinkhorn' if self.sinkhorn_last_level else ''
-    return f'rqvae-{self.num_levels}x{self.codebook_size}{sk}-s{self.seed}'
+    return (f'rqvae-{self.num_levels}x{self.codebook_size}{sk}-s{self.seed}'
+            f'{content.tag(self.content_fn)}')
 
   def fit(self, data) -> ItemIds:
     t0 = time.time()

@@ -1,5 +1,5 @@
 """A ranking model whose item embeddings come from hashed item keys
-(`genrec.sid_features`): random item-id hashing vs Semantic-ID n-grams and
+(`genrec.ranking.sid_features`): random item-id hashing vs Semantic-ID n-grams and
 SentencePiece sub-pieces, under one embedding-table budget.
 
 Model (DIN-style): every item (history and candidate) is the pooled rows of
@@ -34,7 +34,9 @@ import numpy as np
 import optax
 import scipy.stats
 
-from genrec import metrics, partitioning, sequences, sid_features, trainer
+from genrec import metrics, partitioning, trainer
+from genrec.data import sequences
+from genrec.ranking import sid_features
 from genrec.ids import IdScheme, ResidualKMeansIds
 from genrec.loop import EpochBatcher, train_fixed_budget
 
@@ -315,7 +317,7 @@ def train_and_evaluate(
          'train_s': None if train_s is None else round(train_s, 1),
          'eval_s': round(eval_s, 1), 'features_s': round(features_s, 1),
          'final_loss': None if loss is None else round(loss, 4),
-         'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}', **feats.info}
+         'device': partitioning.device_summary(), **feats.info}
   for name, u in users.items():
     for k, v in slice_metrics(logits, u).items():
       row[f'{name}/{k}'] = round(v, 4) if isinstance(v, float) else v

@@ -8,11 +8,15 @@ bind them. A run directory holds:
   checkpoints/      orbax checkpoints (latest N + best by validation NDCG@10)
   tensorboard/      scalars
   train_log.jsonl   training metrics at every logging step
+  run_config.json   the model config and settings `infer` rebuilds the model from
+  eval_history.jsonl  validation metrics at every evaluation
   results.json      validation/test metrics of the best checkpoint
+  predictions/      {validation,test}.jsonl: every user's top items and scores
 """
 
 import dataclasses
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable
@@ -20,50 +24,76 @@ from collections.abc import Callable
 from absl import logging
 import gin
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
-from genrec import (checkpoints, constraints, features, loop, metrics, models, partitioning,
-                    sequences, trainer)
+from genrec import (checkpoints, constraints, loop, metrics, models, partitioning, predictor,
+                    trainer)
+from genrec.data import sequences
+from genrec.recommendation import features
 from genrec.ids import AtomicIds, IdScheme, ItemIds
 
 
 # ---------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------
-def evaluate(tr: trainer.Trainer, params, arrays: dict[str, np.ndarray], ids: ItemIds,
+def predict_items(pred: predictor.Predictor, params, inputs: np.ndarray, ids: ItemIds,
+                  beam_size: int, batch_size: int,
+                  trie: constraints.PrefixTrie | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """The top `beam_size` items of every row of `inputs` (model features).
+
+  Identifier models decode by beam search (constrained to `trie` if given);
+  item-scoring models (projection head, SASRec) rank the catalog in one pass.
+
+  Returns:
+    (item ids int32 [n, beam_size], best first, 0 for an identifier that
+    names no item; their scores float32 [n, beam_size]: beam log-probs, or
+    the item logits).
+  """
+  def run(batch, rows):
+    x = batch['x']
+    if pred.scores_items:  # one pass over the catalog: exact top-k items
+      items, scores = pred.rank_items(params, x, beam_size, with_scores=True)
+      return partitioning.gather(items, rows), partitioning.gather(scores, rows)
+    tokens, scores = pred.predict(params, x, beam_size, ids.num_levels, trie)
+    return ids.tokens_to_items(partitioning.gather(tokens, rows)), partitioning.gather(
+        scores, rows)
+  outs = partitioning.map_batches({'x': inputs}, batch_size, pred.mesh, run)
+  if not outs:
+    return np.zeros((0, beam_size), np.int32), np.zeros((0, beam_size), np.float32)
+  return (np.concatenate([o[0] for o in outs]).astype(np.int32),
+          np.concatenate([o[1] for o in outs]).astype(np.float32))
+
+
+def evaluate(pred: predictor.Predictor, params, arrays: dict[str, np.ndarray], ids: ItemIds,
              beam_size: int, batch_size: int, ks=metrics.DEFAULT_KS,
              trie: constraints.PrefixTrie | None = None
              ) -> tuple[dict[str, float], np.ndarray]:
-  """Beam search over every example (constrained to `trie` if given);
-  full-catalog Recall/NDCG.
+  """`predict_items` for every example; full-catalog Recall/NDCG.
 
   Returns:
     (metrics, ranked item ids [n, beam_size] with 0 for invalid identifiers).
   """
-  inputs, targets = arrays['encoder_input_tokens'], arrays['target_item']
-  n = len(targets)
-  item_scoring = tr.scores_items
-  dp = partitioning.data_parallel_size(tr.mesh) * jax.process_count()
-  batch_size = max(dp, batch_size // dp * dp)
-  ranked = []
-  for start in range(0, n, batch_size):
-    chunk = inputs[start:start + batch_size]
-    rows = len(chunk)
-    if rows < batch_size:  # pad the last batch; padded rows are dropped below
-      chunk = np.pad(chunk, ((0, batch_size - rows), (0, 0)))
-    local = partitioning.shard_batch({'x': chunk[partitioning.host_slice(batch_size)]},
-                                     tr.mesh)['x']
-    if item_scoring:  # one pass over the catalog: exact top-k items
-      top = multihost_utils.process_allgather(tr.rank_items(params, local, beam_size),
-                                              tiled=True)
-      ranked.append(np.asarray(top)[:rows])
-      continue
-    tokens, _ = tr.predict(params, local, beam_size, ids.num_levels, trie)
-    tokens = multihost_utils.process_allgather(tokens, tiled=True)
-    ranked.append(ids.tokens_to_items(np.asarray(tokens)[:rows]))
-  ranked = np.concatenate(ranked) if ranked else np.zeros((0, beam_size), np.int32)
-  return metrics.rank_metrics(ranked, targets, ks), ranked
+  ranked, _ = predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam_size,
+                            batch_size, trie)
+  return metrics.rank_metrics(ranked, arrays['target_item'], ks), ranked
+
+
+RUN_CONFIG = 'run_config.json'  # what `infer` needs besides the ids and the checkpoint
+
+
+def write_predictions(path: str, users, items: np.ndarray, scores: np.ndarray) -> None:
+  """One JSON line per user: {"user", "items" (best first), "scores"}; items
+  that name nothing (0, invalid identifiers) are left out. Process 0 only."""
+  if jax.process_index() > 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    for user, row, sc in zip(users, items, scores):
+      keep = row > 0
+      f.write(json.dumps({'user': user, 'items': row[keep].tolist(),
+                          'scores': [round(float(v), 6) for v in sc[keep]]}) + '\n')
+  os.replace(path + '.tmp', path)
 
 
 def _subsample(arrays: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
@@ -106,7 +136,7 @@ def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
     pipeline = ('seqio' if all(importlib.util.find_spec(m) for m in ('seqio', 'tensorflow'))
                 else 'numpy')
   if pipeline == 'seqio':
-    from genrec import tasks  # imports TensorFlow
+    from genrec.recommendation import tasks  # imports TensorFlow
     task = tasks.register_recommendation_task(data, ids, max_history)
     lengths = tasks.sequence_lengths(ids, max_history)
     return (tasks.load_train_arrays(task, lengths),
@@ -198,7 +228,7 @@ def train(
     stop_after_step: end this invocation after that step (checkpointed), e.g.
       for time-sliced jobs; running the same command again resumes.
     input_pipeline: 'seqio' (the registered seqio Task), 'numpy' (the same
-      arrays without TensorFlow, see `genrec.features`) or 'auto' (seqio when
+      arrays without TensorFlow, see `genrec.recommendation.features`) or 'auto' (seqio when
       seqio and TensorFlow are installed).
     constrained_decoding: decode only identifiers that exist (a prefix trie on
       the device, `genrec.constraints`); else free beam search, whose invalid
@@ -234,6 +264,11 @@ def train(
     sasrec = config.architecture == 'sasrec'
     train_arrays, valid_arrays, test_arrays = (
         item_scoring_arrays(a, ids, sasrec) for a in (train_arrays, valid_arrays, test_arrays))
+  loop.write_json(os.path.join(workdir, RUN_CONFIG), {
+      'model_config': dataclasses.asdict(config), 'max_history': max_history,
+      'beam_size': beam_size, 'item_scoring': bool(config.num_items),
+      'sasrec': config.architecture == 'sasrec', 'constrained_decoding': constrained_decoding,
+      'dataset': data.name, 'num_items': data.num_items})
   trie = (constraints.PrefixTrie.from_ids(ids)
           if constrained_decoding and not config.num_items else None)
   if trie is not None:
@@ -318,14 +353,18 @@ def train(
       'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'resumed_from_step': start or None,
       'train_time_s_this_invocation': round(train_time, 1),
-      'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'device': partitioning.device_summary(),
       'best_step': best_step, 'identifier_collisions': ids.num_collisions,
   }
   item_slices = metrics.popularity_slices(data.item_target_counts(), *slice_fractions)
   popular = metrics.popularity_ranking(data.item_train_counts(), beam_size)
   for split, arrays in (('validation', valid_arrays), ('test', test_arrays)):
     targets = arrays['target_item']
-    m, ranked = evaluate(tr, state.params, arrays, ids, beam_size, eval_batch_size, trie=trie)
+    ranked, scores = predict_items(tr, state.params, arrays['encoder_input_tokens'], ids,
+                                   beam_size, eval_batch_size, trie)
+    m = metrics.rank_metrics(ranked, targets)
+    write_predictions(os.path.join(workdir, 'predictions', f'{split}.jsonl'),
+                      range(len(ranked)), ranked, scores)
     results[split] = m
     results[f'{split}_slices'] = metrics.sliced_metrics(ranked, targets, item_slices)
     pop_ranked = np.tile(popular, (len(targets), 1))

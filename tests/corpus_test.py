@@ -6,19 +6,19 @@ import pytest
 import ranx
 
 from conftest import data_dir_or_skip
-from genrec import retrieval
+from genrec.retrieval import corpus
 
 
-def _write_collection(root, corpus, queries, qrels_lines):
+def _write_collection(root, docs, queries, qrels_lines):
   (root / 'qrels').mkdir(parents=True)
-  (root / 'corpus.jsonl').write_text('\n'.join(json.dumps(d) for d in corpus) + '\n')
+  (root / 'corpus.jsonl').write_text('\n'.join(json.dumps(d) for d in docs) + '\n')
   (root / 'queries.jsonl').write_text('\n'.join(json.dumps(q) for q in queries) + '\n')
   (root / 'qrels' / 'test.tsv').write_text('query-id\tcorpus-id\tscore\n' + qrels_lines)
 
 
 def test_cranfield_loads_with_its_documented_statistics():
   data_dir = data_dir_or_skip('cranfield')
-  c = retrieval.load_beir('cranfield', data_dir)
+  c = corpus.load_beir('cranfield', data_dir)
   assert c.num_docs == 1400 and len(c.queries) == 225
   assert len(c.qrels['train']) == 113 and len(c.qrels['test']) == 112
   assert sum(len(v) for s in c.qrels.values() for v in s.values()) == 1837
@@ -27,24 +27,24 @@ def test_cranfield_loads_with_its_documented_statistics():
 def test_malformed_collections_get_clear_errors(tmp_path):
   docs = [{'_id': 'a', 'text': 'x y'}, {'_id': 'b', 'text': 'y z'}]
   _write_collection(tmp_path / 'ok', docs, [{'_id': 'q', 'text': 'y'}], 'q\ta\t1\n')
-  assert retrieval.load_beir('ok', str(tmp_path)).qrels == {'test': {'q': {'a'}}}
+  assert corpus.load_beir('ok', str(tmp_path)).qrels == {'test': {'q': {'a'}}}
   _write_collection(tmp_path / 'dup', docs + docs[:1], [{'_id': 'q', 'text': 'y'}], '')
-  with pytest.raises(retrieval.CollectionError, match='duplicate _id'):
-    retrieval.load_beir('dup', str(tmp_path))
+  with pytest.raises(corpus.CollectionError, match='duplicate _id'):
+    corpus.load_beir('dup', str(tmp_path))
   _write_collection(tmp_path / 'unk', docs, [{'_id': 'q', 'text': 'y'}], 'q\tzz\t1\n')
-  with pytest.raises(retrieval.CollectionError, match=r"test.tsv:2: unknown doc id 'zz'"):
-    retrieval.load_beir('unk', str(tmp_path))
+  with pytest.raises(corpus.CollectionError, match=r"test.tsv:2: unknown doc id 'zz'"):
+    corpus.load_beir('unk', str(tmp_path))
   _write_collection(tmp_path / 'bad', docs, [{'_id': 'q'}], '')
-  with pytest.raises(retrieval.CollectionError, match=r"queries.jsonl:1: missing field"):
-    retrieval.load_beir('bad', str(tmp_path))
-  with pytest.raises(retrieval.CollectionError, match='No collection folder'):
-    retrieval.load_beir('absent', str(tmp_path))
+  with pytest.raises(corpus.CollectionError, match=r"queries.jsonl:1: missing field"):
+    corpus.load_beir('bad', str(tmp_path))
+  with pytest.raises(corpus.CollectionError, match='No collection folder'):
+    corpus.load_beir('absent', str(tmp_path))
 
 
 def test_sentencepiece_vocabulary_round_trips(tmp_path):
   texts = [f'the wing {w} of the aircraft in a slipstream number {i}'
            for i, w in enumerate(['span', 'lift', 'drag', 'chord'] * 30)]
-  path = retrieval.train_sentencepiece(texts, str(tmp_path / 'spm'), vocab_size=60)
+  path = corpus.train_sentencepiece(texts, str(tmp_path / 'spm'), vocab_size=60)
   import sentencepiece as spm
   sp = spm.SentencePieceProcessor(model_file=path)
   assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
@@ -54,7 +54,7 @@ def test_sentencepiece_vocabulary_round_trips(tmp_path):
 
 def test_bm25_matches_the_formula():
   docs = [[3, 4, 4, 5], [4, 6], [3, 3, 3, 7, 8, 9], [5]]
-  bm25 = retrieval.BM25(docs, vocab_size=10, k1=1.2, b=0.75)
+  bm25 = corpus.BM25(docs, vocab_size=10, k1=1.2, b=0.75)
   avgdl = sum(map(len, docs)) / 4
   query = [3, 4, 4]
 
@@ -77,7 +77,7 @@ def test_metrics_match_ranx():
   run = {q: list(rng.permutation(docs)[:100]) for q in qrels}
   for q in list(qrels)[:5]:  # some queries find a relevant doc first
     run[q].insert(0, sorted(qrels[q])[0])
-  ours = retrieval.retrieval_metrics(run, qrels)
+  ours = corpus.retrieval_metrics(run, qrels)
   r_qrels = ranx.Qrels({q: {d: 1 for d in v} for q, v in qrels.items()})
   r_run = ranx.Run({q: {d: 1000.0 - i for i, d in enumerate(dict.fromkeys(v))}
                     for q, v in run.items()})
@@ -89,9 +89,9 @@ def test_metrics_match_ranx():
 
 def test_bm25_row_on_cranfield(tmp_path):
   import sentencepiece as spm
-  c = retrieval.load_beir('cranfield', data_dir_or_skip('cranfield'))
-  texts = [retrieval.document_text(t, x) for t, x in zip(c.titles, c.texts)]
-  model = retrieval.train_sentencepiece(texts, str(tmp_path / 'spm'), 4000)
-  row = retrieval.bm25_row(c, spm.SentencePieceProcessor(model_file=model), 'test')
+  c = corpus.load_beir('cranfield', data_dir_or_skip('cranfield'))
+  texts = [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)]
+  model = corpus.train_sentencepiece(texts, str(tmp_path / 'spm'), 4000)
+  row = corpus.bm25_row(c, spm.SentencePieceProcessor(model_file=model), 'test')
   assert row['queries'] == 112 and 0.2 < row['ndcg@10'] < 1.0
   assert row['recall@1'] <= row['recall@10'] <= row['recall@100']

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from genrec import checkpoints, partitioning, ranking, sequences, sid_features
+from genrec import checkpoints, partitioning
+from genrec.data import sequences
+from genrec.ranking import ranker, sid_features
 from genrec.ids import ResidualKMeansIds
 
 SCHEME = ResidualKMeansIds(num_levels=2, codebook_size=8, dedup=False)
@@ -16,37 +18,37 @@ def data():
 
 
 def _run(variant, rows, workdir, data, cache, **kw):
-  return ranking.train_and_evaluate(
+  return ranker.train_and_evaluate(
       variant, rows, str(workdir), dataset=data, sid_scheme=SCHEME,
-      config=ranking.RankerConfig(dim=8, mlp_dims=(16,)), num_train_steps=kw.pop('steps', 150),
+      config=ranker.RankerConfig(dim=8, mlp_dims=(16,)), num_train_steps=kw.pop('steps', 150),
       batch_size=64, eval_negatives=19, cold_fraction=0.2, data_cache=cache,
       mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]), **kw)
 
 
 def test_cold_start_split_keeps_new_items_out_of_training(data):
-  rd = ranking.split_cold_start(data, 0.2, 20, seed=0)
+  rd = ranker.split_cold_start(data, 0.2, 20, seed=0)
   assert rd.cold.sum() == 30 and not rd.cold[0]
   assert not rd.cold[rd.train_target].any() and not rd.cold[rd.train_history].any()
   assert rd.train_counts[rd.cold].sum() == 0
   assert rd.cold[rd.test_target].any()  # some test targets are new items
   with pytest.raises(ValueError, match='cold_fraction'):
-    ranking.split_cold_start(data, 1.0, 20, seed=0)
+    ranker.split_cold_start(data, 1.0, 20, seed=0)
 
 
 def test_eval_candidates_never_repeat_the_target():
   t = np.array([1, 5, 150, 77])
-  c = ranking.eval_candidates(t, 150, 99, seed=0)
+  c = ranker.eval_candidates(t, 150, 99, seed=0)
   assert c.shape == (4, 100) and (c[:, 0] == t).all()
   assert ((c[:, 1:] != t[:, None]) & (c[:, 1:] >= 1) & (c[:, 1:] <= 150)).all()
 
 
 def test_auc_and_slice_metrics():
-  assert ranking.auc(np.array([1, 0, 0, 1]), np.array([.9, .1, .5, .4])) == pytest.approx(.75)
-  assert ranking.auc(np.array([1, 0]), np.array([.5, .5])) == pytest.approx(.5)
+  assert ranker.auc(np.array([1, 0, 0, 1]), np.array([.9, .1, .5, .4])) == pytest.approx(.75)
+  assert ranker.auc(np.array([1, 0]), np.array([.5, .5])) == pytest.approx(.5)
   logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
-  m = ranking.slice_metrics(logits, np.array([0, 1]))
+  m = ranker.slice_metrics(logits, np.array([0, 1]))
   assert m['users'] == 2 and m['recall@10'] == 1.0
-  assert m['auc'] == pytest.approx(ranking.auc(np.array([1, 0, 0, 1, 0, 0]), logits.ravel()))
+  assert m['auc'] == pytest.approx(ranker.auc(np.array([1, 0, 0, 1, 0, 0]), logits.ravel()))
 
 
 def _table(workdir) -> np.ndarray:
@@ -61,7 +63,7 @@ def _table(workdir) -> np.ndarray:
 
 def test_cold_items_get_sid_embeddings_and_no_learned_random_row(data, tmp_path):
   rows = 100_000  # large enough that no warm item shares a cold item's random row
-  rd = ranking.split_cold_start(data, 0.2, 20, seed=0)
+  rd = ranker.split_cold_start(data, 0.2, 20, seed=0)
   ids = SCHEME.fit(data)
   cold = rd.cold
   cache, shapes = {}, set()
@@ -96,9 +98,9 @@ def test_training_learns_and_rerun_reuses_the_checkpoint(data, tmp_path):
 def test_trains_sharded_on_a_data_and_model_mesh(data, tmp_path):
   # 8 fake CPU devices: batch split 4 ways, embedding table rows split 2 ways.
   mesh = partitioning.make_mesh(data=4, fsdp=1, model=2)
-  row = ranking.train_and_evaluate(
+  row = ranker.train_and_evaluate(
       'sid_bigram', 256, str(tmp_path), dataset=data, sid_scheme=SCHEME,
-      config=ranking.RankerConfig(dim=8, mlp_dims=(16,)), num_train_steps=20, batch_size=64,
+      config=ranker.RankerConfig(dim=8, mlp_dims=(16,)), num_train_steps=20, batch_size=64,
       eval_negatives=19, cold_fraction=0.2, mesh_fn=lambda: mesh)
   assert 0 < row['all/auc'] <= 1 and row['device'].startswith('8 x')
   assert _table(tmp_path).shape == (256, 8)  # the sharded table checkpoints whole

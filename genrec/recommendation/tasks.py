@@ -14,7 +14,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from genrec import features, metrics, preprocessors, sequences
+from genrec import metrics
+from genrec.data import sequences
+from genrec.recommendation import features, preprocessors
 from genrec.ids import EOS_ID, ItemIds
 
 SPLITS = ('train', 'validation', 'test')

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
 
-from genrec import (constraints, fm_index, models, partitioning,
-                    retrieval, text_encoder, trainer)
+from genrec import constraints, models, partitioning, text_encoder, trainer
+from genrec.retrieval import corpus, fm_index
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
 from genrec.loop import EpochBatcher, train_fixed_budget
 
@@ -60,7 +60,7 @@ class TokenizedCollection:
   texts repeat it) as token ids >= 1; title_lengths[i]: how many of those
   tokens are the title (0 when it has none or the text does not start with it).
   """
-  collection: retrieval.Collection
+  collection: corpus.Collection
   sp: spm.SentencePieceProcessor
   doc_tokens: list[np.ndarray]
   title_lengths: np.ndarray
@@ -71,13 +71,13 @@ class TokenizedCollection:
     return self.sp.get_piece_size()
 
   @classmethod
-  def build(cls, c: retrieval.Collection, sp: spm.SentencePieceProcessor
+  def build(cls, c: corpus.Collection, sp: spm.SentencePieceProcessor
             ) -> 'TokenizedCollection':
     docs, title_lengths = [], []
     for i in range(c.num_docs):
       title, text = c.titles[i].strip(), c.texts[i].strip()
       title_toks = sp.encode(title) if title else []
-      full = retrieval.document_text(title, text)
+      full = corpus.document_text(title, text)
       toks = sp.encode(full) if full else []
       docs.append(np.asarray(toks or [sp.unk_id()], np.int32))
       title_lengths.append(len(title_toks) if toks[:len(title_toks)] == title_toks else 0)
@@ -156,11 +156,11 @@ def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
   raise ValueError(f'Unknown DSI method {method!r}; use one of {METHODS[:3]}.')
 
 
-def document_embeddings(c: retrieval.Collection, cache_dir: str | None = None) -> np.ndarray:
+def document_embeddings(c: corpus.Collection, cache_dir: str | None = None) -> np.ndarray:
   """MiniLM embeddings [num_docs, 384] of the documents' text; with `cache_dir`
   stored under a digest of the texts (so they travel to hosts without the
   encoder package)."""
-  texts = [retrieval.document_text(t, x) for t, x in zip(c.titles, c.texts)]
+  texts = [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)]
   path = None
   if cache_dir:
     digest = hashlib.sha256('\x00'.join(texts).encode()).hexdigest()[:16]
@@ -486,11 +486,11 @@ def train_and_evaluate(
       scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
     extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
              ids.info.get('collisions_before_dedup', 0)}
-  retrieval.write_trec_run(os.path.join(workdir, f'{eval_split}.trec'), ranked, scores,
+  corpus.write_trec_run(os.path.join(workdir, f'{eval_split}.trec'), ranked, scores,
                            method)
   eval_s = time.time() - t0
-  m = retrieval.retrieval_metrics(ranked, qrels)
-  device = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
+  m = corpus.retrieval_metrics(ranked, qrels)
+  device = partitioning.device_summary()
   row = {'method': method, 'tokens': f'SentencePiece {v}',
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: finished run directories in, tables out."""
+"""Tables of results: finished run directories in, markdown and CSV out (used by
+the run modes and the benchmark scripts)."""
 
 import csv
 import json

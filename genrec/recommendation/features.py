@@ -8,7 +8,7 @@ picks 'seqio' when seqio and TensorFlow import, else 'numpy'.
 
 import numpy as np
 
-from genrec import sequences
+from genrec.data import sequences
 from genrec.ids import ItemIds
 
 

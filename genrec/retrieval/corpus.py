@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import sentencepiece as spm
 
-from genrec import sequences
+from genrec.data import sequences
 
 RETRIEVAL_KS = (1, 10, 100)
 

@@ -1,0 +1,98 @@
+"""The one entry point: `python main.py --gin_file=... --workdir=...`, or the
+`genrec` command (the same flags).
+
+Flags, optional multi-process initialization, gin, then one call, as t5x's
+main does. Which application runs is configuration: every file in gin/runs/
+binds `launch.run_experiment.run` to one run function (train a recommender,
+train and evaluate document retrievers, train and evaluate rankers, infer
+from a checkpoint), and experiments include one of them.
+"""
+
+from collections.abc import Callable
+import importlib.util
+import logging as py_logging
+import os
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The entry point's flags. Defined when the entry point runs, not on import:
+  gin files import this module for `run_experiment`, and scripts with flags of
+  the same names (the benchmarks) may be loaded in the same process."""
+  if 'workdir' in FLAGS:
+    return
+  flags.DEFINE_multi_string('gin_file', [], 'Gin config files, applied in order.')
+  flags.DEFINE_multi_string('gin_bindings', [], 'Individual gin bindings, applied last.')
+  flags.DEFINE_multi_string('gin_search_paths', [],
+                            'More folders searched for gin files and their includes (the '
+                            'current folder and the installed gin/ files are always searched).')
+  flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, results, config).')
+  flags.DEFINE_bool('multiprocess', False,
+                    'Call jax.distributed.initialize() (multi-host GPU/TPU jobs).')
+
+RUNS_HELP = ('include one of gin/runs/*.gin (train.gin, retrieval.gin, ranking.gin, '
+             'infer.gin) or bind launch.run_experiment.run')
+
+
+def run_experiment(workdir: str, run: Callable | None = None):
+  """Calls the configured run function with the run directory.
+
+  Args:
+    workdir: --workdir.
+    run: the run function (gin: `launch.run_experiment.run = @train.train`).
+  """
+  if run is None:
+    raise app.UsageError(f'The gin files configure no run: {RUNS_HELP}.')
+  return run(workdir=workdir)
+
+
+def _quiet_logs(record) -> bool:
+  """Drops orbax's per-save INFO lines and seqio's per-split INFO lines;
+  their warnings and errors still show."""
+  return record.levelno >= py_logging.WARNING or not any(
+      f'/{lib}/' in record.pathname for lib in ('orbax', 'seqio'))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required: the run directory (created if absent).')
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    raise app.UsageError(f'--workdir {FLAGS.workdir!r} is an existing file, not a folder; '
+                         'choose another path.')
+  if not FLAGS.gin_file:
+    raise app.UsageError(f'No --gin_file given: {RUNS_HELP}, e.g. '
+                         '--gin_file=gin/runs/quickstart.gin.')
+  logging.get_absl_handler().addFilter(_quiet_logs)
+  for name in ('absl', ''):
+    py_logging.getLogger(name).addFilter(_quiet_logs)
+  # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
+  # (Without TensorFlow, training uses genrec's numpy input pipeline.)
+  if importlib.util.find_spec('tensorflow') is not None:
+    import tensorflow as tf
+    for kind in ('GPU', 'TPU'):
+      if tf.config.list_physical_devices(kind):
+        tf.config.set_visible_devices([], kind)
+  import jax
+  if FLAGS.multiprocess:
+    jax.distributed.initialize()
+  import gin
+  from genrec import gin_utils
+  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  try:
+    configured = gin.get_configurable(run_experiment)
+  except ValueError:  # no gin file registered it: no run mode was included
+    raise app.UsageError(f'The gin files configure no run: {RUNS_HELP}.') from None
+  configured(workdir=FLAGS.workdir)
+
+
+def run():
+  """The `genrec` console command (and `python main.py`)."""
+  define_flags()
+  app.run(main)

@@ -1,0 +1,161 @@
+"""Inference from a model config and parameters alone (no optimizer): beam
+search over identifiers (optionally constrained), one-pass item scoring, and
+params-only restore from any genrec checkpoint.
+
+`Trainer` extends `Predictor` with the optimizer and the train step, so
+training-time evaluation and `infer` run the same jitted functions.
+"""
+
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+import orbax.checkpoint as ocp
+
+from genrec import constraints, decoding, models, partitioning
+
+
+class Predictor:
+  """The model's graph, its parameter shardings and the jitted predict functions."""
+
+  def __init__(self, config: models.TransformerConfig, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.graphdef, abstract = nnx.split(models.abstract_model(config))
+    self.param_specs = partitioning.param_partition_specs(abstract)
+    self.param_shardings = jax.tree.map(
+        lambda s: NamedSharding(mesh, s), self.param_specs,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    self.abstract_params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nnx.to_pure_dict(abstract), self.param_shardings)
+    self._predict, self._rank, self._host_decode = {}, {}, {}
+    self._token_log_probs = None
+
+  def restore_params(self, checkpoint_dir: str, step: int | None = None):
+    """The parameters of a genrec checkpoint (its optimizer state is not read).
+
+    Args:
+      checkpoint_dir: a run's checkpoints/ folder (step folders inside).
+      step: which step; default the latest.
+
+    Returns:
+      (params sharded on this predictor's mesh, the step).
+
+    Raises:
+      ValueError: naming the folder, when there is no checkpoint or it does
+        not hold parameters of this model.
+    """
+    checkpoint_dir = os.path.abspath(checkpoint_dir)
+    steps = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit()) if (
+        os.path.isdir(checkpoint_dir)) else []
+    if not steps:
+      raise ValueError(f'No checkpoint in {checkpoint_dir}: train first (the run directory '
+                       'given to infer must be the --workdir of a training run).')
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ValueError(f'{checkpoint_dir} has no step {step}; it has {steps}.')
+    path = os.path.join(checkpoint_dir, str(step), 'state')
+    item = {'params': self.abstract_params}
+    try:
+      with ocp.PyTreeCheckpointer() as ckptr:
+        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+    except Exception as e:  # orbax raises many types for corrupt or foreign folders
+      raise ValueError(f'Cannot read the parameters of {path}: {type(e).__name__}: '
+                       f'{str(e)[:300]}. The checkpoint must come from a run of this model '
+                       'config (same sizes and identifiers).') from e
+    logging.info('Restored the parameters of step %d from %s', step, checkpoint_dir)
+    return out['params'], step
+
+  def predict(self, params, encoder_input_tokens: jax.Array, beam_size: int,
+              num_steps: int, trie: constraints.PrefixTrie | None = None):
+    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores).
+
+    With `trie`, only identifiers in it are decoded (exact, on the device).
+    """
+    key = (beam_size, num_steps, trie is None)
+    if key not in self._predict:
+      fn = functools.partial(self._predict_fn, beam_size=beam_size, num_steps=num_steps)
+      self._predict[key] = jax.jit(
+          fn, in_shardings=(self.param_shardings,
+                            partitioning.batch_sharding(self.mesh),
+                            partitioning.replicated(self.mesh)),
+          out_shardings=(partitioning.batch_sharding(self.mesh, 3),
+                         partitioning.batch_sharding(self.mesh, 1)))
+    return self._predict[key](params, encoder_input_tokens, trie)
+
+  def _predict_fn(self, params, encoder_input_tokens, trie, *, beam_size, num_steps):
+    model = nnx.merge(self.graphdef, params)
+    batch = encoder_input_tokens.shape[0]
+    encoded, valid = model.encode(encoder_input_tokens)
+    cross = model.cross_attention_cache(encoded)  # once per query, not per beam
+
+    def tokens_to_logits(tokens, cache, step):
+      return model.decode_step(tokens, step, cross, valid, cache)
+    return decoding.beam_search(tokens_to_logits,
+                                model.init_self_cache(batch * beam_size, num_steps),
+                                batch, beam_size, num_steps,
+                                None if trie is None else trie.constrain)
+
+  def predict_host_constrained(self, params, encoder_input_tokens: jax.Array, beam_size: int,
+                               num_steps: int, allowed_fn: decoding.HostAllowedFn):
+    """`predict` with a constraint that lives on the host (e.g. an FM-index,
+    `fm_index.NGramConstraint`): `decoding.host_constrained_beam_search` over
+    one jitted encode and one jitted decode step."""
+    key = (beam_size, num_steps)
+    if key not in self._host_decode:
+      def encode(params, inputs):
+        model = nnx.merge(self.graphdef, params)
+        encoded, valid = model.encode(inputs)
+        # Cross-attention keys/values once per query; beams share them.
+        return (model.cross_attention_cache(encoded), valid,
+                model.init_self_cache(inputs.shape[0] * beam_size, num_steps))
+
+      def step(params, tokens, cache, cross, valid, step):
+        model = nnx.merge(self.graphdef, params)
+        return model.decode_step(tokens, step, cross, valid, cache)
+      self._host_decode[key] = jax.jit(encode), jax.jit(step, static_argnums=5)
+    encode, step = self._host_decode[key]
+    cross, valid, cache = encode(params, encoder_input_tokens)
+    return decoding.host_constrained_beam_search(
+        lambda tokens, cache, s: step(params, tokens, cache, cross, valid, s),
+        cache, encoder_input_tokens.shape[0], beam_size, num_steps, allowed_fn)
+
+  def token_log_probs(self, params, encoder_input_tokens: jax.Array, targets: jax.Array
+                      ) -> jax.Array:
+    """Teacher-forced per-token log-probs float32 [b, L] of `targets` [b, L]
+    (their sum is a decoded sequence's beam score)."""
+    if self._token_log_probs is None:
+      def fn(params, inputs, targets):
+        model = nnx.merge(self.graphdef, params)
+        dec_in = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
+        logp = jax.nn.log_softmax(model(inputs, dec_in).astype(jnp.float32))
+        return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+      self._token_log_probs = jax.jit(fn)
+    return self._token_log_probs(params, encoder_input_tokens, targets)
+
+  @property
+  def scores_items(self) -> bool:
+    """Whether the model ranks the catalog in one pass (`rank_items`) rather
+    than decoding identifiers (`predict`)."""
+    return self.config.num_items > 0
+
+  def rank_items(self, params, inputs: jax.Array, k: int, with_scores: bool = False):
+    """Item-scoring models: [batch, s] -> the top-k item ids [batch, k], best
+    first (and their logits [batch, k] with `with_scores`)."""
+    if k not in self._rank:
+      def fn(params, inputs):
+        model = nnx.merge(self.graphdef, params)
+        scores, items = jax.lax.top_k(model.score_items(inputs), k)
+        return items.astype(jnp.int32), scores.astype(jnp.float32)
+      rows = partitioning.batch_sharding(self.mesh)
+      self._rank[k] = jax.jit(fn, in_shardings=(self.param_shardings, rows),
+                              out_shardings=(rows, rows))
+    items, scores = self._rank[k](params, inputs)
+    return (items, scores) if with_scores else items

@@ -1,0 +1,113 @@
+"""The infer run mode: a trained recommender's checkpoint -> top-k items for
+the histories of an input file (`python main.py --gin_file=gin/runs/infer.gin
+--workdir=RUN --gin_bindings="INPUT_FILE='histories.jsonl'"`).
+
+Needs nothing but the training run's directory: `run_config.json` (the model
+config), `ids/` (the identifiers) and `checkpoints/` (parameters only are
+read, no optimizer). Input: one JSON object per line, {"user": any id,
+"history": [item ids, oldest first]}. Output: one line per input line,
+{"user", "items" (best first), "scores"}, the same format as the training
+run's predictions/test.jsonl.
+"""
+
+import json
+import os
+
+from absl import logging
+import numpy as np
+
+from genrec import constraints, loop, models, partitioning, predictor
+from genrec.data import sequences
+from genrec.ids import ItemIds
+from genrec.recommendation import features, train
+
+
+def read_histories(path: str, num_items: int) -> tuple[list, list[np.ndarray]]:
+  """(users, histories) of a JSON-lines file; errors name the file and line."""
+  users, histories = [], []
+  try:
+    f = open(path, encoding='utf-8-sig')  # a UTF-8 BOM is accepted
+  except OSError as e:
+    raise sequences.DataError(f'Cannot read the infer input {path}: {e.strerror}.') from None
+  with f:
+    for lineno, line in enumerate(f, 1):
+      where = f'{path}:{lineno}'
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise sequences.DataError(f'{where}: not JSON ({e.msg}); expected '
+                                  '{"user": ..., "history": [item ids]}.') from None
+      hist = obj.get('history') if isinstance(obj, dict) else None
+      if not isinstance(hist, list) or not hist or not all(
+          isinstance(i, int) and not isinstance(i, bool) for i in hist):
+        raise sequences.DataError(f'{where}: "history" must be a non-empty list of integer '
+                                  f'item ids, got {str(hist)[:80]}.')
+      bad = [i for i in hist if not 1 <= i <= num_items]
+      if bad:
+        raise sequences.DataError(f'{where}: unknown item {bad[0]}: the model knows items '
+                                  f'1..{num_items}; drop unknown items from the history.')
+      users.append(obj.get('user', lineno))
+      histories.append(np.asarray(hist, np.int32))
+  if not users:
+    raise sequences.DataError(f'{path}: no histories; the file is empty.')
+  return users, histories
+
+
+def infer(workdir: str, input_file: str, output_file: str | None = None, k: int | None = None,
+          step: int | None = None, batch_size: int = 256,
+          mesh_fn=partitioning.make_mesh) -> str:
+  """Writes the top-k items of every history in `input_file`.
+
+  Args:
+    workdir: the training run's directory.
+    input_file: JSON lines {"user", "history"} (see the module docstring).
+    output_file: where the predictions go (default
+      <workdir>/predictions/<input name>.predictions.jsonl).
+    k: items per user (default the run's beam size; at most that).
+    step: checkpoint step (default the run's best step, else the latest).
+    batch_size: histories per device batch.
+    mesh_fn: the device mesh.
+
+  Returns:
+    The output path.
+  """
+  path = os.path.join(workdir, train.RUN_CONFIG)
+  if not os.path.exists(path):
+    raise ValueError(f'{path} not found: --workdir must be the run directory of a finished '
+                     'or checkpointed training run (python main.py --gin_file=gin/runs/...).')
+  with open(path) as f:
+    run = json.load(f)
+  config = models.TransformerConfig(**{key: tuple(v) if isinstance(v, list) else v
+                                       for key, v in run['model_config'].items()})
+  ids = ItemIds.load(os.path.join(workdir, 'ids'))
+  beam = run['beam_size']
+  k = beam if k is None else k
+  if not 1 <= k <= beam:
+    raise ValueError(f'k must be in 1..{beam} (the beam size the run was trained with), not {k}.')
+  if step is None and os.path.exists(os.path.join(workdir, 'results.json')):
+    with open(os.path.join(workdir, 'results.json')) as f:
+      step = json.load(f).get('best_step')
+  pred = predictor.Predictor(config, mesh_fn())
+  params, step = pred.restore_params(os.path.join(workdir, 'checkpoints'), step)
+
+  users, histories = read_histories(input_file, ids.num_items)
+  split = sequences.pack_split([h[-run['max_history']:] for h in histories],
+                               [0] * len(histories), run['max_history'])
+  arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, run['max_history']))
+  if run['item_scoring']:
+    arrays = train.item_scoring_arrays(arrays, ids, run['sasrec'])
+  trie = (constraints.PrefixTrie.from_ids(ids)
+          if run['constrained_decoding'] and not run['item_scoring'] else None)
+  items, scores = train.predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam,
+                                      batch_size, trie)
+  out = output_file or os.path.join(
+      workdir, 'predictions',
+      os.path.splitext(os.path.basename(input_file))[0] + '.predictions.jsonl')
+  train.write_predictions(out, users, items[:, :k], scores[:, :k])
+  logging.info('infer: %d histories, step %d of %s -> %s', len(users), step, workdir, out)
+  loop.append_jsonl(os.path.join(workdir, 'infer_log.jsonl'),
+                    {'input': os.path.abspath(input_file), 'output': os.path.abspath(out),
+                     'step': step, 'k': k, 'users': len(users)})
+  return out

