@@ -50,10 +50,10 @@ def run_experiment(workdir: str, run: Callable | None = None):
 
 
 def _quiet_logs(record) -> bool:
-  """Drops orbax's per-save INFO lines and seqio's per-split INFO lines;
-  their warnings and errors still show."""
+  """Drops the INFO lines of orbax (every save), seqio (every split) and jax
+  (backend probing); their warnings and errors still show."""
   return record.levelno >= py_logging.WARNING or not any(
-      f'/{lib}/' in record.pathname for lib in ('orbax', 'seqio'))
+      f'/{lib}/' in record.pathname for lib in ('orbax', 'seqio', 'jax'))
 
 
 def main(argv):
@@ -70,6 +70,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_logs)
   for name in ('absl', ''):
     py_logging.getLogger(name).addFilter(_quiet_logs)
+  # TensorFlow's C++ INFO/WARNING lines (CPU features, CUDA probing) are noise here.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
   # (Without TensorFlow, training uses genrec's numpy input pipeline.)
   if importlib.util.find_spec('tensorflow') is not None:

@@ -2,9 +2,11 @@
 
 Each user has one relevant item (leave-one-out), so
   Recall@K = 1 if the target is among the first K predictions else 0,
-  NDCG@K   = 1 / log2(rank + 1) for the target's 1-based rank <= K, else 0,
+  NDCG@K   = 1 / log2(rank + 1) for the target's first 1-based rank <= K,
+             else 0 (a repeated target earns nothing more: NDCG <= 1),
 averaged over users. Item id 0 in a ranking marks an identifier that names no
-item; it is never relevant and counts in the invalid rate.
+item; it is never relevant and counts in the invalid rate. -1 marks "no
+prediction" (a list shorter than K): never relevant, not invalid.
 """
 
 from collections.abc import Sequence
@@ -37,23 +39,29 @@ def rank_metrics(ranked: np.ndarray, targets: np.ndarray,
                      'decode with beam_size >= the largest K.')
   n = max(len(targets), 1)
   hit = (ranked == targets[:, None]) & (targets[:, None] > 0)  # [n, k_max]
-  gains = hit / np.log2(np.arange(2, ranked.shape[1] + 2))[None, :]
+  first = hit & (np.cumsum(hit, axis=1) == 1)  # only the first hit of a list gains
+  gains = first / np.log2(np.arange(2, ranked.shape[1] + 2))[None, :]
   out = {}
   for k in ks:
     out[f'recall@{k}'] = float(hit[:, :k].any(axis=1).sum() / n)
     out[f'ndcg@{k}'] = float(gains[:, :k].sum(axis=1).sum() / n)
-  out['invalid_rate'] = float((ranked <= 0).mean()) if ranked.size else 0.0
+  predicted = ranked >= 0
+  out['invalid_rate'] = (float((ranked == 0).sum() / predicted.sum()) if predicted.any()
+                         else 0.0)
   return out
 
 
 def ranking_metrics(targets: Sequence[int], predictions: Sequence[Sequence[int]]
                     ) -> dict[str, float]:
-  """seqio metric fn: targets are item ids, predictions ranked item-id lists."""
-  width = max((len(p) for p in predictions), default=0)
-  ranked = np.zeros((len(predictions), width), np.int64)
+  """seqio metric fn: targets are item ids, predictions ranked item-id lists.
+
+  Every cut-off of DEFAULT_KS is reported; lists shorter than K count what
+  they hold (the missing positions are never relevant)."""
+  width = max([len(p) for p in predictions] + list(DEFAULT_KS))
+  ranked = np.full((len(predictions), width), -1, np.int64)
   for i, p in enumerate(predictions):
     ranked[i, :len(p)] = p
-  return rank_metrics(ranked, np.asarray(targets), ks=[k for k in DEFAULT_KS if k <= width])
+  return rank_metrics(ranked, np.asarray(targets), ks=DEFAULT_KS)
 
 
 def popularity_ranking(train_counts: np.ndarray, k: int) -> np.ndarray:

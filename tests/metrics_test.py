@@ -69,3 +69,19 @@ def test_slices_sum_back_to_the_overall_metrics():
   for k, v in overall.items():
     total = sum(p[k] * p['users'] for p in parts.values()) / 400
     assert abs(total - v) < 1e-12, k
+
+
+def test_ndcg_counts_the_first_hit_only():
+  # A list that repeats the target cannot score above a perfect one.
+  m = metrics.rank_metrics(np.array([[7, 7, 7, 1, 2]]), np.array([7]), ks=(5,))
+  assert m['ndcg@5'] == 1.0 and m['recall@5'] == 1.0
+  m = metrics.rank_metrics(np.array([[1, 7, 7, 2, 3]]), np.array([7]), ks=(5,))
+  assert m['ndcg@5'] == pytest.approx(1 / np.log2(3))
+
+
+def test_short_prediction_lists_report_every_cut_off():
+  m = metrics.ranking_metrics([3, 4], [[3, 1, 2], [9, 4]])
+  assert set(m) == {'recall@5', 'ndcg@5', 'recall@10', 'ndcg@10', 'invalid_rate'}
+  assert m['recall@10'] == 1.0 and m['ndcg@10'] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+  assert m['invalid_rate'] == 0.0  # the missing positions are not invalid identifiers
+  assert metrics.ranking_metrics([3], [[0, 3]])['invalid_rate'] == 0.5

@@ -104,3 +104,24 @@ def test_trains_sharded_on_a_data_and_model_mesh(data, tmp_path):
       eval_negatives=19, cold_fraction=0.2, mesh_fn=lambda: mesh)
   assert 0 < row['all/auc'] <= 1 and row['device'].startswith('8 x')
   assert _table(tmp_path).shape == (256, 8)  # the sharded table checkpoints whole
+
+
+def test_ties_count_against_the_positive():
+  # A constant model ranks the positive last among 20 candidates.
+  m = ranker.slice_metrics(np.zeros((5, 20)), np.arange(5))
+  assert m['recall@10'] == 0.0 and m['auc'] == pytest.approx(0.5)
+  x = np.zeros((1, 20))
+  x[0, 0] = 1.0
+  assert ranker.slice_metrics(x, np.arange(1))['recall@10'] == 1.0
+
+
+def test_eval_negatives_are_distinct_and_exclude_the_users_items():
+  targets = np.array([1, 2, 3])
+  own = [np.array([1, 4, 5]), np.array([2, 6]), np.arange(1, 40)]
+  c = ranker.eval_candidates(targets, 50, 10, seed=0, exclude=own)
+  assert c.shape == (3, 11) and (c[:, 0] == targets).all()
+  for row, mine in zip(c, own):
+    assert len(set(row[1:])) == 10 and not set(row[1:]) & set(mine)
+    assert ((row[1:] >= 1) & (row[1:] <= 50)).all()
+  with pytest.raises(ValueError, match='lower eval_negatives'):
+    ranker.eval_candidates(np.array([1]), 12, 20, seed=0)

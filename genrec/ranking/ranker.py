@@ -23,7 +23,7 @@ target among its candidates.
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from absl import logging
 import gin
@@ -140,14 +140,41 @@ def split_cold_start(data: sequences.SequenceData, cold_fraction: float, max_his
                      train_counts, target_counts)
 
 
-def eval_candidates(targets: np.ndarray, num_items: int, num_negatives: int, seed: int
-                    ) -> np.ndarray:
-  """int32 [n, 1 + num_negatives]: the target first, then distinct uniform
-  negatives from the whole catalog (never the target)."""
+def eval_candidates(targets: np.ndarray, num_items: int, num_negatives: int, seed: int,
+                    exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
+  """int32 [n, 1 + num_negatives]: the target first, then `num_negatives`
+  distinct negatives drawn uniformly from the catalog without the target and
+  without `exclude[i]` (the user's own items, as the S3-Rec-style sampler).
+
+  Raises:
+    ValueError: when a user has fewer candidate negatives than asked for.
+  """
   rng = np.random.default_rng([seed, 11])
-  neg = rng.integers(1, num_items, (len(targets), num_negatives))  # 1..num_items-1
-  neg = neg + (neg >= targets[:, None])  # skip the target: uniform over the others
-  return np.concatenate([targets[:, None], neg], 1).astype(np.int32)
+  targets = np.asarray(targets)
+  out = np.zeros((len(targets), 1 + num_negatives), np.int32)
+  out[:, 0] = targets
+  for i, t in enumerate(targets):
+    banned = np.zeros(num_items + 1, bool)
+    banned[0] = banned[t] = True
+    if exclude is not None:
+      banned[exclude[i]] = True
+    free = num_items + 1 - int(banned.sum())
+    if free < num_negatives:
+      raise ValueError(f'User {i} has {free} items to draw {num_negatives} negatives from; '
+                       'lower eval_negatives.')
+    if free < 4 * num_negatives:  # dense: choose among the allowed items directly
+      neg = rng.choice(np.flatnonzero(~banned), num_negatives, replace=False)
+    else:  # sparse exclusions: rejection sampling, order of first draw kept
+      neg = np.zeros(0, np.int64)
+      while len(neg) < num_negatives:
+        draw = rng.integers(1, num_items + 1, 2 * num_negatives)
+        draw = draw[~banned[draw]]
+        _, first = np.unique(draw, return_index=True)
+        draw = draw[np.sort(first)]
+        draw = draw[~np.isin(draw, neg)]
+        neg = np.concatenate([neg, draw])[:num_negatives]
+    out[i, 1:] = neg
+  return out
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -162,14 +189,18 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def slice_metrics(logits: np.ndarray, users: np.ndarray) -> dict[str, float]:
   """AUC, log loss and Recall@10 over `users` rows of candidate logits [n, C]
-  (column 0 the positive)."""
+  (column 0 the positive). Recall@10: the positive among the 10 best, every
+  negative with a score >= the positive's counted ahead of it."""
   x = logits[users]
   labels = np.zeros_like(x, bool)
   labels[:, 0] = True
   p = 1 / (1 + np.exp(-x.astype(np.float64)))
   eps = 1e-7
   loss = -np.where(labels, np.log(p + eps), np.log(1 - p + eps)).mean() if len(x) else np.nan
-  rank = (x[:, 1:] > x[:, :1]).sum(1)
+  # Ties count against the positive: a negative scoring the same (e.g. an item
+  # sharing its Semantic ID) ranks before it, so a constant model gets
+  # Recall@10 = 10 / C, not 1.
+  rank = (x[:, 1:] >= x[:, :1]).sum(1)
   return {'auc': auc(labels.ravel(), x.ravel()), 'logloss': float(loss),
           'recall@10': float((rank < 10).mean()) if len(x) else float('nan'),
           'users': int(len(x))}
@@ -302,7 +333,8 @@ def train_and_evaluate(
   params = state['params']
 
   t0 = time.time()
-  cands = eval_candidates(rd.test_target, data.num_items, eval_negatives, seed)
+  cands = eval_candidates(rd.test_target, data.num_items, eval_negatives, seed,
+                          exclude=data.sequences)
   logits = np.concatenate(partitioning.map_batches(
       {'h': rd.test_history, 'c': cands}, eval_batch_size, mesh,
       lambda b, n: partitioning.gather(predict_j(params, b['h'], b['c'], rows, mask), n)))
