@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 import optax
 
-from genrec import layers
+from genrec import config_check, layers
 
 Array = jax.Array
 
@@ -38,6 +38,18 @@ class TransformerConfig:
   architecture: str = 'encoder_decoder'
   num_items: int = 0  # item-scoring models: catalog size, filled in from the data
   max_len: int = 0  # SASRec: history positions, filled in from max_history
+
+  def __post_init__(self):
+    config_check.check_fields(self)
+    for name in ('d_model', 'num_heads', 'head_dim', 'd_ff'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'TransformerConfig.{name} must be positive, not {getattr(self, name)}.')
+    if not 0 <= self.dropout_rate < 1:
+      raise ValueError(f'TransformerConfig.dropout_rate must be in [0, 1), not '
+                       f'{self.dropout_rate}.')
+    if self.dtype not in ('float32', 'bfloat16'):
+      raise ValueError(f"TransformerConfig.dtype must be 'float32' or 'bfloat16', not "
+                       f'{self.dtype!r}.')
 
   @property
   def compute_dtype(self):

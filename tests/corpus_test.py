@@ -95,3 +95,14 @@ def test_bm25_row_on_cranfield(tmp_path):
   row = corpus.bm25_row(c, spm.SentencePieceProcessor(model_file=model), 'test')
   assert row['queries'] == 112 and 0.2 < row['ndcg@10'] < 1.0
   assert row['recall@1'] <= row['recall@10'] <= row['recall@100']
+
+
+def test_missing_and_malformed_collection_files_are_named(tmp_path):
+  root = tmp_path / 'c'
+  (root / 'qrels').mkdir(parents=True)
+  (root / 'corpus.jsonl').write_text(json.dumps({'_id': 'a', 'text': 'x'}) + '\n')
+  with pytest.raises(corpus.CollectionError, match='queries.jsonl not found'):
+    corpus.load_beir('c', str(tmp_path))
+  (root / 'queries.jsonl').write_text('[1, 2]\n')
+  with pytest.raises(corpus.CollectionError, match=r'queries.jsonl:1: expected a JSON object'):
+    corpus.load_beir('c', str(tmp_path))

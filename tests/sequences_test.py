@@ -131,3 +131,24 @@ def test_bad_folders_name_the_file_and_line(tmp_path, files, match):
 def test_unknown_data_set_lists_what_it_accepts(tmp_path):
   with pytest.raises(sequences.DataError, match="no folder 'nope' under"):
     sequences.load_dataset('nope', str(tmp_path))
+
+
+def test_input_gaps_get_clear_errors(tmp_path):
+  # An id beyond int32 names the file and line (not a bare OverflowError).
+  p = _write(tmp_path, '1 1 2 3\n2 4 2147483648 5\n', 'big.txt')
+  with pytest.raises(sequences.DataError, match=r'big.txt:2: id 2147483648 is beyond'):
+    sequences.read_sequences(p)
+  # A UTF-8 byte-order mark is accepted, undecodable bytes are named.
+  assert len(sequences.read_sequences(_write(tmp_path, '\ufeff1 1 2 3\n', 'bom.txt'))) == 1
+  (tmp_path / 'latin.txt').write_bytes(b'1 1 2 3\n2 \xe9 1 2\n')
+  with pytest.raises(sequences.DataError, match=r'latin.txt:2: not UTF-8'):
+    sequences.read_sequences(str(tmp_path / 'latin.txt'))
+  attrs = _write(tmp_path, '\ufeff' + json.dumps({'1': [1], '2': [2]}), 'a.json')
+  assert len(sequences.read_item_attributes(attrs)) == 3
+  # Without an attributes file, one stray huge id is refused before allocating.
+  folder = tmp_path / 'sparse'
+  folder.mkdir()
+  (folder / 'sequences.txt').write_text('1 1 2 3\n2 2 3 2000000000\n')
+  with pytest.raises(sequences.DataError, match=r'sequences.txt:2: item id 2,000,000,000 is '
+                     'far beyond the 4 distinct items'):
+    sequences.load_folder(str(folder))

@@ -137,3 +137,17 @@ def test_sasrec_refuses_multi_level_ids(tmp_path):
   with pytest.raises(ValueError, match='SASRec embeds item ids'):
     _run(tmp_path, num_train_steps=1, head='projection', id_scheme=RandomCodeIds(num_levels=2),
          model_config=dataclasses.replace(TINY, architecture='sasrec'))
+
+
+def test_bad_config_values_fail_before_any_data_is_loaded(tmp_path, monkeypatch):
+  def no_data(*a, **k):
+    raise AssertionError('data was loaded before the config was checked')
+  monkeypatch.setattr(sequences, 'load_dataset', no_data)
+  with pytest.raises(ValueError, match=r"train.num_train_steps = 'abc' \(str\) is not a int"):
+    train.train(str(tmp_path), dataset='beauty', num_train_steps='abc')
+  with pytest.raises(ValueError, match='batch_size = 2.5'):
+    train.train(str(tmp_path), dataset='beauty', batch_size=2.5)
+  with pytest.raises(ValueError, match='TransformerConfig.d_model'):
+    models.TransformerConfig(d_model='64')
+  with pytest.raises(ValueError, match='dropout_rate must be in'):
+    models.TransformerConfig(dropout_rate=1.5)

@@ -34,6 +34,10 @@ from absl import logging
 import numpy as np
 
 DATA_DIR_ENV = 'GENREC_DATA_DIR'
+MAX_ID = 2**31 - 1  # ids are int32 on the device
+# An inferred catalog size (no attributes file) may exceed the number of
+# distinct item ids by this factor at most: item ids are meant to be dense.
+MAX_SPARSITY = 4
 AMAZON_DATASETS = ('beauty', 'sports', 'toys')
 MIN_INTERACTIONS = 3  # one training target, one validation and one test item
 
@@ -88,6 +92,31 @@ class SequenceData:
                        minlength=self.num_items + 1).astype(np.int64)
 
 
+def read_text(path: str) -> str:
+  """A whole UTF-8 text file (a byte-order mark is accepted).
+
+  Raises:
+    DataError: naming the file (and the line of an undecodable byte) when it
+      cannot be read or is not UTF-8.
+  """
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+  except OSError as e:
+    raise DataError(f'Cannot read {path}: {e.strerror}.') from None
+  try:
+    return raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = raw.count(b'\n', 0, e.start) + 1
+    raise DataError(f'{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the '
+                    'file as UTF-8.') from None
+
+
+def read_lines(path: str) -> list[str]:
+  """`read_text` split into lines (without their line ends)."""
+  return read_text(path).splitlines()
+
+
 def resolve_data_dir(data_dir: str | None) -> str:
   """The data-dir setting, else $GENREC_DATA_DIR; errors name both."""
   data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -111,38 +140,41 @@ def read_sequences(path: str, known_items: int | None = None) -> list[np.ndarray
     The item sequence of every user, in file order.
   """
   sequences, seen_users = [], {}
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      where = f'{path}:{lineno}'
-      fields = line.split()
-      if not fields:
-        raise DataError(f'{where}: empty line; every line must be '
-                        '"user_id item_id item_id ..." (remove the blank line).')
-      try:
-        ids = [int(x) for x in fields]
-      except ValueError:
-        raise DataError(f'{where}: non-integer field in {line.strip()[:80]!r}; expected '
-                        '"user_id item_id item_id ..." with positive integer ids.') from None
-      user, items = ids[0], np.asarray(ids[1:], np.int32)
-      if user in seen_users:
-        raise DataError(f'{where}: user {user} already appeared on line {seen_users[user]}; '
-                        'merge the two lines into one time-ordered sequence.')
-      seen_users[user] = lineno
-      if items.size == 0:
-        raise DataError(f'{where}: user {user} has an empty history; drop the line '
-                        f'(every user needs at least {MIN_INTERACTIONS} items).')
-      if items.size < MIN_INTERACTIONS:
-        raise DataError(f'{where}: user {user} has {items.size} item(s), fewer than the '
-                        f'{MIN_INTERACTIONS} that leave-one-out needs (train, validation, test); '
-                        'filter such users out (e.g. the 5-core filter).')
-      if (items <= 0).any():
-        raise DataError(f'{where}: item id {int(items[items <= 0][0])} is not positive; '
-                        'item ids are 1-based (0 is reserved for padding).')
-      if known_items is not None and (items > known_items).any():
-        raise DataError(f'{where}: unknown item {int(items[items > known_items][0])}: the '
-                        f'catalog has items 1..{known_items}; fix the id or add the item '
-                        'to the attributes file.')
-      sequences.append(items)
+  for lineno, line in enumerate(read_lines(path), 1):
+    where = f'{path}:{lineno}'
+    fields = line.split()
+    if not fields:
+      raise DataError(f'{where}: empty line; every line must be '
+                      '"user_id item_id item_id ..." (remove the blank line).')
+    try:
+      ids = [int(x) for x in fields]
+    except ValueError:
+      raise DataError(f'{where}: non-integer field in {line.strip()[:80]!r}; expected '
+                      '"user_id item_id item_id ..." with positive integer ids.') from None
+    too_big = [x for x in ids if abs(x) > MAX_ID]
+    if too_big:
+      raise DataError(f'{where}: id {too_big[0]} is beyond {MAX_ID:,} (int32); renumber '
+                      'the items 1..N (item_map.tsv can keep the original ids).')
+    user, items = ids[0], np.asarray(ids[1:], np.int32)
+    if user in seen_users:
+      raise DataError(f'{where}: user {user} already appeared on line {seen_users[user]}; '
+                      'merge the two lines into one time-ordered sequence.')
+    seen_users[user] = lineno
+    if items.size == 0:
+      raise DataError(f'{where}: user {user} has an empty history; drop the line '
+                      f'(every user needs at least {MIN_INTERACTIONS} items).')
+    if items.size < MIN_INTERACTIONS:
+      raise DataError(f'{where}: user {user} has {items.size} item(s), fewer than the '
+                      f'{MIN_INTERACTIONS} that leave-one-out needs (train, validation, test); '
+                      'filter such users out (e.g. the 5-core filter).')
+    if (items <= 0).any():
+      raise DataError(f'{where}: item id {int(items[items <= 0][0])} is not positive; '
+                      'item ids are 1-based (0 is reserved for padding).')
+    if known_items is not None and (items > known_items).any():
+      raise DataError(f'{where}: unknown item {int(items[items > known_items][0])}: the '
+                      f'catalog has items 1..{known_items}; fix the id or add the item '
+                      'to the attributes file.')
+    sequences.append(items)
   if not sequences:
     raise DataError(f'{path}: no users; the file is empty.')
   return sequences
@@ -151,18 +183,18 @@ def read_sequences(path: str, known_items: int | None = None) -> list[np.ndarray
 def read_item_attributes(path: str) -> list[np.ndarray]:
   """Reads `{"item_id": [attribute_id, ...]}`; item ids must be exactly 1..N."""
   try:
-    with open(path) as f:
-      raw = json.load(f)
+    raw = json.loads(read_text(path))
   except json.JSONDecodeError as e:
     raise DataError(f'{path}: not valid JSON ({e}); expected '
                     '{"item_id": [attribute_id, ...], ...}.') from e
   if not isinstance(raw, dict) or not raw:
     raise DataError(f'{path}: expected a non-empty JSON object {{"item_id": [attribute ids]}}.')
-  try:
-    items = {int(k): v for k, v in raw.items()}
-  except ValueError:
-    bad = next(k for k in raw if not k.lstrip('-').isdigit())
-    raise DataError(f'{path}: key {bad!r} is not an integer item id.') from None
+  bad = [k for k in raw if not (k.strip().isascii() and k.strip().isdigit())]
+  if bad:
+    raise DataError(f'{path}: key {bad[0]!r} is not a positive integer item id.')
+  items = {int(k): v for k, v in raw.items()}
+  if max(items) > MAX_ID:
+    raise DataError(f'{path}: item id {max(items)} is beyond {MAX_ID:,}; number items 1..N.')
   n = max(items)
   missing = sorted(set(range(1, n + 1)) - set(items))
   if min(items) < 1 or missing:
@@ -180,11 +212,6 @@ def read_item_attributes(path: str) -> list[np.ndarray]:
 TEXT_FIELDS = ('title', 'brand', 'categories', 'description')
 
 
-def _open_text(path: str):
-  """A text file as UTF-8 (a byte-order mark is accepted)."""
-  return open(path, encoding='utf-8-sig')
-
-
 def read_item_text(path: str, item_ids: dict) -> list[dict | None]:
   """Reads item_text.jsonl: {"item": id, "title", "brand", "categories",
   "description"} per line.
@@ -200,49 +227,48 @@ def read_item_text(path: str, item_ids: dict) -> list[dict | None]:
   """
   out: list[dict | None] = [None] * (max(item_ids.values(), default=0) + 1)
   seen = {}
-  with _open_text(path) as f:
-    for lineno, line in enumerate(f, 1):
-      where = f'{path}:{lineno}'
-      if not line.strip():
+  for lineno, line in enumerate(read_lines(path), 1):
+    where = f'{path}:{lineno}'
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f'{where}: not JSON ({e.msg}); expected {{"item": id, "title": ..., '
+                      '"brand": ..., "categories": [...]}.') from None
+    if not isinstance(obj, dict) or 'item' not in obj:
+      raise DataError(f'{where}: expected an object with an "item" key (the item id).')
+    key = obj['item']
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+      raise DataError(f'{where}: "item" must be an item id (integer or string), got {key!r}.')
+    if key not in item_ids and isinstance(key, str) and key.isdigit():
+      key = int(key)  # "item": "12" in a folder of numbered items
+    if key not in item_ids:
+      raise DataError(f'{where}: unknown item {key!r}: no interaction names it; drop the '
+                      'line or fix the id.')
+    item = item_ids[key]
+    if item in seen:
+      raise DataError(f'{where}: item {key!r} already has text on line {seen[item]}; keep '
+                      'one line per item.')
+    seen[item] = lineno
+    fields = {}
+    for name in TEXT_FIELDS:
+      v = obj.get(name)
+      if v is None:
         continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f'{where}: not JSON ({e.msg}); expected {{"item": id, "title": ..., '
-                        '"brand": ..., "categories": [...]}.') from None
-      if not isinstance(obj, dict) or 'item' not in obj:
-        raise DataError(f'{where}: expected an object with an "item" key (the item id).')
-      key = obj['item']
-      if isinstance(key, bool) or not isinstance(key, (int, str)):
-        raise DataError(f'{where}: "item" must be an item id (integer or string), got {key!r}.')
-      if key not in item_ids and isinstance(key, str) and key.isdigit():
-        key = int(key)  # "item": "12" in a folder of numbered items
-      if key not in item_ids:
-        raise DataError(f'{where}: unknown item {key!r}: no interaction names it; drop the '
-                        'line or fix the id.')
-      item = item_ids[key]
-      if item in seen:
-        raise DataError(f'{where}: item {key!r} already has text on line {seen[item]}; keep '
-                        'one line per item.')
-      seen[item] = lineno
-      fields = {}
-      for name in TEXT_FIELDS:
-        v = obj.get(name)
-        if v is None:
-          continue
-        if name == 'categories':
-          if isinstance(v, str):
-            v = [[v]]
-          elif isinstance(v, list) and v and all(isinstance(c, str) for c in v):
-            v = [v]
-          if not (isinstance(v, list) and all(
-              isinstance(c, list) and all(isinstance(x, str) for x in c) for c in v)):
-            raise DataError(f'{where}: "categories" must be a list of category paths '
-                            f'(lists of strings), got {str(v)[:80]}.')
-        elif not isinstance(v, str):
-          raise DataError(f'{where}: "{name}" must be a string or null, got {str(v)[:80]}.')
-        fields[name] = v
-      out[item] = fields
+      if name == 'categories':
+        if isinstance(v, str):
+          v = [[v]]
+        elif isinstance(v, list) and v and all(isinstance(c, str) for c in v):
+          v = [v]
+        if not (isinstance(v, list) and all(
+            isinstance(c, list) and all(isinstance(x, str) for x in c) for c in v)):
+          raise DataError(f'{where}: "categories" must be a list of category paths '
+                          f'(lists of strings), got {str(v)[:80]}.')
+      elif not isinstance(v, str):
+        raise DataError(f'{where}: "{name}" must be a string or null, got {str(v)[:80]}.')
+      fields[name] = v
+    out[item] = fields
   return out
 
 
@@ -259,27 +285,26 @@ def read_interactions_tsv(path: str) -> tuple[list[np.ndarray], list[str]]:
   """
   events = collections.defaultdict(list)
   item_ids: dict[str, int] = {}
-  with _open_text(path) as f:
-    for lineno, line in enumerate(f, 1):
-      where = f'{path}:{lineno}'
-      if not line.strip():
-        continue
-      fields = line.rstrip('\r\n').split('\t')
-      if len(fields) != 3:
-        raise DataError(f'{where}: expected 3 tab-separated fields "user<TAB>item<TAB>'
-                        f'timestamp", got {len(fields)}: {line.strip()[:80]!r}.')
-      user, item, ts = (x.strip() for x in fields)
-      try:
-        t = float(ts)
-      except ValueError:
-        if lineno == 1:
-          continue  # a header line
-        raise DataError(f'{where}: timestamp {ts!r} is not a number (seconds or any '
-                        'sortable number).') from None
-      if not user or not item:
-        raise DataError(f'{where}: empty user or item id.')
-      item_ids.setdefault(item, len(item_ids) + 1)
-      events[user].append((t, lineno, item_ids[item]))
+  for lineno, line in enumerate(read_lines(path), 1):
+    where = f'{path}:{lineno}'
+    if not line.strip():
+      continue
+    fields = line.split('\t')
+    if len(fields) != 3:
+      raise DataError(f'{where}: expected 3 tab-separated fields "user<TAB>item<TAB>'
+                      f'timestamp", got {len(fields)}: {line.strip()[:80]!r}.')
+    user, item, ts = (x.strip() for x in fields)
+    try:
+      t = float(ts)
+    except ValueError:
+      if lineno == 1:
+        continue  # a header line
+      raise DataError(f'{where}: timestamp {ts!r} is not a number (seconds or any '
+                      'sortable number).') from None
+    if not user or not item:
+      raise DataError(f'{where}: empty user or item id.')
+    item_ids.setdefault(item, len(item_ids) + 1)
+    events[user].append((t, lineno, item_ids[item]))
   if not events:
     raise DataError(f'{path}: no interactions; the file is empty.')
   seqs, dropped = [], 0
@@ -302,18 +327,31 @@ def read_interactions_tsv(path: str) -> tuple[list[np.ndarray], list[str]]:
 def read_item_map(path: str, num_items: int) -> list[str]:
   """Reads `item id <TAB> external id` lines for items 1..num_items."""
   keys = [''] * (num_items + 1)
-  with _open_text(path) as f:
-    for lineno, line in enumerate(f, 1):
-      fields = line.rstrip('\r\n').split('\t')
-      if len(fields) != 2 or not fields[0].strip().isdigit():
-        if lineno == 1:
-          continue  # a header line
-        raise DataError(f'{path}:{lineno}: expected "item id<TAB>external id".')
-      item = int(fields[0])
-      if not 1 <= item <= num_items:
-        raise DataError(f'{path}:{lineno}: item {item} is outside 1..{num_items}.')
-      keys[item] = fields[1].strip()
+  for lineno, line in enumerate(read_lines(path), 1):
+    fields = line.split('\t')
+    if len(fields) != 2 or not fields[0].strip().isdigit():
+      if lineno == 1:
+        continue  # a header line
+      raise DataError(f'{path}:{lineno}: expected "item id<TAB>external id".')
+    item = int(fields[0])
+    if not 1 <= item <= num_items:
+      raise DataError(f'{path}:{lineno}: item {item} is outside 1..{num_items}.')
+    keys[item] = fields[1].strip()
   return keys
+
+
+def inferred_catalog_size(sequences: list[np.ndarray], path: str) -> int:
+  """The largest item id, when no file declares the catalog; refuses ids so
+  sparse that the catalog would be mostly empty rows (one stray id of 2e9
+  would otherwise ask for gigabytes of embeddings)."""
+  largest = int(max(s.max() for s in sequences))
+  distinct = len(np.unique(np.concatenate(sequences)))
+  if largest > MAX_SPARSITY * distinct + 1000:
+    where = next(i for i, s in enumerate(sequences, 1) if s.max() == largest)
+    raise DataError(f'{path}:{where}: item id {largest:,} is far beyond the {distinct:,} '
+                    f'distinct items (ids must be dense, 1..N): renumber the items, or '
+                    'declare the catalog with item2attributes.json.')
+  return largest
 
 
 def load_folder(folder: str, name: str | None = None) -> SequenceData:
@@ -342,7 +380,7 @@ def load_folder(folder: str, name: str | None = None) -> SequenceData:
     num_items = len(attributes) - 1 if attributes is not None else None
     sequences = read_sequences(seq_path, known_items=num_items)
     if num_items is None:
-      num_items = int(max(s.max() for s in sequences))
+      num_items = inferred_catalog_size(sequences, seq_path)
     keys = read_item_map(map_path, num_items) if os.path.exists(map_path) else None
     text_keys = {i: i for i in range(1, num_items + 1)}
   text = None

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 import scipy.stats
 
-from genrec import metrics, partitioning, trainer
+from genrec import config_check, metrics, partitioning, trainer
 from genrec.data import sequences
 from genrec.ranking import sid_features
 from genrec.ids import IdScheme, ResidualKMeansIds
@@ -250,6 +250,7 @@ def train_and_evaluate(
   Returns:
     A table row: metrics per slice ('all', 'cold', 'head', 'tail'), budget, timings.
   """
+  config_check.check_arguments(train_and_evaluate, dict(locals()))
   config = config or RankerConfig()
   os.makedirs(workdir, exist_ok=True)
   cache = data_cache if data_cache is not None else {}

@@ -26,8 +26,8 @@ import gin
 import jax
 import numpy as np
 
-from genrec import (checkpoints, constraints, loop, metrics, models, partitioning, predictor,
-                    trainer)
+from genrec import (checkpoints, config_check, constraints, loop, metrics, models,
+                    partitioning, predictor, trainer)
 from genrec.data import sequences
 from genrec.recommendation import features
 from genrec.ids import AtomicIds, IdScheme, ItemIds
@@ -246,6 +246,7 @@ def train(
   Returns:
     The results dict (also written to workdir/results.json).
   """
+  config_check.check_arguments(train, dict(locals()))
   if beam_size < max(metrics.DEFAULT_KS):
     raise ValueError(f'beam_size {beam_size} < {max(metrics.DEFAULT_KS)}: full-ranking '
                      'metrics need at least as many beams as the largest cut-off.')

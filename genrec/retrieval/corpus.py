@@ -27,7 +27,7 @@ from genrec.data import sequences
 RETRIEVAL_KS = (1, 10, 100)
 
 
-class CollectionError(ValueError):
+class CollectionError(sequences.DataError):
   """A malformed collection file; the message names the file, line and fix."""
 
 
@@ -48,22 +48,36 @@ class Collection:
     return {d: i for i, d in enumerate(self.doc_ids)}
 
 
+def _lines(path: str) -> list[str]:
+  if not os.path.exists(path):
+    raise CollectionError(f'{path} not found; a BEIR collection folder holds corpus.jsonl, '
+                          'queries.jsonl and qrels/<split>.tsv.')
+  try:
+    return sequences.read_lines(path)
+  except sequences.DataError as e:
+    raise CollectionError(str(e)) from None
+
+
 def _read_jsonl(path: str, required: tuple[str, ...]) -> list[dict]:
   rows = []
-  with open(path, encoding='utf-8') as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise CollectionError(f'{path}:{n}: not valid JSON ({e.msg}); each line must be one '
-                              'JSON object.') from e
-      missing = [k for k in required if k not in row]
-      if missing:
-        raise CollectionError(f'{path}:{n}: missing field(s) {missing}; every line needs '
-                              f'{list(required)}.')
-      rows.append(row)
+  for n, line in enumerate(_lines(path), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise CollectionError(f'{path}:{n}: not valid JSON ({e.msg}); each line must be one '
+                            'JSON object.') from None
+    if not isinstance(row, dict):
+      raise CollectionError(f'{path}:{n}: expected a JSON object, got {type(row).__name__}.')
+    missing = [k for k in required if k not in row]
+    if missing:
+      raise CollectionError(f'{path}:{n}: missing field(s) {missing}; every line needs '
+                            f'{list(required)}.')
+    bad = [k for k in required if not isinstance(row[k], (str, int)) or isinstance(row[k], bool)]
+    if bad or ('title' in row and not isinstance(row['title'], (str, type(None)))):
+      raise CollectionError(f'{path}:{n}: {bad[0] if bad else "title"} must be a string.')
+    rows.append(row)
   return rows
 
 
@@ -89,20 +103,19 @@ def load_beir(name: str, data_dir: str | None = None) -> Collection:
       continue
     path = os.path.join(qrels_dir, fname)
     split = collections.defaultdict(set)
-    with open(path, encoding='utf-8') as f:
-      for n, line in enumerate(f, 1):
-        parts = line.rstrip('\n').split('\t')
-        if n == 1 and parts[0] == 'query-id':
-          continue
-        if len(parts) != 3:
-          raise CollectionError(f'{path}:{n}: expected "query-id<TAB>corpus-id<TAB>score", '
-                                f'got {line.strip()!r}.')
-        qid, did = parts[0], parts[1]
-        if qid not in queries or did not in known:
-          raise CollectionError(f'{path}:{n}: unknown {"query" if qid not in queries else "doc"}'
-                                f' id {qid if qid not in queries else did!r}; qrels may only '
-                                'name ids of queries.jsonl and corpus.jsonl.')
-        split[qid].add(did)
+    for n, line in enumerate(_lines(path), 1):
+      parts = line.split('\t')
+      if n == 1 and parts[0] == 'query-id':
+        continue
+      if len(parts) != 3:
+        raise CollectionError(f'{path}:{n}: expected "query-id<TAB>corpus-id<TAB>score", '
+                              f'got {line.strip()[:80]!r}.')
+      qid, did = parts[0], parts[1]
+      if qid not in queries or did not in known:
+        raise CollectionError(f'{path}:{n}: unknown {"query" if qid not in queries else "doc"}'
+                              f' id {qid if qid not in queries else did!r}; qrels may only '
+                              'name ids of queries.jsonl and corpus.jsonl.')
+      split[qid].add(did)
     qrels[fname[:-4]] = dict(split)
   if not qrels:
     raise CollectionError(f'{qrels_dir} holds no <split>.tsv files.')

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
 
-from genrec import constraints, models, partitioning, text_encoder, trainer
+from genrec import config_check, constraints, models, partitioning, text_encoder, trainer
 from genrec.retrieval import corpus, fm_index
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
 from genrec.loop import EpochBatcher, train_fixed_budget
@@ -399,6 +399,7 @@ def train_and_evaluate(
 
   Returns a row for the retrieval table (metrics, budget, timings).
   """
+  config_check.check_arguments(train_and_evaluate, dict(locals()))
   dsi_tasks = dsi_tasks or DsiTasks()
   seal_tasks = seal_tasks or SealTasks()
   seal_scorer = seal_scorer or SealScorer()
