@@ -6,6 +6,7 @@ it takes to copy arrays off the device (orbax writes asynchronously).
 """
 
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -47,12 +48,20 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
                metrics=metrics)
 
 
+def _cause(e: BaseException) -> str:
+  """The innermost exception of a chain, as 'Type: message' (first 600 chars)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  msg = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {msg[:600]}'
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any
             ) -> tuple[Any, dict]:
   """Restores (state with the shardings of `abstract_state`, data state).
 
   Raises:
-    ValueError: naming the checkpoint folder when it cannot be read.
+    ValueError: one paragraph naming the checkpoint folder and the cause.
   """
   try:
     out = manager.restore(step, args=ocp.args.Composite(
@@ -60,8 +69,54 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any
   except Exception as e:  # orbax raises many types for corrupt or foreign folders
     path = os.path.join(str(manager.directory), str(step))
     raise ValueError(
-        f'Cannot restore checkpoint {path}: {type(e).__name__}: {str(e)[:500]}. If it was '
-        'written by a different model or config, use a new --workdir; if it is corrupt, '
-        'move that step folder away to resume from an earlier one.') from e
+        f'Cannot restore checkpoint {path} (step {step}): {_cause(e)}. If it was written by '
+        'a different model or config, use a new --workdir; if it is corrupt or incomplete, '
+        'an earlier step can be used instead.') from None
   logging.info('Restored checkpoint at step %d from %s', step, manager.directory)
   return out.state, out.data
+
+
+def open_and_restore(directory: str, abstract_state: Any, keep: int = 3,
+                     best_metric: str | None = 'validation/ndcg@10', fallback: bool = True
+                     ) -> tuple[ocp.CheckpointManager, int | None, Any, dict | None]:
+  """Opens the manager of `directory` and restores its newest intact checkpoint.
+
+  A checkpoint that cannot be read (truncated, corrupt, written by another
+  model) is reported in one warning; with `fallback` its folder is moved aside
+  to `<step>.unreadable-<time>` (nothing is deleted) and the next older step
+  is tried. The manager is closed before any error is raised, so no orbax
+  background traceback hides the cause.
+
+  Returns:
+    (the manager, the restored step or None for a fresh run, the state, the
+    data-iterator state).
+
+  Raises:
+    ValueError: without `fallback`, for the newest checkpoint if unreadable;
+      with it, when no checkpoint is readable.
+  """
+  manager = make_manager(directory, keep, best_metric)
+  skipped = []
+  while True:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      if skipped:
+        manager.close()
+        raise ValueError(f'No readable checkpoint in {directory}: ' + ' '.join(skipped) +
+                         ' Start in a new --workdir (the unreadable folders were kept).')
+      return manager, None, None, None
+    try:
+      state, data = restore(manager, steps[0], abstract_state)
+      if skipped:
+        logging.warning('Resuming from step %d, the newest readable checkpoint.', steps[0])
+      return manager, steps[0], state, data
+    except ValueError as e:
+      if not fallback:
+        manager.close()
+        raise
+      manager.close()
+      aside = os.path.join(directory, f'{steps[0]}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
+      os.replace(os.path.join(directory, str(steps[0])), aside)
+      logging.warning('%s Moved it to %s and trying the previous checkpoint.', e, aside)
+      skipped.append(str(e))
+      manager = make_manager(directory, keep, best_metric)

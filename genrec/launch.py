@@ -32,6 +32,10 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, results, config).')
   flags.DEFINE_bool('multiprocess', False,
                     'Call jax.distributed.initialize() (multi-host GPU/TPU jobs).')
+  flags.DEFINE_bool('allow_config_change', False,
+                    'Resume a run directory although settings that change what its saved '
+                    'steps mean (model, optimizer, identifiers, data) differ; the change is '
+                    'recorded in settings_changes.jsonl.')
 
 RUNS_HELP = ('include one of gin/runs/*.gin (train.gin, retrieval.gin, ranking.gin, '
              'infer.gin) or bind launch.run_experiment.run')
@@ -83,7 +87,8 @@ def main(argv):
   if FLAGS.multiprocess:
     jax.distributed.initialize()
   import gin
-  from genrec import gin_utils
+  from genrec import gin_utils, loop
+  loop.allow_config_change = FLAGS.allow_config_change
   gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())

@@ -177,6 +177,92 @@ class NoTensorBoard:
 
 
 # ---------------------------------------------------------------------------
+# The run directory's record: settings, config history, manifest
+# ---------------------------------------------------------------------------
+SETTINGS_FILE = 'run_settings.json'
+# Set by main.py --allow_config_change (runs may also pass allow_change).
+allow_config_change = False
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def check_run_settings(workdir: str, settings: dict, allow_change: bool = False) -> None:
+  """Compares the settings that give the saved steps their meaning (model,
+  optimizer and schedule, identifiers, data, batch, seed, budget) with those of
+  the run's earlier starts.
+
+  The first start records them in run_settings.json. A later start with other
+  values is refused with a message naming every difference, unless
+  `allow_change` (or main.py --allow_config_change): then the change is
+  appended to settings_changes.jsonl and the new values are recorded.
+
+  Raises:
+    ValueError: listing each changed setting (saved -> now) and the ways out.
+  """
+  path = os.path.join(workdir, SETTINGS_FILE)
+  now = _flatten(json.loads(json.dumps(settings, default=str)))
+  if not os.path.exists(path):
+    write_json(path, now)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+           if saved.get(k) != now.get(k)}
+  if not diffs:
+    return
+  lines = '\n'.join(f'  {k}: {a!r} -> {b!r}' for k, (a, b) in diffs.items())
+  if not (allow_change or allow_config_change):
+    raise ValueError(
+        f'{workdir} was started with other settings; resuming would mix runs:\n{lines}\n'
+        'Use a new --workdir, restore the settings, or pass --allow_config_change (main.py) '
+        '/ allow_config_change=True to continue with the change recorded.')
+  logging.warning('Continuing %s with changed settings (recorded in settings_changes.jsonl):'
+                  '\n%s', workdir, lines)
+  append_jsonl(os.path.join(workdir, 'settings_changes.jsonl'),
+               {'time': _utc(), 'changes': {k: list(v) for k, v in diffs.items()}})
+  write_json(path, now)
+
+
+def _utc() -> str:
+  return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+
+
+def record_start(workdir: str, step: int) -> None:
+  """One start of a run: the gin config of this start in config/ (one file per
+  start, never overwritten; config.gin is the latest) and a manifest line
+  (versions, devices, time, step) in run_manifest.jsonl."""
+  if jax.process_index() > 0:
+    return
+  import gin
+  import genrec
+  folder = os.path.join(workdir, 'config')
+  os.makedirs(folder, exist_ok=True)
+  n = len([f for f in os.listdir(folder) if f.startswith('start_')]) + 1
+  text = gin.config_str()
+  with open(os.path.join(folder, f'start_{n:03d}_step{step}.gin'), 'w') as f:
+    f.write(text)
+  with open(os.path.join(workdir, 'config.gin'), 'w') as f:
+    f.write(text)
+  append_jsonl(os.path.join(workdir, 'run_manifest.jsonl'), {
+      'event': 'start', 'time': _utc(), 'step': step, 'genrec': genrec.__version__,
+      'jax': jax.__version__, 'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'processes': jax.process_count(), 'config': f'config/start_{n:03d}_step{step}.gin'})
+
+
+def record_end(workdir: str, step: int) -> None:
+  append_jsonl(os.path.join(workdir, 'run_manifest.jsonl'),
+               {'event': 'end', 'time': _utc(), 'step': step})
+
+
+# ---------------------------------------------------------------------------
 # Fixed-budget train-or-restore loop
 # ---------------------------------------------------------------------------
 def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,

@@ -3,8 +3,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -161,3 +163,34 @@ def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
   assert results['dataset'] == 'my_shop' and results['num_items'] == 50
   assert results['id_scheme'] == 'rqkmeans-2x8-s0'
   assert 0 <= results['test']['recall@10'] <= 1
+
+
+def test_kill_9_while_checkpointing_then_resume(tmp_path):
+  """A checkpoint every step, the process killed with SIGKILL mid-run (most
+  likely during an asynchronous save): the same command resumes from the
+  newest complete checkpoint and finishes; no partial step folder remains."""
+  run = tmp_path / 'run'
+  args = ['--gin_file=gin/runs/quickstart.gin', f'--workdir={run}',
+          '--gin_bindings=train.train.num_train_steps=40',
+          '--gin_bindings=train.train.eval_every_steps=40',
+          '--gin_bindings=train.train.checkpoint_every_steps=1',
+          '--gin_bindings=train.train.log_every_steps=1',
+          '--gin_bindings=sequences.make_synthetic.num_users=200',
+          '--gin_bindings=sequences.make_synthetic.num_items=60']
+  env = {**os.environ, 'XLA_FLAGS': ''}
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args],
+                          cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt, deadline = run / 'checkpoints', time.time() + 600
+  while proc.poll() is None and time.time() < deadline:
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.exists() else []
+    if steps and max(steps) >= 5:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
+  _main(*args)
+  results = json.loads((run / 'results.json').read_text())
+  assert results['num_train_steps'] == 40 and results['resumed_from_step'] >= 5
+  leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and 'unreadable' not in d]
+  assert not leftovers, leftovers

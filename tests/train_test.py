@@ -75,20 +75,68 @@ def test_interrupted_run_resumes_with_identical_losses(tmp_path):
   np.testing.assert_allclose([b[s] for s in range(5, 9)], [a[s] for s in range(5, 9)],
                              rtol=1e-6)
   # A different batch size cannot silently resume from this checkpoint.
-  with pytest.raises(ValueError, match='different data settings'):
+  with pytest.raises(ValueError, match=r'started with other settings(.|\n)*batch_size: 32 -> 16'):
     _run(part, num_train_steps=12, eval_every_steps=100, checkpoint_every_steps=100,
          batch_size=16)
 
 
-def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
-  _run(tmp_path, num_train_steps=2, eval_every_steps=100, checkpoint_every_steps=100,
-       stop_after_step=1)
-  step_dir = tmp_path / 'checkpoints' / '1' / 'state'
+def _corrupt(step_dir):
   for path in step_dir.rglob('*'):
     if path.is_file() and path.stat().st_size > 0:
       path.write_bytes(b'\0corrupt')
-  with pytest.raises(ValueError, match=r'Cannot restore checkpoint .*checkpoints/1'):
-    _run(tmp_path, num_train_steps=2, eval_every_steps=100, checkpoint_every_steps=100)
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+  common = dict(num_train_steps=2, eval_every_steps=100, checkpoint_every_steps=100)
+  _run(tmp_path, stop_after_step=1, **common)
+  _corrupt(tmp_path / 'checkpoints' / '1' / 'state')
+  with pytest.raises(ValueError, match=r'Cannot restore checkpoint .*checkpoints/1 \(step 1\)'):
+    _run(tmp_path, checkpoint_fallback=False, **common)
+  # With the fallback (the default) the folder is moved aside, never deleted.
+  with pytest.raises(ValueError, match='No readable checkpoint'):
+    _run(tmp_path, **common)
+  assert glob.glob(str(tmp_path / 'checkpoints' / '1.unreadable-*' / 'state'))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  common = dict(num_train_steps=4, eval_every_steps=100, checkpoint_every_steps=1)
+  _run(tmp_path, stop_after_step=3, **common)
+  _corrupt(tmp_path / 'checkpoints' / '3' / 'state')
+  results = _run(tmp_path, **common)
+  assert results['resumed_from_step'] == 2 and results['best_step'] == 4
+  assert glob.glob(str(tmp_path / 'checkpoints' / '3.unreadable-*'))
+
+
+def test_changed_settings_are_refused_or_recorded(tmp_path):
+  common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100)
+  _run(tmp_path, stop_after_step=1, **common)
+  other_lr = lambda n: trainer.make_optimizer(n, learning_rate=1e-2, warmup_steps=10)
+  with pytest.raises(ValueError, match=r'(?s)other settings.*optimizer.constants.*Use a new'):
+    _run(tmp_path, optimizer_fn=other_lr, **common)
+  results = _run(tmp_path, optimizer_fn=other_lr, allow_config_change=True, **common)
+  assert results['resumed_from_step'] == 1
+  change = json.loads((tmp_path / 'settings_changes.jsonl').read_text())
+  assert 'optimizer.constants' in change['changes']
+  starts = sorted(os.listdir(tmp_path / 'config'))
+  assert len(starts) == 2 and starts[0].startswith('start_001_step0')
+  events = [json.loads(x)['event'] for x in (tmp_path / 'run_manifest.jsonl').read_text()
+            .splitlines()]
+  assert events == ['start', 'start', 'end']
+
+
+def test_rerun_of_a_finished_run_keeps_its_results(tmp_path):
+  common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100)
+  first = _run(tmp_path, **common)
+  saved = (tmp_path / 'results.json').read_text()
+  again = _run(tmp_path, **common)
+  assert again == json.loads(saved) and (tmp_path / 'results.json').read_text() == saved
+  _run(tmp_path, reevaluate=True, **common)
+  history = (tmp_path / 'results_history.jsonl').read_text().splitlines()
+  assert len(history) == 2 and (tmp_path / 'results.json').read_text() == saved
+  assert json.loads(history[1])['test'] == first['test']  # same checkpoint, same numbers
+  # A shorter budget never reports steps it did not run.
+  with pytest.raises(ValueError, match='beyond num_train_steps = 2'):
+    _run(tmp_path, num_train_steps=2, eval_every_steps=100, allow_config_change=True)
 
 
 def test_ids_artifact_of_another_scheme_is_refused(tmp_path):

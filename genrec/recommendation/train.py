@@ -79,6 +79,21 @@ def evaluate(pred: predictor.Predictor, params, arrays: dict[str, np.ndarray], i
   return metrics.rank_metrics(ranked, arrays['target_item'], ks), ranked
 
 
+def _callable_settings(fn) -> dict:
+  """What defines a configured function (e.g. the optimizer): its name, its
+  gin bindings, and for a plain Python function its defaults and constants
+  (`lambda n: make_optimizer(n, learning_rate=3e-3)` records the 3e-3)."""
+  out = {'fn': getattr(fn, '__qualname__', None) or type(fn).__name__}
+  try:
+    out.update({k: repr(v) for k, v in sorted(gin.get_bindings(fn).items())})
+  except (ValueError, TypeError, AttributeError):  # not a gin configurable
+    code = getattr(fn, '__code__', None)
+    if code is not None:
+      out['defaults'] = repr(fn.__defaults__)
+      out['constants'] = repr([c for c in code.co_consts if isinstance(c, (int, float, str))])
+  return out
+
+
 RUN_CONFIG = 'run_config.json'  # what `infer` needs besides the ids and the checkpoint
 
 
@@ -200,6 +215,9 @@ def train(
     report_unconstrained: bool = True,
     slice_fractions: tuple[float, float] = (0.2, 0.5),
     head: str = 'beam',
+    checkpoint_fallback: bool = True,
+    reevaluate: bool = False,
+    allow_config_change: bool = False,
 ) -> dict:
   """Trains and evaluates a generative recommender; resumes from `workdir`.
 
@@ -242,6 +260,13 @@ def train(
     head: 'beam' (decode identifiers by beam search) or 'projection' (score
       every item in one pass from the decoder state, Lite-LLM4Rec style; also
       what `architecture='sasrec'` models do, see gin/models/sasrec.gin).
+    checkpoint_fallback: when the newest checkpoint is unreadable, move it aside
+      and resume from the newest readable one (else stop with the error).
+    reevaluate: evaluate a finished run again (a new entry in
+      results_history.jsonl); by default a finished run only prints its results.
+    allow_config_change: resume although settings that change what the saved
+      steps mean differ from the run's first start (the change is recorded in
+      settings_changes.jsonl); also set by main.py --allow_config_change.
 
   Returns:
     The results dict (also written to workdir/results.json).
@@ -287,18 +312,41 @@ def train(
                config, trainer.param_count(tr.abstract_state.params) / 1e6,
                batcher.num_examples, batcher.steps_per_epoch, dict(mesh.shape))
 
-  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep_checkpoints)
-  start = manager.latest_step()
-  if start is not None:
-    state, data_state = checkpoints.restore(manager, start, tr.abstract_state)
-    batcher.check_resumable(data_state, os.path.join(workdir, 'checkpoints', str(start)))
-    logging.info('Resuming at step %d', start)
-  else:
+  loop.check_run_settings(workdir, {
+      'dataset': data.name, 'num_items': data.num_items, 'num_users': data.num_users,
+      'id_scheme': ids.scheme, 'model_config': dataclasses.asdict(config),
+      'optimizer': _callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
+      'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head},
+      allow_config_change)
+  manager, start, state, data_state = checkpoints.open_and_restore(
+      os.path.join(workdir, 'checkpoints'), tr.abstract_state, keep_checkpoints,
+      fallback=checkpoint_fallback)
+  try:
+    if start is not None:
+      batcher.check_resumable(data_state, os.path.join(workdir, 'checkpoints', str(start)))
+      if start > num_train_steps:
+        raise ValueError(f'{workdir} already holds a checkpoint of step {start}, beyond '
+                         f'num_train_steps = {num_train_steps}: use a new --workdir for a '
+                         'shorter run (results never claim more steps than were run).')
+      logging.info('Resuming at step %d', start)
+  except Exception:
+    manager.close()
+    raise
+  finished = start == num_train_steps
+  if finished and os.path.exists(os.path.join(workdir, 'results.json')) and not reevaluate:
+    manager.close()
+    with open(os.path.join(workdir, 'results.json')) as f:
+      results = json.load(f)
+    logging.info('%s is finished (step %d); its results are kept as they are. Pass '
+                 'reevaluate=True (gin: train.train.reevaluate = True) to evaluate again and '
+                 'append a new entry to results_history.jsonl.', workdir, start)
+    if jax.process_index() == 0:
+      print(results_table(results), flush=True)
+    return results
+  if start is None:
     start = 0
     state = tr.init_state(seed)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.gin'), 'w') as f:
-      f.write(gin.operative_config_str())
+  loop.record_start(workdir, start)
 
   writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
   valid_sample = _subsample(valid_arrays, num_eval_users, seed)
@@ -378,7 +426,11 @@ def train(
   writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
                                          for k, v in results[s].items()})
   writer.flush()
-  loop.write_json(os.path.join(workdir, 'results.json'), results)
+  results['evaluated_at'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+  if not os.path.exists(os.path.join(workdir, 'results.json')):
+    loop.write_json(os.path.join(workdir, 'results.json'), results)  # written once
+  loop.append_jsonl(os.path.join(workdir, 'results_history.jsonl'), results)
+  loop.record_end(workdir, num_train_steps)
   if jax.process_index() == 0:
     print(results_table(results), flush=True)
   return results
