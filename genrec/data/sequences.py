@@ -117,6 +117,30 @@ def read_lines(path: str) -> list[str]:
   return read_text(path).splitlines()
 
 
+def json_objects(path: str, expected: str, error: type[DataError] = DataError):
+  """Yields ('file:line', object) for every non-empty line of a JSON-lines file.
+
+  Args:
+    expected: what a line should look like, for the error message.
+    error: the DataError subclass to raise.
+  """
+  try:
+    lines = read_lines(path)
+  except DataError as e:
+    raise error(str(e)) from None
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    where = f'{path}:{lineno}'
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise error(f'{where}: not valid JSON ({e.msg}); expected {expected}.') from None
+    if not isinstance(obj, dict):
+      raise error(f'{where}: expected a JSON object {expected}, got {type(obj).__name__}.')
+    yield where, obj
+
+
 def resolve_data_dir(data_dir: str | None) -> str:
   """The data-dir setting, else $GENREC_DATA_DIR; errors name both."""
   data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -227,16 +251,9 @@ def read_item_text(path: str, item_ids: dict) -> list[dict | None]:
   """
   out: list[dict | None] = [None] * (max(item_ids.values(), default=0) + 1)
   seen = {}
-  for lineno, line in enumerate(read_lines(path), 1):
-    where = f'{path}:{lineno}'
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f'{where}: not JSON ({e.msg}); expected {{"item": id, "title": ..., '
-                      '"brand": ..., "categories": [...]}.') from None
-    if not isinstance(obj, dict) or 'item' not in obj:
+  for where, obj in json_objects(path, '{"item": id, "title": ..., "brand": ..., '
+                                 '"categories": [...]}'):
+    if 'item' not in obj:
       raise DataError(f'{where}: expected an object with an "item" key (the item id).')
     key = obj['item']
     if isinstance(key, bool) or not isinstance(key, (int, str)):
@@ -250,7 +267,7 @@ def read_item_text(path: str, item_ids: dict) -> list[dict | None]:
     if item in seen:
       raise DataError(f'{where}: item {key!r} already has text on line {seen[item]}; keep '
                       'one line per item.')
-    seen[item] = lineno
+    seen[item] = where.rsplit(':', 1)[1]
     fields = {}
     for name in TEXT_FIELDS:
       v = obj.get(name)

@@ -25,31 +25,18 @@ from genrec.recommendation import features, train
 def read_histories(path: str, num_items: int) -> tuple[list, list[np.ndarray]]:
   """(users, histories) of a JSON-lines file; errors name the file and line."""
   users, histories = [], []
-  try:
-    f = open(path, encoding='utf-8-sig')  # a UTF-8 BOM is accepted
-  except OSError as e:
-    raise sequences.DataError(f'Cannot read the infer input {path}: {e.strerror}.') from None
-  with f:
-    for lineno, line in enumerate(f, 1):
-      where = f'{path}:{lineno}'
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise sequences.DataError(f'{where}: not JSON ({e.msg}); expected '
-                                  '{"user": ..., "history": [item ids]}.') from None
-      hist = obj.get('history') if isinstance(obj, dict) else None
-      if not isinstance(hist, list) or not hist or not all(
-          isinstance(i, int) and not isinstance(i, bool) for i in hist):
-        raise sequences.DataError(f'{where}: "history" must be a non-empty list of integer '
-                                  f'item ids, got {str(hist)[:80]}.')
-      bad = [i for i in hist if not 1 <= i <= num_items]
-      if bad:
-        raise sequences.DataError(f'{where}: unknown item {bad[0]}: the model knows items '
-                                  f'1..{num_items}; drop unknown items from the history.')
-      users.append(obj.get('user', lineno))
-      histories.append(np.asarray(hist, np.int32))
+  for where, obj in sequences.json_objects(path, '{"user": ..., "history": [item ids]}'):
+    hist = obj.get('history')
+    if not isinstance(hist, list) or not hist or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in hist):
+      raise sequences.DataError(f'{where}: "history" must be a non-empty list of integer '
+                                f'item ids, got {str(hist)[:80]}.')
+    bad = [i for i in hist if not 1 <= i <= num_items]
+    if bad:
+      raise sequences.DataError(f'{where}: unknown item {bad[0]}: the model knows items '
+                                f'1..{num_items}; drop unknown items from the history.')
+    users.append(obj.get('user', int(where.rsplit(':', 1)[1])))
+    histories.append(np.asarray(hist, np.int32))
   if not users:
     raise sequences.DataError(f'{path}: no histories; the file is empty.')
   return users, histories

@@ -13,7 +13,6 @@ whatever its grade.
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import time
@@ -48,10 +47,14 @@ class Collection:
     return {d: i for i, d in enumerate(self.doc_ids)}
 
 
-def _lines(path: str) -> list[str]:
+def _require(path: str) -> None:
   if not os.path.exists(path):
     raise CollectionError(f'{path} not found; a BEIR collection folder holds corpus.jsonl, '
                           'queries.jsonl and qrels/<split>.tsv.')
+
+
+def _lines(path: str) -> list[str]:
+  _require(path)
   try:
     return sequences.read_lines(path)
   except sequences.DataError as e:
@@ -59,24 +62,16 @@ def _lines(path: str) -> list[str]:
 
 
 def _read_jsonl(path: str, required: tuple[str, ...]) -> list[dict]:
+  _require(path)
   rows = []
-  for n, line in enumerate(_lines(path), 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise CollectionError(f'{path}:{n}: not valid JSON ({e.msg}); each line must be one '
-                            'JSON object.') from None
-    if not isinstance(row, dict):
-      raise CollectionError(f'{path}:{n}: expected a JSON object, got {type(row).__name__}.')
+  for where, row in sequences.json_objects(path, 'one JSON object per line', CollectionError):
     missing = [k for k in required if k not in row]
     if missing:
-      raise CollectionError(f'{path}:{n}: missing field(s) {missing}; every line needs '
+      raise CollectionError(f'{where}: missing field(s) {missing}; every line needs '
                             f'{list(required)}.')
     bad = [k for k in required if not isinstance(row[k], (str, int)) or isinstance(row[k], bool)]
     if bad or ('title' in row and not isinstance(row['title'], (str, type(None)))):
-      raise CollectionError(f'{path}:{n}: {bad[0] if bad else "title"} must be a string.')
+      raise CollectionError(f'{where}: {bad[0] if bad else "title"} must be a string.')
     rows.append(row)
   return rows
 
