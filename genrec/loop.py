@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from absl import logging
+import gin
 import jax
 import numpy as np
 
@@ -194,6 +195,29 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   return out
 
 
+def callable_settings(fn) -> dict:
+  """What defines a configured function (e.g. the optimizer): its name, its
+  gin bindings, and for a plain Python function its defaults and constants
+  (`lambda n: make_optimizer(n, learning_rate=3e-3)` records the 3e-3)."""
+  out = {'fn': getattr(fn, '__qualname__', None) or type(fn).__name__}
+  try:
+    out.update({k: repr(v) for k, v in sorted(gin.get_bindings(fn).items())})
+  except (ValueError, TypeError, AttributeError):  # not a gin configurable
+    code = getattr(fn, '__code__', None)
+    if code is not None:
+      out['defaults'] = repr(fn.__defaults__)
+      out['constants'] = repr([c for c in code.co_consts if isinstance(c, (int, float, str))])
+  return out
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates the run directory; a path that is a file is refused by name."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'The run directory {workdir!r} is an existing file, not a folder; '
+                     'choose another --workdir.')
+  os.makedirs(workdir, exist_ok=True)
+
+
 def check_run_settings(workdir: str, settings: dict, allow_change: bool = False) -> None:
   """Compares the settings that give the saved steps their meaning (model,
   optimizer and schedule, identifiers, data, batch, seed, budget) with those of
@@ -268,7 +292,8 @@ def record_end(workdir: str, step: int) -> None:
 def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
                        abstract_state, init_fn: Callable[[], object],
                        step_fn: Callable[[object, int], tuple[object, jax.Array]],
-                       log_every_steps: int = 200) -> tuple[object, float | None, float | None]:
+                       log_every_steps: int = 200, settings: dict | None = None
+                       ) -> tuple[object, float | None, float | None]:
   """Trains `num_train_steps` steps and checkpoints the final state in
   workdir/checkpoints, or restores that state when it is already there.
 
@@ -281,10 +306,15 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
     abstract_state: the state's ShapeDtypeStructs with shardings (for restore).
     init_fn: () -> the initial state.
     step_fn: (state, step) -> (state, loss).
+    settings: what defines the trained model (see `check_run_settings`);
+      a workdir trained with other settings is refused instead of restored.
 
   Returns:
     (state, training seconds, final loss); the last two as saved, on restore.
   """
+  make_workdir(workdir)
+  if settings is not None:
+    check_run_settings(workdir, settings | {'num_train_steps': num_train_steps})
   manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
                                      best_metric=None)
   if manager.latest_step() == num_train_steps:

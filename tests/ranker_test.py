@@ -125,3 +125,13 @@ def test_eval_negatives_are_distinct_and_exclude_the_users_items():
     assert ((row[1:] >= 1) & (row[1:] <= 50)).all()
   with pytest.raises(ValueError, match='lower eval_negatives'):
     ranker.eval_candidates(np.array([1]), 12, 20, seed=0)
+
+
+def test_a_workdir_trained_with_other_settings_is_refused(tmp_path, data):
+  _run('random', 64, tmp_path, data, {}, steps=5)
+  with pytest.raises(ValueError, match=r'(?s)other settings.*learning_rate: 0.002 -> 0.1'):
+    _run('random', 64, tmp_path, data, {}, steps=5, learning_rate=0.1)
+  a_file = tmp_path / 'file'
+  a_file.write_text('x')
+  with pytest.raises(ValueError, match='is an existing file'):
+    _run('random', 64, a_file, data, {}, steps=5)

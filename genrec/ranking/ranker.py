@@ -21,7 +21,6 @@ target among its candidates.
 """
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,11 +33,10 @@ import numpy as np
 import optax
 import scipy.stats
 
-from genrec import config_check, metrics, partitioning, trainer
+from genrec import config_check, loop, metrics, partitioning, trainer
 from genrec.data import sequences
 from genrec.ranking import sid_features
 from genrec.ids import IdScheme, ResidualKMeansIds
-from genrec.loop import EpochBatcher, train_fixed_budget
 
 
 @gin.configurable
@@ -252,7 +250,7 @@ def train_and_evaluate(
   """
   config_check.check_arguments(train_and_evaluate, dict(locals()))
   config = config or RankerConfig()
-  os.makedirs(workdir, exist_ok=True)
+  loop.make_workdir(workdir)
   cache = data_cache if data_cache is not None else {}
   key = (dataset if isinstance(dataset, str) else dataset.name, cold_fraction, max_history,
          seed)
@@ -305,7 +303,7 @@ def train_and_evaluate(
   step_j = jax.jit(train_step, donate_argnums=(0, 1))
   predict_j = jax.jit(logits_fn)
   warm = np.flatnonzero(~rd.cold[1:]) + 1
-  batcher = EpochBatcher(len(rd.train_target), batch_size, seed)
+  batcher = loop.EpochBatcher(len(rd.train_target), batch_size, seed)
 
   def init_state(rng):
     params = init(rng)
@@ -328,9 +326,14 @@ def train_and_evaluate(
   abstract_state = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       jax.eval_shape(init_state, jax.random.key(seed)), state_sh)
-  state, train_s, loss = train_fixed_budget(workdir, f'{variant}/{table_rows}', num_train_steps,
-                                            batcher, abstract_state, init_fn, step_fn,
-                                            log_every_steps)
+  settings = {'variant': variant, 'table_rows': table_rows, 'dataset': data.name,
+              'config': dataclasses.asdict(config), 'sid_scheme': sid_scheme.name,
+              'batch_size': batch_size, 'learning_rate': learning_rate,
+              'num_negatives': num_negatives, 'cold_fraction': cold_fraction,
+              'max_history': max_history, 'seed': seed, 'spm_vocab_size': spm_vocab_size}
+  state, train_s, loss = loop.train_fixed_budget(
+      workdir, f'{variant}/{table_rows}', num_train_steps, batcher, abstract_state, init_fn,
+      step_fn, log_every_steps, settings)
   params = state['params']
 
   t0 = time.time()

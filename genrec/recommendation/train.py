@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 
 from absl import logging
-import gin
 import jax
 import numpy as np
 
@@ -77,21 +76,6 @@ def evaluate(pred: predictor.Predictor, params, arrays: dict[str, np.ndarray], i
   ranked, _ = predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam_size,
                             batch_size, trie)
   return metrics.rank_metrics(ranked, arrays['target_item'], ks), ranked
-
-
-def _callable_settings(fn) -> dict:
-  """What defines a configured function (e.g. the optimizer): its name, its
-  gin bindings, and for a plain Python function its defaults and constants
-  (`lambda n: make_optimizer(n, learning_rate=3e-3)` records the 3e-3)."""
-  out = {'fn': getattr(fn, '__qualname__', None) or type(fn).__name__}
-  try:
-    out.update({k: repr(v) for k, v in sorted(gin.get_bindings(fn).items())})
-  except (ValueError, TypeError, AttributeError):  # not a gin configurable
-    code = getattr(fn, '__code__', None)
-    if code is not None:
-      out['defaults'] = repr(fn.__defaults__)
-      out['constants'] = repr([c for c in code.co_consts if isinstance(c, (int, float, str))])
-  return out
 
 
 RUN_CONFIG = 'run_config.json'  # what `infer` needs besides the ids and the checkpoint
@@ -275,7 +259,7 @@ def train(
   if beam_size < max(metrics.DEFAULT_KS):
     raise ValueError(f'beam_size {beam_size} < {max(metrics.DEFAULT_KS)}: full-ranking '
                      'metrics need at least as many beams as the largest cut-off.')
-  os.makedirs(workdir, exist_ok=True)
+  loop.make_workdir(workdir)
   data = (dataset if isinstance(dataset, sequences.SequenceData)
           else sequences.load_dataset(dataset, data_dir))
   logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
@@ -315,7 +299,7 @@ def train(
   loop.check_run_settings(workdir, {
       'dataset': data.name, 'num_items': data.num_items, 'num_users': data.num_users,
       'id_scheme': ids.scheme, 'model_config': dataclasses.asdict(config),
-      'optimizer': _callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
+      'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head},
       allow_config_change)
   manager, start, state, data_state = checkpoints.open_and_restore(

@@ -41,10 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
 
-from genrec import config_check, constraints, models, partitioning, text_encoder, trainer
+from genrec import (config_check, constraints, loop, models, partitioning, text_encoder,
+                    trainer)
 from genrec.retrieval import corpus, fm_index
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
-from genrec.loop import EpochBatcher, train_fixed_budget
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 
@@ -409,7 +409,7 @@ def train_and_evaluate(
   for split in (train_split, eval_split):
     if split not in c.qrels:
       raise ValueError(f'{c.name} has no qrels split {split!r} (has {sorted(c.qrels)}).')
-  os.makedirs(workdir, exist_ok=True)
+  loop.make_workdir(workdir)
   v = tc.text_vocab_size
   t_prep = time.time()
   if method == 'seal':
@@ -430,7 +430,7 @@ def train_and_evaluate(
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
   n = len(arrays['encoder_input_tokens'])
-  batcher = EpochBatcher(n, batch_size, seed)
+  batcher = loop.EpochBatcher(n, batch_size, seed)
   logging.info('%s: %d training examples (%.1f epochs), %.2fM parameters, vocab %d', method,
                n, num_train_steps * batch_size / n,
                trainer.param_count(tr.abstract_state.params) / 1e6, config.vocab_size)
@@ -442,9 +442,13 @@ def train_and_evaluate(
     state, m = tr.train_step(
         state, partitioning.shard_batch({k: a[idx] for k, a in arrays.items()}, mesh), rng)
     return state, m['loss']
-  state, train_s, loss = train_fixed_budget(workdir, method, num_train_steps, batcher,
-                                            tr.abstract_state, lambda: tr.init_state(seed),
-                                            step_fn, log_every_steps)
+  settings = {'method': method, 'collection': c.name, 'model_config': dataclasses.asdict(config),
+              'optimizer': loop.callable_settings(optimizer_fn), 'batch_size': batch_size,
+              'input_len': input_len, 'seed': seed, 'train_split': train_split,
+              'examples': n, 'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks)}
+  state, train_s, loss = loop.train_fixed_budget(
+      workdir, method, num_train_steps, batcher, tr.abstract_state, lambda: tr.init_state(seed),
+      step_fn, log_every_steps, settings)
 
   qrels = c.qrels[eval_split]
   qids = sorted(qrels, key=lambda q: (len(q), q))
