@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 _pp = ocp.checkpoint_managers.preservation_policy
@@ -116,7 +118,9 @@ def open_and_restore(directory: str, abstract_state: Any, keep: int = 3,
         raise
       manager.close()
       aside = os.path.join(directory, f'{steps[0]}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
-      os.replace(os.path.join(directory, str(steps[0])), aside)
+      if jax.process_index() == 0:  # one process moves it; the others wait for that
+        os.replace(os.path.join(directory, str(steps[0])), aside)
+      multihost_utils.sync_global_devices(f'genrec: moved unreadable step {steps[0]}')
       logging.warning('%s Moved it to %s and trying the previous checkpoint.', e, aside)
       skipped.append(str(e))
       manager = make_manager(directory, keep, best_metric)
