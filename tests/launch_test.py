@@ -74,18 +74,30 @@ def test_retrieval_run_mode(tmp_path):
   for split, body in qrels.items():
     (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
   work = tmp_path / 'retrieval'
+  common = ["--gin_bindings=COLLECTION='toy'", f"--gin_bindings=DATA_DIR='{root}'",
+            "--gin_bindings=METHODS=('bm25', 'dsi_atomic')",
+            '--gin_bindings=run.run.vocab_size=100',
+            '--gin_bindings=docgen.train_and_evaluate.num_train_steps=20',
+            '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
+            '--gin_bindings=docgen.train_and_evaluate.input_len=16']
   proc = _main('--gin_file=gin/runs/retrieval.gin', '--gin_file=gin/retrieval/cpu_smoke.gin',
-               f'--workdir={work}', "--gin_bindings=COLLECTION='toy'",
-               f"--gin_bindings=DATA_DIR='{root}'",
-               "--gin_bindings=METHODS=('bm25', 'dsi_atomic')",
-               '--gin_bindings=run.run.vocab_size=100',
-               '--gin_bindings=docgen.train_and_evaluate.num_train_steps=20',
-               '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
-               '--gin_bindings=docgen.train_and_evaluate.input_len=16')
+               f'--workdir={work}', *common)
   assert proc.stdout.count('| SentencePiece ') == 2 and '| dsi_atomic |' in proc.stdout
   rows = [json.loads((work / m / 'row.json').read_text()) for m in ('bm25', 'dsi_atomic')]
   assert all(r['queries'] == 6 for r in rows)
   assert (work / 'retrieval.md').exists() and (work / 'dsi_atomic' / 'test.trec').exists()
+  # infer: new queries against the trained checkpoint, nothing trained again.
+  (tmp_path / 'mine.jsonl').write_text(json.dumps({'_id': 'new1', 'text': 'topic3 subject3'})
+                                       + '\n' + json.dumps({'_id': 'new2', 'text': 'w1 w2'}))
+  again = _main('--gin_file=gin/runs/retrieval_infer.gin',
+                '--gin_file=gin/retrieval/cpu_smoke.gin', f'--workdir={work}',
+                *[a for a in common if 'METHODS' not in a],
+                "--gin_bindings=METHODS=('dsi_atomic',)",
+                f"--gin_bindings=QUERIES_FILE='{tmp_path / 'mine.jsonl'}'")
+  assert 'evaluating the checkpoint' in again.stderr
+  lines = (work / 'dsi_atomic' / 'mine.trec').read_text().splitlines()
+  assert {line.split()[0] for line in lines} == {'new1', 'new2'}
+  assert all(line.split()[2] in {f'd{i}' for i in range(12)} for line in lines)  # real docs
 
 
 def test_ranking_run_mode(tmp_path):

@@ -154,8 +154,9 @@ def test_gin_files_parse(path):
   try:
     # Parsing imports the modules and checks every binding against its signature.
     gin.parse_config_files_and_bindings([path], ["DATASET='synthetic'", "DATA_DIR='/x'",
-                                                 "INPUT_FILE='/x'"])
-    if path.endswith(('runs/retrieval.gin', 'runs/ranking.gin', 'runs/infer.gin')):
+                                                 "INPUT_FILE='/x'", "QUERIES_FILE='/x'"])
+    if path.endswith(('runs/retrieval.gin', 'runs/ranking.gin', 'runs/infer.gin',
+                      'runs/retrieval_infer.gin')):
       assert gin.query_parameter('launch.run_experiment.run') is not None
     elif '/retrieval/' in path:
       assert gin.query_parameter('docgen.train_and_evaluate.num_train_steps') > 0

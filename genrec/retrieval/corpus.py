@@ -76,6 +76,14 @@ def _read_jsonl(path: str, required: tuple[str, ...]) -> list[dict]:
   return rows
 
 
+def read_queries(path: str) -> dict[str, str]:
+  """{query id: text} of a queries file in BEIR format ({"_id", "text"} lines)."""
+  queries = {str(r['_id']): r['text'] for r in _read_jsonl(path, ('_id', 'text'))}
+  if not queries:
+    raise CollectionError(f'{path}: no queries; the file is empty.')
+  return queries
+
+
 def load_beir(name: str, data_dir: str | None = None) -> Collection:
   """Reads a BEIR-style collection from <data dir>/<name>, validating it."""
   root = os.path.join(sequences.resolve_data_dir(data_dir), name)

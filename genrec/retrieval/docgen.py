@@ -387,11 +387,15 @@ def train_and_evaluate(
     seal_scorer: SealScorer | None = None,
     fm: fm_index.FMIndex | None = None,
     cache_dir: str | None = None,
+    queries_file: str | None = None,
 ) -> dict:
   """Trains `method` (one of METHODS) on `tc` and evaluates it on `eval_split`.
 
   The final parameters are checkpointed in workdir/checkpoints: running again
   with the same workdir and settings evaluates them without training.
+
+  With `queries_file` (JSON lines {"_id", "text"}), the trained model also
+  retrieves for those queries: <workdir>/<file name>.trec (the infer use).
 
   `dsi_tasks`, `seal_tasks` and `seal_scorer` default to their classes built
   at call time, so gin bindings of those classes (e.g.
@@ -450,49 +454,54 @@ def train_and_evaluate(
       workdir, method, num_train_steps, batcher, tr.abstract_state, lambda: tr.init_state(seed),
       step_fn, log_every_steps, settings)
 
+  def retrieve(qids: list[str], query_tokens: dict[str, np.ndarray], tag: str):
+    """Ranked documents of `qids` (best first), their scores, and extras;
+    writes <workdir>/<tag>.trec (and, for SEAL, the decoded n-grams)."""
+    inputs = _pad([query_tokens[q] for q in qids], input_len)
+    ranked = {}
+    if method == 'seal':
+      allowed = fm_index.NGramConstraint(fm, config.vocab_size)
+      L = seal_tasks.ngram_len
+
+      def run(batch, rows):
+        x = batch['x']
+        seqs, _ = tr.predict_host_constrained(state.params, x, seal_beam_size, L, allowed)
+        b = x.shape[0]
+        flat = seqs.reshape(b * seal_beam_size, L)
+        logp = tr.token_log_probs(state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
+        return (partitioning.gather(seqs, rows),
+                partitioning.gather(logp.reshape(b, seal_beam_size, L), rows))
+      outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
+      seqs = np.concatenate([o[0] for o in outs])
+      logp = np.concatenate([o[1] for o in outs])
+      # The decoded n-grams and their token log-probs, so that the scorer can be
+      # studied again without the model (`rescore_seal`).
+      np.savez(os.path.join(workdir, f'{tag}_ngrams.npz'), qids=np.array(qids),
+               seqs=seqs, logp=logp)
+      ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
+      extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
+    else:
+      def run(batch, rows):
+        tokens, beam_scores = tr.predict(state.params, batch['x'], dsi_beam_size,
+                                         ids.num_levels, trie)
+        return partitioning.gather(tokens, rows), partitioning.gather(beam_scores, rows)
+      outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
+      tokens = np.concatenate([o[0] for o in outs])
+      beam_scores = np.concatenate([o[1] for o in outs])
+      items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)
+      scores = {}
+      for q, row, sc in zip(qids, items, beam_scores):
+        ranked[q] = [c.doc_ids[i - 1] for i in row if i > 0]
+        scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
+      extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
+               ids.info.get('collisions_before_dedup', 0)}
+    corpus.write_trec_run(os.path.join(workdir, f'{tag}.trec'), ranked, scores, method)
+    return ranked, scores, extra
+
   qrels = c.qrels[eval_split]
   qids = sorted(qrels, key=lambda q: (len(q), q))
-  inputs = _pad([tc.query_tokens[q] for q in qids], input_len)
   t0 = time.time()
-  ranked = {}
-  if method == 'seal':
-    allowed = fm_index.NGramConstraint(fm, config.vocab_size)
-    L = seal_tasks.ngram_len
-
-    def run(batch, rows):
-      x = batch['x']
-      seqs, _ = tr.predict_host_constrained(state.params, x, seal_beam_size, L, allowed)
-      b = x.shape[0]
-      flat = seqs.reshape(b * seal_beam_size, L)
-      logp = tr.token_log_probs(state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
-      return (partitioning.gather(seqs, rows),
-              partitioning.gather(logp.reshape(b, seal_beam_size, L), rows))
-    outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
-    seqs = np.concatenate([o[0] for o in outs])
-    logp = np.concatenate([o[1] for o in outs])
-    # The decoded n-grams and their token log-probs, so that the scorer can be
-    # studied again without the model (`rescore_seal`).
-    np.savez(os.path.join(workdir, f'{eval_split}_ngrams.npz'), qids=np.array(qids),
-             seqs=seqs, logp=logp)
-    ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
-    extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
-  else:
-    def run(batch, rows):
-      tokens, beam_scores = tr.predict(state.params, batch['x'], dsi_beam_size,
-                                       ids.num_levels, trie)
-      return partitioning.gather(tokens, rows), partitioning.gather(beam_scores, rows)
-    outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
-    tokens = np.concatenate([o[0] for o in outs])
-    beam_scores = np.concatenate([o[1] for o in outs])
-    items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)
-    scores = {}
-    for q, row, sc in zip(qids, items, beam_scores):
-      ranked[q] = [c.doc_ids[i - 1] for i in row if i > 0]
-      scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
-    extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
-             ids.info.get('collisions_before_dedup', 0)}
-  corpus.write_trec_run(os.path.join(workdir, f'{eval_split}.trec'), ranked, scores,
-                           method)
+  ranked, scores, extra = retrieve(qids, tc.query_tokens, eval_split)
   eval_s = time.time() - t0
   m = corpus.retrieval_metrics(ranked, qrels)
   device = partitioning.device_summary()
@@ -503,5 +512,11 @@ def train_and_evaluate(
          'prep_s': round(prep_s, 1), 'ms_per_query': round(eval_s / len(qids) * 1e3, 1),
          'final_loss': None if loss is None else round(loss, 4),
          'params_m': round(trainer.param_count(state.params) / 1e6, 2), **extra}
+  if queries_file:
+    queries = corpus.read_queries(queries_file)
+    tag = os.path.splitext(os.path.basename(queries_file))[0]
+    retrieve(list(queries), {q: np.asarray(tc.sp.encode(t), np.int32)
+                             for q, t in queries.items()}, tag)
+    row['infer_run'] = os.path.join(workdir, f'{tag}.trec')
   logging.info('%s: %s', method, row)
   return row

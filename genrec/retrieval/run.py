@@ -42,7 +42,7 @@ def write_table(rows: list[dict], workdir: str, title: str) -> str:
 
 def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None,
         split: str = 'test', vocab_size: int = 8000,
-        methods: Sequence[str] = METHODS) -> list[dict]:
+        methods: Sequence[str] = METHODS, queries_file: str | None = None) -> list[dict]:
   """Trains and evaluates `methods` on `collection`; returns the table's rows.
 
   Args:
@@ -53,6 +53,9 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
     split: the qrels split to evaluate (training uses 'train').
     vocab_size: SentencePiece vocabulary size (an upper bound).
     methods: rows of the table, from METHODS.
+    queries_file: optional queries ({"_id", "text"} JSON lines) that every
+      generative method also answers from its checkpoint: a TREC run file
+      <workdir>/<method>/<file name>.trec each (gin/runs/retrieval_infer.gin).
   """
   unknown = set(methods) - set(METHODS)
   if unknown:
@@ -74,7 +77,8 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
     else:
       row = docgen.train_and_evaluate(method, tc, os.path.join(workdir, method),
                                       eval_split=split, fm=fm,
-                                      cache_dir=os.path.join(workdir, 'cache'))
+                                      cache_dir=os.path.join(workdir, 'cache'),
+                                      queries_file=queries_file)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
