@@ -37,8 +37,10 @@ def define_flags() -> None:
                     'steps mean (model, optimizer, identifiers, data) differ; the change is '
                     'recorded in settings_changes.jsonl.')
 
-RUNS_HELP = ('include one of gin/runs/*.gin (train.gin, retrieval.gin, ranking.gin, '
-             'infer.gin) or bind launch.run_experiment.run')
+
+RUNS_HELP = ('include one of gin/runs/*.gin (train.gin, quickstart.gin, infer.gin, '
+             'retrieval.gin, retrieval_infer.gin, ranking.gin) or bind '
+             'launch.run_experiment.run')
 
 
 def run_experiment(workdir: str, run: Callable | None = None):
