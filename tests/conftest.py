@@ -9,6 +9,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Text-embedding caches of the tests go to a temporary folder, not ~/.cache.
 os.environ.setdefault('GENREC_CACHE_DIR', tempfile.mkdtemp(prefix='genrec-test-cache-'))
+# Many tests build the same tiny models again (each Trainer jits anew): a
+# persistent compilation cache, shared by the xdist workers and the main.py
+# subprocesses of one session, compiles each program once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.environ['GENREC_CACHE_DIR'], 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # noqa: E402
 

@@ -27,8 +27,8 @@ def _main(*args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
 def test_quickstart_then_infer_gives_the_evaluation_predictions(tmp_path):
   run = tmp_path / 'run'
   proc = _main('--gin_file=gin/runs/quickstart.gin', f'--workdir={run}',
-               '--gin_bindings=train.train.num_train_steps=30',
-               '--gin_bindings=train.train.eval_every_steps=15',
+               '--gin_bindings=train.train.num_train_steps=20',
+               '--gin_bindings=train.train.eval_every_steps=10',
                '--gin_bindings=sequences.make_synthetic.num_users=200',
                '--gin_bindings=sequences.make_synthetic.num_items=60')
   assert '| genrec | test |' in proc.stdout
@@ -37,7 +37,7 @@ def test_quickstart_then_infer_gives_the_evaluation_predictions(tmp_path):
   assert 'ETA' in proc.stderr and 'seqio' not in proc.stderr
   assert proc.stderr.count('validation/ndcg@10') == 0
   results = json.loads((run / 'results.json').read_text())
-  assert results['num_train_steps'] == 30 and results['num_items'] == 60
+  assert results['num_train_steps'] == 20 and results['num_items'] == 60
 
   # infer on the test users' histories, from the checkpoint alone.
   data = sequences.make_synthetic(num_users=200, num_items=60, seed=0)
@@ -183,8 +183,8 @@ def test_kill_9_while_checkpointing_then_resume(tmp_path):
   newest complete checkpoint and finishes; no partial step folder remains."""
   run = tmp_path / 'run'
   args = ['--gin_file=gin/runs/quickstart.gin', f'--workdir={run}',
-          '--gin_bindings=train.train.num_train_steps=40',
-          '--gin_bindings=train.train.eval_every_steps=40',
+          '--gin_bindings=train.train.num_train_steps=24',
+          '--gin_bindings=train.train.eval_every_steps=24',
           '--gin_bindings=train.train.checkpoint_every_steps=1',
           '--gin_bindings=train.train.log_every_steps=1',
           '--gin_bindings=sequences.make_synthetic.num_users=200',
@@ -196,13 +196,14 @@ def test_kill_9_while_checkpointing_then_resume(tmp_path):
   ckpt, deadline = run / 'checkpoints', time.time() + 600
   while proc.poll() is None and time.time() < deadline:
     steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.exists() else []
-    if steps and max(steps) >= 5:
+    if steps and max(steps) >= 4:
       break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
   _main(*args)
   results = json.loads((run / 'results.json').read_text())
-  assert results['num_train_steps'] == 40 and results['resumed_from_step'] >= 5
+  # The newest step folder may have been mid-write (then moved aside, not used).
+  assert results['num_train_steps'] == 24 and results['resumed_from_step'] >= 3
   leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and 'unreadable' not in d]
   assert not leftovers, leftovers

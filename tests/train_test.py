@@ -111,8 +111,11 @@ def test_changed_settings_are_refused_or_recorded(tmp_path):
   common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100)
   _run(tmp_path, stop_after_step=1, **common)
   other_lr = lambda n: trainer.make_optimizer(n, learning_rate=1e-2, warmup_steps=10)
+  run_config = (tmp_path / 'run_config.json').read_text()
   with pytest.raises(ValueError, match=r'(?s)other settings.*optimizer.constants.*Use a new'):
-    _run(tmp_path, optimizer_fn=other_lr, **common)
+    _run(tmp_path, optimizer_fn=other_lr, model_config=dataclasses.replace(TINY, d_ff=128),
+         **common)
+  assert (tmp_path / 'run_config.json').read_text() == run_config  # untouched
   results = _run(tmp_path, optimizer_fn=other_lr, allow_config_change=True, **common)
   assert results['resumed_from_step'] == 1
   change = json.loads((tmp_path / 'settings_changes.jsonl').read_text())

@@ -274,11 +274,6 @@ def train(
     sasrec = config.architecture == 'sasrec'
     train_arrays, valid_arrays, test_arrays = (
         item_scoring_arrays(a, ids, sasrec) for a in (train_arrays, valid_arrays, test_arrays))
-  loop.write_json(os.path.join(workdir, RUN_CONFIG), {
-      'model_config': dataclasses.asdict(config), 'max_history': max_history,
-      'beam_size': beam_size, 'item_scoring': bool(config.num_items),
-      'sasrec': config.architecture == 'sasrec', 'constrained_decoding': constrained_decoding,
-      'dataset': data.name, 'num_items': data.num_items})
   trie = (constraints.PrefixTrie.from_ids(ids)
           if constrained_decoding and not config.num_items else None)
   if trie is not None:
@@ -302,6 +297,12 @@ def train(
       'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head},
       allow_config_change)
+  # After the settings check: a refused start must not touch the run's record.
+  loop.write_json(os.path.join(workdir, RUN_CONFIG), {
+      'model_config': dataclasses.asdict(config), 'max_history': max_history,
+      'beam_size': beam_size, 'item_scoring': bool(config.num_items),
+      'sasrec': config.architecture == 'sasrec', 'constrained_decoding': constrained_decoding,
+      'dataset': data.name, 'num_items': data.num_items})
   manager, start, state, data_state = checkpoints.open_and_restore(
       os.path.join(workdir, 'checkpoints'), tr.abstract_state, keep_checkpoints,
       fallback=checkpoint_fallback)
