@@ -50,7 +50,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
                metrics=metrics)
 
 
-def _cause(e: BaseException) -> str:
+def root_cause(e: BaseException) -> str:
   """The innermost exception of a chain, as 'Type: message' (first 600 chars)."""
   while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
     e = e.__cause__ or e.__context__
@@ -71,7 +71,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any
   except Exception as e:  # orbax raises many types for corrupt or foreign folders
     path = os.path.join(str(manager.directory), str(step))
     raise ValueError(
-        f'Cannot restore checkpoint {path} (step {step}): {_cause(e)}. If it was written by '
+        f'Cannot restore checkpoint {path} (step {step}): {root_cause(e)}. If it was written by '
         'a different model or config, use a new --workdir; if it is corrupt or incomplete, '
         'an earlier step can be used instead.') from None
   logging.info('Restored checkpoint at step %d from %s', step, manager.directory)
@@ -113,10 +113,9 @@ def open_and_restore(directory: str, abstract_state: Any, keep: int = 3,
         logging.warning('Resuming from step %d, the newest readable checkpoint.', steps[0])
       return manager, steps[0], state, data
     except ValueError as e:
-      if not fallback:
-        manager.close()
-        raise
       manager.close()
+      if not fallback:
+        raise
       aside = os.path.join(directory, f'{steps[0]}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
       if jax.process_index() == 0:  # one process moves it; the others wait for that
         os.replace(os.path.join(directory, str(steps[0])), aside)

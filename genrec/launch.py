@@ -67,9 +67,6 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required: the run directory (created if absent).')
-  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-    raise app.UsageError(f'--workdir {FLAGS.workdir!r} is an existing file, not a folder; '
-                         'choose another path.')
   if not FLAGS.gin_file:
     raise app.UsageError(f'No --gin_file given: {RUNS_HELP}, e.g. '
                          '--gin_file=gin/runs/quickstart.gin.')
@@ -90,6 +87,10 @@ def main(argv):
     jax.distributed.initialize()
   import gin
   from genrec import gin_utils, loop
+  try:
+    loop.make_workdir(FLAGS.workdir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   loop.allow_config_change = FLAGS.allow_config_change
   gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),

@@ -30,7 +30,7 @@ import gin
 import jax
 import numpy as np
 
-from genrec import checkpoints
+from genrec import checkpoints, partitioning
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def record_start(workdir: str, step: int) -> None:
     f.write(text)
   append_jsonl(os.path.join(workdir, 'run_manifest.jsonl'), {
       'event': 'start', 'time': _utc(), 'step': step, 'genrec': genrec.__version__,
-      'jax': jax.__version__, 'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'jax': jax.__version__, 'devices': partitioning.device_summary(),
       'processes': jax.process_count(), 'config': f'config/start_{n:03d}_step{step}.gin'})
 
 

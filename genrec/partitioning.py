@@ -104,6 +104,12 @@ def param_partition_specs(abstract_params: nnx.State, rules=LOGICAL_AXIS_RULES) 
   return nnx.to_pure_dict(specs)
 
 
+def named_shardings(specs, mesh: Mesh):
+  """A pytree of PartitionSpecs as NamedShardings on `mesh`."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
 def device_summary() -> str:
   """'<count> x <device kind>' of the devices a run uses, for results tables."""
   return f'{jax.device_count()} x {jax.devices()[0].device_kind}'

@@ -13,10 +13,10 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 import orbax.checkpoint as ocp
 
-from genrec import constraints, decoding, models, partitioning
+from genrec import checkpoints, constraints, decoding, models, partitioning
 
 
 class Predictor:
@@ -27,9 +27,7 @@ class Predictor:
     self.mesh = mesh
     self.graphdef, abstract = nnx.split(models.abstract_model(config))
     self.param_specs = partitioning.param_partition_specs(abstract)
-    self.param_shardings = jax.tree.map(
-        lambda s: NamedSharding(mesh, s), self.param_specs,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    self.param_shardings = partitioning.named_shardings(self.param_specs, mesh)
     self.abstract_params = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nnx.to_pure_dict(abstract), self.param_shardings)
@@ -67,9 +65,9 @@ class Predictor:
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True))
     except Exception as e:  # orbax raises many types for corrupt or foreign folders
-      raise ValueError(f'Cannot read the parameters of {path}: {type(e).__name__}: '
-                       f'{str(e)[:300]}. The checkpoint must come from a run of this model '
-                       'config (same sizes and identifiers).') from e
+      raise ValueError(f'Cannot read the parameters of {path}: {checkpoints.root_cause(e)}. '
+                       'The checkpoint must come from a run of this model config (same '
+                       'sizes and identifiers).') from None
     logging.info('Restored the parameters of step %d from %s', step, checkpoint_dir)
     return out['params'], step
 

@@ -6,7 +6,7 @@ import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 import optax
 
 from genrec import models, partitioning
@@ -74,18 +74,19 @@ def param_and_opt_specs(abstract_params: nnx.State, tx: optax.GradientTransforma
   """
   param_specs = partitioning.param_partition_specs(abstract_params)
   abstract_params = nnx.to_pure_dict(abstract_params)
+  abstract_opt, opt_specs = opt_state_specs(abstract_params, param_specs, tx)
+  return abstract_params, param_specs, abstract_opt, opt_specs
+
+
+def opt_state_specs(abstract_params, param_specs, tx: optax.GradientTransformation):
+  """(abstract optimizer state, its PartitionSpecs) for pure-dict parameters
+  with `param_specs`: a parameter's moments shard like it, counters replicate."""
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_specs = optax.tree_map_params(
       tx, lambda _, spec: spec, abstract_opt, param_specs,
       transform_non_params=lambda _: partitioning.logical_to_mesh_spec(None),
       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  return abstract_params, param_specs, abstract_opt, opt_specs
-
-
-def named_shardings(specs, mesh: Mesh):
-  """A pytree of PartitionSpecs as NamedShardings on `mesh`."""
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return abstract_opt, opt_specs
 
 
 class Trainer(Predictor):
@@ -96,15 +97,14 @@ class Trainer(Predictor):
     super().__init__(config, mesh)
     self.tx = tx
     self.lr_fn = learning_rate_fn
-    _, abstract_params = nnx.split(models.abstract_model(config))
-    abstract_params, param_specs, abstract_opt, opt_specs = param_and_opt_specs(
-        abstract_params, tx)
-    specs = TrainState(step=partitioning.logical_to_mesh_spec(None), params=param_specs,
+    # The Predictor's abstract parameters and specs; only the optimizer's are new.
+    abstract_opt, opt_specs = opt_state_specs(self.abstract_params, self.param_specs, tx)
+    specs = TrainState(step=partitioning.logical_to_mesh_spec(None), params=self.param_specs,
                        opt_state=opt_specs)
-    self.state_shardings = named_shardings(specs, mesh)
+    self.state_shardings = partitioning.named_shardings(specs, mesh)
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=self.abstract_params,
                    opt_state=abstract_opt), self.state_shardings)
     # One sharding for every leaf of the batch dict: split the batch dimension.
     self.batch_shardings = partitioning.batch_sharding(mesh, 1)

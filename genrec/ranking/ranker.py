@@ -280,7 +280,7 @@ def train_and_evaluate(
   tx = optax.adam(learning_rate)
   graphdef, abstract_params = nnx.split(abstract_ranker(config, table_rows))
   _, param_specs, _, opt_specs = trainer.param_and_opt_specs(abstract_params, tx)
-  state_sh = trainer.named_shardings({'params': param_specs, 'opt_state': opt_specs}, mesh)
+  state_sh = partitioning.named_shardings({'params': param_specs, 'opt_state': opt_specs}, mesh)
   repl = partitioning.replicated(mesh)
   rows = jax.device_put(feats.rows, repl)
   mask = jax.device_put(feats.mask, repl)

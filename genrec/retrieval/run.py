@@ -20,7 +20,7 @@ import gin
 import jax
 import sentencepiece as spm
 
-from genrec import tables
+from genrec import loop, tables
 from genrec.retrieval import corpus, docgen, fm_index
 
 METHODS = ('bm25', *docgen.METHODS)
@@ -60,7 +60,7 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
   unknown = set(methods) - set(METHODS)
   if unknown:
     raise ValueError(f'Unknown retrieval methods {sorted(unknown)}; choose from {METHODS}.')
-  os.makedirs(workdir, exist_ok=True)
+  loop.make_workdir(workdir)
   c = corpus.load_beir(collection, data_dir)
   model = os.path.join(workdir, f'{collection}_spm{vocab_size}.model')
   if not os.path.exists(model):  # deterministic: parallel invocations may share it
