@@ -38,6 +38,60 @@ class Dense(nnx.Module):
     return jax.lax.dot_general(x.astype(self.dtype), k, (contract, ((), ())))
 
 
+def _mix32(x: Array) -> Array:
+  """A 32-bit integer finalizer with full avalanche (Wellons' lowbias32)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
+  """uint32 [shape] pseudo-random bits from a JAX PRNG key: a counter-based hash
+  of (key, element index).
+
+  Two rounds of `_mix32` over the global element index, keyed by the key's
+  words. Unlike `jax.random.bits` (threefry: 20 rounds over two words, which
+  XLA runs as a loop that nothing fuses into), this is a handful of integer
+  ops that fuse into the consumer (the dropout select), so dropout costs about
+  what the multiply costs. Deterministic in (key, shape) and independent of
+  the device mesh (the index is the logical one), so runs stay reproducible
+  and resumable. Good enough for dropout masks; not for anything
+  cryptographic or for sampling.
+  """
+  size = math.prod(shape)
+  if size >= 2**32:
+    raise ValueError(f'hash_bits: {shape} has {size} elements, more than 2**32.')
+  words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+  k0 = words[0]
+  k1 = words[1] if words.shape[0] > 1 else _mix32(k0 + jnp.uint32(0x9E3779B9))
+  index = jax.lax.iota(jnp.uint32, size).reshape(shape)
+  return _mix32(_mix32(index ^ k0) + k1)
+
+
+class Dropout(nnx.Module):
+  """Inverted dropout with `hash_bits` masks (see there for why not threefry).
+
+  Drops each element with probability `rate` and scales the rest by
+  1 / (1 - rate); one key from `rngs.dropout()` per call, as `nnx.Dropout`.
+  """
+
+  def __init__(self, rate: float):
+    if not 0 <= rate < 1:
+      raise ValueError(f'Dropout rate must be in [0, 1), not {rate}.')
+    self.rate = rate
+
+  def __call__(self, x: Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
+    if deterministic or self.rate == 0:
+      return x
+    if rngs is None:
+      raise ValueError('Dropout in training needs rngs with a "dropout" stream.')
+    threshold = jnp.uint32(min(round(self.rate * 2**32), 2**32 - 1))
+    keep = hash_bits(rngs.dropout(), x.shape) >= threshold
+    return jnp.where(keep, x / jnp.asarray(1 - self.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 class RMSNorm(nnx.Module):
   """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
 
@@ -102,7 +156,7 @@ class MultiHeadAttention(nnx.Module):
     self.query, self.key, self.value = proj(), proj(), proj()
     self.out = Dense((num_heads, head_dim), (d_model,), ('heads', 'kv', 'embed'),
                      dtype=dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout = Dropout(dropout_rate)
     self.head_dim = head_dim
     self.dtype = dtype
 
@@ -143,7 +197,7 @@ class MlpBlock(nnx.Module):
                     if gated else None)
     self.wo = Dense((d_ff,), (d_model,), ('mlp', 'embed'), dtype=dtype, rngs=rngs)
     self.activation = getattr(jax.nn, activation)
-    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout = Dropout(dropout_rate)
 
   def __call__(self, x: Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
     h = self.activation(self.wi(x))

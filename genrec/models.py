@@ -66,7 +66,7 @@ class EncoderLayer(nnx.Module):
     self.mlp_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.mlp = layers.MlpBlock(cfg.d_model, cfg.d_ff, cfg.activation, cfg.gated_mlp,
                                cfg.dropout_rate, dtype=dt, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
 
   def __call__(self, x, mask, bias, *, deterministic, rngs):
     kw = dict(deterministic=deterministic, rngs=rngs)
@@ -88,7 +88,7 @@ class DecoderLayer(nnx.Module):
     self.mlp_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.mlp = layers.MlpBlock(cfg.d_model, cfg.d_ff, cfg.activation, cfg.gated_mlp,
                                cfg.dropout_rate, dtype=dt, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
 
   def __call__(self, y, encoded, self_mask, cross_mask, bias, *, deterministic, rngs):
     kw = dict(deterministic=deterministic, rngs=rngs)
@@ -161,7 +161,7 @@ class EncoderDecoder(nnx.Module):
     self.decoder_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
         (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
     # Like the tied token logits: unit-variance rows, scores scaled by 1/sqrt(d).
     self.item_embed = _item_table(cfg, 1.0, rngs) if cfg.num_items > 0 else None
 
@@ -327,7 +327,7 @@ class SASRec(nnx.Module):
                                    (cfg.max_len, cfg.d_model), ('length', 'embed'))
     self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
     self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
 
   def score_items(self, items: Array, *, deterministic: bool = True,
                   rngs: nnx.Rngs | None = None) -> Array:

@@ -106,3 +106,33 @@ def test_cached_decode_steps_equal_full_decoding():
   full = apply(MODEL, enc, dec)
   stepped = _incremental(MODEL, enc, dec, 3)  # beams share the query's encoder cache
   np.testing.assert_allclose(stepped, jnp.repeat(full, 3, axis=0), atol=1e-4)
+
+
+def test_hash_dropout_masks_are_uniform_independent_and_reproducible():
+  shape = (64, 81, 128)
+  bits = np.asarray(layers.hash_bits(jax.random.key(3), shape))
+  again = np.asarray(layers.hash_bits(jax.random.key(3), shape))
+  other = np.asarray(layers.hash_bits(jax.random.key(4), shape))
+  np.testing.assert_array_equal(bits, again)
+  for rate in (0.1, 0.5):
+    threshold = np.uint32(round(rate * 2**32))
+    drop, drop_other = bits < threshold, other < threshold
+    assert abs(drop.mean() - rate) < 0.005
+    # Neighbouring elements, other positions and other keys are uncorrelated.
+    for a, b in ((drop[..., 1:], drop[..., :-1]), (drop[:, 1:], drop[:, :-1]),
+                 (drop, drop_other)):
+      both = (a & b).mean()
+      assert abs(both - rate * rate) < 0.005, (rate, both)
+  # Every bit of the words is used: each bit position is set half of the time.
+  ones = np.unpackbits(bits.view(np.uint8)).reshape(-1, 32).mean(0)
+  assert np.all(np.abs(ones - 0.5) < 0.01)
+
+
+def test_dropout_layer_scales_kept_values_and_drops_the_rate():
+  drop = layers.Dropout(0.25)
+  x = jnp.ones((200, 500))
+  y = np.asarray(drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+  np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
+  assert abs((y == 0).mean() - 0.25) < 0.01
+  assert abs(y.mean() - 1.0) < 0.01
+  np.testing.assert_array_equal(drop(x, deterministic=True, rngs=None), x)

@@ -5,7 +5,7 @@ from flax import nnx
 import optax
 import pytest
 
-from genrec import models, partitioning, trainer
+from genrec import layers, models, partitioning, trainer
 
 
 def test_schedules_warm_up_then_decay():
@@ -53,3 +53,33 @@ def test_projection_head_top_k_matches_brute_force_scoring():
   scores = np.array([[h[b] @ table[i] / np.sqrt(16) for i in range(1, 301)] for b in range(8)])
   expected = np.argsort(-scores, axis=1, kind='stable')[:, :10] + 1
   np.testing.assert_array_equal(top, expected)
+
+
+def _first_losses(monkeypatch, dropout_cls, steps=8):
+  if dropout_cls is not None:
+    monkeypatch.setattr(layers, 'Dropout', dropout_cls)
+  cfg = models.TransformerConfig(vocab_size=256, d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1)
+  tx, lr = trainer.make_optimizer(steps, learning_rate=3e-3, warmup_steps=1)
+  tr = trainer.Trainer(cfg, tx, partitioning.make_mesh(-1, 1, 1), lr)
+  state = tr.init_state(0)
+  rng = np.random.default_rng(0)
+  tgt = rng.integers(2, 256, (64, 4)).astype(np.int32)
+  batch = {'encoder_input_tokens': rng.integers(2, 256, (64, 24)).astype(np.int32),
+           'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+           'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}
+  batch = partitioning.shard_batch(batch, tr.mesh)
+  losses = []
+  for _ in range(steps):
+    state, m = tr.train_step(state, batch, jax.random.key(1))
+    losses.append(float(m['loss']))
+  return np.array(losses)
+
+
+def test_hash_dropout_trains_like_threefry_dropout(monkeypatch):
+  """The cheap dropout bits (layers.hash_bits) leave the first steps' losses
+  where the threefry-based nnx.Dropout put them."""
+  new = _first_losses(monkeypatch, None)
+  old = _first_losses(monkeypatch, nnx.Dropout)  # the dropout before (threefry bits)
+  assert new[-1] < new[0] - 0.5  # it learns
+  np.testing.assert_allclose(new, old, rtol=0.03)
