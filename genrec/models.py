@@ -32,9 +32,14 @@ class TransformerConfig:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   logits_via_embedding: bool = False
-  dtype: str = 'float32'  # compute dtype: 'float32' or 'bfloat16'
+  # Compute dtype: 'float32', 'bfloat16', or 'auto': bfloat16 on GPUs and TPUs,
+  # float32 on CPUs (XLA:CPU has no fast bfloat16 matmul on most CPUs).
+  # Parameters, softmax statistics, norms and logits stay float32.
+  dtype: str = 'auto'
   # 'encoder_decoder' (generative; with num_items > 0 it scores items through
-  # a projection head instead of decoding identifiers) or 'sasrec'.
+  # a projection head instead of decoding identifiers), 'decoder_only'
+  # (generative over the whole identifier sequence, trained on every position)
+  # or 'sasrec'.
   architecture: str = 'encoder_decoder'
   num_items: int = 0  # item-scoring models: catalog size, filled in from the data
   max_len: int = 0  # SASRec: history positions, filled in from max_history
@@ -47,12 +52,14 @@ class TransformerConfig:
     if not 0 <= self.dropout_rate < 1:
       raise ValueError(f'TransformerConfig.dropout_rate must be in [0, 1), not '
                        f'{self.dropout_rate}.')
-    if self.dtype not in ('float32', 'bfloat16'):
-      raise ValueError(f"TransformerConfig.dtype must be 'float32' or 'bfloat16', not "
-                       f'{self.dtype!r}.')
+    if self.dtype not in ('float32', 'bfloat16', 'auto'):
+      raise ValueError(f"TransformerConfig.dtype must be 'float32', 'bfloat16' or 'auto', "
+                       f'not {self.dtype!r}.')
 
   @property
   def compute_dtype(self):
+    if self.dtype == 'auto':
+      return jnp.dtype(jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16)
     return jnp.dtype(self.dtype)
 
 
@@ -128,6 +135,20 @@ class DecoderLayer(nnx.Module):
     return y + self.mlp(self.mlp_norm(y), deterministic=True, rngs=None), (k, v)
 
 
+# The model protocol (what the training loop, `Predictor` and `infer` rely on):
+#   loss(batch, *, deterministic, rngs) -> (scalar loss, {metric: scalar})
+#   training_examples: 'prefix' (one example per history prefix: encoder
+#     inputs and the next item's identifier) or 'sequence' (one example per
+#     user window, every next-item position trained in one pass; features in
+#     `genrec.recommendation.features.sequence_train_arrays`)
+#   left_padded_inputs: whether histories are 0-padded at the start (decoder-
+#     only models continue the history in place) rather than at the end
+#   generative models: beam_search_inputs(inputs, beam_size, num_steps) ->
+#     (tokens_to_logits, cache) for `decoding.beam_search`
+#   item-scoring models (cfg.num_items > 0): score_items(inputs) -> scores
+# The class is chosen by TransformerConfig.architecture (gin), see model_class.
+
+
 class EncoderDecoder(nnx.Module):
   """Encoder over history tokens, causal decoder over identifier tokens.
 
@@ -139,6 +160,9 @@ class EncoderDecoder(nnx.Module):
   a learned embedding of every item, so one pass ranks the whole catalog
   (`score_items`) instead of a beam search over identifiers.
   """
+
+  training_examples = 'prefix'
+  left_padded_inputs = False
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     if cfg.vocab_size <= 0:
@@ -245,6 +269,17 @@ class EncoderDecoder(nnx.Module):
       new_cache.append(kv)
     return self._logits(self.decoder_norm(y))[:, 0], new_cache
 
+  def beam_search_inputs(self, encoder_input_tokens: Array, beam_size: int, num_steps: int):
+    """(tokens_to_logits, initial cache) of `decoding.beam_search`: the encoder
+    runs once per query and its cross-attention keys/values are shared by the
+    query's beams."""
+    encoded, valid = self.encode(encoder_input_tokens)
+    cross = self.cross_attention_cache(encoded)
+
+    def tokens_to_logits(tokens, cache, step):
+      return self.decode_step(tokens, step, cross, valid, cache)
+    return tokens_to_logits, self.init_self_cache(encoded.shape[0] * beam_size, num_steps)
+
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
     encoded, valid = self.encode(encoder_input_tokens, deterministic=deterministic, rngs=rngs)
@@ -312,7 +347,13 @@ class SASRec(nnx.Module):
   Inputs are item ids [b, max_len], 0-padded at the end, oldest first.
   Sizes: d_model, num_heads, head_dim, d_ff, num_encoder_layers (blocks),
   dropout_rate, max_len, num_items.
+
+  Trained as in the paper, on every position of a user's sequence in one pass
+  (`training_examples = 'sequence'`): the state after item t is scored
+  against item t+1 for every t, full-catalog cross-entropy.
   """
+  training_examples = 'sequence'
+  left_padded_inputs = False
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     if cfg.num_items <= 0 or cfg.max_len <= 0:
@@ -329,11 +370,11 @@ class SASRec(nnx.Module):
     self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.dropout = layers.Dropout(cfg.dropout_rate)
 
-  def score_items(self, items: Array, *, deterministic: bool = True,
-                  rngs: nnx.Rngs | None = None) -> Array:
-    """[b, max_len] history item ids -> float32 scores [b, rows] of item ids."""
+  def states(self, items: Array, *, deterministic: bool = True,
+             rngs: nnx.Rngs | None = None) -> Array:
+    """[b, t] item ids -> the causal states [b, t, d] after each item."""
     kw = dict(deterministic=deterministic, rngs=rngs)
-    b, t = items.shape
+    t = items.shape[1]
     valid = items > 0
     x = (jnp.take(self.item_embed[...], items, axis=0) * jnp.sqrt(self.cfg.d_model)
          + self.pos_embed[...][None, :t])
@@ -341,19 +382,174 @@ class SASRec(nnx.Module):
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]
     for block in self.blocks:
       x = block(x, mask, None, **kw)
-    x = self.norm(x)
-    last = jnp.maximum(valid.sum(axis=1) - 1, 0)  # [b]: the most recent item
-    return _item_scores(x[jnp.arange(b), last], self.item_embed[...], self.cfg.num_items)
+    return self.norm(x)
+
+  def score_items(self, items: Array, *, deterministic: bool = True,
+                  rngs: nnx.Rngs | None = None) -> Array:
+    """[b, max_len] history item ids -> float32 scores [b, rows] of item ids."""
+    x = self.states(items, deterministic=deterministic, rngs=rngs)
+    last = jnp.maximum((items > 0).sum(axis=1) - 1, 0)  # [b]: the most recent item
+    return _item_scores(x[jnp.arange(items.shape[0]), last], self.item_embed[...],
+                        self.cfg.num_items)
 
   def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
            rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
-    return _item_loss(self.score_items(batch['encoder_input_tokens'],
-                                       deterministic=deterministic, rngs=rngs),
-                      batch['target_item'])
+    """Cross-entropy of the next item at every position with one (batch
+    'items' [b, t] and 'next_items' [b, t], 0 where there is none)."""
+    x = self.states(batch['items'], deterministic=deterministic, rngs=rngs)
+    b, t, d = x.shape
+    scores = _item_scores(x.reshape(b * t, d), self.item_embed[...], self.cfg.num_items)
+    targets = batch['next_items'].reshape(-1)
+    weights = (targets > 0).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(scores, targets)
+    correct = (scores.argmax(-1) == targets).astype(jnp.float32)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+
+
+class DecoderOnly(nnx.Module):
+  """A decoder-only generative recommender over a user's identifier tokens.
+
+  One causal Transformer (num_encoder_layers + num_decoder_layers blocks, so
+  as deep as the encoder-decoder it replaces, with T5 relative position bias)
+  reads the concatenated Semantic-ID tokens of a user's items, oldest first,
+  and is trained on every next token of every item after the first in one
+  pass (`training_examples = 'sequence'`, as SASRec and HSTU train) instead
+  of one encoder-decoder example per history prefix. Recommendation continues
+  a history (0-padded at the start) with `num_levels` tokens by the same,
+  optionally trie-constrained, beam search: the history's keys/values are
+  computed once per query and shared by its beams.
+  """
+  training_examples = 'sequence'
+  left_padded_inputs = True
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    if cfg.vocab_size <= 0:
+      raise ValueError('TransformerConfig.vocab_size must be set (it normally comes '
+                       'from the identifier scheme).')
+    dt = cfg.compute_dtype
+    self.cfg = cfg
+    self.embed = layers._param(rngs, nnx.initializers.normal(1.0),
+                               (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    self.bias = layers.RelativePositionBias(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, False, dtype=dt, rngs=rngs)
+    depth = cfg.num_encoder_layers + cfg.num_decoder_layers
+    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(depth)])
+    self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
+        (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
+
+  _embed = EncoderDecoder._embed
+  _logits = EncoderDecoder._logits
+
+  def __call__(self, tokens: Array, segment_ids: Array | None = None, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """[b, t] tokens (0 = padding) -> float32 next-token logits [b, t, vocab].
+
+    With `segment_ids` [b, t] (packed rows), a token attends only to the
+    earlier tokens of its own segment.
+    """
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    t = tokens.shape[1]
+    valid = tokens > 0
+    mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    bias = self.bias(t, t)
+    x = self.dropout(self._embed(tokens), **kw)
+    for block in self.blocks:
+      x = block(x, mask, bias, **kw)
+    return self._logits(self.dropout(self.norm(x), **kw))
+
+  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
+    """Mean cross-entropy of the weighted next tokens (batch 'tokens' [b, t],
+    'loss_weights' [b, t]: 1 on the tokens of every item after a window's
+    first; optional 'segment_ids' of packed rows)."""
+    tokens = batch['tokens']
+    segments = batch.get('segment_ids')
+    logits = self(tokens[:, :-1], None if segments is None else segments[:, :-1],
+                  deterministic=deterministic, rngs=rngs)
+    targets = tokens[:, 1:]
+    weights = batch['loss_weights'][:, 1:].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    correct = (logits.argmax(-1) == targets).astype(jnp.float32)
+    return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+
+  def beam_search_inputs(self, history: Array, beam_size: int, num_steps: int):
+    """(tokens_to_logits, cache) of `decoding.beam_search` continuing `history`
+    [b, s] (0-padded at the start).
+
+    The history runs once (its per-block keys/values stay per query); the
+    logits of the first identifier token come from its last position; each
+    later step feeds the previous token at position s + step - 1 and attends
+    to the history and to the beam's own tokens (cache [b * beams, num_steps]).
+    """
+    b, s = history.shape
+    total = s + num_steps
+    bias = self.bias(total, total)  # [1, h, total, total]
+    valid = history > 0
+    mask = jnp.tril(jnp.ones((s, s), bool))[None, None] & valid[:, None, None, :]
+    x = self._embed(history)
+    history_kv = []
+    for block in self.blocks:
+      h = block.attn_norm(x)
+      k, v = block.attn.keys_values(h)
+      history_kv.append((k, v))
+      x = x + block.attn.attend(block.attn.queries(h), k, v, mask, bias[:, :, :s, :s])
+      x = x + block.mlp(block.mlp_norm(x), deterministic=True, rngs=None)
+    first = self._logits(self.norm(x[:, -1:]))[:, 0]  # [b, vocab]
+    hist_mask = valid[:, None, None, :]  # [b, 1, 1, s]
+    shape = (b * beam_size, num_steps, self.cfg.num_heads, self.cfg.head_dim)
+    cache = [(jnp.zeros(shape, self.cfg.compute_dtype),) * 2 for _ in self.blocks]
+
+    def tokens_to_logits(tokens, cache, step):
+      if step == 0:
+        return jnp.repeat(first, beam_size, axis=0), cache
+      pos = s + step - 1  # where this token sits in the sequence
+      y = self._embed(tokens[:, None])  # [n, 1, d]
+      new_cache = []
+      for block, (hk, hv), (ck, cv) in zip(self.blocks, history_kv, cache):
+        h = block.attn_norm(y)
+        k_new, v_new = block.attn.keys_values(h)
+        ck, cv = ck.at[:, step - 1].set(k_new[:, 0]), cv.at[:, step - 1].set(v_new[:, 0])
+        new_cache.append((ck, cv))
+        q = block.attn.queries(h)  # [n, 1, h, dk]
+        y = y + _attend_history_and_own(block.attn, q, hk, hv, hist_mask, ck, cv, step,
+                                        bias[:, :, pos, :s], bias[:, :, pos, s:])
+        y = y + block.mlp(block.mlp_norm(y), deterministic=True, rngs=None)
+      return self._logits(self.norm(y))[:, 0], new_cache
+    return tokens_to_logits, cache
+
+
+def _attend_history_and_own(attn: layers.MultiHeadAttention, q, hk, hv, hist_mask, ck, cv,
+                            step: int, hist_bias, own_bias) -> Array:
+  """One decoding position's attention over a query's shared history keys
+  [b, s, h, dk] and its beam's own generated keys [n, T, h, dk] (the first
+  `step` of them), with relative biases [1, h, s] and [1, h, T]."""
+  n, b = q.shape[0], hk.shape[0]
+  beams = n // b
+  qb = q.reshape(b, beams, *q.shape[2:])  # a query's beams as its positions
+  hist = jnp.einsum('bqhd,bkhd->bhqk', qb, hk).astype(jnp.float32)  # [b, h, beams, s]
+  hist = jnp.where(hist_mask, hist + hist_bias[:, :, None, :].astype(jnp.float32),
+                   jnp.finfo(jnp.float32).min)
+  own = jnp.einsum('nqhd,nkhd->nhqk', q, ck).astype(jnp.float32)  # [n, h, 1, T]
+  own = own + own_bias[:, :, None, :].astype(jnp.float32)
+  own = jnp.where(jnp.arange(ck.shape[1]) < step, own, jnp.finfo(jnp.float32).min)
+  own = own.reshape(b, beams, *own.shape[1:]).transpose(0, 2, 1, 3, 4)[:, :, :, 0]  # [b,h,beams,T]
+  weights = jax.nn.softmax(jnp.concatenate([hist, own], -1), axis=-1).astype(attn.dtype)
+  s = hk.shape[1]
+  y = jnp.einsum('bhqk,bkhd->bqhd', weights[..., :s], hv)  # [b, beams, h, dk]
+  own_w = weights[..., s:].transpose(0, 2, 1, 3).reshape(n, -1, 1, ck.shape[1])  # [n,h,1,T]
+  y = y.reshape(n, 1, *y.shape[2:]) + jnp.einsum('nhqk,nkhd->nqhd', own_w, cv)
+  return attn.out(y)
 
 
 def model_class(cfg: TransformerConfig) -> type[nnx.Module]:
-  classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec}
+  classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec, 'decoder_only': DecoderOnly}
   if cfg.architecture not in classes:
     raise ValueError(f'Unknown architecture {cfg.architecture!r}; use one of {sorted(classes)}.')
   return classes[cfg.architecture]

@@ -73,7 +73,8 @@ class Predictor:
 
   def predict(self, params, encoder_input_tokens: jax.Array, beam_size: int,
               num_steps: int, trie: constraints.PrefixTrie | None = None):
-    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores).
+    """Beam search: [batch, s] -> (tokens [batch, beam, num_steps], scores), for
+    any generative model (its `beam_search_inputs`).
 
     With `trie`, only identifiers in it are decoded (exact, on the device).
     """
@@ -90,16 +91,10 @@ class Predictor:
 
   def _predict_fn(self, params, encoder_input_tokens, trie, *, beam_size, num_steps):
     model = nnx.merge(self.graphdef, params)
-    batch = encoder_input_tokens.shape[0]
-    encoded, valid = model.encode(encoder_input_tokens)
-    cross = model.cross_attention_cache(encoded)  # once per query, not per beam
-
-    def tokens_to_logits(tokens, cache, step):
-      return model.decode_step(tokens, step, cross, valid, cache)
-    return decoding.beam_search(tokens_to_logits,
-                                model.init_self_cache(batch * beam_size, num_steps),
-                                batch, beam_size, num_steps,
-                                None if trie is None else trie.constrain)
+    tokens_to_logits, cache = model.beam_search_inputs(encoder_input_tokens, beam_size,
+                                                       num_steps)
+    return decoding.beam_search(tokens_to_logits, cache, encoder_input_tokens.shape[0],
+                                beam_size, num_steps, None if trie is None else trie.constrain)
 
   def predict_host_constrained(self, params, encoder_input_tokens: jax.Array, beam_size: int,
                                num_steps: int, allowed_fn: decoding.HostAllowedFn):

@@ -136,3 +136,23 @@ def test_dropout_layer_scales_kept_values_and_drops_the_rate():
   assert abs((y == 0).mean() - 0.25) < 0.01
   assert abs(y.mean() - 1.0) < 0.01
   np.testing.assert_array_equal(drop(x, deterministic=True, rngs=None), x)
+
+
+def test_decoder_only_packed_rows_equal_one_window_per_row():
+  """Segments of a packed row see only themselves: the loss of a packed batch
+  equals that of the same windows one per row."""
+  cfg = dataclasses_replace(CFG, architecture='decoder_only')
+  model = models.create_model(cfg, jax.random.key(1))
+  windows = [np.array([5, 9, 7, 3, 11, 12]), np.array([4, 8, 6, 2]), np.array([20, 21])]
+  weights = [np.r_[0, 0, np.ones(len(w) - 2)] for w in windows]
+  row = lambda parts: np.concatenate(parts + [np.zeros(12 - sum(map(len, parts)))])
+  packed = {'tokens': row(windows)[None].astype(np.int32),
+            'loss_weights': row(weights)[None].astype(np.int32),
+            'segment_ids': row([np.full(len(w), i + 1) for i, w in enumerate(windows)])[None]
+            .astype(np.int32)}
+  single = {'tokens': np.stack([np.r_[np.zeros(12 - len(w)), w] for w in windows]).astype(np.int32),
+            'loss_weights': np.stack([np.r_[np.zeros(12 - len(w)), x] for w, x in
+                                      zip(windows, weights)]).astype(np.int32)}
+  a, _ = model.loss(jax.tree.map(jnp.asarray, packed), deterministic=True)
+  b, _ = model.loss(jax.tree.map(jnp.asarray, single), deterministic=True)
+  np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -3,7 +3,7 @@ import pytest
 
 from genrec import ids
 from genrec.data import sequences
-from genrec.recommendation import tasks, train
+from genrec.recommendation import features, tasks, train
 
 
 def test_task_turns_items_into_identifier_tokens():
@@ -49,3 +49,61 @@ def test_unknown_input_pipeline_is_refused():
   data = sequences.make_synthetic(num_users=20, num_items=10, seed=0)
   with pytest.raises(ValueError, match="'auto', 'seqio' or 'numpy'"):
     train.load_arrays(data, ids.AtomicIds().fit(data), 5, 'grain')
+
+
+def test_sequence_windows_cover_every_prefix_target_once():
+  """Sequence-level training sees exactly the targets of the prefix examples,
+  each with its context inside a window of max_history + 1 items."""
+  data = sequences.make_synthetic(num_users=80, num_items=40, seed=5)
+  for max_history in (1, 3, 20):
+    windows = features.sequence_windows(data.train_sequences(), max_history)
+    assert all(2 <= len(w) <= max_history + 1 for w in windows)
+    from_windows = sorted((tuple(w[max(0, j - max_history):j]), int(w[j]))
+                          for w in windows for j in range(1, len(w)))
+    split = sequences.leave_one_out(data, max_history)['train']
+    n = len(split.target)
+    assert len(from_windows) == n
+    # Each prefix target appears once; windows give it at most max_history context.
+    targets = sorted(int(t) for t in split.target)
+    assert sorted(t for _, t in from_windows) == targets
+
+
+def test_sequence_train_arrays_and_left_padding():
+  data = sequences.SequenceData('seqtoy', 12, (np.array([3, 5, 7, 9, 11, 4], np.int32),
+                                               np.array([2, 4, 6], np.int32)))
+  item_ids = ids.RandomCodeIds(num_levels=2, codebook_size=4, seed=1).fit(data)
+  tok = item_ids.items_to_tokens
+  arrays = features.sequence_train_arrays(data.train_sequences(), item_ids, max_history=2,
+                                         packed=False)
+  # User 0 trains on [3 5 7 9]: windows [5 7 9] and [3 5]; user 1 ([2]) on none.
+  np.testing.assert_array_equal(arrays['tokens'][0], np.r_[tok(5), tok(7), tok(9)])
+  np.testing.assert_array_equal(arrays['loss_weights'][0], [0, 0, 1, 1, 1, 1])
+  np.testing.assert_array_equal(arrays['tokens'][1], np.r_[[0, 0], tok(3), tok(5)])
+  np.testing.assert_array_equal(arrays['loss_weights'][1], [0, 0, 0, 0, 1, 1])
+  assert len(arrays['tokens']) == 2
+  packed = features.sequence_train_arrays(data.train_sequences(), item_ids, max_history=2)
+  np.testing.assert_array_equal(packed['tokens'], [np.r_[tok(5), tok(7), tok(9)],
+                                                   np.r_[tok(3), tok(5), [0, 0]]])
+  np.testing.assert_array_equal(packed['segment_ids'], [[1] * 6, [1, 1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(packed['loss_weights'][1], [0, 0, 1, 1, 0, 0])
+  items = features.sequence_train_arrays(data.train_sequences(), item_ids, 2, item_ids=True)
+  np.testing.assert_array_equal(items['items'], [[5, 7], [3, 0]])
+  np.testing.assert_array_equal(items['next_items'], [[7, 9], [5, 0]])
+  np.testing.assert_array_equal(features.left_pad(np.array([[4, 5, 0, 0], [1, 2, 3, 6]])),
+                                [[0, 0, 4, 5], [1, 2, 3, 6]])
+
+
+def test_packing_fills_rows_without_overflow_and_keeps_every_window():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 11, 500) * 4
+  rows = features.pack(lengths, 84)
+  assert sorted(i for r in rows for i in r) == list(range(500))
+  assert all(sum(lengths[r]) <= 84 for r in rows)
+  assert len(rows) <= int(np.ceil(lengths.sum() / 84 * 1.1))  # first-fit-decreasing is tight
+  data = sequences.make_synthetic(num_users=60, num_items=40, seed=3)
+  item_ids = ids.RandomCodeIds(num_levels=3, codebook_size=4, seed=2).fit(data)
+  a = features.sequence_train_arrays(data.train_sequences(), item_ids, 5, packed=False)
+  b = features.sequence_train_arrays(data.train_sequences(), item_ids, 5)
+  assert len(b['tokens']) < len(a['tokens'])
+  assert a['loss_weights'].sum() == b['loss_weights'].sum()
+  assert sorted(a['tokens'][a['tokens'] > 0]) == sorted(b['tokens'][b['tokens'] > 0])

@@ -1,10 +1,16 @@
-r"""Training-step throughput of an encoder-decoder size on the current devices.
+r"""Training-step throughput of an encoder-decoder size on the current devices,
+optionally beside the PyTorch peer in the same run.
 
   python -m genrec.benchmarks.train_throughput --gin_file=gin/models/tiger.gin \
       --batch_size=256 --steps=50
+  # genrec vs Hugging Face T5 (peer_hf_t5.py, its own virtualenv) at 1-level
+  # (20 history tokens, 12,101-item vocabulary) and TIGER's 4-level shapes:
+  python -m genrec.benchmarks.train_throughput --peer_python=../peer-venv/bin/python \
+      --shapes=20x1x12101,81x5x3000 --steps=5 --output=docs/results/train_throughput.csv
 
 Random batches shaped like Amazon Beauty with atomic IDs (20 history items of
-one token, a 12,101-item vocabulary) unless flags say otherwise. Prints the
+one token, a 12,101-item vocabulary) unless flags say otherwise (`--shapes`:
+input tokens x target tokens x items, several per run). Prints the
 median step time over `--steps` timed steps (after `--warmup` steps that
 include compilation), examples/s, tokens/s (encoder + decoder tokens) and
 peak memory (device memory where the backend reports it, else the process's
@@ -13,8 +19,11 @@ peak RSS), as a markdown row; `--output` appends it to a CSV as well.
 
 import csv
 import dataclasses
+import json
 import os
 import resource
+import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -34,6 +43,10 @@ flags.DEFINE_integer('input_len', 20, 'Encoder tokens per example.')
 flags.DEFINE_integer('target_len', 1, 'Decoder tokens per example (identifier length).')
 flags.DEFINE_integer('num_items', 12101, 'Catalog size (atomic IDs: vocabulary).')
 flags.DEFINE_string('mesh', '-1,1,1', 'Mesh sizes data,fsdp,model.')
+flags.DEFINE_list('shapes', [], 'input_len x target_len x num_items triples, e.g. '
+                  '20x1x12101,81x5x3000 (overrides the three flags above).')
+flags.DEFINE_string('peer_python', None, 'Python of a virtualenv with torch and '
+                    'transformers<5: also time peer_hf_t5.py at the same shapes.')
 flags.DEFINE_string('output', None, 'CSV file to append the result to.')
 FLAGS = flags.FLAGS
 
@@ -80,26 +93,57 @@ def run(config: models.TransformerConfig, batch_size: int, steps: int, warmup: i
   }
 
 
+def peer_row(config: models.TransformerConfig, batch_size: int, input_len: int,
+             target_len: int, steps: int) -> dict:
+  """Times the PyTorch peer (peer_hf_t5.py) at the same sizes and shapes."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'peer_hf_t5.py')
+  args = [FLAGS.peer_python, script, f'--batch_size={batch_size}', f'--input_len={input_len}',
+          f'--target_len={target_len}', f'--vocab_size={config.vocab_size}',
+          f'--d_model={config.d_model}', f'--head_dim={config.head_dim}',
+          f'--d_ff={config.d_ff}', f'--num_heads={config.num_heads}',
+          f'--num_encoder_layers={config.num_encoder_layers}',
+          f'--num_decoder_layers={config.num_decoder_layers}',
+          f'--dropout_rate={config.dropout_rate}', f'--steps={steps}']
+  proc = subprocess.run(args, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f'The peer failed ({" ".join(args)}):\n{proc.stderr[-2000:]}')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv):
   del argv
   gin.add_config_file_search_path(os.getcwd())
   gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
-  config = gin.get_configurable(models.TransformerConfig)()
-  vocab = -(-(NUM_RESERVED_TOKENS + FLAGS.num_items) // 128) * 128
-  config = dataclasses.replace(config, vocab_size=vocab)
+  base = gin.get_configurable(models.TransformerConfig)()
   data, fsdp, model = (int(x) for x in FLAGS.mesh.split(','))
   mesh = partitioning.make_mesh(data, fsdp, model)
-  result = {'model': ','.join(os.path.basename(f) for f in FLAGS.gin_file),
-            **run(config, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup, FLAGS.input_len,
-                  FLAGS.target_len, mesh)}
-  print(tables.markdown([result]), flush=True)
+  shapes = ([tuple(int(v) for v in s.split('x')) for s in FLAGS.shapes] or
+            [(FLAGS.input_len, FLAGS.target_len, FLAGS.num_items)])
+  results = []
+  for input_len, target_len, num_items in shapes:
+    vocab = -(-(NUM_RESERVED_TOKENS + num_items) // 128) * 128
+    config = dataclasses.replace(base, vocab_size=vocab)
+    result = {'model': ','.join(os.path.basename(f) for f in FLAGS.gin_file),
+              'shape': f'{input_len}x{target_len}x{num_items}',
+              **run(config, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup, input_len,
+                    target_len, mesh)}
+    if FLAGS.peer_python:
+      peer = peer_row(config, FLAGS.batch_size, input_len, target_len, FLAGS.steps)
+      result.update(peer_examples_per_s=peer['examples_per_s'],
+                    peer_median_step_ms=peer['median_step_ms'], peer_torch=peer['torch'],
+                    ratio_vs_peer=round(result['examples_per_s'] / peer['examples_per_s'], 2))
+    result.update(date=time.strftime('%Y-%m-%d'),
+                  command='python -m genrec.benchmarks.train_throughput '
+                  + ' '.join(sys.argv[1:]))
+    results.append(result)
+    print(tables.markdown([{k: v for k, v in result.items() if k != 'command'}]), flush=True)
   if FLAGS.output:
     new = not os.path.exists(FLAGS.output)
     with open(FLAGS.output, 'a', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=list(result))
+      writer = csv.DictWriter(f, fieldnames=list(results[0]))
       if new:
         writer.writeheader()
-      writer.writerow(result)
+      writer.writerows(results)
 
 
 if __name__ == '__main__':

@@ -83,8 +83,7 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   split = sequences.pack_split([h[-run['max_history']:] for h in histories],
                                [0] * len(histories), run['max_history'])
   arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, run['max_history']))
-  if run['item_scoring']:
-    arrays = train.item_scoring_arrays(arrays, ids, run['sasrec'])
+  arrays = train.model_inputs(arrays, ids, config)
   trie = (constraints.PrefixTrie.from_ids(ids)
           if run['constrained_decoding'] and not run['item_scoring'] else None)
   items, scores = train.predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam,

@@ -128,9 +128,36 @@ def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: boo
   return {'encoder_input_tokens': inputs, 'target_item': target.astype(np.int32)}
 
 
+def model_inputs(arrays: dict[str, np.ndarray], ids: ItemIds,
+                 config: models.TransformerConfig) -> dict[str, np.ndarray]:
+  """Leave-one-out features (`features.eval_arrays`, or the prefix training
+  arrays) in the form the configured model reads: item ids for item-scoring
+  models, histories 0-padded at the start for decoder-only models."""
+  if config.num_items:
+    arrays = item_scoring_arrays(arrays, ids, config.architecture == 'sasrec')
+  if models.model_class(config).left_padded_inputs:
+    arrays = {**arrays,
+              'encoder_input_tokens': features.left_pad(arrays['encoder_input_tokens'])}
+  return arrays
+
+
+def training_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
+                    config: models.TransformerConfig, prefix_arrays: dict | None
+                    ) -> dict[str, np.ndarray]:
+  """What the configured model trains on: one example per history prefix
+  (`prefix_arrays`, from `load_arrays`) or, for sequence-level models, one
+  per user window (`features.sequence_train_arrays`)."""
+  if models.model_class(config).training_examples == 'sequence':
+    return features.sequence_train_arrays(data.train_sequences(), ids, max_history,
+                                          item_ids=bool(config.num_items))
+  return model_inputs(prefix_arrays, ids, config)
+
+
 def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
-                pipeline: str = 'auto') -> tuple[dict, dict, dict]:
-  """Train, validation and test model features of the leave-one-out task."""
+                pipeline: str = 'auto', with_train: bool = True
+                ) -> tuple[dict | None, dict, dict]:
+  """Train (unless not `with_train`), validation and test model features of
+  the leave-one-out task."""
   if pipeline == 'auto':
     pipeline = ('seqio' if all(importlib.util.find_spec(m) for m in ('seqio', 'tensorflow'))
                 else 'numpy')
@@ -138,7 +165,7 @@ def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
     from genrec.recommendation import tasks  # imports TensorFlow
     task = tasks.register_recommendation_task(data, ids, max_history)
     lengths = tasks.sequence_lengths(ids, max_history)
-    return (tasks.load_train_arrays(task, lengths),
+    return (tasks.load_train_arrays(task, lengths) if with_train else None,
             tasks.load_eval_arrays(task, 'validation', lengths),
             tasks.load_eval_arrays(task, 'test', lengths))
   if pipeline != 'numpy':
@@ -146,7 +173,7 @@ def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
   logging.info('Input pipeline: numpy (seqio/TensorFlow not used)')
   splits = sequences.leave_one_out(data, max_history)
   lengths = features.sequence_lengths(ids, max_history)
-  return (features.train_arrays(splits['train'], ids, lengths),
+  return (features.train_arrays(splits['train'], ids, lengths) if with_train else None,
           features.eval_arrays(splits['validation'], ids, lengths),
           features.eval_arrays(splits['test'], ids, lengths))
 
@@ -264,16 +291,20 @@ def train(
           else sequences.load_dataset(dataset, data_dir))
   logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
-  train_arrays, valid_arrays, test_arrays = load_arrays(data, ids, max_history, input_pipeline)
-
   config = dataclasses.replace(model_config, vocab_size=ids.vocab_size)
   if head not in ('beam', 'projection'):
     raise ValueError(f"head must be 'beam' or 'projection', not {head!r}.")
   if head == 'projection' or config.architecture == 'sasrec':
     config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history)
-    sasrec = config.architecture == 'sasrec'
-    train_arrays, valid_arrays, test_arrays = (
-        item_scoring_arrays(a, ids, sasrec) for a in (train_arrays, valid_arrays, test_arrays))
+  model_cls = models.model_class(config)
+  if head == 'projection' and not hasattr(model_cls, 'score_items'):
+    raise ValueError(f"head='projection' needs a model that scores items; architecture "
+                     f"{config.architecture!r} decodes identifiers (use head='beam').")
+  prefix_arrays, valid_arrays, test_arrays = load_arrays(
+      data, ids, max_history, input_pipeline,
+      with_train=model_cls.training_examples == 'prefix')
+  train_arrays = training_arrays(data, ids, max_history, config, prefix_arrays)
+  valid_arrays, test_arrays = (model_inputs(a, ids, config) for a in (valid_arrays, test_arrays))
   trie = (constraints.PrefixTrie.from_ids(ids)
           if constrained_decoding and not config.num_items else None)
   if trie is not None:
@@ -286,10 +317,11 @@ def train(
                      f'{dp * jax.process_count()} of mesh {dict(mesh.shape)}.')
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
-  batcher = loop.EpochBatcher(len(train_arrays['encoder_input_tokens']), batch_size, seed)
-  logging.info('Model: %s, %.2fM parameters; %d train examples, %d steps/epoch; mesh %s',
-               config, trainer.param_count(tr.abstract_state.params) / 1e6,
-               batcher.num_examples, batcher.steps_per_epoch, dict(mesh.shape))
+  batcher = loop.EpochBatcher(len(next(iter(train_arrays.values()))), batch_size, seed)
+  logging.info('Model: %s, %.2fM parameters; %d train examples (%s level), %d steps/epoch; '
+               'mesh %s', config, trainer.param_count(tr.abstract_state.params) / 1e6,
+               batcher.num_examples, model_cls.training_examples, batcher.steps_per_epoch,
+               dict(mesh.shape))
 
   loop.check_run_settings(workdir, {
       'dataset': data.name, 'num_items': data.num_items, 'num_users': data.num_users,
@@ -301,7 +333,7 @@ def train(
   loop.write_json(os.path.join(workdir, RUN_CONFIG), {
       'model_config': dataclasses.asdict(config), 'max_history': max_history,
       'beam_size': beam_size, 'item_scoring': bool(config.num_items),
-      'sasrec': config.architecture == 'sasrec', 'constrained_decoding': constrained_decoding,
+      'constrained_decoding': constrained_decoding,
       'dataset': data.name, 'num_items': data.num_items})
   manager, start, state, data_state = checkpoints.open_and_restore(
       os.path.join(workdir, 'checkpoints'), tr.abstract_state, keep_checkpoints,
@@ -383,6 +415,7 @@ def train(
       'dataset': data.name, 'id_scheme': ids.scheme, 'num_users': data.num_users,
       'model': config.architecture + (' + projection head' if config.num_items and
                                        config.architecture != 'sasrec' else ''),
+      'training_examples': model_cls.training_examples,
       'num_items': data.num_items, 'num_train_examples': batcher.num_examples,
       'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'resumed_from_step': start or None,

@@ -1,0 +1,134 @@
+r"""Cost of one training epoch: prefix-expanded encoder-decoder vs sequence-level
+models, on a real data set's padding and lengths.
+
+  python -m genrec.benchmarks.epoch_cost --data_dir=../shared/data --dataset=beauty \
+      --output_dir=docs/results
+
+Every model trains on the same targets (every item after a user's first in
+the training part of leave-one-out, with up to `--max_history` items of
+context): the encoder-decoder sees one example per target (the history
+prefix re-encoded each time), the sequence-level models one example per user
+window (`features.sequence_windows`), every target at once. Identifiers are
+`--levels`-token random codes (the cost depends on lengths only, not on which
+codes). Per model: examples and steps per epoch, XLA's FLOP count of one
+step (`cost_analysis`), the median step time over `--steps` steps on real
+batches, and from them FLOPs and wall time per epoch and target items/s.
+"""
+
+import dataclasses
+import sys
+import time
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from genrec import models, partitioning, tables, trainer
+from genrec.data import sequences
+from genrec import ids as ids_lib
+from genrec.recommendation import train
+
+flags.DEFINE_string('data_dir', None, 'Data folder (default $GENREC_DATA_DIR).')
+flags.DEFINE_string('dataset', 'beauty', 'Data set name or folder.')
+flags.DEFINE_integer('levels', 4, 'Identifier tokens per item (TIGER: 3 codes + 1).')
+flags.DEFINE_integer('max_history', 20, 'History items per example.')
+flags.DEFINE_integer('batch_size', 256, 'Examples per step.')
+flags.DEFINE_integer('steps', 5, 'Timed steps per model (after 2 untimed ones).')
+flags.DEFINE_list('models', ['encoder_decoder', 'decoder_only', 'sasrec'], 'Models to time.')
+flags.DEFINE_string('output_dir', None, 'Where to write epoch_cost.md/.csv.')
+FLAGS = flags.FLAGS
+
+# TIGER's width and depth (gin/models/tiger.gin); SASRec at the same width.
+TIGER = models.TransformerConfig(d_model=128, num_heads=6, head_dim=64, d_ff=1024,
+                                 num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.1)
+
+
+def model_setup(name: str, data: sequences.SequenceData, max_history: int, levels: int):
+  """(config, training arrays, target items per row) of a model."""
+  codes = ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data)
+  atomic = ids_lib.AtomicIds().fit(data)
+  item_ids = atomic if name == 'sasrec' else codes
+  config = dataclasses.replace(TIGER, architecture=name, vocab_size=item_ids.vocab_size)
+  if name == 'sasrec':  # all 8 blocks as self-attention over item ids
+    config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history,
+                                 num_encoder_layers=8, num_decoder_layers=0)
+  prefix = None
+  if models.model_class(config).training_examples == 'prefix':
+    prefix = train.load_arrays(data, item_ids, max_history, 'numpy')[0]
+  arrays = train.training_arrays(data, item_ids, max_history, config, prefix)
+  if 'tokens' in arrays:
+    targets = arrays['loss_weights'].sum(1) / item_ids.num_levels
+  elif 'next_items' in arrays:
+    targets = (arrays['next_items'] > 0).sum(1)
+  else:
+    targets = np.ones(len(arrays['decoder_target_tokens']))
+  return config, arrays, targets
+
+
+def measure(name: str, data, max_history: int, levels: int, batch_size: int, steps: int
+            ) -> dict:
+  config, arrays, targets = model_setup(name, data, max_history, levels)
+  mesh = partitioning.make_mesh(-1, 1, 1)
+  tx, lr = trainer.make_optimizer(100, warmup_steps=10)
+  tr = trainer.Trainer(config, tx, mesh, lr)
+  state = tr.init_state(0)
+  n = len(targets)
+  order = np.random.default_rng(0).permutation(n)
+  key = jax.random.key(0)
+  batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps + 2)]
+  first = partitioning.shard_batch({k: v[batches[0]] for k, v in arrays.items()}, mesh)
+  cost = tr.train_step.lower(state, first, key).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get('flops', float('nan')))
+  times, step_targets = [], []
+  for i, idx in enumerate(batches):
+    batch = partitioning.shard_batch({k: v[idx] for k, v in arrays.items()}, mesh)
+    t0 = time.perf_counter()
+    state, m = tr.train_step(state, batch, key)
+    jax.block_until_ready(m['loss'])
+    if i >= 2:
+      times.append(time.perf_counter() - t0)
+      step_targets.append(targets[idx].sum())
+  step_s = float(np.median(times))
+  steps_per_epoch = -(-n // batch_size)
+  return {
+      'model': name, 'training_examples': models.model_class(config).training_examples,
+      'params_M': round(trainer.param_count(state.params) / 1e6, 2),
+      'examples_per_epoch': n, 'target_items_per_epoch': int(targets.sum()),
+      'steps_per_epoch': steps_per_epoch,
+      'input_length': int(next(iter(arrays.values())).shape[1]),
+      'gflop_per_step': round(flops / 1e9, 1),
+      'tflop_per_epoch': round(flops * steps_per_epoch / 1e12, 2),
+      'median_step_s': round(step_s, 3),
+      'epoch_minutes': round(step_s * steps_per_epoch / 60, 1),
+      'target_items_per_s': round(float(np.median(step_targets)) / step_s, 1),
+      'device': partitioning.device_summary(),
+  }
+
+
+def main(argv):
+  del argv
+  data = sequences.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+  rows = []
+  for name in FLAGS.models:
+    rows.append(measure(name, data, FLAGS.max_history, FLAGS.levels, FLAGS.batch_size,
+                        FLAGS.steps))
+    print(tables.markdown(rows[-1:]), flush=True)
+  base = rows[0]['target_items_per_s']
+  for r in rows:
+    r['target_items_per_s_vs_first'] = round(r['target_items_per_s'] / base, 2)
+  date = time.strftime('%Y-%m-%d')
+  command = 'python -m genrec.benchmarks.epoch_cost ' + ' '.join(sys.argv[1:])
+  for r in rows:
+    r.update(date=date, command=command)
+  text = tables.markdown(rows, [k for k in rows[0] if k != 'command'])
+  print(text, flush=True)
+  if FLAGS.output_dir:
+    tables.write(f'# One training epoch on {data.name}: prefix-expanded vs sequence-level\n\n'
+                 f'`{command}` ({date}, {rows[0]["device"]}; batch {FLAGS.batch_size}, median '
+                 f'of {FLAGS.steps} steps per model)\n\n{text}\n', rows, FLAGS.output_dir,
+                 'epoch_cost')
+
+
+if __name__ == '__main__':
+  app.run(main)
