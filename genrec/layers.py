@@ -146,6 +146,31 @@ class RelativePositionBias(nnx.Module):
     return jnp.transpose(bias, (2, 0, 1))[None].astype(self.dtype)  # [1, heads, q, k]
 
 
+@jax.custom_vjp
+def add_shared_bias(logits: Array, bias: Array) -> Array:
+  """logits [b, ...] + bias [1, ...] (one bias shared by the batch).
+
+  The same sum, with the bias gradient (a sum over the batch) computed as a
+  [b] x [b, n] matrix product: XLA:CPU reduces over a leading axis with
+  trailing axes kept about 80x slower than it multiplies (100 ms vs 1.2 ms for
+  the relative position bias of one TIGER step at batch 64).
+  """
+  return logits + bias
+
+
+def _add_shared_bias_fwd(logits, bias):
+  return logits + bias, None
+
+
+def _add_shared_bias_bwd(_, g):
+  batch = g.shape[0]
+  dbias = jnp.dot(jnp.ones((batch,), g.dtype), g.reshape(batch, -1))
+  return g, dbias.reshape(1, *g.shape[1:])
+
+
+add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head dot-product attention, queries scaled by 1/sqrt(head_dim)."""
 
@@ -178,7 +203,11 @@ class MultiHeadAttention(nnx.Module):
     """Scaled queries [b, q, h, d] over keys/values [b, k, h, d] -> [b, q, d_model]."""
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
     if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
+      bias = bias.astype(jnp.float32)  # the same dtype as the logits (custom_vjp)
+      if bias.shape[0] == 1 and logits.shape[0] > 1 and bias.shape[1:] == logits.shape[1:]:
+        logits = add_shared_bias(logits, bias)
+      else:
+        logits = logits + bias
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)

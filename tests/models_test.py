@@ -156,3 +156,15 @@ def test_decoder_only_packed_rows_equal_one_window_per_row():
   a, _ = model.loss(jax.tree.map(jnp.asarray, packed), deterministic=True)
   b, _ = model.loss(jax.tree.map(jnp.asarray, single), deterministic=True)
   np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_shared_bias_gradient_equals_the_broadcast_sum():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(5, 3, 4, 6)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(1, 3, 4, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(5, 3, 4, 6)), jnp.float32)
+  f = lambda add: jax.grad(lambda a, b: jnp.sum(jnp.sin(add(a, b)) * w), argnums=(0, 1))
+  got = f(layers.add_shared_bias)(logits, bias)
+  want = f(lambda a, b: a + b)(logits, bias)
+  for g, e in zip(got, want):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
