@@ -270,7 +270,9 @@ def train(
       (`metrics.popularity_slices`; unseen items form their own slice).
     head: 'beam' (decode identifiers by beam search) or 'projection' (score
       every item in one pass from the decoder state, Lite-LLM4Rec style; also
-      what `architecture='sasrec'` models do, see gin/models/sasrec.gin).
+      what `architecture='sasrec'` models do, see gin/models/sasrec.gin). The
+      model itself is `model_config.architecture` (gin): the encoder-decoder,
+      the sequence-level 'decoder_only' model or 'sasrec' (genrec/models.py).
     checkpoint_fallback: when the newest checkpoint is unreadable, move it aside
       and resume from the newest readable one (else stop with the error).
     reevaluate: evaluate a finished run again (a new entry in
@@ -291,7 +293,10 @@ def train(
           else sequences.load_dataset(dataset, data_dir))
   logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
-  config = dataclasses.replace(model_config, vocab_size=ids.vocab_size)
+  # dtype 'auto' is resolved here, so the run records (and infer rebuilds) the
+  # dtype it trained with.
+  config = dataclasses.replace(model_config, vocab_size=ids.vocab_size,
+                               dtype=str(model_config.compute_dtype))
   if head not in ('beam', 'projection'):
     raise ValueError(f"head must be 'beam' or 'projection', not {head!r}.")
   if head == 'projection' or config.architecture == 'sasrec':
