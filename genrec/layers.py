@@ -204,7 +204,7 @@ class MultiHeadAttention(nnx.Module):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
     if bias is not None:
       bias = bias.astype(jnp.float32)  # the same dtype as the logits (custom_vjp)
-      if bias.shape[0] == 1 and logits.shape[0] > 1 and bias.shape[1:] == logits.shape[1:]:
+      if bias.shape[0] == 1 and bias.shape[1:] == logits.shape[1:]:
         logits = add_shared_bias(logits, bias)
       else:
         logits = logits + bias

@@ -42,6 +42,30 @@ def read_histories(path: str, num_items: int) -> tuple[list, list[np.ndarray]]:
   return users, histories
 
 
+def load_run(workdir: str, step: int | None = None, mesh_fn=partitioning.make_mesh):
+  """What inference needs from a training run directory.
+
+  Returns:
+    (run_config.json, the model config, the item identifiers, a Predictor,
+    the parameters of `step` (default the run's best, else the latest), step).
+  """
+  path = os.path.join(workdir, train.RUN_CONFIG)
+  if not os.path.exists(path):
+    raise ValueError(f'{path} not found: --workdir must be the run directory of a finished '
+                     'or checkpointed training run (python main.py --gin_file=gin/runs/...).')
+  with open(path) as f:
+    run = json.load(f)
+  config = models.TransformerConfig(**{key: tuple(v) if isinstance(v, list) else v
+                                       for key, v in run['model_config'].items()})
+  ids = ItemIds.load(os.path.join(workdir, 'ids'))
+  if step is None and os.path.exists(os.path.join(workdir, 'results.json')):
+    with open(os.path.join(workdir, 'results.json')) as f:
+      step = json.load(f).get('best_step')
+  pred = predictor.Predictor(config, mesh_fn())
+  params, step = pred.restore_params(os.path.join(workdir, 'checkpoints'), step)
+  return run, config, ids, pred, params, step
+
+
 def infer(workdir: str, input_file: str, output_file: str | None = None, k: int | None = None,
           step: int | None = None, batch_size: int = 256,
           mesh_fn=partitioning.make_mesh) -> str:
@@ -60,24 +84,11 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   Returns:
     The output path.
   """
-  path = os.path.join(workdir, train.RUN_CONFIG)
-  if not os.path.exists(path):
-    raise ValueError(f'{path} not found: --workdir must be the run directory of a finished '
-                     'or checkpointed training run (python main.py --gin_file=gin/runs/...).')
-  with open(path) as f:
-    run = json.load(f)
-  config = models.TransformerConfig(**{key: tuple(v) if isinstance(v, list) else v
-                                       for key, v in run['model_config'].items()})
-  ids = ItemIds.load(os.path.join(workdir, 'ids'))
+  run, config, ids, pred, params, step = load_run(workdir, step, mesh_fn)
   beam = run['beam_size']
   k = beam if k is None else k
   if not 1 <= k <= beam:
     raise ValueError(f'k must be in 1..{beam} (the beam size the run was trained with), not {k}.')
-  if step is None and os.path.exists(os.path.join(workdir, 'results.json')):
-    with open(os.path.join(workdir, 'results.json')) as f:
-      step = json.load(f).get('best_step')
-  pred = predictor.Predictor(config, mesh_fn())
-  params, step = pred.restore_params(os.path.join(workdir, 'checkpoints'), step)
 
   users, histories = read_histories(input_file, ids.num_items)
   split = sequences.pack_split([h[-run['max_history']:] for h in histories],
