@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from genrec import models, partitioning, trainer
+from genrec import constraints, models, partitioning, trainer
 from genrec.data import sequences
-from genrec.ids import AtomicIds, RandomCodeIds
+from genrec.ids import AtomicIds, ItemIds, RandomCodeIds
 from genrec.recommendation import artifact, export, train
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
@@ -71,3 +71,16 @@ def test_artifact_loads_without_the_training_stack():
 def test_unreadable_serving_directory_says_what_to_do(tmp_path):
   with pytest.raises(ValueError, match='not a readable genrec serving directory'):
     artifact.Artifact(str(tmp_path))
+
+
+def test_device_identifier_to_item_map_equals_the_host_one():
+  rng = np.random.default_rng(0)
+  codes = np.r_[[[-1, -1]], rng.integers(0, 8, (300, 2))]  # 64 codes: collisions
+  ids = ItemIds(codes, (8, 8), 'test')
+  trie = constraints.PrefixTrie.from_ids(ids)
+  tokens = np.concatenate([ids.token_table()[1:],  # every item's identifier
+                           rng.integers(0, ids.vocab_size, (500, ids.num_levels))]).astype(
+                               np.int32)
+  got = np.asarray(export.trie_tokens_to_items(trie, export.leaf_items(ids), tokens))
+  np.testing.assert_array_equal(got, ids.tokens_to_items(tokens))
+  assert ids.num_collisions > 0 and (got > 0).sum() >= 300

@@ -399,6 +399,9 @@ def load_folder(folder: str, name: str | None = None) -> SequenceData:
     if num_items is None:
       num_items = inferred_catalog_size(sequences, seq_path)
     keys = read_item_map(map_path, num_items) if os.path.exists(map_path) else None
+    datamaps = os.path.join(folder, 'datamaps.json')
+    if keys is None and os.path.exists(datamaps):
+      keys = read_datamaps_items(datamaps, num_items)
     text_keys = {i: i for i in range(1, num_items + 1)}
   text = None
   if os.path.exists(text_path):
@@ -506,6 +509,24 @@ def pack_split(histories: list[np.ndarray], targets: list[int], max_history: int
   for i, x in enumerate(histories):
     h[i, :len(x)] = x
   return Split(history=h, target=np.asarray(targets, np.int32))
+
+
+def read_datamaps_items(path: str, num_items: int) -> list[str] | None:
+  """The external ids (ASINs) of items 1..num_items from the "id2item" map of a
+  datamaps.json (the S3-Rec / TIGER preprocessing); None when it has none."""
+  try:
+    with open(path) as f:
+      id2item = json.load(f).get('id2item')
+  except (OSError, json.JSONDecodeError, AttributeError) as e:
+    raise DataError(f'{path}: not a JSON object with an "id2item" map ({e}).') from None
+  if not id2item:
+    return None
+  keys = [''] + [id2item.get(str(i)) for i in range(1, num_items + 1)]
+  missing = [i for i, k in enumerate(keys) if i and not k]
+  if missing:
+    raise DataError(f'{path}: "id2item" has no external id for items {missing[:10]} (of '
+                    f'1..{num_items}); fix or remove the file.')
+  return keys
 
 
 def leave_one_out(data: SequenceData, max_history: int = 20) -> dict[str, Split]:

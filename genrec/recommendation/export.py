@@ -50,12 +50,28 @@ def _left_pad(tokens: jax.Array) -> jax.Array:
   return jnp.take_along_axis(tokens, index, axis=1)
 
 
-def _item_keys_int32(ids: ItemIds) -> tuple[np.ndarray, np.ndarray]:
-  """(sorted identifier keys, their item ids) as int32 for the device lookup."""
-  if int(np.prod(ids.level_sizes, dtype=np.float64)) >= 2**31:
-    raise ValueError(f'Identifiers with level sizes {ids.level_sizes} have more than 2**31 '
-                     'codes; the exported identifier -> item lookup uses int32 keys.')
-  return ids._sorted_keys.astype(np.int32), ids._sorted_items.astype(np.int32)
+def leaf_items(ids: ItemIds) -> np.ndarray:
+  """int32 [leaves]: the item id of every leaf of `PrefixTrie.from_ids(ids)`
+  (leaves are the distinct identifiers in lexicographic order; with
+  collisions the lowest item id, as `ItemIds.tokens_to_items`)."""
+  _, first = np.unique(ids.codes[1:], axis=0, return_index=True)
+  return (first + 1).astype(np.int32)
+
+
+def trie_tokens_to_items(trie: constraints.PrefixTrie, leaf_item: jax.Array,
+                         tokens: jax.Array) -> jax.Array:
+  """Device `ItemIds.tokens_to_items`: walks the prefix trie; 0 where the
+  tokens [..., L] are not an identifier."""
+  node = jnp.zeros(tokens.shape[:-1], jnp.int32)
+  ok = jnp.ones(tokens.shape[:-1], bool)
+  for level in range(trie.num_levels):
+    code = tokens[..., level] - trie.level_offsets[level]
+    ok &= (code >= 0) & (code < trie.level_sizes[level])
+    code = jnp.clip(code, 0, trie.level_sizes[level] - 1)
+    word = trie.bits[level][node, code // 32]
+    ok &= ((word >> (code % 32).astype(jnp.uint32)) & jnp.uint32(1)).astype(bool)
+    node = jnp.where(ok, trie.child(node, level, code), 0)
+  return jnp.where(ok, leaf_item[jnp.clip(node, 0, leaf_item.shape[0] - 1)], 0)
 
 
 def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
@@ -66,17 +82,6 @@ def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
   (0) never come out of a constrained search."""
   model_cls = models.model_class(config)
   levels = ids.num_levels
-  offsets = np.asarray(ids.level_offsets, np.int32)
-  sizes = np.asarray(ids.level_sizes, np.int32)
-
-  def tokens_to_items(tokens, keys, items):
-    codes = tokens - offsets
-    ok = ((codes >= 0) & (codes < sizes)).all(-1)
-    key = jnp.zeros(codes.shape[:-1], jnp.int32)
-    for level in range(levels):
-      key = key * int(sizes[level]) + jnp.where(ok, codes[..., level], 0)
-    pos = jnp.minimum(jnp.searchsorted(keys, key), keys.shape[0] - 1)
-    return jnp.where(ok & (keys[pos] == key), items[pos], 0).astype(jnp.int32)
 
   def fn(arrays, history):
     model = nnx.merge(graphdef, arrays['params'])
@@ -91,11 +96,11 @@ def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
         scores = model.score_items(tokens)
       else:
         tokens_to_logits, cache = model.beam_search_inputs(tokens, beam_size, levels)
-        trie = arrays.get('trie')
+        trie = arrays['trie']
         seqs, beam_scores = decoding.beam_search(
             tokens_to_logits, cache, b, beam_size, levels,
-            None if trie is None else trie.constrain)
-        items = tokens_to_items(seqs, arrays['keys'], arrays['items'])
+            trie.constrain if constrained else None)
+        items = trie_tokens_to_items(trie, arrays['leaf_item'], seqs)
         return items[:, :k], beam_scores[:, :k].astype(jnp.float32)
     top, items = jax.lax.top_k(scores, k)
     return items.astype(jnp.int32), top.astype(jnp.float32)
@@ -123,10 +128,9 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
     raise ValueError(f'k must be in 1..{beam} (the beam size the run was trained with), not {k}.')
   constrained = run['constrained_decoding'] and not config.num_items
   arrays = {'params': jax.device_get(params), 'token_table': ids.token_table().astype(np.int32)}
-  if not config.num_items:
-    arrays['keys'], arrays['items'] = _item_keys_int32(ids)
-    if constrained:
-      arrays['trie'] = jax.device_get(constraints.PrefixTrie.from_ids(ids))
+  if not config.num_items:  # the trie maps identifiers to items (and constrains)
+    arrays['trie'] = jax.device_get(constraints.PrefixTrie.from_ids(ids))
+    arrays['leaf_item'] = leaf_items(ids)
   fn = serving_function(pred.graphdef, config, ids, k, beam, constrained)
   leaves, treedef = jax.tree.flatten(arrays)
 

@@ -71,6 +71,7 @@ class Batcher:
     self.queue: asyncio.Queue | None = None
     self.max_queue = max_queue
     self.batches = self.rows = 0  # served so far (GET /v1/metadata)
+    self.warm = False  # every batch size compiled (GET /v1/metadata)
     self.sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
     if self.sizes[-1] != max_batch:
       self.sizes.append(max_batch)
@@ -79,9 +80,10 @@ class Batcher:
     return next(s for s in self.sizes if s >= n)
 
   def warm_up(self) -> None:
-    """Compiles every padded batch size (blocking)."""
+    """Compiles every padded batch size (blocking); sets `warm` when done."""
     for size in self.sizes:
       self.fn(np.zeros((size, self.width), np.int32))
+    self.warm = True
 
   async def start(self) -> None:
     self.queue = asyncio.Queue(self.max_queue)
@@ -240,7 +242,8 @@ def make_app(directory: str, unknown: str = 'drop', max_batch: int = 64,
 
   async def metadata(request: Request):
     return JSONResponse({'manifest': rec.manifest, 'limits': limits,
-                         'served': {'batches': batcher.batches, 'requests': batcher.rows}})
+                         'served': {'batches': batcher.batches, 'requests': batcher.rows},
+                         'warm': batcher.warm})
 
   async def healthz(request: Request):
     return JSONResponse({'status': 'ok'})

@@ -1,0 +1,178 @@
+r"""Load test of the recommendation server beside in-process inference of the
+same exported artifact.
+
+  python -m genrec.benchmarks.serving --artifact=runs/beauty/serving \
+      --concurrency=1,8,32,128 --seconds=20 --output_dir=docs/results
+
+Starts `genrec.recommendation.serve` on loopback in its own process, then for
+each concurrency level runs that many httpx clients (asyncio), each sending
+one request after the other for `--seconds` (at most `--max_requests` in all),
+with histories drawn from the artifact's catalog (1 to max_history items).
+Reports QPS, p50/p95/p99 latency, errors and the server's RSS before and
+after. Beside it, in the same run: the artifact's in-process queries/s at
+`--batch_size` and its 1-query latency (median of `--repeats`), and the
+server's load-to-first-answer time.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+import httpx
+import numpy as np
+
+from genrec import tables
+from genrec.recommendation.artifact import Artifact
+
+flags.DEFINE_string('artifact', None, 'Serving directory (gin/runs/export.gin).', required=True)
+flags.DEFINE_list('concurrency', ['1', '8', '32', '128'], 'Concurrent clients per level.')
+flags.DEFINE_float('seconds', 20.0, 'Duration of each level.')
+flags.DEFINE_integer('max_requests', 20000, 'At most this many requests per level.')
+flags.DEFINE_integer('batch_size', 256, 'In-process batch size.')
+flags.DEFINE_integer('repeats', 20, 'In-process timing repeats.')
+flags.DEFINE_integer('max_batch', 64, 'Server --max_batch.')
+flags.DEFINE_string('output_dir', None, 'Where to write serving.md/.csv.')
+FLAGS = flags.FLAGS
+
+
+def rss_mb(pid: int) -> float:
+  with open(f'/proc/{pid}/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+def histories(num_items: int, max_history: int, n: int, seed: int = 0) -> list[list[int]]:
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, num_items + 1, rng.integers(1, max_history + 1)).tolist()
+          for _ in range(n)]
+
+
+def in_process(art: Artifact, batch_size: int, repeats: int) -> dict:
+  rows = np.zeros((batch_size, art.max_history), np.int32)
+  for i, h in enumerate(histories(art.manifest['num_items'], art.max_history, batch_size)):
+    rows[i, :len(h)] = h
+  art(rows)
+  art(rows[:1])
+  batched, single = [], []
+  for _ in range(max(3, repeats // 4)):
+    t0 = time.perf_counter()
+    art(rows)
+    batched.append(time.perf_counter() - t0)
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    art(rows[i % batch_size:i % batch_size + 1])
+    single.append(time.perf_counter() - t0)
+  return {'in_process_queries_per_s': round(batch_size / float(np.median(batched)), 1),
+          'in_process_1_query_ms': round(float(np.median(single)) * 1e3, 2)}
+
+
+async def load(url: str, clients: int, seconds: float, max_requests: int,
+               bodies: list[bytes]) -> dict:
+  latencies, errors, sent = [], 0, 0
+  stop = time.perf_counter() + seconds
+
+  async def client(c: int, http: httpx.AsyncClient):
+    nonlocal errors, sent
+    i = c
+    while time.perf_counter() < stop and sent < max_requests:
+      sent += 1
+      t0 = time.perf_counter()
+      try:
+        r = await http.post(url, content=bodies[i % len(bodies)],
+                            headers={'content-type': 'application/json'})
+        ok = r.status_code == 200
+      except httpx.HTTPError:
+        ok = False
+      latencies.append(time.perf_counter() - t0)
+      errors += not ok
+      i += clients
+  limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+  async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(c, http) for c in range(clients)))
+    wall = time.perf_counter() - t0
+  ms = np.array(latencies) * 1e3
+  return {'clients': clients, 'requests': len(latencies), 'errors': errors,
+          'qps': round(len(latencies) / wall, 1),
+          'p50_ms': round(float(np.percentile(ms, 50)), 1),
+          'p95_ms': round(float(np.percentile(ms, 95)), 1),
+          'p99_ms': round(float(np.percentile(ms, 99)), 1)}
+
+
+def main(argv):
+  del argv
+  art = Artifact(FLAGS.artifact)
+  base = in_process(art, FLAGS.batch_size, FLAGS.repeats)
+  print(json.dumps(base), flush=True)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  t0 = time.time()
+  server = subprocess.Popen([sys.executable, '-m', 'genrec.recommendation.serve',
+                             f'--artifact={FLAGS.artifact}', f'--port={port}',
+                             f'--max_batch={FLAGS.max_batch}'])
+  try:
+    url = f'http://127.0.0.1:{port}'
+    while True:
+      if server.poll() is not None:
+        raise RuntimeError(f'The server exited with {server.returncode}.')
+      try:
+        if httpx.get(f'{url}/healthz', timeout=1).status_code == 200:
+          break
+      except httpx.HTTPError:
+        time.sleep(0.1)
+    meta = httpx.get(f'{url}/v1/metadata').json()
+    load_s = meta['limits']['load_to_first_answer_s']
+    print(f'server up in {time.time() - t0:.1f}s (artifact load to first answer {load_s}s)',
+          flush=True)
+    while not httpx.get(f'{url}/v1/metadata').json()['warm']:  # batch sizes compiling
+      time.sleep(0.5)
+    print(f'server warm (every batch size compiled) after {time.time() - t0:.1f}s', flush=True)
+    external = None  # the server speaks the data's external ids when there is a map
+    if art.manifest.get('item_map'):
+      with open(os.path.join(FLAGS.artifact, art.manifest['item_map'])) as f:
+        external = [''] + [line.rstrip('\n').split('\t')[1] for line in list(f)[1:]]
+    bodies = [json.dumps({'history': [external[i] for i in h] if external else h,
+                          'k': art.k}).encode()
+              for h in histories(art.manifest['num_items'], art.max_history, 4096, seed=1)]
+    rows = []
+    for clients in (int(c) for c in FLAGS.concurrency):
+      before = rss_mb(server.pid)
+      row = asyncio.run(load(f'{url}/v1/recommend', clients, FLAGS.seconds,
+                             FLAGS.max_requests, bodies))
+      row.update(server_rss_before_mb=round(before, 1),
+                 server_rss_after_mb=round(rss_mb(server.pid), 1), **base,
+                 qps_vs_in_process=round(row['qps'] / base['in_process_queries_per_s'], 2))
+      rows.append(row)
+      print(tables.markdown([row]), flush=True)
+    healthy = httpx.get(f'{url}/healthz').status_code == 200
+  finally:
+    server.terminate()
+    server.wait(30)
+  date = time.strftime('%Y-%m-%d')
+  command = 'python -m genrec.benchmarks.serving ' + ' '.join(sys.argv[1:])
+  text = tables.markdown(rows)
+  sizes = {name: round(os.path.getsize(os.path.join(FLAGS.artifact, name)) / 2**20, 2)
+           for name in sorted(os.listdir(FLAGS.artifact))}
+  summary = (f'# Serving load test\n\n`{command}` ({date}; artifact files (MiB): {sizes}; '
+             f'artifact: '
+             f'{art.manifest["model_config"]["architecture"]}, {art.manifest["dataset"]}, '
+             f'{art.manifest["num_items"]} items, beam {art.manifest["beam_size"]}, '
+             f'constrained {art.manifest["constrained_decoding"]}; load to first answer '
+             f'{load_s} s; healthz after the test: {healthy})\n\n{text}\n')
+  print(summary, flush=True)
+  if FLAGS.output_dir:
+    for r in rows:
+      r.update(date=date, command=command, load_to_first_answer_s=load_s)
+    tables.write(summary, rows, FLAGS.output_dir, 'serving')
+
+
+if __name__ == '__main__':
+  app.run(main)
