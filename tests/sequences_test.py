@@ -82,6 +82,17 @@ def test_amazon_beauty_matches_published_statistics():
   assert len(splits['test'].target) == 22363
   assert len(splits['train'].target) == 198502 - 3 * 22363
   assert splits['train'].history.shape[1] == 20
+  assert data.item_keys[:3] == ('', 'B004756YJA', 'B004ZT0SSG')  # datamaps.json id2item
+
+
+def test_datamaps_item_keys_must_cover_the_catalog(tmp_path):
+  (tmp_path / 'sequences.txt').write_text('1 1 2 3\n2 2 3 1\n')
+  (tmp_path / 'datamaps.json').write_text(json.dumps({'id2item': {'1': 'X1', '2': 'X2'}}))
+  with pytest.raises(sequences.DataError, match=r'no external id for items \[3\]'):
+    sequences.load_folder(str(tmp_path))
+  (tmp_path / 'datamaps.json').write_text(json.dumps({'id2item': {'1': 'X1', '2': 'X2',
+                                                                  '3': 'X3'}}))
+  assert sequences.load_folder(str(tmp_path)).item_keys == ('', 'X1', 'X2', 'X3')
 
 
 def test_interactions_tsv_folder_with_item_text(tmp_path):
