@@ -165,13 +165,9 @@ class EncoderDecoder(nnx.Module):
   left_padded_inputs = False
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    if cfg.vocab_size <= 0:
-      raise ValueError('TransformerConfig.vocab_size must be set (it normally comes '
-                       'from the identifier scheme).')
     dt = cfg.compute_dtype
     self.cfg = cfg
-    self.embed = layers._param(rngs, nnx.initializers.normal(1.0),
-                               (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    self.embed = _token_table(cfg, rngs)
     bias = lambda bidi: layers.RelativePositionBias(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidi, dtype=dt, rngs=rngs)
@@ -317,6 +313,15 @@ class EncoderDecoder(nnx.Module):
     return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
 
 
+def _token_table(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Param:
+  """[vocab, d] unit-variance token embeddings (identifier models)."""
+  if cfg.vocab_size <= 0:
+    raise ValueError('TransformerConfig.vocab_size must be set (it normally comes '
+                     'from the identifier scheme).')
+  return layers._param(rngs, nnx.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model),
+                       ('vocab', 'embed'))
+
+
 def _item_table(cfg: TransformerConfig, stddev: float, rngs: nnx.Rngs) -> nnx.Param:
   """[rows, d] item embeddings, rows = num_items + 1 rounded up to a multiple of
   128 so that the table shards evenly; the extra rows are never scored."""
@@ -424,13 +429,9 @@ class DecoderOnly(nnx.Module):
   left_padded_inputs = True
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    if cfg.vocab_size <= 0:
-      raise ValueError('TransformerConfig.vocab_size must be set (it normally comes '
-                       'from the identifier scheme).')
     dt = cfg.compute_dtype
     self.cfg = cfg
-    self.embed = layers._param(rngs, nnx.initializers.normal(1.0),
-                               (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    self.embed = _token_table(cfg, rngs)
     self.bias = layers.RelativePositionBias(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, False, dtype=dt, rngs=rngs)
