@@ -14,7 +14,7 @@ from conftest import REPO_ROOT
 from genrec import constraints, models, partitioning, trainer
 from genrec.data import sequences
 from genrec.ids import AtomicIds, ItemIds, RandomCodeIds
-from genrec.recommendation import artifact, export, train
+from genrec.recommendation import artifact, export, infer, train
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -31,30 +31,32 @@ CASES = {
 @pytest.mark.parametrize('kind', list(CASES))
 def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
   data = sequences.make_synthetic(num_users=120, num_items=50, seed=0)
-  args = dict(workdir=str(tmp_path / 'run'), dataset=data, model_config=TINY,
+  run = str(tmp_path / 'run')
+  args = dict(workdir=run, dataset=data, model_config=TINY,
               optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                             warmup_steps=5),
               mesh_fn=lambda: partitioning.make_mesh(-1, 1, 1), batch_size=32,
-              eval_batch_size=64, num_train_steps=20, eval_every_steps=20,
-              checkpoint_every_steps=20, log_every_steps=10, report_unconstrained=False)
+              num_train_steps=10, stop_after_step=5, log_every_steps=5, input_pipeline='numpy')
   args.update(CASES[kind])
-  train.train(**args)
-  out = export.export(str(tmp_path / 'run'), platforms=('cpu',) if kind != 'encoder_decoder'
-                      else ('cpu', 'cuda'))
+  train.train(**args)  # a checkpoint at step 5, no evaluation
+  out = export.export(run, platforms=('cpu', 'cuda') if kind == 'encoder_decoder'
+                      else ('cpu',))
   manifest = json.loads(open(os.path.join(out, 'manifest.json')).read())
-  assert manifest['checkpoint_step'] == 20 and manifest['metrics_at_step']['test']
+  assert manifest['checkpoint_step'] == 5 and manifest['constrained_decoding'] == (
+      kind in ('encoder_decoder', 'decoder_only'))
+  # In-framework inference of the same checkpoint (what infer and evaluation run).
+  _, config, ids, pred, params, _ = infer.load_run(run, mesh_fn=args['mesh_fn'])
+  eval_arrays = train.load_arrays(data, ids, 20, 'numpy', with_train=False)[2]
+  inputs = train.model_inputs(eval_arrays, ids, config)['encoder_input_tokens']
+  trie = constraints.PrefixTrie.from_ids(ids) if not config.num_items else None
+  want_items, want_scores = train.predict_items(pred, params, inputs, ids, 10, 64, trie)
   served = artifact.Artifact(out)
   history = sequences.leave_one_out(data, 20)['test'].history
-  want = [json.loads(line) for line in open(tmp_path / 'run' / 'predictions' / 'test.jsonl')]
-  got_items, got_scores = [], []
-  for lo, hi in ((0, 1), (1, 4), (4, len(history))):  # batch sizes 1, 3 and 116
-    items, scores = served(history[lo:hi])
-    got_items.append(items)
-    got_scores.append(scores)
-  items, scores = np.concatenate(got_items), np.concatenate(got_scores)
-  for row, w, s in zip(items, want, scores):
-    assert row[row > 0].tolist() == w['items']
-    np.testing.assert_allclose(s[row > 0], w['scores'], rtol=1e-4, atol=1e-4)
+  cuts = (0, 3, len(history)) if kind == 'encoder_decoder' else (0, len(history))
+  items, scores = (np.concatenate(parts) for parts in zip(
+      *(served(history[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:]))))
+  np.testing.assert_array_equal(items, want_items)
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match=r'history must be int32 \[batch, 20\]'):
     served(history[:, :5])
 

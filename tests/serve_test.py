@@ -39,7 +39,7 @@ def served(tmp_path_factory):
                                                             warmup_steps=5),
               mesh_fn=lambda: partitioning.make_mesh(-1, 1, 1), batch_size=32,
               num_train_steps=10, eval_every_steps=10, checkpoint_every_steps=10,
-              report_unconstrained=False)
+              report_unconstrained=False, input_pipeline='numpy')
   directory = export.export(str(tmp / 'run'), platforms=('cpu',))
   app = serve.make_app(directory, max_batch=16, window_ms=20, max_queue=64,
                        max_body_bytes=4096)
