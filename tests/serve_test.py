@@ -27,10 +27,10 @@ TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
 
 
-@pytest.fixture(scope='module')
-def served(tmp_path_factory):
+@pytest.fixture
+def served(tmp_path):
   """A tiny run on data with external ids (A0001...), exported, served on loopback."""
-  tmp = tmp_path_factory.mktemp('serve')
+  tmp = tmp_path
   data = sequences.make_synthetic(num_users=120, num_items=50, seed=0)
   data = dataclasses.replace(data, item_keys=('',) + tuple(f'A{i:04d}' for i in range(1, 51)))
   train.train(workdir=str(tmp / 'run'), dataset=data, model_config=TINY,
@@ -62,7 +62,7 @@ def _history_row(items, width=20):
   return row
 
 
-def test_recommend_equals_the_artifact_and_maps_external_ids(served):
+def _recommend_equals_the_artifact_and_maps_external_ids(served):
   url, art, data = served
   history = [3, 17, 8]
   r = httpx.post(f'{url}/v1/recommend',
@@ -83,7 +83,7 @@ def test_recommend_equals_the_artifact_and_maps_external_ids(served):
   assert httpx.post(f'{url}/v1/recommend', json={'history': long}).json()['truncated'] == 10
 
 
-def test_concurrent_requests_are_batched_and_answered_alike(served):
+def _concurrent_requests_are_batched_and_answered_alike(served):
   url, art, data = served
   histories = [[(u * 7 + j) % 50 + 1 for j in range(1 + u % 6)] for u in range(48)]
   before = httpx.get(f'{url}/v1/metadata').json()['served']
@@ -119,7 +119,7 @@ BAD = [
 ]
 
 
-def test_bad_input_gets_a_message_and_the_server_stays_up(served):
+def _bad_input_gets_a_message_and_the_server_stays_up(served):
   url, _, _ = served
   assert len(BAD) >= 30
   for body, status in BAD:
@@ -132,6 +132,14 @@ def test_bad_input_gets_a_message_and_the_server_stays_up(served):
   assert httpx.get(f'{url}/healthz').json() == {'status': 'ok'}
   ok = httpx.post(f'{url}/v1/recommend', json={'history': ['A0001']})
   assert ok.status_code == 200 and ok.json()['items']
+
+
+def test_served_artifact(served):
+  """One served artifact (training and compiling it is the cost) for the three
+  checks: answers, batching, bad input."""
+  _recommend_equals_the_artifact_and_maps_external_ids(served)
+  _concurrent_requests_are_batched_and_answered_alike(served)
+  _bad_input_gets_a_message_and_the_server_stays_up(served)
 
 
 def test_overload_is_refused_with_retry_after():
