@@ -61,15 +61,6 @@ def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
     served(history[:, :5])
 
 
-def test_artifact_loads_without_the_training_stack():
-  code = ('import sys, genrec.recommendation.artifact; '
-          'print([m for m in ("flax", "optax", "orbax", "seqio", "tensorflow", "gin") '
-          'if m in sys.modules])')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                       cwd=REPO_ROOT, check=True).stdout
-  assert out.strip() == '[]'
-
-
 def test_unreadable_serving_directory_says_what_to_do(tmp_path):
   with pytest.raises(ValueError, match='not a readable genrec serving directory'):
     artifact.Artifact(str(tmp_path))

@@ -159,7 +159,7 @@ def test_overload_is_refused_with_retry_after():
   assert b.padded_size(3) == 4 and b.sizes == [1, 2, 4]
 
 
-def test_server_imports_no_training_stack():
+def test_server_and_artifact_import_no_training_stack():
   code = ('import sys, genrec.recommendation.serve; '
           'print([m for m in ("flax", "optax", "orbax", "seqio", "tensorflow", "gin") '
           'if m in sys.modules])')
