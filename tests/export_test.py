@@ -4,13 +4,10 @@ answers equal in-framework inference, at batch sizes other than any traced."""
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
 from genrec import constraints, models, partitioning, trainer
 from genrec.data import sequences
 from genrec.ids import AtomicIds, ItemIds, RandomCodeIds
