@@ -135,10 +135,7 @@ def main(argv):
     while not httpx.get(f'{url}/v1/metadata').json()['warm']:  # batch sizes compiling
       time.sleep(0.5)
     print(f'server warm (every batch size compiled) after {time.time() - t0:.1f}s', flush=True)
-    external = None  # the server speaks the data's external ids when there is a map
-    if art.manifest.get('item_map'):
-      with open(os.path.join(FLAGS.artifact, art.manifest['item_map'])) as f:
-        external = [''] + [line.rstrip('\n').split('\t')[1] for line in list(f)[1:]]
+    external = art.external_ids()  # the server speaks the data's external ids, if any
     bodies = [json.dumps({'history': [external[i] for i in h] if external else h,
                           'k': art.k}).encode()
               for h in histories(art.manifest['num_items'], art.max_history, 4096, seed=1)]

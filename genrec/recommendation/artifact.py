@@ -16,6 +16,7 @@ class Artifact:
   """`Artifact(directory)(history)` -> (items int32 [b, k], scores float32 [b, k])."""
 
   def __init__(self, directory: str):
+    self.directory = directory
     path = os.path.join(directory, MANIFEST)
     try:
       with open(path) as f:
@@ -30,6 +31,16 @@ class Artifact:
                        '--workdir=<training run>.') from None
     self.max_history = self.manifest['max_history']
     self.k = self.manifest['k']
+
+  def external_ids(self) -> list[str] | None:
+    """Per item id (index 0 ''), its external id from the artifact's item map
+    (items.tsv: "item_id<TAB>external_id" after a header); None without one."""
+    name = self.manifest.get('item_map')
+    if not name or not os.path.exists(os.path.join(self.directory, name)):
+      return None
+    with open(os.path.join(self.directory, name)) as f:
+      next(f)
+      return [''] + [line.rstrip('\n').split('\t')[1] for line in f if line.strip()]
 
   def __call__(self, history) -> tuple[np.ndarray, np.ndarray]:
     """history: int32 [batch, max_history] item ids, oldest first, 0-padded at the end."""

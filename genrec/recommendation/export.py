@@ -36,10 +36,10 @@ from flax import nnx
 from genrec import constraints, decoding, loop, models
 from genrec.ids import ItemIds
 from genrec.recommendation import infer
+from genrec.recommendation.artifact import MANIFEST
 
 ARTIFACT = 'model.stablehlo'
 ARRAYS = 'arrays.npz'
-MANIFEST = 'manifest.json'
 ITEMS = 'items.tsv'
 
 
@@ -123,9 +123,7 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   """
   run, config, ids, pred, params, step = infer.load_run(workdir, step)
   beam = run['beam_size']
-  k = beam if k is None else k
-  if not 1 <= k <= beam:
-    raise ValueError(f'k must be in 1..{beam} (the beam size the run was trained with), not {k}.')
+  k = infer.resolve_k(run, k)
   constrained = run['constrained_decoding'] and not config.num_items
   arrays = {'params': jax.device_get(params), 'token_table': ids.token_table().astype(np.int32)}
   if not config.num_items:  # the trie maps identifiers to items (and constrains)

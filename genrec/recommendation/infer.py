@@ -66,6 +66,15 @@ def load_run(workdir: str, step: int | None = None, mesh_fn=partitioning.make_me
   return run, config, ids, pred, params, step
 
 
+def resolve_k(run: dict, k: int | None) -> int:
+  """Items per history: default the run's beam size, at most that."""
+  beam = run['beam_size']
+  k = beam if k is None else k
+  if not 1 <= k <= beam:
+    raise ValueError(f'k must be in 1..{beam} (the beam size the run was trained with), not {k}.')
+  return k
+
+
 def infer(workdir: str, input_file: str, output_file: str | None = None, k: int | None = None,
           step: int | None = None, batch_size: int = 256,
           mesh_fn=partitioning.make_mesh) -> str:
@@ -86,9 +95,7 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   """
   run, config, ids, pred, params, step = load_run(workdir, step, mesh_fn)
   beam = run['beam_size']
-  k = beam if k is None else k
-  if not 1 <= k <= beam:
-    raise ValueError(f'k must be in 1..{beam} (the beam size the run was trained with), not {k}.')
+  k = resolve_k(run, k)
 
   users, histories = read_histories(input_file, ids.num_items)
   split = sequences.pack_split([h[-run['max_history']:] for h in histories],

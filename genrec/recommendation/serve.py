@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import threading
 import time
 
@@ -139,16 +138,9 @@ class Recommender:
     self.max_history = self.artifact.max_history
     self.k = self.artifact.k
     self.num_items = self.manifest['num_items']
-    path = os.path.join(directory, self.manifest['item_map'] or '')
-    if self.manifest.get('item_map') and os.path.exists(path):
-      with open(path) as f:
-        next(f)
-        pairs = [line.rstrip('\n').split('\t') for line in f if line.strip()]
-      self.external = [''] + [key for _, key in pairs]
-      self.internal = {key: int(i) for i, key in pairs}
-    else:
-      self.external = None  # external ids are the item ids 1..num_items
-      self.internal = None
+    self.external = self.artifact.external_ids()  # None: external ids are the item ids
+    self.internal = None if self.external is None else {
+        key: i for i, key in enumerate(self.external) if i}
 
   def _item_id(self, value):
     if self.internal is not None:
