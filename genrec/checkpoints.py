@@ -78,6 +78,47 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any
   return out.state, out.data
 
 
+def restore_params(checkpoint_dir: str, abstract_params: Any, step: int | None = None
+                   ) -> tuple[Any, int]:
+  """The parameters of a genrec checkpoint (its optimizer and data state are
+  not read): any run whose state is {'params': ..., ...}.
+
+  Args:
+    checkpoint_dir: a run's checkpoints/ folder (step folders inside).
+    abstract_params: the parameters' ShapeDtypeStructs (with shardings).
+    step: which step; default the latest.
+
+  Returns:
+    (params, the step).
+
+  Raises:
+    ValueError: naming the folder, when there is no checkpoint or it does
+      not hold parameters of this model.
+  """
+  checkpoint_dir = os.path.abspath(checkpoint_dir)
+  steps = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit()) if (
+      os.path.isdir(checkpoint_dir)) else []
+  if not steps:
+    raise ValueError(f'No checkpoint in {checkpoint_dir}: train first (the run directory '
+                     'given must be the --workdir of a training run).')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f'{checkpoint_dir} has no step {step}; it has {steps}.')
+  path = os.path.join(checkpoint_dir, str(step), 'state')
+  item = {'params': abstract_params}
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True))
+  except Exception as e:  # orbax raises many types for corrupt or foreign folders
+    raise ValueError(f'Cannot read the parameters of {path}: {root_cause(e)}. '
+                     'The checkpoint must come from a run of this model config (same '
+                     'sizes and identifiers).') from None
+  logging.info('Restored the parameters of step %d from %s', step, checkpoint_dir)
+  return out['params'], step
+
+
 def open_and_restore(directory: str, abstract_state: Any, keep: int = 3,
                      best_metric: str | None = 'validation/ndcg@10', fallback: bool = True
                      ) -> tuple[ocp.CheckpointManager, int | None, Any, dict | None]:

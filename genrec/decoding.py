@@ -22,6 +22,21 @@ TokensToLogits = Callable[[jax.Array, Cache, int], tuple[jax.Array, Cache]]
 # log_probs with disallowed tokens set to -inf. Positions >= step of
 # `sequences` are zeros.
 ConstrainFn = Callable[[jax.Array, int, jax.Array], jax.Array]
+# (values [..., n], k) -> (the k largest values [..., k], their indices), best
+# first, ties to the lower index: `jax.lax.top_k` or `sort_top_k`.
+TopK = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
+
+
+def sort_top_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`jax.lax.top_k` as one two-key sort (same values, indices and tie order).
+
+  `lax.top_k` lowers to `chlo.top_k`, which StableHLO serializes as a newer
+  composite op than older consumers read (TensorFlow's XlaCallModule, hence
+  TF Serving); a sort is plain StableHLO that every consumer reads.
+  """
+  index = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
+  negated, index = jax.lax.sort((-values, index), dimension=values.ndim - 1, num_keys=2)
+  return -negated[..., :k], index[..., :k]
 
 
 def _reorder(cache: Cache, parent: jax.Array) -> Cache:
@@ -36,8 +51,8 @@ def _reorder(cache: Cache, parent: jax.Array) -> Cache:
 
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
-                beam_size: int, num_steps: int, constrain_fn: ConstrainFn | None = None
-                ) -> tuple[jax.Array, jax.Array]:
+                beam_size: int, num_steps: int, constrain_fn: ConstrainFn | None = None,
+                top_k: TopK = jax.lax.top_k) -> tuple[jax.Array, jax.Array]:
   """Finds the `beam_size` most likely token sequences of length `num_steps`.
 
   Args:
@@ -50,6 +65,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
     num_steps: identifier length.
     constrain_fn: optional hook that masks disallowed tokens at every step
       (e.g. `constraints.PrefixTrie.constrain`).
+    top_k: the selection of the best continuations (`sort_top_k` for
+      artifacts that older StableHLO consumers read).
 
   Returns:
     sequences int32 [batch, beam, num_steps] and their total log-probabilities
@@ -62,7 +79,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
     log_probs = _log_probs(logits, batch_size, beam_size)
     if constrain_fn is not None:
       log_probs = constrain_fn(seqs, step, log_probs)
-    seqs, scores, cache = _select(seqs, scores, log_probs, cache, step)
+    seqs, scores, cache = _select(seqs, scores, log_probs, cache, step, top_k)
   return seqs, scores
 
 
@@ -85,11 +102,11 @@ def _log_probs(logits: jax.Array, batch_size: int, beam_size: int) -> jax.Array:
   return jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beam_size, -1)
 
 
-def _select(seqs, scores, log_probs, cache, step: int):
+def _select(seqs, scores, log_probs, cache, step: int, top_k: TopK = jax.lax.top_k):
   """Keeps the best beam_size continuations; reorders sequences and cache."""
   batch_size, beam_size, vocab = log_probs.shape
   candidates = (scores[:, :, None] + log_probs).reshape(batch_size, beam_size * vocab)
-  scores, flat = jax.lax.top_k(candidates, beam_size)  # [batch, beam]
+  scores, flat = top_k(candidates, beam_size)  # [batch, beam]
   parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
   seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1)
   seqs = seqs.at[:, :, step].set(token)

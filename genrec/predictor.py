@@ -7,14 +7,11 @@ training-time evaluation and `infer` run the same jitted functions.
 """
 
 import functools
-import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
-import orbax.checkpoint as ocp
 
 from genrec import checkpoints, constraints, decoding, models, partitioning
 
@@ -48,28 +45,7 @@ class Predictor:
       ValueError: naming the folder, when there is no checkpoint or it does
         not hold parameters of this model.
     """
-    checkpoint_dir = os.path.abspath(checkpoint_dir)
-    steps = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit()) if (
-        os.path.isdir(checkpoint_dir)) else []
-    if not steps:
-      raise ValueError(f'No checkpoint in {checkpoint_dir}: train first (the run directory '
-                       'given to infer must be the --workdir of a training run).')
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise ValueError(f'{checkpoint_dir} has no step {step}; it has {steps}.')
-    path = os.path.join(checkpoint_dir, str(step), 'state')
-    item = {'params': self.abstract_params}
-    try:
-      with ocp.PyTreeCheckpointer() as ckptr:
-        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
-    except Exception as e:  # orbax raises many types for corrupt or foreign folders
-      raise ValueError(f'Cannot read the parameters of {path}: {checkpoints.root_cause(e)}. '
-                       'The checkpoint must come from a run of this model config (same '
-                       'sizes and identifiers).') from None
-    logging.info('Restored the parameters of step %d from %s', step, checkpoint_dir)
-    return out['params'], step
+    return checkpoints.restore_params(checkpoint_dir, self.abstract_params, step)
 
   def predict(self, params, encoder_input_tokens: jax.Array, beam_size: int,
               num_steps: int, trie: constraints.PrefixTrie | None = None):

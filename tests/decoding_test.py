@@ -87,3 +87,15 @@ def test_beams_are_distinct_and_sorted():
   assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()
   for q in range(2):
     assert len({tuple(s) for s in np.asarray(seqs[q])}) == 10
+
+
+def test_sort_top_k_equals_lax_top_k_with_ties_and_infinities():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 6, (5, 40)).astype(np.float32)  # many ties
+  x[0, :7] = -np.inf
+  x[1] = -np.inf
+  for k in (1, 3, 10, 40):
+    want = jax.lax.top_k(jnp.asarray(x), k)
+    got = decoding.sort_top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

@@ -116,6 +116,13 @@ def test_ranking_run_mode(tmp_path):
   for v in ('random', 'sid_unigram'):
     row = json.loads((tmp_path / 'synthetic' / f'{v}_64' / 'row.json').read_text())
     assert 0 <= row['all/auc'] <= 1
+  # A run folder -> the ranker's serving directory, with the run's metrics.
+  folder = tmp_path / 'synthetic' / 'sid_unigram_64'
+  _main('--gin_file=gin/runs/export_ranker.gin', f'--workdir={folder}',
+        "--gin_bindings=export.export.platforms=('cpu',)",
+        '--gin_bindings=export.export.saved_model=False')
+  manifest = json.loads((folder / 'serving' / 'manifest.json').read_text())
+  assert manifest['kind'] == 'ranker' and manifest['metrics_at_step']['all/auc'] == row['all/auc']
 
 
 def test_bad_invocations_say_what_to_do(tmp_path):

@@ -1,6 +1,7 @@
-"""The HTTP server of an exported recommender: answers equal the artifact's,
-concurrent requests are batched, bad input gets 4xx messages and never takes
-the server down, and the server imports no training stack."""
+"""The HTTP server of exported models: answers equal the artifacts' (the
+recommender's, the ranker's, and the two stages together), concurrent
+requests are batched, bad input gets 4xx messages and never takes the server
+down, and the server imports no training stack."""
 
 import asyncio
 import concurrent.futures
@@ -18,10 +19,13 @@ import pytest
 import uvicorn
 
 from conftest import REPO_ROOT
-from genrec import models, partitioning, trainer
+import jax
+
+from genrec import artifact, models, partitioning, serve, trainer
 from genrec.data import sequences
-from genrec.ids import RandomCodeIds
-from genrec.recommendation import artifact, export, serve, train
+from genrec.ids import RandomCodeIds, ResidualKMeansIds
+from genrec.ranking import export as ranking_export, ranker
+from genrec.recommendation import export, train
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -29,7 +33,8 @@ TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
 
 @pytest.fixture
 def served(tmp_path):
-  """A tiny run on data with external ids (A0001...), exported, served on loopback."""
+  """A tiny recommender and a tiny ranker trained on the same data with
+  external ids (A0001...), exported, served together on loopback."""
   tmp = tmp_path
   data = sequences.make_synthetic(num_users=120, num_items=50, seed=0)
   data = dataclasses.replace(data, item_keys=('',) + tuple(f'A{i:04d}' for i in range(1, 51)))
@@ -40,9 +45,16 @@ def served(tmp_path):
               mesh_fn=lambda: partitioning.make_mesh(-1, 1, 1), batch_size=32,
               num_train_steps=10, eval_every_steps=10, checkpoint_every_steps=10,
               report_unconstrained=False, input_pipeline='numpy')
-  directory = export.export(str(tmp / 'run'), platforms=('cpu',))
+  directory = export.export(str(tmp / 'run'), platforms=('cpu',), saved_model=False)
+  ranker.train_and_evaluate(
+      'sid_unigram', 128, str(tmp / 'ranker'), dataset=data,
+      sid_scheme=ResidualKMeansIds(num_levels=2, codebook_size=8, dedup=False),
+      config=ranker.RankerConfig(dim=8, mlp_dims=(16,)), num_train_steps=20, batch_size=32,
+      eval_negatives=9, log_every_steps=20,
+      mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+  ranker_dir = ranking_export.export(str(tmp / 'ranker'), platforms=('cpu',), saved_model=False)
   app = serve.make_app(directory, max_batch=16, window_ms=20, max_queue=64,
-                       max_body_bytes=4096)
+                       max_body_bytes=4096, ranker=ranker_dir, max_candidates=32)
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -51,7 +63,7 @@ def served(tmp_path):
   thread.start()
   while not server.started:
     time.sleep(0.05)
-  yield f'http://127.0.0.1:{port}', artifact.Artifact(directory), data
+  yield f'http://127.0.0.1:{port}', artifact.Artifact(directory), artifact.Artifact(ranker_dir)
   server.should_exit = True
   thread.join(10)
 
@@ -63,10 +75,10 @@ def _history_row(items, width=20):
 
 
 def _recommend_equals_the_artifact_and_maps_external_ids(served):
-  url, art, data = served
+  url, art, _ = served
   history = [3, 17, 8]
   r = httpx.post(f'{url}/v1/recommend',
-                 json={'history': [f'A{i:04d}' for i in history], 'k': 5})
+                 json={'history': [f'A{i:04d}' for i in history], 'k': 5, 'rerank': False})
   assert r.status_code == 200, r.text
   got = r.json()
   items, scores = art(_history_row(history))
@@ -77,20 +89,59 @@ def _recommend_equals_the_artifact_and_maps_external_ids(served):
   assert meta['manifest']['item_map'] == 'items.tsv'
   assert meta['limits']['load_to_first_answer_s'] < 60
   # Unknown ids are dropped and named; longer histories keep the most recent items.
-  r = httpx.post(f'{url}/v1/recommend', json={'history': ['A0003', 'nope', 'A0017', 'A0008']})
+  r = httpx.post(f'{url}/v1/recommend', json={'history': ['A0003', 'nope', 'A0017', 'A0008'],
+                                               'rerank': False})
   assert r.json()['unknown'] == ['nope'] and r.json()['items'][:5] == got['items']
   long = [f'A{(i % 50) + 1:04d}' for i in range(30)]
   assert httpx.post(f'{url}/v1/recommend', json={'history': long}).json()['truncated'] == 10
 
 
+def _two_stages_and_rank_equal_the_artifacts(served):
+  url, art, ranker_art = served
+  history = [3, 17, 8]
+  names = [f'A{i:04d}' for i in history]
+  # Two stages: the generated items, re-ordered by the ranker's logits.
+  got = httpx.post(f'{url}/v1/recommend', json={'history': names, 'k': 4}).json()
+  items, beam_scores = art(_history_row(history))
+  generated = items[0][items[0] > 0]
+  logits, = ranker_art(_history_row(history), generated[None])
+  # The returned items are the best generated ones by the ranker (items that
+  # share a Semantic ID tie; any order among ties is right).
+  best = np.sort(logits[0])[::-1][:4]
+  np.testing.assert_allclose(got['scores'], best, rtol=1e-5, atol=1e-5)
+  where = {f'A{i:04d}': n for n, i in enumerate(generated)}
+  for name, score, beam_score in zip(got['items'], got['scores'], got['generation_scores']):
+    np.testing.assert_allclose(score, logits[0, where[name]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(beam_score, beam_scores[0, where[name]], rtol=1e-5)
+  # The ranker alone: candidates best first; unknown ones dropped and named.
+  candidates = [5, 9, 40, 2, 33]
+  got = httpx.post(f'{url}/v1/rank', json={
+      'history': names, 'candidates': [f'A{i:04d}' for i in candidates] + ['zzz']}).json()
+  logits, = ranker_art(_history_row(history), np.array([candidates]))
+  want = dict(zip([f'A{i:04d}' for i in candidates], logits[0]))
+  assert sorted(got['items']) == sorted(want) and got['unknown'] == ['zzz']
+  np.testing.assert_allclose(got['scores'], [want[i] for i in got['items']], rtol=1e-5,
+                             atol=1e-5)
+  assert got['scores'] == sorted(got['scores'], reverse=True)
+  for body in ({'history': names}, {'history': names, 'candidates': []},
+               {'history': names, 'candidates': ['zzz']},
+               {'history': names, 'candidates': ['A0001'] * 33},
+               {'history': names, 'candidates': 'A0001'},
+               {'history': names, 'candidates': ['A0001'], 'k': 3},
+               {'history': names, 'rerank': 'yes'}):
+    path = '/v1/recommend' if 'rerank' in body else '/v1/rank'
+    r = httpx.post(f'{url}{path}', json=body)
+    assert r.status_code == 422 and r.json()['error'], (body, r.text)
+
+
 def _concurrent_requests_are_batched_and_answered_alike(served):
-  url, art, data = served
+  url, art, _ = served
   histories = [[(u * 7 + j) % 50 + 1 for j in range(1 + u % 6)] for u in range(48)]
   before = httpx.get(f'{url}/v1/metadata').json()['served']
 
   def ask(h):
-    return httpx.post(f'{url}/v1/recommend', json={'history': [f'A{i:04d}' for i in h]},
-                      timeout=60).json()['items']
+    return httpx.post(f'{url}/v1/recommend', json={'history': [f'A{i:04d}' for i in h],
+                                                   'rerank': False}, timeout=60).json()['items']
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
     got = list(pool.map(ask, histories))
   after = httpx.get(f'{url}/v1/metadata').json()['served']
@@ -134,16 +185,17 @@ def _bad_input_gets_a_message_and_the_server_stays_up(served):
   assert ok.status_code == 200 and ok.json()['items']
 
 
-def test_served_artifact(served):
-  """One served artifact (training and compiling it is the cost) for the three
-  checks: answers, batching, bad input."""
+def test_served_artifacts(served):
+  """One served pair of artifacts (training and compiling them is the cost) for
+  the checks: answers, two stages and ranking, batching, bad input."""
   _recommend_equals_the_artifact_and_maps_external_ids(served)
+  _two_stages_and_rank_equal_the_artifacts(served)
   _concurrent_requests_are_batched_and_answered_alike(served)
   _bad_input_gets_a_message_and_the_server_stays_up(served)
 
 
 def test_overload_is_refused_with_retry_after():
-  b = serve.Batcher(lambda rows: (rows, rows), width=3, max_batch=4, max_queue=1)
+  b = serve.Batcher(lambda rows: (rows, rows), ((3,),), max_batch=4, max_queue=1)
 
   async def scenario():
     await b.start()
@@ -160,7 +212,7 @@ def test_overload_is_refused_with_retry_after():
 
 
 def test_server_and_artifact_import_no_training_stack():
-  code = ('import sys, genrec.recommendation.serve; '
+  code = ('import sys, genrec.serve; '
           'print([m for m in ("flax", "optax", "orbax", "seqio", "tensorflow", "gin") '
           'if m in sys.modules])')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

@@ -4,7 +4,7 @@ same exported artifact.
   python -m genrec.benchmarks.serving --artifact=runs/beauty/serving \
       --concurrency=1,8,32,128 --seconds=20 --output_dir=docs/results
 
-Starts `genrec.recommendation.serve` on loopback in its own process, then for
+Starts `genrec.serve` on loopback in its own process, then for
 each concurrency level runs that many httpx clients (asyncio), each sending
 one request after the other for `--seconds` (at most `--max_requests` in all),
 with histories drawn from the artifact's catalog (1 to max_history items).
@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from genrec import tables
-from genrec.recommendation.artifact import Artifact
+from genrec.artifact import Artifact
 
 flags.DEFINE_string('artifact', None, 'Serving directory (gin/runs/export.gin).', required=True)
 flags.DEFINE_list('concurrency', ['1', '8', '32', '128'], 'Concurrent clients per level.')
@@ -115,7 +115,7 @@ def main(argv):
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   t0 = time.time()
-  server = subprocess.Popen([sys.executable, '-m', 'genrec.recommendation.serve',
+  server = subprocess.Popen([sys.executable, '-m', 'genrec.serve',
                              f'--artifact={FLAGS.artifact}', f'--port={port}',
                              f'--max_batch={FLAGS.max_batch}'])
   try:

@@ -21,6 +21,7 @@ target among its candidates.
 """
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -37,6 +38,10 @@ from genrec import config_check, loop, metrics, partitioning, trainer
 from genrec.data import sequences
 from genrec.ranking import sid_features
 from genrec.ids import IdScheme, ResidualKMeansIds
+
+
+FEATURES = 'item_features.npz'  # a run's item rows/mask (sid_features.ItemFeatures)
+ITEM_KEYS = 'item_keys.txt'  # line i: the external id of item i, when the data has them
 
 
 @gin.configurable
@@ -271,6 +276,11 @@ def train_and_evaluate(
   feats = sid_features.item_features(variant, table_rows, data.num_items, codes, sizes,
                                      rd.train_counts, workdir, spm_vocab_size)
   features_s = time.time() - t0
+  if jax.process_index() == 0:  # what export needs besides the checkpoint
+    np.savez(os.path.join(workdir, FEATURES), rows=feats.rows, mask=feats.mask)
+    if data.item_keys:
+      with open(os.path.join(workdir, ITEM_KEYS), 'w') as f:
+        f.write(''.join(f'{key}\n' for key in data.item_keys[1:]))
 
   mesh = mesh_fn()
   dp = partitioning.data_parallel_size(mesh) * jax.process_count()

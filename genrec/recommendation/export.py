@@ -16,31 +16,33 @@ writes <workdir>/serving/ (or EXPORT_DIR):
   manifest.json    model config, identifier scheme, input/output contract,
                    checkpoint step and its metrics, genrec/jax/flax versions.
   items.tsv        item id <-> external id (e.g. ASIN), when the data has them.
+  saved_model/<checkpoint step>/
+                   the same function as a TensorFlow SavedModel (jax2tf, the
+                   arrays as variables), signature `serving_default` (also
+                   `recommend`): history int32 [batch, max_history] ->
+                   {items, scores}; with a TF Serving warm-up request file in
+                   assets.extra/. The step is the version directory TF
+                   Serving expects: --model_base_path=<dir>/saved_model.
 
-`genrec.recommendation.artifact.Artifact` (jax and numpy only) runs one.
+Written by `genrec.export_lib.write`; `genrec.artifact.Artifact` (jax and
+numpy only) runs the StableHLO; TensorFlow (or TF Serving) loads the
+SavedModel.
 """
 
 import json
 import os
-import shutil
-import time
-from importlib import metadata
 
 from absl import logging
 import jax
-from jax import export as jax_export
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genrec import constraints, decoding, loop, models
+from genrec import constraints, decoding, export_lib, models
 from genrec.ids import ItemIds
 from genrec.recommendation import infer
-from genrec.recommendation.artifact import MANIFEST
 
-ARTIFACT = 'model.stablehlo'
-ARRAYS = 'arrays.npz'
-ITEMS = 'items.tsv'
+SIGNATURES = (export_lib.SIGNATURE, 'recommend')
 
 
 def _left_pad(tokens: jax.Array) -> jax.Array:
@@ -75,11 +77,13 @@ def trie_tokens_to_items(trie: constraints.PrefixTrie, leaf_item: jax.Array,
 
 
 def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
-                     k: int, beam_size: int, constrained: bool):
+                     k: int, beam_size: int, constrained: bool,
+                     top_k: decoding.TopK = jax.lax.top_k):
   """fn(arrays: dict, history int32 [b, max_history]) -> (items int32 [b, k],
   scores float32 [b, k]): the whole recommendation on the device. History
   item ids are oldest first, 0-padded at the end; items that name nothing
-  (0) never come out of a constrained search."""
+  (0) never come out of a constrained search. `top_k`: `decoding.sort_top_k`
+  for consumers with an older StableHLO (the SavedModel)."""
   model_cls = models.model_class(config)
   levels = ids.num_levels
 
@@ -99,16 +103,17 @@ def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
         trie = arrays['trie']
         seqs, beam_scores = decoding.beam_search(
             tokens_to_logits, cache, b, beam_size, levels,
-            trie.constrain if constrained else None)
+            trie.constrain if constrained else None, top_k)
         items = trie_tokens_to_items(trie, arrays['leaf_item'], seqs)
         return items[:, :k], beam_scores[:, :k].astype(jnp.float32)
-    top, items = jax.lax.top_k(scores, k)
+    top, items = top_k(scores, k)
     return items.astype(jnp.int32), top.astype(jnp.float32)
   return fn
 
 
 def export(workdir: str, output_dir: str | None = None, k: int | None = None,
-           step: int | None = None, platforms: tuple[str, ...] = ('cpu', 'cuda')) -> str:
+           step: int | None = None, platforms: tuple[str, ...] = ('cpu', 'cuda'),
+           saved_model: bool = True) -> str:
   """Writes the serving directory of a training run (see the module docstring).
 
   Args:
@@ -116,77 +121,62 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
     output_dir: where (default <workdir>/serving); replaced if it exists.
     k: items returned per history (default the run's beam size; at most that).
     step: checkpoint step (default the run's best, else the latest).
-    platforms: lowering platforms of the StableHLO ('cpu', 'cuda', 'tpu').
+    platforms: lowering platforms ('cpu', 'cuda', 'tpu').
+    saved_model: also write the TensorFlow SavedModel.
 
   Returns:
     The serving directory.
   """
   run, config, ids, pred, params, step = infer.load_run(workdir, step)
-  beam = run['beam_size']
+  beam, width = run['beam_size'], run['max_history']
   k = infer.resolve_k(run, k)
   constrained = run['constrained_decoding'] and not config.num_items
   arrays = {'params': jax.device_get(params), 'token_table': ids.token_table().astype(np.int32)}
   if not config.num_items:  # the trie maps identifiers to items (and constrains)
     arrays['trie'] = jax.device_get(constraints.PrefixTrie.from_ids(ids))
     arrays['leaf_item'] = leaf_items(ids)
-  fn = serving_function(pred.graphdef, config, ids, k, beam, constrained)
-  leaves, treedef = jax.tree.flatten(arrays)
-
-  def flat_fn(leaves, history):
-    return fn(jax.tree.unflatten(treedef, leaves), history)
-
-  batch = jax_export.symbolic_shape('batch')[0]
-  history = jax.ShapeDtypeStruct((batch, run['max_history']), jnp.int32)
-  t0 = time.time()
-  exported = jax_export.export(jax.jit(flat_fn), platforms=platforms)(
-      [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves], history)
-  logging.info('Exported for %s in %.1fs', platforms, time.time() - t0)
-
-  out = output_dir or os.path.join(workdir, 'serving')
-  tmp = out.rstrip('/') + '.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  with open(os.path.join(tmp, ARTIFACT), 'wb') as f:
-    f.write(exported.serialize())
-  np.savez(os.path.join(tmp, ARRAYS), *[np.asarray(x) for x in leaves])
+  fn, portable_fn = (serving_function(pred.graphdef, config, ids, k, beam, constrained, top_k)
+                     for top_k in (jax.lax.top_k, decoding.sort_top_k))
+  files = {}
   keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
   if os.path.exists(keys_file):
-    with open(keys_file) as f, open(os.path.join(tmp, ITEMS), 'w') as g:
-      g.write('item_id\texternal_id\n')
-      for i, key in enumerate(f.read().splitlines(), 1):
-        g.write(f'{i}\t{key}\n')
+    with open(keys_file) as f:
+      files[export_lib.ITEMS] = export_lib.item_map(f.read().splitlines())
   results = {}
   if os.path.exists(os.path.join(workdir, 'results.json')):
     with open(os.path.join(workdir, 'results.json')) as f:
       saved = json.load(f)
     if saved.get('best_step') == step:
       results = {s: saved[s] for s in ('validation', 'test') if s in saved}
-  loop.write_json(os.path.join(tmp, MANIFEST), {
-      'format': 'genrec-stablehlo-1', 'artifact': ARTIFACT, 'arrays': ARRAYS,
-      'num_arrays': len(leaves), 'platforms': list(platforms),
-      'inputs': {'history': f'int32 [batch, {run["max_history"]}]: item ids 1..'
-                 f'{ids.num_items}, oldest first, 0-padded at the end (longer histories: '
-                 'keep the most recent)'},
-      'outputs': {'items': f'int32 [batch, {k}] best first (0: none)',
-                  'scores': f'float32 [batch, {k}]: ' + (
-                      'item logits' if config.num_items else 'beam log-probabilities')},
-      'k': k, 'beam_size': beam, 'max_history': run['max_history'],
-      'constrained_decoding': constrained, 'num_items': ids.num_items,
-      'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
-      'model_config': run['model_config'], 'dataset': run['dataset'],
-      'checkpoint_step': step, 'metrics_at_step': results,
-      'item_map': ITEMS if os.path.exists(os.path.join(tmp, ITEMS)) else None,
-      'versions': {p: _version(p) for p in ('genrec', 'jax', 'jaxlib', 'flax')},
-      'exported_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-  })
-  shutil.rmtree(out, ignore_errors=True)
-  os.replace(tmp, out)
+  warmup = tuple((_example_histories(batch, width, ids.num_items),) for batch in (1, 8))
+  out = export_lib.write(
+      output_dir or os.path.join(workdir, 'serving'), fn, arrays,
+      (export_lib.Tensor('history', 'int32', ('batch', width)),),
+      (export_lib.Tensor('items', 'int32', ('batch', k)),
+       export_lib.Tensor('scores', 'float32', ('batch', k))), {
+          'format': 'genrec-stablehlo-1', 'kind': 'recommender',
+          'inputs': {'history': f'int32 [batch, {width}]: item ids 1..{ids.num_items}, oldest '
+                     'first, 0-padded at the end (longer histories: keep the most recent)'},
+          'outputs': {'items': f'int32 [batch, {k}] best first (0: none)',
+                      'scores': f'float32 [batch, {k}]: ' + (
+                          'item logits' if config.num_items else 'beam log-probabilities')},
+          'k': k, 'beam_size': beam, 'max_history': width,
+          'constrained_decoding': constrained, 'num_items': ids.num_items,
+          'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
+          'model_config': run['model_config'], 'dataset': run['dataset'],
+          'checkpoint_step': step, 'metrics_at_step': results,
+          'item_map': export_lib.ITEMS if files else None},
+      version=step, platforms=platforms, saved_model_fn=portable_fn,
+      signatures=SIGNATURES if saved_model else (), warmup=warmup, files=files)
   logging.info('export: step %d of %s -> %s', step, workdir, out)
   return out
 
 
-def _version(package: str) -> str | None:
-  try:
-    return metadata.version(package)
-  except metadata.PackageNotFoundError:
-    return None
+def _example_histories(batch: int, width: int, num_items: int) -> np.ndarray:
+  """Short histories of valid item ids (TF Serving warm-up requests)."""
+  history = np.zeros((batch, width), np.int32)
+  for row in range(batch):
+    history[row, :min(row + 1, width)] = np.arange(min(row + 1, width)) % num_items + 1
+  return history
+
+

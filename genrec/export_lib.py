@@ -1,0 +1,177 @@
+"""Serving directories: a jitted function of (arrays, inputs) as StableHLO and
+as a TensorFlow SavedModel, with its arrays and a manifest.
+
+Every application's exporter (`genrec.recommendation.export`,
+`genrec.ranking.export`) builds a pure function `fn(arrays, *inputs)` whose
+inputs have a symbolic batch dimension (and other named symbolic dimensions
+where they vary, e.g. the number of candidates), and calls `write` here:
+
+  model.stablehlo  `jax.export` of fn (StableHLO; lowered for the platforms
+                   asked: cpu, cuda, tpu), arguments (arrays, *inputs).
+  arrays.npz       the arrays (arr_0, ... in flattening order).
+  manifest.json    the application's description plus `signature` (input and
+                   output names, dtypes and shapes, with the symbolic names).
+  saved_model/<version>/
+                   the same function as a TensorFlow SavedModel (jax2tf),
+                   the arrays as variables, the named signatures, and a TF
+                   Serving warm-up request file in assets.extra/; <version>
+                   (the checkpoint step) is the version folder TF Serving
+                   expects: --model_base_path=<dir>/saved_model.
+
+`genrec.artifact.Artifact` loads a directory with jax and numpy alone.
+"""
+
+import dataclasses
+import os
+import shutil
+import time
+from importlib import metadata
+
+from absl import logging
+import jax
+from jax import export as jax_export
+import numpy as np
+
+from genrec import loop
+from genrec.artifact import ARRAYS, ARTIFACT, MANIFEST
+
+SAVED_MODEL = 'saved_model'
+ITEMS = 'items.tsv'
+SIGNATURE = 'serving_default'
+WARMUP = os.path.join('assets.extra', 'tf_serving_warmup_requests')
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """One input or output: shape entries are ints or symbolic names ('batch')."""
+  name: str
+  dtype: str
+  shape: tuple[int | str, ...]
+
+  def spec(self, symbols: dict) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(symbols.get(d, d) for d in self.shape), self.dtype)
+
+  def describe(self) -> dict:
+    return {'name': self.name, 'dtype': self.dtype, 'shape': list(self.shape)}
+
+
+def _symbols(inputs: tuple[Tensor, ...]) -> dict:
+  names = list(dict.fromkeys(d for t in inputs for d in t.shape if isinstance(d, str)))
+  return dict(zip(names, jax_export.symbolic_shape(', '.join(names)))) if names else {}
+
+
+def _polymorphic_shape(t: Tensor) -> str:
+  return '(' + ', '.join(str(d) for d in t.shape) + ')'
+
+
+def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
+          manifest: dict, *, version: int, platforms: tuple[str, ...] = ('cpu', 'cuda'),
+          saved_model_fn=None, signatures: tuple[str, ...] = (SIGNATURE,),
+          warmup: tuple[tuple[np.ndarray, ...], ...] = (), files: dict | None = None) -> str:
+  """Writes a serving directory (see the module docstring) at `out`, replacing
+  it at the end (a failed export leaves the old one).
+
+  Args:
+    fn: (arrays, *inputs) -> tuple of outputs, pure and jittable.
+    arrays: a pytree of arrays (parameters, tables).
+    inputs, outputs: the signature.
+    manifest: the application's fields (kind, model, checkpoint, metrics).
+    version: the SavedModel version folder (the checkpoint step).
+    platforms: lowering platforms.
+    saved_model_fn: the function for the SavedModel (default fn); e.g. one
+      built with `decoding.sort_top_k`, which TF's older StableHLO reads. None
+      and `signatures=()`: no SavedModel.
+    signatures: the SavedModel's signature names (the first is the warm-up's).
+    warmup: example inputs for TF Serving's warm-up file.
+    files: {name: text} written into the directory (e.g. an item map).
+
+  Returns:
+    `out`.
+  """
+  leaves, treedef = jax.tree.flatten(arrays)
+
+  def flat(f):
+    return lambda leaves, *xs: tuple(f(jax.tree.unflatten(treedef, leaves), *xs))
+
+  symbols = _symbols(inputs)
+  t0 = time.time()
+  exported = jax_export.export(jax.jit(flat(fn)), platforms=platforms)(
+      [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+      *(t.spec(symbols) for t in inputs))
+  logging.info('Exported StableHLO for %s in %.1fs', platforms, time.time() - t0)
+  tmp = out.rstrip('/') + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, ARTIFACT), 'wb') as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(tmp, ARRAYS), *[np.asarray(x) for x in leaves])
+  for name, text in (files or {}).items():
+    with open(os.path.join(tmp, name), 'w') as f:
+      f.write(text)
+  saved = None
+  if signatures:
+    t0 = time.time()
+    write_saved_model(os.path.join(tmp, SAVED_MODEL, str(version)), flat(saved_model_fn or fn),
+                      leaves, inputs, outputs, platforms, signatures, warmup)
+    logging.info('Wrote the SavedModel in %.1fs', time.time() - t0)
+    saved = {'base_path': SAVED_MODEL, 'version': version, 'signatures': list(signatures),
+             'warmup': WARMUP if warmup else None}
+  loop.write_json(os.path.join(tmp, MANIFEST), {
+      **manifest, 'artifact': ARTIFACT, 'arrays': ARRAYS, 'num_arrays': len(leaves),
+      'platforms': list(platforms),
+      'signature': {'inputs': [t.describe() for t in inputs],
+                    'outputs': [t.describe() for t in outputs]},
+      'saved_model': saved,
+      'versions': {p: version_of(p) for p in ('genrec', 'jax', 'jaxlib', 'flax')},
+      'exported_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+  return out
+
+
+def write_saved_model(path: str, fn, leaves, inputs: tuple[Tensor, ...],
+                      outputs: tuple[Tensor, ...], platforms: tuple[str, ...],
+                      signatures: tuple[str, ...], warmup=()) -> None:
+  """`fn(leaves, *inputs)` as a TensorFlow SavedModel at `path` (see `write`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top (export only)
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # pylint: disable=g-import-not-at-top
+
+  tf_fn = jax2tf.convert(fn, polymorphic_shapes=[None] + [_polymorphic_shape(t) for t in inputs],
+                         with_gradient=False, native_serialization_platforms=platforms)
+  module = tf.Module()
+  module.arrays = [tf.Variable(np.asarray(x), trainable=False, name=f'arr_{i}')
+                   for i, x in enumerate(leaves)]
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([d if isinstance(d, int) else None for d in t.shape], t.dtype, name=t.name)
+      for t in inputs])
+  def serve(*xs):
+    return {t.name: y for t, y in zip(outputs, tf_fn(module.arrays, *xs))}
+
+  module.serve = serve
+  tf.saved_model.save(module, path, signatures={name: serve for name in signatures})
+  if not warmup:
+    return
+  os.makedirs(os.path.join(path, os.path.dirname(WARMUP)))
+  with tf.io.TFRecordWriter(os.path.join(path, WARMUP)) as writer:
+    for example in warmup:
+      request = predict_pb2.PredictRequest(
+          model_spec=model_pb2.ModelSpec(name='genrec', signature_name=signatures[0]))
+      for t, x in zip(inputs, example):
+        request.inputs[t.name].CopyFrom(tf.make_tensor_proto(np.asarray(x, t.dtype)))
+      writer.write(prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+
+
+def item_map(keys: list[str]) -> str:
+  """The text of items.tsv ("item_id<TAB>external_id" after a header), item i
+  the external id keys[i - 1] (what `Artifact.external_ids` reads)."""
+  return 'item_id\texternal_id\n' + ''.join(f'{i}\t{key}\n' for i, key in enumerate(keys, 1))
+
+
+def version_of(package: str) -> str | None:
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return None
