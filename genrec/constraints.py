@@ -120,3 +120,27 @@ class PrefixTrie:
     vocab, off, k = log_probs.shape[-1], self.level_offsets[step], self.level_sizes[step]
     mask = jnp.pad(allowed, [(0, 0)] * (allowed.ndim - 1) + [(off, vocab - off - k)])
     return jnp.where(mask, log_probs, -jnp.inf)
+
+
+def leaf_items(ids: ItemIds) -> np.ndarray:
+  """int32 [leaves]: the item id of every leaf of `PrefixTrie.from_ids(ids)`
+  (leaves are the distinct identifiers in lexicographic order; with
+  collisions the lowest item id, as `ItemIds.tokens_to_items`)."""
+  _, first = np.unique(ids.codes[1:], axis=0, return_index=True)
+  return (first + 1).astype(np.int32)
+
+
+def trie_tokens_to_items(trie: PrefixTrie, leaf_item: jax.Array,
+                         tokens: jax.Array) -> jax.Array:
+  """Device `ItemIds.tokens_to_items`: walks the prefix trie; 0 where the
+  tokens [..., L] are not an identifier."""
+  node = jnp.zeros(tokens.shape[:-1], jnp.int32)
+  ok = jnp.ones(tokens.shape[:-1], bool)
+  for level in range(trie.num_levels):
+    code = tokens[..., level] - trie.level_offsets[level]
+    ok &= (code >= 0) & (code < trie.level_sizes[level])
+    code = jnp.clip(code, 0, trie.level_sizes[level] - 1)
+    word = trie.bits[level][node, code // 32]
+    ok &= ((word >> (code % 32).astype(jnp.uint32)) & jnp.uint32(1)).astype(bool)
+    node = jnp.where(ok, trie.child(node, level, code), 0)
+  return jnp.where(ok, leaf_item[jnp.clip(node, 0, leaf_item.shape[0] - 1)], 0)

@@ -83,7 +83,8 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
       and `signatures=()`: no SavedModel.
     signatures: the SavedModel's signature names (the first is the warm-up's).
     warmup: example inputs for TF Serving's warm-up file.
-    files: {name: text} written into the directory (e.g. an item map).
+    files: {name: text or bytes} written into the directory (an item map, a
+      tokenizer model).
 
   Returns:
     `out`.
@@ -105,9 +106,9 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
   with open(os.path.join(tmp, ARTIFACT), 'wb') as f:
     f.write(exported.serialize())
   np.savez(os.path.join(tmp, ARRAYS), *[np.asarray(x) for x in leaves])
-  for name, text in (files or {}).items():
-    with open(os.path.join(tmp, name), 'w') as f:
-      f.write(text)
+  for name, content in (files or {}).items():
+    with open(os.path.join(tmp, name), 'wb' if isinstance(content, bytes) else 'w') as f:
+      f.write(content)
   saved = None
   if signatures:
     t0 = time.time()
@@ -135,7 +136,8 @@ def write_saved_model(path: str, fn, leaves, inputs: tuple[Tensor, ...],
   """`fn(leaves, *inputs)` as a TensorFlow SavedModel at `path` (see `write`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top (export only)
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import (  # pylint: disable=g-import-not-at-top
+      model_pb2, predict_pb2, prediction_log_pb2)
 
   tf_fn = jax2tf.convert(fn, polymorphic_shapes=[None] + [_polymorphic_shape(t) for t in inputs],
                          with_gradient=False, native_serialization_platforms=platforms)

@@ -128,3 +128,18 @@ class Predictor:
                               out_shardings=(rows, rows))
     items, scores = self._rank[k](params, inputs)
     return (items, scores) if with_scores else items
+
+
+def decode_items(model, tokens: jax.Array, trie: constraints.PrefixTrie, leaf_item: jax.Array,
+                 beam_size: int, k: int, constrained: bool = True,
+                 top_k: decoding.TopK = jax.lax.top_k) -> tuple[jax.Array, jax.Array]:
+  """All on the device: beam search over identifiers (constrained to `trie`'s
+  unless `constrained` is False), then identifiers -> item ids by walking the
+  trie (`leaf_item`: `constraints.leaf_items`). Returns (items int32 [b, k],
+  0 where a beam is not an identifier; scores float32 [b, k]), best first."""
+  tokens_to_logits, cache = model.beam_search_inputs(tokens, beam_size, trie.num_levels)
+  seqs, scores = decoding.beam_search(tokens_to_logits, cache, tokens.shape[0], beam_size,
+                                      trie.num_levels, trie.constrain if constrained else None,
+                                      top_k)
+  items = constraints.trie_tokens_to_items(trie, leaf_item, seqs)
+  return items[:, :k], scores[:, :k].astype(jnp.float32)

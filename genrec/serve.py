@@ -1,6 +1,7 @@
 r"""An HTTP server for exported models: a recommender (`python main.py
 --gin_file=gin/runs/export.gin --workdir=RUN`), a Semantic-ID ranker
-(gin/runs/export_ranker.gin), or both (two-stage recommendation).
+(gin/runs/export_ranker.gin), both (two-stage recommendation), and/or a DSI
+document retriever (gin/runs/export_retriever.gin).
 
   python -m genrec.serve --artifact=runs/quickstart/serving --port=8000
   (or the installed command: genrec-serve --artifact=... [--ranker=...])
@@ -21,6 +22,10 @@ flax, optax, orbax, seqio, TensorFlow or gin). Endpoints:
   POST /v1/rank       {"history": [...], "candidates": [...]} (with --ranker)
                       -> {"items": [candidates best first], "scores": [...],
                           "unknown": [...], "truncated": n}
+  POST /v1/retrieve   {"query": "text", "k": 10} (with --retriever, a DSI
+                      model) -> {"documents": [document ids], "scores": [...],
+                      "truncated": query tokens cut}; the query is tokenized
+                      with the artifact's SentencePiece model
   GET  /v1/metadata   the artifacts' manifests and the server's limits
   GET  /healthz       {"status": "ok"} while the process serves
 
@@ -48,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 
@@ -234,18 +240,28 @@ class Service:
 
   def __init__(self, recommender: str | None = None, ranker: str | None = None,
                unknown: str = 'drop', max_batch: int = 64, window_s: float = 0.002,
-               max_queue: int = 1024, max_candidates: int = 256):
-    if not recommender and not ranker:
-      raise ValueError('Serve at least one artifact: --artifact (a recommender) and/or '
-                       '--ranker.')
+               max_queue: int = 1024, max_candidates: int = 256, retriever: str | None = None):
+    if not (recommender or ranker or retriever):
+      raise ValueError('Serve at least one artifact: --artifact (a recommender), --ranker '
+                       'or --retriever.')
     self.recommender = recommender and Artifact(recommender).expect('recommender')
     self.ranker = ranker and Artifact(ranker).expect('ranker')
-    self.items = Items([a for a in (self.recommender, self.ranker) if a], unknown)
+    self.retriever = retriever and Artifact(retriever).expect('retriever')
+    self.items = (self.recommender or self.ranker) and Items(
+        [a for a in (self.recommender, self.ranker) if a], unknown)
     if self.recommender and self.ranker and self.recommender.k > max_candidates:
       raise ValueError(f'The recommender generates {self.recommender.k} items to re-rank, '
                        f'over --max_candidates={max_candidates}: raise --max_candidates.')
     self.max_candidates = max_candidates
     self.batchers = {}
+    if self.retriever:
+      import sentencepiece  # pylint: disable=g-import-not-at-top (retrievers only)
+      self.tokenizer = sentencepiece.SentencePieceProcessor(model_file=os.path.join(
+          retriever, self.retriever.manifest['tokenizer']))
+      self.documents = self.retriever.external_ids()
+      self.batchers['retrieve'] = Batcher(
+          self.retriever, ((self.retriever.manifest['input_len'],),), max_batch, window_s,
+          max_queue)
     if self.recommender:
       self.batchers['recommend'] = Batcher(self.recommender, ((self.recommender.max_history,),),
                                            max_batch, window_s, max_queue)
@@ -260,6 +276,8 @@ class Service:
 
   def first_answer(self) -> None:
     """Compiles batch size 1 of each artifact (the smallest candidate list)."""
+    if self.retriever:
+      self.retriever(np.zeros((1, self.retriever.manifest['input_len']), np.int32))
     if self.recommender:
       self.recommender(np.zeros((1, self.recommender.max_history), np.int32))
     if self.ranker:
@@ -307,6 +325,26 @@ class Service:
     return {'items': self.items.names(items[:k]),
             'scores': [round(float(s), 6) for s in scores[:k]], **answer}
 
+  async def retrieve(self, body: bytes) -> dict:
+    if not self.retriever:
+      raise BadRequest(404, 'No retriever is served (start the server with --retriever).')
+    request = parse_json(body, {'query': True, 'k': False})
+    query, top = request['query'], self.retriever.manifest['k']
+    if not isinstance(query, str) or not query.strip():
+      raise BadRequest(422, '"query" must be a non-empty string.')
+    k = request.get('k', top)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= top:
+      raise BadRequest(422, f'"k" must be an integer in 1..{top} (the exported k), not {k!r}.')
+    width = self.retriever.manifest['input_len']
+    tokens = self.tokenizer.encode(query)
+    row = np.zeros(width, np.int32)
+    row[:min(len(tokens), width)] = tokens[:width]
+    documents, scores = await self.batchers['retrieve'].submit(row)
+    keep = documents[:k] > 0
+    return {'documents': [self.documents[i] for i in documents[:k][keep]],
+            'scores': [round(float(s), 6) for s in scores[:k][keep]],
+            'truncated': max(0, len(tokens) - width)}
+
   async def rank(self, body: bytes) -> dict:
     if not self.ranker:
       raise BadRequest(404, 'No ranker is served (start the server with --ranker).')
@@ -328,11 +366,12 @@ class Service:
 def make_app(directory: str | None = None, unknown: str = 'drop', max_batch: int = 64,
              window_ms: float = 2.0, max_queue: int = 1024,
              max_body_bytes: int = 65536, warm_up: bool = True, ranker: str | None = None,
-             max_candidates: int = 256) -> Starlette:
-  """The ASGI app serving the recommender in `directory` and/or the `ranker`."""
+             max_candidates: int = 256, retriever: str | None = None) -> Starlette:
+  """The ASGI app serving the recommender in `directory`, the `ranker` and/or
+  the `retriever`."""
   t0 = time.time()
   service = Service(directory, ranker, unknown, max_batch, window_ms / 1000, max_queue,
-                    max_candidates)
+                    max_candidates, retriever)
   service.first_answer()
   load_s = time.time() - t0
   # The other batch sizes compile in the background; shutdown waits for the
@@ -372,6 +411,7 @@ def make_app(directory: str | None = None, unknown: str = 'drop', max_batch: int
     return JSONResponse({
         'manifest': service.recommender.manifest if service.recommender else None,
         'ranker_manifest': service.ranker.manifest if service.ranker else None,
+        'retriever_manifest': service.retriever.manifest if service.retriever else None,
         'limits': limits,
         'served': {'batches': sum(b.batches for b in batchers),
                    'requests': sum(b.rows for b in batchers)},
@@ -393,6 +433,7 @@ def make_app(directory: str | None = None, unknown: str = 'drop', max_batch: int
 
   return Starlette(routes=[Route('/v1/recommend', endpoint(service.recommend), methods=['POST']),
                            Route('/v1/rank', endpoint(service.rank), methods=['POST']),
+                           Route('/v1/retrieve', endpoint(service.retrieve), methods=['POST']),
                            Route('/v1/metadata', metadata, methods=['GET']),
                            Route('/healthz', healthz, methods=['GET'])],
                    lifespan=lifespan)
@@ -403,6 +444,8 @@ def main(argv=None):
   p.add_argument('--artifact', help='A recommender\'s serving directory (export run mode).')
   p.add_argument('--ranker', help='A ranker\'s serving directory (export_ranker run mode); '
                  'with --artifact, /v1/recommend re-ranks the generated items.')
+  p.add_argument('--retriever', help='A DSI document retriever\'s serving directory '
+                 '(export_retriever run mode): POST /v1/retrieve.')
   p.add_argument('--host', default='127.0.0.1')
   p.add_argument('--port', type=int, default=8000)
   p.add_argument('--unknown', choices=('drop', 'refuse'), default='drop',
@@ -415,10 +458,11 @@ def main(argv=None):
                  help='Candidates per /v1/rank request (and the re-ranked top-N) at most.')
   a = p.parse_args(argv)
   import uvicorn  # the server process only
-  if not a.artifact and not a.ranker:
-    p.error('give --artifact (a recommender), --ranker, or both.')
+  if not (a.artifact or a.ranker or a.retriever):
+    p.error('give --artifact (a recommender), --ranker and/or --retriever.')
   app = make_app(a.artifact, a.unknown, a.max_batch, a.window_ms, a.max_queue,
-                 a.max_body_bytes, ranker=a.ranker, max_candidates=a.max_candidates)
+                 a.max_body_bytes, ranker=a.ranker, max_candidates=a.max_candidates,
+                 retriever=a.retriever)
   uvicorn.run(app, host=a.host, port=a.port, log_level='warning')
 
 

@@ -8,8 +8,9 @@ import pytest
 import ranx
 import sentencepiece as spm
 
-from genrec import models, partitioning, trainer
+from genrec import artifact, models, partitioning, serve, trainer
 from genrec.retrieval import corpus, docgen, fm_index
+from genrec.retrieval import export as retrieval_export
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -174,6 +175,49 @@ def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
                                        docgen.SealScorer(), tc, fm)
     m = corpus.retrieval_metrics(ranked, tc.collection.qrels['test'])
     assert m['ndcg@10'] == pytest.approx(row['ndcg@10'], abs=1e-4)
+  else:
+    _exported_retriever_answers_like_the_run(tc, tmp_path)
+
+
+def _exported_retriever_answers_like_the_run(tc, run_dir):
+  """The DSI run exported (StableHLO and SavedModel) and served: the same
+  documents and scores as the run's own TREC file, for the test queries."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from starlette.testclient import TestClient  # pylint: disable=g-import-not-at-top
+  out = retrieval_export.export(str(run_dir), k=10, platforms=('cpu',))
+  manifest = json.loads((run_dir / 'serving' / 'manifest.json').read_text())
+  assert manifest['kind'] == 'retriever' and manifest['num_items'] == 16
+  want = {}
+  for line in (run_dir / 'test.trec').read_text().splitlines():
+    q, _, d, rank, score, _ = line.split()
+    if int(rank) <= 10:
+      want.setdefault(q, []).append((d, float(score)))
+  qids = sorted(want)
+  query = np.zeros((len(qids), 16), np.int32)
+  for i, q in enumerate(qids):
+    tokens = tc.sp.encode(tc.collection.queries[q])[:16]
+    query[i, :len(tokens)] = tokens
+  served = artifact.Artifact(out).expect('retriever')
+  documents, scores = served(query)
+  names = served.external_ids()
+  saved = tf.saved_model.load(str(run_dir / 'serving' / 'saved_model' /
+                                  str(manifest['checkpoint_step'])))
+  tf_out = saved.signatures['retrieve'](query=tf.constant(query))
+  np.testing.assert_array_equal(tf_out['documents'].numpy(), documents)
+  np.testing.assert_allclose(tf_out['scores'].numpy(), scores, rtol=1e-4, atol=1e-4)
+  app = serve.make_app(retriever=out, warm_up=False)
+  with TestClient(app) as client:
+    for i, q in enumerate(qids):
+      assert [names[d] for d in documents[i]] == [d for d, _ in want[q]]
+      # TREC scores are nudged below ties to keep the order: compare loosely.
+      np.testing.assert_allclose(scores[i], [s for _, s in want[q]], rtol=1e-4, atol=1e-4)
+      r = client.post('/v1/retrieve', json={'query': tc.collection.queries[q], 'k': 3})
+      assert r.status_code == 200 and r.json()['documents'] == [d for d, _ in want[q][:3]]
+    for body in ({'query': ''}, {'query': 3}, {'query': 'topic1', 'k': 11}, {'k': 3},
+                 {'query': 'topic1', 'history': []}):
+      r = client.post('/v1/retrieve', json=body)
+      assert r.status_code == 422 and r.json()['error'], body
+    assert client.post('/v1/recommend', json={'history': [1]}).status_code == 404
 
 
 def test_bad_method_or_split_is_named(tc, tmp_path):

@@ -141,6 +141,6 @@ def test_device_identifier_to_item_map_equals_the_host_one():
   tokens = np.concatenate([ids.token_table()[1:],  # every item's identifier
                            rng.integers(0, ids.vocab_size, (500, ids.num_levels))]).astype(
                                np.int32)
-  got = np.asarray(export.trie_tokens_to_items(trie, export.leaf_items(ids), tokens))
+  got = np.asarray(constraints.trie_tokens_to_items(trie, constraints.leaf_items(ids), tokens))
   np.testing.assert_array_equal(got, ids.tokens_to_items(tokens))
   assert ids.num_collisions > 0 and (got > 0).sum() >= 300

@@ -160,7 +160,7 @@ def test_gin_files_parse(path):
                                                  "INPUT_FILE='/x'", "QUERIES_FILE='/x'"])
     if path.endswith(('runs/retrieval.gin', 'runs/ranking.gin', 'runs/infer.gin',
                       'runs/retrieval_infer.gin', 'runs/export.gin',
-                      'runs/export_ranker.gin')):
+                      'runs/export_ranker.gin', 'runs/export_retriever.gin')):
       assert gin.query_parameter('launch.run_experiment.run') is not None
     elif '/retrieval/' in path:
       assert gin.query_parameter('docgen.train_and_evaluate.num_train_steps') > 0

@@ -95,8 +95,8 @@ def export(workdir: str, output_dir: str | None = None,
           'format': 'genrec-stablehlo-1', 'kind': 'ranker',
           'inputs': {'history': f'int32 [batch, {width}]: item ids 1..{num_items}, oldest '
                      'first, 0-padded at the end (longer histories: keep the most recent)',
-                     'candidates': f'int32 [batch, candidates]: item ids 1..{num_items} to score (0: '
-                     'padding, its score means nothing)'},
+                     'candidates': f'int32 [batch, candidates]: item ids 1..{num_items} to '
+                     'score (0: padding, its score means nothing)'},
           'outputs': {'scores': 'float32 [batch, candidates]: logits of P(engage)'},
           'max_history': width, 'num_items': num_items, 'variant': settings['variant'],
           'table_rows': settings['table_rows'], 'model_config': {

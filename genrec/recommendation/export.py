@@ -38,8 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genrec import constraints, decoding, export_lib, models
-from genrec.ids import ItemIds
+from genrec import constraints, decoding, export_lib, models, predictor
 from genrec.recommendation import infer
 
 SIGNATURES = (export_lib.SIGNATURE, 'recommend')
@@ -52,40 +51,14 @@ def _left_pad(tokens: jax.Array) -> jax.Array:
   return jnp.take_along_axis(tokens, index, axis=1)
 
 
-def leaf_items(ids: ItemIds) -> np.ndarray:
-  """int32 [leaves]: the item id of every leaf of `PrefixTrie.from_ids(ids)`
-  (leaves are the distinct identifiers in lexicographic order; with
-  collisions the lowest item id, as `ItemIds.tokens_to_items`)."""
-  _, first = np.unique(ids.codes[1:], axis=0, return_index=True)
-  return (first + 1).astype(np.int32)
-
-
-def trie_tokens_to_items(trie: constraints.PrefixTrie, leaf_item: jax.Array,
-                         tokens: jax.Array) -> jax.Array:
-  """Device `ItemIds.tokens_to_items`: walks the prefix trie; 0 where the
-  tokens [..., L] are not an identifier."""
-  node = jnp.zeros(tokens.shape[:-1], jnp.int32)
-  ok = jnp.ones(tokens.shape[:-1], bool)
-  for level in range(trie.num_levels):
-    code = tokens[..., level] - trie.level_offsets[level]
-    ok &= (code >= 0) & (code < trie.level_sizes[level])
-    code = jnp.clip(code, 0, trie.level_sizes[level] - 1)
-    word = trie.bits[level][node, code // 32]
-    ok &= ((word >> (code % 32).astype(jnp.uint32)) & jnp.uint32(1)).astype(bool)
-    node = jnp.where(ok, trie.child(node, level, code), 0)
-  return jnp.where(ok, leaf_item[jnp.clip(node, 0, leaf_item.shape[0] - 1)], 0)
-
-
-def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
-                     k: int, beam_size: int, constrained: bool,
-                     top_k: decoding.TopK = jax.lax.top_k):
+def serving_function(graphdef, config: models.TransformerConfig, k: int, beam_size: int,
+                     constrained: bool, top_k: decoding.TopK = jax.lax.top_k):
   """fn(arrays: dict, history int32 [b, max_history]) -> (items int32 [b, k],
   scores float32 [b, k]): the whole recommendation on the device. History
   item ids are oldest first, 0-padded at the end; items that name nothing
   (0) never come out of a constrained search. `top_k`: `decoding.sort_top_k`
   for consumers with an older StableHLO (the SavedModel)."""
   model_cls = models.model_class(config)
-  levels = ids.num_levels
 
   def fn(arrays, history):
     model = nnx.merge(graphdef, arrays['params'])
@@ -99,13 +72,8 @@ def serving_function(graphdef, config: models.TransformerConfig, ids: ItemIds,
       if config.num_items:
         scores = model.score_items(tokens)
       else:
-        tokens_to_logits, cache = model.beam_search_inputs(tokens, beam_size, levels)
-        trie = arrays['trie']
-        seqs, beam_scores = decoding.beam_search(
-            tokens_to_logits, cache, b, beam_size, levels,
-            trie.constrain if constrained else None, top_k)
-        items = trie_tokens_to_items(trie, arrays['leaf_item'], seqs)
-        return items[:, :k], beam_scores[:, :k].astype(jnp.float32)
+        return predictor.decode_items(model, tokens, arrays['trie'], arrays['leaf_item'],
+                                      beam_size, k, constrained, top_k)
     top, items = top_k(scores, k)
     return items.astype(jnp.int32), top.astype(jnp.float32)
   return fn
@@ -134,8 +102,8 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   arrays = {'params': jax.device_get(params), 'token_table': ids.token_table().astype(np.int32)}
   if not config.num_items:  # the trie maps identifiers to items (and constrains)
     arrays['trie'] = jax.device_get(constraints.PrefixTrie.from_ids(ids))
-    arrays['leaf_item'] = leaf_items(ids)
-  fn, portable_fn = (serving_function(pred.graphdef, config, ids, k, beam, constrained, top_k)
+    arrays['leaf_item'] = constraints.leaf_items(ids)
+  fn, portable_fn = (serving_function(pred.graphdef, config, k, beam, constrained, top_k)
                      for top_k in (jax.lax.top_k, decoding.sort_top_k))
   files = {}
   keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')

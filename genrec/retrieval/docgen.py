@@ -364,6 +364,28 @@ def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: Se
 # ---------------------------------------------------------------------------
 # Train and evaluate one method
 # ---------------------------------------------------------------------------
+SERVING_RUN = 'retrieval_run.json'  # what a DSI run's export needs besides the checkpoint
+SPM_MODEL = 'spm.model'
+DOC_IDS = 'doc_ids.txt'
+
+
+def save_serving_inputs(workdir: str, tc: TokenizedCollection, ids: ItemIds, method: str,
+                        config: models.TransformerConfig, input_len: int, shift: int,
+                        beam_size: int) -> None:
+  """Writes into a DSI run folder what `genrec.retrieval.export` reads: the
+  docids (ids/), the SentencePiece model, the document ids (line i: document
+  i + 1) and the run's shapes (retrieval_run.json)."""
+  ids.save(os.path.join(workdir, 'ids'))
+  with open(os.path.join(workdir, SPM_MODEL), 'wb') as f:
+    f.write(tc.sp.serialized_model_proto())
+  with open(os.path.join(workdir, DOC_IDS), 'w') as f:
+    f.write(''.join(f'{d}\n' for d in tc.collection.doc_ids))
+  loop.write_json(os.path.join(workdir, SERVING_RUN), {
+      'method': method, 'collection': tc.collection.name, 'input_len': input_len,
+      'docid_token_shift': shift, 'beam_size': beam_size,
+      'model_config': dataclasses.asdict(config), 'num_docs': tc.collection.num_docs})
+
+
 @gin.configurable(denylist=['method', 'tc', 'workdir'])
 def train_and_evaluate(
     method: str,
@@ -430,6 +452,8 @@ def train_and_evaluate(
                                              ids.level_offsets + shift)
   prep_s = time.time() - t_prep
   config = dataclasses.replace(model_config, vocab_size=-(-used // 128) * 128)
+  if ids is not None and jax.process_index() == 0:
+    save_serving_inputs(workdir, tc, ids, method, config, input_len, shift, dsi_beam_size)
   mesh = mesh_fn()
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
