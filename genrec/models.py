@@ -56,6 +56,11 @@ class TransformerConfig:
       raise ValueError(f"TransformerConfig.dtype must be 'float32', 'bfloat16' or 'auto', "
                        f'not {self.dtype!r}.')
 
+  @classmethod
+  def from_json(cls, fields: dict) -> 'TransformerConfig':
+    """A config saved as JSON (`dataclasses.asdict`; lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
   @property
   def compute_dtype(self):
     if self.dtype == 'auto':

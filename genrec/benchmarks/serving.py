@@ -36,6 +36,9 @@ flags.DEFINE_integer('max_requests', 20000, 'At most this many requests per leve
 flags.DEFINE_integer('batch_size', 256, 'In-process batch size.')
 flags.DEFINE_integer('repeats', 20, 'In-process timing repeats.')
 flags.DEFINE_integer('max_batch', 64, 'Server --max_batch.')
+flags.DEFINE_float('window_ms', 2.0, 'Server --window_ms.')
+flags.DEFINE_list('batch_curve', ['1', '8', '16', '32', '64', '256'],
+                  'In-process queries/s at these batch sizes too (the efficiency curve).')
 flags.DEFINE_string('output_dir', None, 'Where to write serving.md/.csv.')
 FLAGS = flags.FLAGS
 
@@ -52,6 +55,34 @@ def histories(num_items: int, max_history: int, n: int, seed: int = 0) -> list[l
   rng = np.random.default_rng(seed)
   return [rng.integers(1, num_items + 1, rng.integers(1, max_history + 1)).tolist()
           for _ in range(n)]
+
+
+def batch_curve(art: Artifact, sizes: list[int], repeats: int) -> dict:
+  """In-process queries/s per batch size (median of `repeats` calls)."""
+  out = {}
+  for size in sizes:
+    rows = np.zeros((size, art.max_history), np.int32)
+    for i, h in enumerate(histories(art.manifest['num_items'], art.max_history, size, seed=2)):
+      rows[i, :len(h)] = h
+    art(rows)
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      art(rows)
+      times.append(time.perf_counter() - t0)
+    out[size] = round(size / float(np.median(times)), 1)
+  return out
+
+
+def directory_sizes(path: str) -> dict:
+  """MiB per top-level entry of a serving directory (folders summed)."""
+  out = {}
+  for name in sorted(os.listdir(path)):
+    full = os.path.join(path, name)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(full) for f in fs] if os.path.isdir(
+        full) else [full]
+    out[name] = round(sum(os.path.getsize(f) for f in files) / 2**20, 2)
+  return out
 
 
 def in_process(art: Artifact, batch_size: int, repeats: int) -> dict:
@@ -111,13 +142,16 @@ def main(argv):
   art = Artifact(FLAGS.artifact)
   base = in_process(art, FLAGS.batch_size, FLAGS.repeats)
   print(json.dumps(base), flush=True)
+  curve = batch_curve(art, [int(b) for b in FLAGS.batch_curve], max(5, FLAGS.repeats // 4))
+  print(f'in-process queries/s by batch size: {curve}', flush=True)
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   t0 = time.time()
   server = subprocess.Popen([sys.executable, '-m', 'genrec.serve',
                              f'--artifact={FLAGS.artifact}', f'--port={port}',
-                             f'--max_batch={FLAGS.max_batch}'])
+                             f'--max_batch={FLAGS.max_batch}',
+                             f'--window_ms={FLAGS.window_ms}'])
   try:
     url = f'http://127.0.0.1:{port}'
     while True:
@@ -156,14 +190,14 @@ def main(argv):
   date = time.strftime('%Y-%m-%d')
   command = 'python -m genrec.benchmarks.serving ' + ' '.join(sys.argv[1:])
   text = tables.markdown(rows)
-  sizes = {name: round(os.path.getsize(os.path.join(FLAGS.artifact, name)) / 2**20, 2)
-           for name in sorted(os.listdir(FLAGS.artifact))}
+  sizes = directory_sizes(FLAGS.artifact)
   summary = (f'# Serving load test\n\n`{command}` ({date}; artifact files (MiB): {sizes}; '
              f'artifact: '
              f'{art.manifest["model_config"]["architecture"]}, {art.manifest["dataset"]}, '
              f'{art.manifest["num_items"]} items, beam {art.manifest["beam_size"]}, '
              f'constrained {art.manifest["constrained_decoding"]}; load to first answer '
-             f'{load_s} s; healthz after the test: {healthy})\n\n{text}\n')
+             f'{load_s} s; healthz after the test: {healthy}; in-process queries/s by batch '
+             f'size: {curve})\n\n{text}\n')
   print(summary, flush=True)
   if FLAGS.output_dir:
     for r in rows:

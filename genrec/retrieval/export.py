@@ -46,8 +46,7 @@ def load(workdir: str, mesh_fn=partitioning.make_mesh):
                      'e.g. runs/retrieval/dsi_semantic. SEAL runs are not exported.')
   with open(path) as f:
     run = json.load(f)
-  config = models.TransformerConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in run['model_config'].items()})
+  config = models.TransformerConfig.from_json(run['model_config'])
   ids = ItemIds.load(os.path.join(workdir, 'ids'))
   pred = predictor.Predictor(config, mesh_fn())
   params, step = pred.restore_params(os.path.join(workdir, 'checkpoints'))
