@@ -190,8 +190,8 @@ def test_kill_9_while_checkpointing_then_resume(tmp_path):
   newest complete checkpoint and finishes; no partial step folder remains."""
   run = tmp_path / 'run'
   args = ['--gin_file=gin/runs/quickstart.gin', f'--workdir={run}',
-          '--gin_bindings=train.train.num_train_steps=24',
-          '--gin_bindings=train.train.eval_every_steps=24',
+          '--gin_bindings=train.train.num_train_steps=12',
+          '--gin_bindings=train.train.eval_every_steps=12',
           '--gin_bindings=train.train.checkpoint_every_steps=1',
           '--gin_bindings=train.train.log_every_steps=1',
           '--gin_bindings=sequences.make_synthetic.num_users=200',
@@ -211,6 +211,6 @@ def test_kill_9_while_checkpointing_then_resume(tmp_path):
   _main(*args)
   results = json.loads((run / 'results.json').read_text())
   # The newest step folder may have been mid-write (then moved aside, not used).
-  assert results['num_train_steps'] == 24 and results['resumed_from_step'] >= 3
+  assert results['num_train_steps'] == 12 and results['resumed_from_step'] >= 3
   leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and 'unreadable' not in d]
   assert not leftovers, leftovers
