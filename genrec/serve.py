@@ -92,6 +92,7 @@ class Batcher:
     self.queue: asyncio.Queue | None = None
     self.max_queue = max_queue
     self.batches = self.rows = 0  # served so far (GET /v1/metadata)
+    self.model_seconds = 0.0  # wall time inside the model calls
     self.warm = False  # every batch size compiled (GET /v1/metadata)
     self.sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
     if self.sizes[-1] != max_batch:
@@ -130,11 +131,16 @@ class Batcher:
       batch = [await self.queue.get()]
       deadline = loop.time() + self.window_s
       while len(batch) < self.max_batch:
+        try:  # everything already waiting joins (wait_for(..., 0) would drop it)
+          batch.append(self.queue.get_nowait())
+          continue
+        except asyncio.QueueEmpty:
+          pass
         timeout = deadline - loop.time()
-        if timeout <= 0 and self.queue.empty():
+        if timeout <= 0:
           break
         try:
-          batch.append(await asyncio.wait_for(self.queue.get(), max(timeout, 0)))
+          batch.append(await asyncio.wait_for(self.queue.get(), timeout))
         except asyncio.TimeoutError:
           break
       self.batches += 1
@@ -144,7 +150,9 @@ class Batcher:
         for x, row in zip(inputs, rows):
           x[i] = row
       try:
+        t0 = time.perf_counter()
         outputs = await loop.run_in_executor(None, self.fn, *inputs)
+        self.model_seconds += time.perf_counter() - t0
       except Exception as e:  # the model failed: every waiting request gets a 500
         for _, future in batch:
           if not future.done():
@@ -414,7 +422,8 @@ def make_app(directory: str | None = None, unknown: str = 'drop', max_batch: int
         'retriever_manifest': service.retriever.manifest if service.retriever else None,
         'limits': limits,
         'served': {'batches': sum(b.batches for b in batchers),
-                   'requests': sum(b.rows for b in batchers)},
+                   'requests': sum(b.rows for b in batchers),
+                   'model_s': round(sum(b.model_seconds for b in batchers), 3)},
         'warm': all(b.warm for b in batchers)})
 
   async def healthz(request: Request):

@@ -211,6 +211,26 @@ def test_overload_is_refused_with_retry_after():
   assert b.padded_size(3) == 4 and b.sizes == [1, 2, 4]
 
 
+def test_waiting_requests_join_one_batch_after_the_window():
+  calls = []
+
+  def fn(rows):
+    calls.append(len(rows))
+    return (rows[:, 0],)
+  b = serve.Batcher(fn, ((3,),), max_batch=16, window_s=0.0)
+
+  async def scenario():
+    await b.start()
+    # Ten requests already waiting when the batcher looks: all in one batch,
+    # although the (zero) window is over.
+    got = await asyncio.gather(*(b.submit(np.full(3, i, np.int32)) for i in range(10)))
+    b.task.cancel()
+    return got
+  got = asyncio.run(scenario())
+  assert [int(g[0]) for g in got] == list(range(10))
+  assert calls == [16] and b.batches == 1 and b.rows == 10
+
+
 def test_server_and_artifact_import_no_training_stack():
   code = ('import sys, genrec.serve; '
           'print([m for m in ("flax", "optax", "orbax", "seqio", "tensorflow", "gin") '
