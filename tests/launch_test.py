@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 from genrec import gin_utils
 from genrec.data import sequences
+from genrec.ranking import export as ranking_export
 
 
 def _main(*args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
@@ -116,11 +117,10 @@ def test_ranking_run_mode(tmp_path):
   for v in ('random', 'sid_unigram'):
     row = json.loads((tmp_path / 'synthetic' / f'{v}_64' / 'row.json').read_text())
     assert 0 <= row['all/auc'] <= 1
-  # A run folder -> the ranker's serving directory, with the run's metrics.
+  # A run folder of the mode -> the ranker's serving directory, with the run's
+  # metrics (export_ranker.gin binds this function: tests/train_test.py).
   folder = tmp_path / 'synthetic' / 'sid_unigram_64'
-  _main('--gin_file=gin/runs/export_ranker.gin', f'--workdir={folder}',
-        "--gin_bindings=export.export.platforms=('cpu',)",
-        '--gin_bindings=export.export.saved_model=False')
+  ranking_export.export(str(folder), platforms=('cpu',), saved_model=False)
   manifest = json.loads((folder / 'serving' / 'manifest.json').read_text())
   assert manifest['kind'] == 'ranker' and manifest['metrics_at_step']['all/auc'] == row['all/auc']
 

@@ -5,9 +5,11 @@ same exported artifact.
       --concurrency=1,8,32,128 --seconds=20 --output_dir=docs/results
 
 Starts `genrec.serve` on loopback in its own process, then for
-each concurrency level runs that many httpx clients (asyncio), each sending
+each concurrency level runs that many aiohttp clients (asyncio), each sending
 one request after the other for `--seconds` (at most `--max_requests` in all),
 with histories drawn from the artifact's catalog (1 to max_history items).
+With `--ranker` (a ranker exported from a run on the same data) the server
+serves both and every request is two-stage (generate, then re-rank).
 Reports QPS, p50/p95/p99 latency, errors and the server's RSS before and
 after. Beside it, in the same run: the artifact's in-process queries/s at
 `--batch_size` and its 1-query latency (median of `--repeats`), and the
@@ -41,6 +43,8 @@ flags.DEFINE_integer('max_batch', 64, 'Server --max_batch.')
 flags.DEFINE_float('window_ms', 2.0, 'Server --window_ms.')
 flags.DEFINE_list('batch_curve', ['1', '8', '16', '32', '64', '256'],
                   'In-process queries/s at these batch sizes too (the efficiency curve).')
+flags.DEFINE_string('ranker', None, 'A ranker serving directory (export_ranker.gin): '
+                    'two-stage requests.')
 flags.DEFINE_string('output_dir', None, 'Where to write serving.md/.csv.')
 FLAGS = flags.FLAGS
 
@@ -161,7 +165,8 @@ def main(argv):
   server = subprocess.Popen([sys.executable, '-m', 'genrec.serve',
                              f'--artifact={FLAGS.artifact}', f'--port={port}',
                              f'--max_batch={FLAGS.max_batch}',
-                             f'--window_ms={FLAGS.window_ms}'])
+                             f'--window_ms={FLAGS.window_ms}'] +
+                            ([f'--ranker={FLAGS.ranker}'] if FLAGS.ranker else []))
   try:
     url = f'http://127.0.0.1:{port}'
     while True:
@@ -188,7 +193,7 @@ def main(argv):
       before = rss_mb(server.pid)
       row = asyncio.run(load(f'{url}/v1/recommend', clients, FLAGS.seconds,
                              FLAGS.max_requests, bodies))
-      row.update(server_rss_before_mb=round(before, 1),
+      row.update(two_stage=bool(FLAGS.ranker), server_rss_before_mb=round(before, 1),
                  server_rss_after_mb=round(rss_mb(server.pid), 1), **base,
                  qps_vs_in_process=round(row['qps'] / base['in_process_queries_per_s'], 2))
       rows.append(row)
@@ -205,6 +210,7 @@ def main(argv):
              f'artifact: '
              f'{art.manifest["model_config"]["architecture"]}, {art.manifest["dataset"]}, '
              f'{art.manifest["num_items"]} items, beam {art.manifest["beam_size"]}, '
+             f'two-stage with {FLAGS.ranker or "no ranker"}, '
              f'constrained {art.manifest["constrained_decoding"]}; load to first answer '
              f'{load_s} s; healthz after the test: {healthy}; in-process queries/s by batch '
              f'size: {curve})\n\n{text}\n')
@@ -212,7 +218,8 @@ def main(argv):
   if FLAGS.output_dir:
     for r in rows:
       r.update(date=date, command=command, load_to_first_answer_s=load_s)
-    tables.write(summary, rows, FLAGS.output_dir, 'serving')
+    tables.write(summary, rows, FLAGS.output_dir,
+                 'serving_two_stage' if FLAGS.ranker else 'serving')
 
 
 if __name__ == '__main__':
