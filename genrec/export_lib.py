@@ -6,8 +6,8 @@ Every application's exporter (`genrec.recommendation.export`,
 inputs have a symbolic batch dimension (and other named symbolic dimensions
 where they vary, e.g. the number of candidates), and calls `write` here:
 
-  model.stablehlo  `jax.export` of fn (StableHLO; lowered for the platforms
-                   asked: cpu, cuda, tpu), arguments (arrays, *inputs).
+  model.stablehlo  `jax.export` of fn (StableHLO; lowered for CPU, CUDA and TPU
+                   unless asked otherwise), arguments (arrays, *inputs).
   arrays.npz       the arrays (arr_0, ... in flattening order).
   manifest.json    the application's description plus `signature` (input and
                    output names, dtypes and shapes, with the symbolic names).
@@ -35,6 +35,8 @@ import numpy as np
 from genrec import loop
 from genrec.artifact import ARRAYS, ARTIFACT, MANIFEST
 
+# Lowered for all three by default: lowering needs no device of the kind.
+PLATFORMS = ('cpu', 'cuda', 'tpu')
 SAVED_MODEL = 'saved_model'
 ITEMS = 'items.tsv'
 SIGNATURE = 'serving_default'
@@ -65,7 +67,7 @@ def _polymorphic_shape(t: Tensor) -> str:
 
 
 def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
-          manifest: dict, *, version: int, platforms: tuple[str, ...] = ('cpu', 'cuda'),
+          manifest: dict, *, version: int, platforms: tuple[str, ...] = PLATFORMS,
           saved_model_fn=None, signatures: tuple[str, ...] = (SIGNATURE,),
           warmup: tuple[tuple[np.ndarray, ...], ...] = (), files: dict | None = None) -> str:
   """Writes a serving directory (see the module docstring) at `out`, replacing

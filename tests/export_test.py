@@ -42,9 +42,12 @@ def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
   args.update(CASES[kind])
   train.train(**args)  # a checkpoint at step 5, no evaluation
   with_saved_model = kind in ('encoder_decoder', 'sasrec')  # beam search; one-pass scores
-  out = export.export(run, platforms=('cpu', 'cuda') if kind == 'encoder_decoder'
-                      else ('cpu',), saved_model=with_saved_model)
+  # The default platforms (CPU, CUDA, TPU) once; the other cases CPU only.
+  out = export.export(run, **({} if kind == 'encoder_decoder' else {'platforms': ('cpu',)}),
+                      saved_model=with_saved_model)
   manifest = json.loads(open(os.path.join(out, 'manifest.json')).read())
+  assert manifest['platforms'] == (['cpu', 'cuda', 'tpu'] if kind == 'encoder_decoder'
+                                  else ['cpu'])
   assert manifest['checkpoint_step'] == 5 and manifest['constrained_decoding'] == (
       kind in ('encoder_decoder', 'decoder_only'))
   # In-framework inference of the same checkpoint (what infer and evaluation run).

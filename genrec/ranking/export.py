@@ -54,13 +54,13 @@ def load(workdir: str):
 
 
 def export(workdir: str, output_dir: str | None = None,
-           platforms: tuple[str, ...] = ('cpu', 'cuda'), saved_model: bool = True) -> str:
+           platforms: tuple[str, ...] = export_lib.PLATFORMS, saved_model: bool = True) -> str:
   """Writes the serving directory of a ranking run folder (module docstring).
 
   Args:
     workdir: one trained run folder of the ranking run mode.
     output_dir: where (default <workdir>/serving); replaced if it exists.
-    platforms: lowering platforms ('cpu', 'cuda', 'tpu').
+    platforms: lowering platforms (default CPU, CUDA and TPU).
     saved_model: also write the TensorFlow SavedModel.
 
   Returns:

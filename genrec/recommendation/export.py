@@ -4,7 +4,7 @@
 
 writes <workdir>/serving/ (or EXPORT_DIR):
   model.stablehlo  the whole recommendation function serialized with
-                   `jax.export` (StableHLO), lowered for CPU and CUDA, with a
+                   `jax.export` (StableHLO), lowered for CPU, CUDA and TPU, with a
                    symbolic batch dimension: history item ids -> the top-k
                    item ids and their scores. Everything happens inside it:
                    item ids -> identifier tokens, the model, the (trie-
@@ -80,7 +80,7 @@ def serving_function(graphdef, config: models.TransformerConfig, k: int, beam_si
 
 
 def export(workdir: str, output_dir: str | None = None, k: int | None = None,
-           step: int | None = None, platforms: tuple[str, ...] = ('cpu', 'cuda'),
+           step: int | None = None, platforms: tuple[str, ...] = export_lib.PLATFORMS,
            saved_model: bool = True) -> str:
   """Writes the serving directory of a training run (see the module docstring).
 
@@ -89,7 +89,7 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
     output_dir: where (default <workdir>/serving); replaced if it exists.
     k: items returned per history (default the run's beam size; at most that).
     step: checkpoint step (default the run's best, else the latest).
-    platforms: lowering platforms ('cpu', 'cuda', 'tpu').
+    platforms: lowering platforms (default CPU, CUDA and TPU).
     saved_model: also write the TensorFlow SavedModel.
 
   Returns:

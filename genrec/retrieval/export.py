@@ -54,14 +54,14 @@ def load(workdir: str, mesh_fn=partitioning.make_mesh):
 
 
 def export(workdir: str, output_dir: str | None = None, k: int | None = None,
-           platforms: tuple[str, ...] = ('cpu', 'cuda'), saved_model: bool = True) -> str:
+           platforms: tuple[str, ...] = export_lib.PLATFORMS, saved_model: bool = True) -> str:
   """Writes the serving directory of a DSI run folder (module docstring).
 
   Args:
     workdir: one DSI method's folder of the retrieval run mode.
     output_dir: where (default <workdir>/serving); replaced if it exists.
     k: documents per query (default the run's beam size; at most that).
-    platforms: lowering platforms ('cpu', 'cuda', 'tpu').
+    platforms: lowering platforms (default CPU, CUDA and TPU).
     saved_model: also write the TensorFlow SavedModel.
 
   Returns:
