@@ -69,7 +69,8 @@ def _polymorphic_shape(t: Tensor) -> str:
 def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
           manifest: dict, *, version: int, platforms: tuple[str, ...] = PLATFORMS,
           saved_model_fn=None, signatures: tuple[str, ...] = (SIGNATURE,),
-          warmup: tuple[tuple[np.ndarray, ...], ...] = (), files: dict | None = None) -> str:
+          warmup: tuple[tuple[np.ndarray, ...], ...] = (), files: dict | None = None,
+          item_keys: str | None = None) -> str:
   """Writes a serving directory (see the module docstring) at `out`, replacing
   it at the end (a failed export leaves the old one).
 
@@ -85,8 +86,11 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
       and `signatures=()`: no SavedModel.
     signatures: the SavedModel's signature names (the first is the warm-up's).
     warmup: example inputs for TF Serving's warm-up file.
-    files: {name: text or bytes} written into the directory (an item map, a
+    files: {name: text or bytes} written into the directory (e.g. a
       tokenizer model).
+    item_keys: a file with the external id of item i on line i
+      (`sequences.write_external_ids`); when it exists, items.tsv (the item
+      map `Artifact.external_ids` reads) is written from it.
 
   Returns:
     `out`.
@@ -108,7 +112,12 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
   with open(os.path.join(tmp, ARTIFACT), 'wb') as f:
     f.write(exported.serialize())
   np.savez(os.path.join(tmp, ARRAYS), *[np.asarray(x) for x in leaves])
-  for name, content in (files or {}).items():
+  files = dict(files or {})
+  if item_keys and os.path.exists(item_keys):
+    with open(item_keys) as f:
+      files[ITEMS] = 'item_id\texternal_id\n' + ''.join(
+          f'{i}\t{key}\n' for i, key in enumerate(f.read().splitlines(), 1))
+  for name, content in files.items():
     with open(os.path.join(tmp, name), 'wb' if isinstance(content, bytes) else 'w') as f:
       f.write(content)
   saved = None
@@ -121,7 +130,7 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
              'warmup': WARMUP if warmup else None}
   loop.write_json(os.path.join(tmp, MANIFEST), {
       **manifest, 'artifact': ARTIFACT, 'arrays': ARRAYS, 'num_arrays': len(leaves),
-      'platforms': list(platforms),
+      'platforms': list(platforms), 'item_map': ITEMS if ITEMS in files else None,
       'signature': {'inputs': [t.describe() for t in inputs],
                     'outputs': [t.describe() for t in outputs]},
       'saved_model': saved,
@@ -166,12 +175,6 @@ def write_saved_model(path: str, fn, leaves, inputs: tuple[Tensor, ...],
         request.inputs[t.name].CopyFrom(tf.make_tensor_proto(np.asarray(x, t.dtype)))
       writer.write(prediction_log_pb2.PredictionLog(
           predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
-
-
-def item_map(keys: list[str]) -> str:
-  """The text of items.tsv ("item_id<TAB>external_id" after a header), item i
-  the external id keys[i - 1] (what `Artifact.external_ids` reads)."""
-  return 'item_id\texternal_id\n' + ''.join(f'{i}\t{key}\n' for i, key in enumerate(keys, 1))
 
 
 def version_of(package: str) -> str | None:

@@ -511,6 +511,14 @@ def pack_split(histories: list[np.ndarray], targets: list[int], max_history: int
   return Split(history=h, target=np.asarray(targets, np.int32))
 
 
+def write_external_ids(path: str, external_ids) -> None:
+  """Writes one external id per line (line i: the id of item i), atomically:
+  what a run keeps for its export's item map (`genrec.export_lib.write`)."""
+  with open(path + '.tmp', 'w') as f:
+    f.write(''.join(f'{key}\n' for key in external_ids))
+  os.replace(path + '.tmp', path)
+
+
 def read_datamaps_items(path: str, num_items: int) -> list[str] | None:
   """The external ids (ASINs) of items 1..num_items from the "id2item" map of a
   datamaps.json (the S3-Rec / TIGER preprocessing); None when it has none."""

@@ -73,11 +73,7 @@ def export(workdir: str, output_dir: str | None = None,
     model = nnx.merge(graphdef, arrays['params'])
     return (model(history, candidates, arrays['rows'], arrays['mask']),)
 
-  files, row = {}, {}
-  keys_file = os.path.join(workdir, ranker.ITEM_KEYS)
-  if os.path.exists(keys_file):
-    with open(keys_file) as f:
-      files[export_lib.ITEMS] = export_lib.item_map(f.read().splitlines())
+  row = {}
   if os.path.exists(os.path.join(workdir, 'row.json')):  # the run mode's evaluation
     with open(os.path.join(workdir, 'row.json')) as f:
       row = json.load(f)
@@ -103,9 +99,9 @@ def export(workdir: str, output_dir: str | None = None,
               k.split('.', 1)[1]: v for k, v in settings.items() if k.startswith('config.')},
           'sid_scheme': settings.get('sid_scheme'), 'dataset': settings['dataset'],
           'checkpoint_step': step,
-          'metrics_at_step': {k: v for k, v in row.items() if '/' in k},
-          'item_map': export_lib.ITEMS if files else None},
+          'metrics_at_step': {k: v for k, v in row.items() if '/' in k}},
       version=step, platforms=platforms, signatures=('serving_default', 'rank') if saved_model
-      else (), warmup=tuple(warmup), files=files)
+      else (), warmup=tuple(warmup),
+      item_keys=os.path.join(workdir, ranker.ITEM_KEYS))
   logging.info('export: the ranker of %s (step %d) -> %s', workdir, step, out)
   return out

@@ -279,8 +279,7 @@ def train_and_evaluate(
   if jax.process_index() == 0:  # what export needs besides the checkpoint
     np.savez(os.path.join(workdir, FEATURES), rows=feats.rows, mask=feats.mask)
     if data.item_keys:
-      with open(os.path.join(workdir, ITEM_KEYS), 'w') as f:
-        f.write(''.join(f'{key}\n' for key in data.item_keys[1:]))
+      sequences.write_external_ids(os.path.join(workdir, ITEM_KEYS), data.item_keys[1:])
 
   mesh = mesh_fn()
   dp = partitioning.data_parallel_size(mesh) * jax.process_count()

@@ -105,11 +105,6 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
     arrays['leaf_item'] = constraints.leaf_items(ids)
   fn, portable_fn = (serving_function(pred.graphdef, config, k, beam, constrained, top_k)
                      for top_k in (jax.lax.top_k, decoding.sort_top_k))
-  files = {}
-  keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
-  if os.path.exists(keys_file):
-    with open(keys_file) as f:
-      files[export_lib.ITEMS] = export_lib.item_map(f.read().splitlines())
   results = {}
   if os.path.exists(os.path.join(workdir, 'results.json')):
     with open(os.path.join(workdir, 'results.json')) as f:
@@ -132,10 +127,10 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
           'constrained_decoding': constrained, 'num_items': ids.num_items,
           'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
           'model_config': run['model_config'], 'dataset': run['dataset'],
-          'checkpoint_step': step, 'metrics_at_step': results,
-          'item_map': export_lib.ITEMS if files else None},
+          'checkpoint_step': step, 'metrics_at_step': results},
       version=step, platforms=platforms, saved_model_fn=portable_fn,
-      signatures=SIGNATURES if saved_model else (), warmup=warmup, files=files)
+      signatures=SIGNATURES if saved_model else (), warmup=warmup,
+      item_keys=os.path.join(workdir, 'ids', 'item_keys.txt'))
   logging.info('export: step %d of %s -> %s', step, workdir, out)
   return out
 

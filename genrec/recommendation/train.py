@@ -295,9 +295,7 @@ def train(
   ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
   keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
   if data.item_keys and not os.path.exists(keys_file) and jax.process_index() == 0:
-    with open(keys_file + '.tmp', 'w') as f:  # line i: the external id of item i (export)
-      f.write(''.join(f'{key}\n' for key in data.item_keys[1:]))
-    os.replace(keys_file + '.tmp', keys_file)
+    sequences.write_external_ids(keys_file, data.item_keys[1:])  # for export
   # dtype 'auto' is resolved here, so the run records (and infer rebuilds) the
   # dtype it trained with.
   config = dataclasses.replace(model_config, vocab_size=ids.vocab_size,

@@ -43,6 +43,7 @@ import sentencepiece as spm
 
 from genrec import (config_check, constraints, loop, models, partitioning, text_encoder,
                     trainer)
+from genrec.data import sequences
 from genrec.retrieval import corpus, fm_index
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
 
@@ -378,8 +379,7 @@ def save_serving_inputs(workdir: str, tc: TokenizedCollection, ids: ItemIds, met
   ids.save(os.path.join(workdir, 'ids'))
   with open(os.path.join(workdir, SPM_MODEL), 'wb') as f:
     f.write(tc.sp.serialized_model_proto())
-  with open(os.path.join(workdir, DOC_IDS), 'w') as f:
-    f.write(''.join(f'{d}\n' for d in tc.collection.doc_ids))
+  sequences.write_external_ids(os.path.join(workdir, DOC_IDS), tc.collection.doc_ids)
   loop.write_json(os.path.join(workdir, SERVING_RUN), {
       'method': method, 'collection': tc.collection.name, 'input_len': input_len,
       'docid_token_shift': shift, 'beam_size': beam_size,

@@ -40,8 +40,10 @@ def load(workdir: str, mesh_fn=partitioning.make_mesh):
   """(retrieval_run.json, model config, docids, Predictor, params, step) of a
   DSI run folder."""
   path = os.path.join(workdir, docgen.SERVING_RUN)
-  if not os.path.exists(path):
-    raise ValueError(f'{path} not found: --workdir must be the folder of a trained DSI method '
+  if not all(os.path.exists(os.path.join(workdir, name))
+             for name in (docgen.SERVING_RUN, docgen.DOC_IDS, docgen.SPM_MODEL)):
+    raise ValueError(f'{workdir} lacks {docgen.SERVING_RUN}, {docgen.DOC_IDS} or '
+                     f'{docgen.SPM_MODEL}: --workdir must be the folder of a trained DSI method '
                      '(dsi_atomic, dsi_naive or dsi_semantic) of the retrieval run mode, '
                      'e.g. runs/retrieval/dsi_semantic. SEAL runs are not exported.')
   with open(path) as f:
@@ -84,8 +86,7 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
                                     True, top_k)
     return fn
 
-  with open(os.path.join(workdir, docgen.DOC_IDS)) as f:
-    doc_ids = f.read().splitlines()
+  num_docs = run['num_docs']
   with open(os.path.join(workdir, docgen.SPM_MODEL), 'rb') as f:
     tokenizer = f.read()
   row = {}
@@ -102,18 +103,18 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
           'format': 'genrec-stablehlo-1', 'kind': 'retriever',
           'inputs': {'query': f'int32 [batch, {width}]: the query\'s SentencePiece ids '
                      f'({TOKENIZER}), 0-padded at the end (longer: keep the first {width})'},
-          'outputs': {'documents': f'int32 [batch, {k}]: document numbers 1..{len(doc_ids)} '
+          'outputs': {'documents': f'int32 [batch, {k}]: document numbers 1..{num_docs} '
                       '(items.tsv), best first (0: none)',
                       'scores': f'float32 [batch, {k}]: beam log-probabilities'},
-          'k': k, 'beam_size': beam, 'input_len': width, 'num_items': len(doc_ids),
+          'k': k, 'beam_size': beam, 'input_len': width, 'num_items': num_docs,
           'method': run['method'], 'collection': run['collection'],
           'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
           'model_config': run['model_config'], 'checkpoint_step': step,
           'metrics_at_step': {m: v for m, v in row.items() if '@' in m},
-          'tokenizer': TOKENIZER, 'item_map': export_lib.ITEMS},
+          'tokenizer': TOKENIZER},
       version=step, platforms=platforms, saved_model_fn=function(decoding.sort_top_k),
       signatures=(export_lib.SIGNATURE, 'retrieve') if saved_model else (), warmup=warmup,
-      files={export_lib.ITEMS: export_lib.item_map(doc_ids), TOKENIZER: tokenizer})
+      files={TOKENIZER: tokenizer}, item_keys=os.path.join(workdir, docgen.DOC_IDS))
   logging.info('export: the %s retriever of %s (step %d) -> %s', run['method'], workdir, step,
                out)
   return out
