@@ -225,6 +225,18 @@ def history_row(known: list[int], width: int) -> tuple[np.ndarray, int]:
   return row, cut
 
 
+def parse_k(request: dict, top: int) -> int:
+  """The request's "k" (default the exported k), an integer in 1..top."""
+  k = request.get('k', top)
+  if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= top:
+    raise BadRequest(422, f'"k" must be an integer in 1..{top} (the exported k), not {k!r}.')
+  return k
+
+
+def rounded(scores: np.ndarray) -> list[float]:
+  return [round(float(s), 6) for s in scores]
+
+
 def parse_json(body: bytes, fields: dict[str, bool]) -> dict:
   """The request object; `fields`: name -> required."""
   try:
@@ -296,24 +308,21 @@ class Service:
     for batcher in self.batchers.values():
       batcher.warm_up(stop)
 
-  async def _rank(self, known: list[int], candidates: list[int]) -> np.ndarray:
-    """The ranker's logits [len(candidates)]."""
+  async def _rank(self, known: list[int], candidates: list[int]) -> tuple[np.ndarray, int]:
+    """(the ranker's logits [len(candidates)], history items cut)."""
     bucket = next(b for b in self.buckets if b >= len(candidates))
     row = np.zeros(bucket, np.int32)
     row[:len(candidates)] = candidates
-    scores, = await self.batchers[f'rank/{bucket}'].submit(
-        history_row(known, self.ranker.max_history)[0], row)
-    return scores[:len(candidates)]
+    history, cut = history_row(known, self.ranker.max_history)
+    scores, = await self.batchers[f'rank/{bucket}'].submit(history, row)
+    return scores[:len(candidates)], cut
 
   async def recommend(self, body: bytes) -> dict:
     if not self.recommender:
       raise BadRequest(404, 'No recommender is served (start the server with --artifact).')
     request = parse_json(body, {'history': True, 'k': False, 'rerank': False})
     known, unknown = self.items.parse(request, 'history')
-    k = request.get('k', self.recommender.k)
-    top = self.recommender.k
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= top:
-      raise BadRequest(422, f'"k" must be an integer in 1..{top} (the exported k), not {k!r}.')
+    k = parse_k(request, self.recommender.k)
     rerank = request.get('rerank', self.ranker is not None)
     if not isinstance(rerank, bool):
       raise BadRequest(422, f'"rerank" must be true or false, not {rerank!r}.')
@@ -325,24 +334,20 @@ class Service:
     items, scores = items[keep], scores[keep]
     answer = {'unknown': unknown, 'truncated': cut}
     if rerank and len(items):
-      logits = await self._rank(known, items.tolist())
+      logits, _ = await self._rank(known, items.tolist())
       order = np.argsort(-logits, kind='stable')[:k]
-      return {'items': self.items.names(items[order]),
-              'scores': [round(float(s), 6) for s in logits[order]],
-              'generation_scores': [round(float(s), 6) for s in scores[order]], **answer}
-    return {'items': self.items.names(items[:k]),
-            'scores': [round(float(s), 6) for s in scores[:k]], **answer}
+      return {'items': self.items.names(items[order]), 'scores': rounded(logits[order]),
+              'generation_scores': rounded(scores[order]), **answer}
+    return {'items': self.items.names(items[:k]), 'scores': rounded(scores[:k]), **answer}
 
   async def retrieve(self, body: bytes) -> dict:
     if not self.retriever:
       raise BadRequest(404, 'No retriever is served (start the server with --retriever).')
     request = parse_json(body, {'query': True, 'k': False})
-    query, top = request['query'], self.retriever.manifest['k']
+    query = request['query']
     if not isinstance(query, str) or not query.strip():
       raise BadRequest(422, '"query" must be a non-empty string.')
-    k = request.get('k', top)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= top:
-      raise BadRequest(422, f'"k" must be an integer in 1..{top} (the exported k), not {k!r}.')
+    k = parse_k(request, self.retriever.manifest['k'])
     width = self.retriever.manifest['input_len']
     tokens = self.tokenizer.encode(query)
     row = np.zeros(width, np.int32)
@@ -350,8 +355,7 @@ class Service:
     documents, scores = await self.batchers['retrieve'].submit(row)
     keep = documents[:k] > 0
     return {'documents': [self.documents[i] for i in documents[:k][keep]],
-            'scores': [round(float(s), 6) for s in scores[:k][keep]],
-            'truncated': max(0, len(tokens) - width)}
+            'scores': rounded(scores[:k][keep]), 'truncated': max(0, len(tokens) - width)}
 
   async def rank(self, body: bytes) -> dict:
     if not self.ranker:
@@ -363,12 +367,11 @@ class Service:
       raise BadRequest(422, f'At most {self.max_candidates} candidates per request '
                        f'(--max_candidates), not {len(request["candidates"])}.')
     candidates, unknown_candidates = self.items.parse(request, 'candidates')
-    logits = await self._rank(known, candidates)
+    logits, cut = await self._rank(known, candidates)
     order = np.argsort(-logits, kind='stable')
     return {'items': self.items.names(np.asarray(candidates)[order]),
-            'scores': [round(float(s), 6) for s in logits[order]],
-            'unknown': unknown + unknown_candidates,
-            'truncated': max(0, len(known) - self.ranker.max_history)}
+            'scores': rounded(logits[order]), 'unknown': unknown + unknown_candidates,
+            'truncated': cut}
 
 
 def make_app(directory: str | None = None, unknown: str = 'drop', max_batch: int = 64,
