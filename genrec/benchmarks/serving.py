@@ -63,21 +63,28 @@ def histories(num_items: int, max_history: int, n: int, seed: int = 0) -> list[l
           for _ in range(n)]
 
 
+def history_rows(art: Artifact, n: int, seed: int) -> np.ndarray:
+  """int32 [n, max_history]: random catalog histories, 0-padded at the end."""
+  rows = np.zeros((n, art.max_history), np.int32)
+  for i, h in enumerate(histories(art.manifest['num_items'], art.max_history, n, seed)):
+    rows[i, :len(h)] = h
+  return rows
+
+
+def queries_per_s(art: Artifact, rows: np.ndarray, repeats: int) -> float:
+  """len(rows) / the median time of `repeats` calls (after one untimed call)."""
+  art(rows)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    art(rows)
+    times.append(time.perf_counter() - t0)
+  return round(len(rows) / float(np.median(times)), 1)
+
+
 def batch_curve(art: Artifact, sizes: list[int], repeats: int) -> dict:
   """In-process queries/s per batch size (median of `repeats` calls)."""
-  out = {}
-  for size in sizes:
-    rows = np.zeros((size, art.max_history), np.int32)
-    for i, h in enumerate(histories(art.manifest['num_items'], art.max_history, size, seed=2)):
-      rows[i, :len(h)] = h
-    art(rows)
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      art(rows)
-      times.append(time.perf_counter() - t0)
-    out[size] = round(size / float(np.median(times)), 1)
-  return out
+  return {size: queries_per_s(art, history_rows(art, size, seed=2), repeats) for size in sizes}
 
 
 def directory_sizes(path: str) -> dict:
@@ -92,21 +99,15 @@ def directory_sizes(path: str) -> dict:
 
 
 def in_process(art: Artifact, batch_size: int, repeats: int) -> dict:
-  rows = np.zeros((batch_size, art.max_history), np.int32)
-  for i, h in enumerate(histories(art.manifest['num_items'], art.max_history, batch_size)):
-    rows[i, :len(h)] = h
-  art(rows)
+  rows = history_rows(art, batch_size, seed=0)
+  batched = queries_per_s(art, rows, max(3, repeats // 4))
   art(rows[:1])
-  batched, single = [], []
-  for _ in range(max(3, repeats // 4)):
-    t0 = time.perf_counter()
-    art(rows)
-    batched.append(time.perf_counter() - t0)
+  single = []
   for i in range(repeats):
     t0 = time.perf_counter()
     art(rows[i % batch_size:i % batch_size + 1])
     single.append(time.perf_counter() - t0)
-  return {'in_process_queries_per_s': round(batch_size / float(np.median(batched)), 1),
+  return {'in_process_queries_per_s': batched,
           'in_process_1_query_ms': round(float(np.median(single)) * 1e3, 2)}
 
 
