@@ -7,8 +7,7 @@ is needed: a finished identifier is simply `num_steps` tokens long.
 """
 
 from collections.abc import Callable
-import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,12 +101,18 @@ def _log_probs(logits: jax.Array, batch_size: int, beam_size: int) -> jax.Array:
   return jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beam_size, -1)
 
 
-def _select(seqs, scores, log_probs, cache, step: int, top_k: TopK = jax.lax.top_k):
-  """Keeps the best beam_size continuations; reorders sequences and cache."""
+def _best(scores, log_probs, top_k: TopK = jax.lax.top_k):
+  """The best beam_size continuations: (scores, parent beam, token, index into
+  the flattened [batch, beam * vocab] candidates), each [batch, beam]."""
   batch_size, beam_size, vocab = log_probs.shape
   candidates = (scores[:, :, None] + log_probs).reshape(batch_size, beam_size * vocab)
-  scores, flat = top_k(candidates, beam_size)  # [batch, beam]
-  parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+  scores, flat = top_k(candidates, beam_size)
+  return scores, flat // vocab, (flat % vocab).astype(jnp.int32), flat
+
+
+def _select(seqs, scores, log_probs, cache, step: int, top_k: TopK = jax.lax.top_k):
+  """Keeps the best beam_size continuations; reorders sequences and cache."""
+  scores, parent, token, _ = _best(scores, log_probs, top_k)
   seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1)
   seqs = seqs.at[:, :, step].set(token)
   if step + 1 < seqs.shape[-1]:
@@ -120,34 +125,72 @@ def _select(seqs, scores, log_probs, cache, step: int, top_k: TopK = jax.lax.top
 HostAllowedFn = Callable[[np.ndarray], np.ndarray]
 
 
-def host_constrained_beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
-                                 batch_size: int, beam_size: int, num_steps: int,
-                                 allowed_fn: HostAllowedFn) -> tuple[jax.Array, jax.Array]:
+class Beams(NamedTuple):
+  """The state of a host-constrained beam search (leading dims [batch, beam])."""
+  sequences: jax.Array  # int32 [batch, beam, num_steps]; zeros from the current step on
+  scores: jax.Array  # float32 [batch, beam]: total log-probabilities
+  token_log_probs: jax.Array  # float32 [batch, beam, num_steps]: each token's log-prob
+  cache: Cache  # per-beam decoder state, leaves [batch * beam, ...]
+
+
+def init_beams(batch_size: int, beam_size: int, num_steps: int, cache: Cache) -> Beams:
+  seqs, scores = _init(batch_size, beam_size, num_steps)
+  return Beams(seqs, scores, jnp.zeros(seqs.shape, jnp.float32), cache)
+
+
+def constrained_step(tokens_to_logits: TokensToLogits, beams: Beams, allowed: jax.Array,
+                     step) -> Beams:
+  """One step of beam search with the tokens each beam may take given
+  (`allowed` bool [batch, beam, vocab]). Jittable with `step` traced (an
+  int32 scalar), so one compiled step serves every position;
+  `tokens_to_logits` must accept a traced step then.
+
+  Besides the sequences and scores it keeps each chosen token's
+  log-probability (the unconstrained model's: the mask only removes
+  continuations), which SEAL's scorer reads for every prefix of a decoded
+  n-gram.
+  """
+  seqs = beams.sequences
+  batch_size, beam_size, _ = seqs.shape
+  prev = jax.lax.dynamic_index_in_dim(seqs, jnp.maximum(step - 1, 0), axis=2, keepdims=False)
+  prev = jnp.where(step > 0, prev, 0).reshape(-1)  # the start token 0 at step 0
+  logits, cache = tokens_to_logits(prev, beams.cache, step)
+  log_probs = jnp.where(allowed, _log_probs(logits, batch_size, beam_size), -jnp.inf)
+  scores, parent, token, flat = _best(beams.scores, log_probs)
+  chosen = jnp.take_along_axis(log_probs.reshape(batch_size, -1), flat, axis=1)
+
+  def follow(x, value):  # each beam continues its parent's row, plus this step's value
+    return jnp.take_along_axis(x, parent[:, :, None], axis=1).at[:, :, step].set(value)
+  return Beams(follow(seqs, token), scores, follow(beams.token_log_probs, chosen),
+               _reorder(cache, parent))
+
+
+# (beams, allowed bool [batch, beam, vocab], step) -> the beams after `step`:
+# `constrained_step` with the model bound (jitted), or an exported one.
+StepFn = Callable[[Beams, np.ndarray, int], Beams]
+
+
+def host_constrained_beam_search(step_fn: StepFn, beams: Beams, num_steps: int,
+                                 allowed_fn: HostAllowedFn) -> Beams:
   """Beam search whose constraint is computed on the host at every step.
 
   For constraints that live in host data structures (e.g. an FM-index over a
-  corpus, `genrec.retrieval.fm_index.NGramConstraint`). The boundary is explicit and
-  cheap: per step one jitted model call on the device, one batched
-  `allowed_fn` call for all beams on the host (the current sequences go to
-  the host, a boolean mask comes back), one jitted selection on the device.
-  `tokens_to_logits` is called eagerly once per step: pass a jitted one
-  (e.g. `jax.jit(fn, static_argnums=2)`).
+  corpus, `genrec.fm_index.NGramConstraint`). The boundary is explicit and
+  cheap: per step the current sequences go to the host, `allowed_fn` answers
+  for all beams at once, and one device call (`step_fn`: the model's next
+  token logits, the mask and the selection) advances every beam.
 
-  Returns what `beam_search` returns.
+  Args:
+    step_fn: see `StepFn`.
+    beams: from `init_beams` (with the model's initial cache).
+    num_steps: tokens to decode.
+    allowed_fn: see `HostAllowedFn`.
+
+  Returns:
+    The final beams, best first per query; a beam whose score is -inf found
+    no allowed continuation.
   """
-  seqs, scores = _init(batch_size, beam_size, num_steps)
   for step in range(num_steps):
-    logits, cache = tokens_to_logits(_previous(seqs, step), cache, step)  # device
-    allowed = allowed_fn(np.asarray(seqs[:, :, :step]))  # host
-    seqs, scores, cache = _jit_masked_select(step)(seqs, scores, logits, jnp.asarray(allowed),
-                                                   cache)
-  return seqs, scores
-
-
-@functools.cache
-def _jit_masked_select(step: int):
-  def fn(seqs, scores, logits, allowed, cache):
-    log_probs = _log_probs(logits, *seqs.shape[:2])
-    log_probs = jnp.where(allowed, log_probs, -jnp.inf)
-    return _select(seqs, scores, log_probs, cache, step)
-  return jax.jit(fn)
+    allowed = allowed_fn(np.asarray(beams.sequences)[:, :, :step])
+    beams = step_fn(beams, allowed, step)
+  return beams

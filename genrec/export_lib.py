@@ -8,6 +8,8 @@ where they vary, e.g. the number of candidates), and calls `write` here:
 
   model.stablehlo  `jax.export` of fn (StableHLO; lowered for CPU, CUDA and TPU
                    unless asked otherwise), arguments (arrays, *inputs).
+  <name>.stablehlo further functions of the same arrays, if any (manifest
+                   `functions`: their files and signatures).
   arrays.npz       the arrays (arr_0, ... in flattening order).
   manifest.json    the application's description plus `signature` (input and
                    output names, dtypes and shapes, with the symbolic names).
@@ -70,7 +72,8 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
           manifest: dict, *, version: int, platforms: tuple[str, ...] = PLATFORMS,
           saved_model_fn=None, signatures: tuple[str, ...] = (SIGNATURE,),
           warmup: tuple[tuple[np.ndarray, ...], ...] = (), files: dict | None = None,
-          item_keys: str | None = None) -> str:
+          item_keys: str | None = None,
+          functions: dict[str, tuple] | None = None) -> str:
   """Writes a serving directory (see the module docstring) at `out`, replacing
   it at the end (a failed export leaves the old one).
 
@@ -87,30 +90,42 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
     signatures: the SavedModel's signature names (the first is the warm-up's).
     warmup: example inputs for TF Serving's warm-up file.
     files: {name: text or bytes} written into the directory (e.g. a
-      tokenizer model).
+      tokenizer model); a name may have folders ('fm_index/text.npy').
     item_keys: a file with the external id of item i on line i
       (`sequences.write_external_ids`); when it exists, items.tsv (the item
       map `Artifact.external_ids` reads) is written from it.
+    functions: more functions of the same arrays, {name: (fn, inputs,
+      outputs)}, each as StableHLO in <name>.stablehlo (not in the
+      SavedModel), e.g. the decoding step a host loop calls
+      (`Artifact.function`).
 
   Returns:
     `out`.
   """
   leaves, treedef = jax.tree.flatten(arrays)
+  specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
 
   def flat(f):
     return lambda leaves, *xs: tuple(f(jax.tree.unflatten(treedef, leaves), *xs))
 
-  symbols = _symbols(inputs)
-  t0 = time.time()
-  exported = jax_export.export(jax.jit(flat(fn)), platforms=platforms)(
-      [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
-      *(t.spec(symbols) for t in inputs))
-  logging.info('Exported StableHLO for %s in %.1fs', platforms, time.time() - t0)
+  def serialized(f, inputs):
+    symbols = _symbols(inputs)
+    t0 = time.time()
+    exported = jax_export.export(jax.jit(flat(f)), platforms=platforms)(
+        specs, *(t.spec(symbols) for t in inputs))
+    logging.info('Exported StableHLO for %s in %.1fs', platforms, time.time() - t0)
+    return exported.serialize()
+
   tmp = out.rstrip('/') + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   with open(os.path.join(tmp, ARTIFACT), 'wb') as f:
-    f.write(exported.serialize())
+    f.write(serialized(fn, inputs))
+  more = {}
+  for name, (f, f_inputs, f_outputs) in (functions or {}).items():
+    more[name] = {'artifact': f'{name}.stablehlo', 'signature': _signature(f_inputs, f_outputs)}
+    with open(os.path.join(tmp, more[name]['artifact']), 'wb') as file:
+      file.write(serialized(f, f_inputs))
   np.savez(os.path.join(tmp, ARRAYS), *[np.asarray(x) for x in leaves])
   files = dict(files or {})
   if item_keys and os.path.exists(item_keys):
@@ -118,6 +133,7 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
       files[ITEMS] = 'item_id\texternal_id\n' + ''.join(
           f'{i}\t{key}\n' for i, key in enumerate(f.read().splitlines(), 1))
   for name, content in files.items():
+    os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
     with open(os.path.join(tmp, name), 'wb' if isinstance(content, bytes) else 'w') as f:
       f.write(content)
   saved = None
@@ -131,14 +147,17 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
   loop.write_json(os.path.join(tmp, MANIFEST), {
       **manifest, 'artifact': ARTIFACT, 'arrays': ARRAYS, 'num_arrays': len(leaves),
       'platforms': list(platforms), 'item_map': ITEMS if ITEMS in files else None,
-      'signature': {'inputs': [t.describe() for t in inputs],
-                    'outputs': [t.describe() for t in outputs]},
+      'signature': _signature(inputs, outputs), 'functions': more,
       'saved_model': saved,
       'versions': {p: version_of(p) for p in ('genrec', 'jax', 'jaxlib', 'flax')},
       'exported_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})
   shutil.rmtree(out, ignore_errors=True)
   os.replace(tmp, out)
   return out
+
+
+def _signature(inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> dict:
+  return {'inputs': [t.describe() for t in inputs], 'outputs': [t.describe() for t in outputs]}
 
 
 def write_saved_model(path: str, fn, leaves, inputs: tuple[Tensor, ...],

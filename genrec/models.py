@@ -120,7 +120,7 @@ class DecoderLayer(nnx.Module):
         a query's beams, never repeated per beam).
       cross_mask: [batch, 1, 1, s].
       self_kv: cached self-attention keys/values [n, T, h, dk].
-      step: the position (static).
+      step: the position (a Python int, or a traced int32 scalar).
       bias: the decoder's relative position bias [1, h, T, T].
 
     Returns:
@@ -131,7 +131,7 @@ class DecoderLayer(nnx.Module):
     k, v = (c.at[:, step].set(x[:, 0]) for c, x in zip(self_kv, (k_new, v_new)))
     visible = (jnp.arange(k.shape[1]) <= step)[None, None, None, :]  # [1, 1, 1, T]
     y = y + self.self_attn.attend(self.self_attn.queries(h), k, v, visible,
-                                  bias[:, :, step:step + 1, :])
+                                  jax.lax.dynamic_slice_in_dim(bias, step, 1, axis=2))
     h = self.cross_attn_norm(y)
     n, b = y.shape[0], cross_kv[0].shape[0]
     q = self.cross_attn.queries(h)  # [n, 1, h, dk]: a query's beams become its positions
@@ -251,7 +251,8 @@ class EncoderDecoder(nnx.Module):
     Args:
       tokens: int32 [n], the token at position `step` of the decoder input
         (0, the start token, at step 0).
-      step: the position (static).
+      step: the position (a Python int, or a traced int32 scalar: one
+        compiled step serves every position).
       cross_cache: `cross_attention_cache(encoded)`; batch = n / beams.
       encoder_valid: [batch, s].
       self_cache: from `init_self_cache` or the previous step.

@@ -29,7 +29,6 @@ class Predictor:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nnx.to_pure_dict(abstract), self.param_shardings)
     self._predict, self._rank, self._host_decode = {}, {}, {}
-    self._token_log_probs = None
 
   def restore_params(self, checkpoint_dir: str, step: int | None = None):
     """The parameters of a genrec checkpoint (its optimizer state is not read).
@@ -73,41 +72,27 @@ class Predictor:
                                 beam_size, num_steps, None if trie is None else trie.constrain)
 
   def predict_host_constrained(self, params, encoder_input_tokens: jax.Array, beam_size: int,
-                               num_steps: int, allowed_fn: decoding.HostAllowedFn):
+                               num_steps: int, allowed_fn: decoding.HostAllowedFn
+                               ) -> decoding.Beams:
     """`predict` with a constraint that lives on the host (e.g. an FM-index,
     `fm_index.NGramConstraint`): `decoding.host_constrained_beam_search` over
-    one jitted encode and one jitted decode step."""
+    one jitted `host_decode_start` and one jitted `host_decode_step` (the
+    functions a SEAL export serializes). Returns the final beams, with each
+    token's log-probability."""
     key = (beam_size, num_steps)
     if key not in self._host_decode:
-      def encode(params, inputs):
-        model = nnx.merge(self.graphdef, params)
-        encoded, valid = model.encode(inputs)
-        # Cross-attention keys/values once per query; beams share them.
-        return (model.cross_attention_cache(encoded), valid,
-                model.init_self_cache(inputs.shape[0] * beam_size, num_steps))
+      def start(params, inputs):
+        return host_decode_start(nnx.merge(self.graphdef, params), inputs, beam_size, num_steps)
 
-      def step(params, tokens, cache, cross, valid, step):
-        model = nnx.merge(self.graphdef, params)
-        return model.decode_step(tokens, step, cross, valid, cache)
-      self._host_decode[key] = jax.jit(encode), jax.jit(step, static_argnums=5)
-    encode, step = self._host_decode[key]
-    cross, valid, cache = encode(params, encoder_input_tokens)
+      def step(params, beams, cross, valid, allowed, step):
+        return host_decode_step(nnx.merge(self.graphdef, params), beams, cross, valid, allowed,
+                                step)
+      self._host_decode[key] = jax.jit(start), jax.jit(step)
+    start, step = self._host_decode[key]
+    beams, cross, valid = start(params, encoder_input_tokens)
     return decoding.host_constrained_beam_search(
-        lambda tokens, cache, s: step(params, tokens, cache, cross, valid, s),
-        cache, encoder_input_tokens.shape[0], beam_size, num_steps, allowed_fn)
-
-  def token_log_probs(self, params, encoder_input_tokens: jax.Array, targets: jax.Array
-                      ) -> jax.Array:
-    """Teacher-forced per-token log-probs float32 [b, L] of `targets` [b, L]
-    (their sum is a decoded sequence's beam score)."""
-    if self._token_log_probs is None:
-      def fn(params, inputs, targets):
-        model = nnx.merge(self.graphdef, params)
-        dec_in = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
-        logp = jax.nn.log_softmax(model(inputs, dec_in).astype(jnp.float32))
-        return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-      self._token_log_probs = jax.jit(fn)
-    return self._token_log_probs(params, encoder_input_tokens, targets)
+        lambda beams, allowed, s: step(params, beams, cross, valid, allowed, s), beams,
+        num_steps, allowed_fn)
 
   @property
   def scores_items(self) -> bool:
@@ -143,3 +128,22 @@ def decode_items(model, tokens: jax.Array, trie: constraints.PrefixTrie, leaf_it
                                       top_k)
   items = constraints.trie_tokens_to_items(trie, leaf_item, seqs)
   return items[:, :k], scores[:, :k].astype(jnp.float32)
+
+
+def host_decode_start(model, inputs: jax.Array, beam_size: int, num_steps: int):
+  """The start of a host-constrained beam search of an encoder-decoder: the
+  encoder runs once per query. Returns (`decoding.Beams` with the empty
+  self-attention cache, the cross-attention keys/values per decoder layer,
+  the input mask [batch, s])."""
+  encoded, valid = model.encode(inputs)
+  cache = model.init_self_cache(inputs.shape[0] * beam_size, num_steps)
+  return (decoding.init_beams(inputs.shape[0], beam_size, num_steps, cache),
+          model.cross_attention_cache(encoded), valid)
+
+
+def host_decode_step(model, beams: decoding.Beams, cross, valid: jax.Array,
+                     allowed: jax.Array, step) -> decoding.Beams:
+  """One `decoding.constrained_step` of the model (`step` may be traced)."""
+  return decoding.constrained_step(
+      lambda tokens, cache, s: model.decode_step(tokens, s, cross, valid, cache), beams,
+      allowed, step)

@@ -1,7 +1,7 @@
 r"""An HTTP server for exported models: a recommender (`python main.py
 --gin_file=gin/runs/export.gin --workdir=RUN`), a Semantic-ID ranker
-(gin/runs/export_ranker.gin), both (two-stage recommendation), and/or a DSI
-document retriever (gin/runs/export_retriever.gin).
+(gin/runs/export_ranker.gin), both (two-stage recommendation), and/or a
+document retriever, DSI or SEAL (gin/runs/export_retriever.gin).
 
   python -m genrec.serve --artifact=runs/quickstart/serving --port=8000
   (or the installed command: genrec-serve --artifact=... [--ranker=...])
@@ -22,10 +22,13 @@ flax, optax, orbax, seqio, TensorFlow or gin). Endpoints:
   POST /v1/rank       {"history": [...], "candidates": [...]} (with --ranker)
                       -> {"items": [candidates best first], "scores": [...],
                           "unknown": [...], "truncated": n}
-  POST /v1/retrieve   {"query": "text", "k": 10} (with --retriever, a DSI
-                      model) -> {"documents": [document ids], "scores": [...],
-                      "truncated": query tokens cut}; the query is tokenized
-                      with the artifact's SentencePiece model
+  POST /v1/retrieve   {"query": "text", "k": 10} (with --retriever: a DSI
+                      model decodes docids inside its artifact; a SEAL model
+                      decodes n-grams with the FM-index on the host between
+                      device steps, `genrec.seal.SealRetriever`)
+                      -> {"documents": [document ids], "scores": [...],
+                          "truncated": query tokens cut}; the query is
+                      tokenized with the artifact's SentencePiece model
   GET  /v1/metadata   the artifacts' manifests and the server's limits
   GET  /healthz       {"status": "ok"} while the process serves
 
@@ -63,6 +66,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from genrec import seal
 from genrec.artifact import Artifact
 
 
@@ -279,8 +283,11 @@ class Service:
       self.tokenizer = sentencepiece.SentencePieceProcessor(model_file=os.path.join(
           retriever, self.retriever.manifest['tokenizer']))
       self.documents = self.retriever.external_ids()
+      # DSI decodes inside the artifact; SEAL's loop needs the FM-index on the host.
+      self.retrieve_fn = (seal.SealRetriever(self.retriever)
+                          if self.retriever.manifest.get('method') == 'seal' else self.retriever)
       self.batchers['retrieve'] = Batcher(
-          self.retriever, ((self.retriever.manifest['input_len'],),), max_batch, window_s,
+          self.retrieve_fn, ((self.retriever.manifest['input_len'],),), max_batch, window_s,
           max_queue)
     if self.recommender:
       self.batchers['recommend'] = Batcher(self.recommender, ((self.recommender.max_history,),),
@@ -297,7 +304,7 @@ class Service:
   def first_answer(self) -> None:
     """Compiles batch size 1 of each artifact (the smallest candidate list)."""
     if self.retriever:
-      self.retriever(np.zeros((1, self.retriever.manifest['input_len']), np.int32))
+      self.retrieve_fn(np.zeros((1, self.retriever.manifest['input_len']), np.int32))
     if self.recommender:
       self.recommender(np.zeros((1, self.recommender.max_history), np.int32))
     if self.ranker:
@@ -456,7 +463,7 @@ def main(argv=None):
   p.add_argument('--artifact', help='A recommender\'s serving directory (export run mode).')
   p.add_argument('--ranker', help='A ranker\'s serving directory (export_ranker run mode); '
                  'with --artifact, /v1/recommend re-ranks the generated items.')
-  p.add_argument('--retriever', help='A DSI document retriever\'s serving directory '
+  p.add_argument('--retriever', help='A document retriever\'s (DSI or SEAL) serving directory '
                  '(export_retriever run mode): POST /v1/retrieve.')
   p.add_argument('--host', default='127.0.0.1')
   p.add_argument('--port', type=int, default=8000)

@@ -2,14 +2,14 @@ import dataclasses
 import json
 
 import jax
-
+from flax import nnx
 import numpy as np
 import pytest
 import ranx
 import sentencepiece as spm
 
-from genrec import artifact, models, partitioning, serve, trainer
-from genrec.retrieval import corpus, docgen, fm_index
+from genrec import artifact, fm_index, models, partitioning, seal, serve, trainer
+from genrec.retrieval import corpus, docgen
 from genrec.retrieval import export as retrieval_export
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
@@ -105,10 +105,10 @@ def test_prefix_ngrams_keep_the_best_score_and_stop_at_dead_beams():
   seqs = np.array([[5, 6, 7], [5, 6, 8], [9, 0, 0]])
   logp = np.log([[.5, .5, .5], [.8, .25, .5], [.5, 1, 1]])
   logp[2, 1] = -np.inf
-  g = docgen.prefix_ngrams(seqs, logp, min_len=1)
+  g = seal.prefix_ngrams(seqs, logp, min_len=1)
   assert set(g) == {(5,), (5, 6), (5, 6, 7), (5, 6, 8), (9,)}
   assert g[(5,)] == pytest.approx(np.log(.8)) and g[(5, 6)] == pytest.approx(np.log(.25))
-  assert set(docgen.prefix_ngrams(seqs, logp, min_len=2)) == {(5, 6), (5, 6, 7), (5, 6, 8)}
+  assert set(seal.prefix_ngrams(seqs, logp, min_len=2)) == {(5, 6), (5, 6, 7), (5, 6, 8)}
 
 
 def test_seal_scorer_formula_and_coverage():
@@ -131,6 +131,18 @@ def test_seal_scorer_formula_and_coverage():
   np.testing.assert_allclose(scores, [expected0, expected1])
 
 
+def test_gin_binds_the_core_seal_scorer():
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.parse_config('from __gin__ import dynamic_registration\n'
+                   'from genrec.retrieval import docgen\n'
+                   'docgen.SealScorer.alpha = 1.5\n')
+  try:
+    assert docgen.SealScorer().alpha == 1.5 and isinstance(docgen.SealScorer(), seal.SealScorer)
+    assert seal.SealScorer(alpha=2.0, beta=0.8).alpha == 2.0  # explicit values win
+  finally:
+    gin.clear_config()
+
+
 def test_host_constrained_decoding_generates_corpus_ngrams(tc):
   cfg = dataclasses.replace(TINY, vocab_size=128)
   tx, _ = trainer.make_optimizer(10)
@@ -138,17 +150,20 @@ def test_host_constrained_decoding_generates_corpus_ngrams(tc):
   state = tr.init_state(0)
   index = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
   x = docgen._pad([tc.query_tokens['q0'], tc.query_tokens['q3']], 8)
-  seqs, scores = tr.predict_host_constrained(
-      state.params, x, beam_size=4, num_steps=5,
-      allowed_fn=fm_index.NGramConstraint(index, 128))
-  seqs, scores = np.asarray(seqs), np.asarray(scores)
+  beams = tr.predict_host_constrained(state.params, x, beam_size=4, num_steps=5,
+                                     allowed_fn=fm_index.NGramConstraint(index, 128))
+  seqs, scores = np.asarray(beams.sequences), np.asarray(beams.scores)
   assert np.isfinite(scores).all()
   for s in seqs.reshape(-1, 5):
     assert index.count(s.tolist()) > 0
-  # The teacher-forced log-probs add up to the beam scores.
-  logp = tr.token_log_probs(state.params, np.repeat(x, 4, axis=0), seqs.reshape(-1, 5))
-  np.testing.assert_allclose(np.asarray(logp).sum(-1).reshape(2, 4), scores, rtol=1e-4,
-                             atol=1e-4)
+  # Each token's log-prob is the model's (teacher-forced, whole sequence at
+  # once), and they add up to the beam scores.
+  model = nnx.merge(tr.graphdef, state.params)
+  flat = seqs.reshape(-1, 5)
+  logp = jax.nn.log_softmax(model(np.repeat(x, 4, axis=0), np.pad(flat[:, :-1], ((0, 0), (1, 0)))))
+  logp = np.take_along_axis(np.asarray(logp), flat[..., None], -1)[..., 0].reshape(2, 4, 5)
+  np.testing.assert_allclose(np.asarray(beams.token_log_probs), logp, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(logp.sum(-1), scores, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('method', ['dsi_atomic', 'seal'])
@@ -175,18 +190,19 @@ def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
                                        docgen.SealScorer(), tc, fm)
     m = corpus.retrieval_metrics(ranked, tc.collection.qrels['test'])
     assert m['ndcg@10'] == pytest.approx(row['ndcg@10'], abs=1e-4)
-  else:
-    _exported_retriever_answers_like_the_run(tc, tmp_path)
+  _exported_retriever_answers_like_the_run(tc, tmp_path, method)
 
 
-def _exported_retriever_answers_like_the_run(tc, run_dir):
-  """The DSI run exported (StableHLO and SavedModel) and served: the same
-  documents and scores as the run's own TREC file, for the test queries."""
+def _exported_retriever_answers_like_the_run(tc, run_dir, method):
+  """The run exported (DSI: StableHLO and SavedModel; SEAL: StableHLO start and
+  step functions, the FM-index on the host) and served: the same documents
+  and scores as the run's own TREC file, for the test queries."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from starlette.testclient import TestClient  # pylint: disable=g-import-not-at-top
   out = retrieval_export.export(str(run_dir), k=10, platforms=('cpu',))
   manifest = json.loads((run_dir / 'serving' / 'manifest.json').read_text())
   assert manifest['kind'] == 'retriever' and manifest['num_items'] == 16
+  assert manifest['method'] == method
   want = {}
   for line in (run_dir / 'test.trec').read_text().splitlines():
     q, _, d, rank, score, _ = line.split()
@@ -198,19 +214,27 @@ def _exported_retriever_answers_like_the_run(tc, run_dir):
     tokens = tc.sp.encode(tc.collection.queries[q])[:16]
     query[i, :len(tokens)] = tokens
   served = artifact.Artifact(out).expect('retriever')
-  documents, scores = served(query)
+  if method == 'seal':
+    documents, scores = seal.SealRetriever(served)(query)
+    assert manifest['saved_model'] is None and sorted(manifest['functions']) == ['step']
+  else:
+    with pytest.raises(ValueError, match='not a SEAL retriever'):
+      seal.SealRetriever(served)
+    documents, scores = served(query)
+    saved = tf.saved_model.load(str(run_dir / 'serving' / 'saved_model' /
+                                    str(manifest['checkpoint_step'])))
+    tf_out = saved.signatures['retrieve'](query=tf.constant(query))
+    np.testing.assert_array_equal(tf_out['documents'].numpy(), documents)
+    np.testing.assert_allclose(tf_out['scores'].numpy(), scores, rtol=1e-4, atol=1e-4)
   names = served.external_ids()
-  saved = tf.saved_model.load(str(run_dir / 'serving' / 'saved_model' /
-                                  str(manifest['checkpoint_step'])))
-  tf_out = saved.signatures['retrieve'](query=tf.constant(query))
-  np.testing.assert_array_equal(tf_out['documents'].numpy(), documents)
-  np.testing.assert_allclose(tf_out['scores'].numpy(), scores, rtol=1e-4, atol=1e-4)
   app = serve.make_app(retriever=out, warm_up=False)
   with TestClient(app) as client:
     for i, q in enumerate(qids):
-      assert [names[d] for d in documents[i]] == [d for d, _ in want[q]]
+      found = documents[i] > 0
+      assert [names[d] for d in documents[i][found]] == [d for d, _ in want[q]]
       # TREC scores are nudged below ties to keep the order: compare loosely.
-      np.testing.assert_allclose(scores[i], [s for _, s in want[q]], rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(scores[i][found], [s for _, s in want[q]], rtol=1e-4,
+                                 atol=1e-4)
       r = client.post('/v1/retrieve', json={'query': tc.collection.queries[q], 'k': 3})
       assert r.status_code == 200 and r.json()['documents'] == [d for d, _ in want[q][:3]]
     for body in ({'query': ''}, {'query': 3}, {'query': 'topic1', 'k': 11}, {'k': 3},

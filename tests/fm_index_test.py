@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from genrec.retrieval.fm_index import FMIndex
+from genrec.fm_index import FMIndex
 
 
 def _corpus(seed, num_docs=12, vocab=9, max_len=30):
@@ -93,7 +93,7 @@ def test_ngram_constrained_beam_search_only_generates_corpus_ngrams():
   import jax
   import jax.numpy as jnp
   from genrec import decoding
-  from genrec.retrieval.fm_index import NGramConstraint
+  from genrec.fm_index import NGramConstraint
 
   vocab, steps, batch, beam = 6, 3, 2, 25
   rng = np.random.default_rng(7)
@@ -101,13 +101,15 @@ def test_ngram_constrained_beam_search_only_generates_corpus_ngrams():
   index = FMIndex.build(docs, vocab)
   table = jax.random.normal(jax.random.key(3), (batch, steps, vocab, vocab)) * 3
 
-  @jax.jit
   def logits_fn(tokens, cache, step):  # a random model: depends on query, step, last token
     return table[jnp.arange(tokens.shape[0]) // beam, step, tokens], cache
-  seqs, scores = decoding.host_constrained_beam_search(
-      lambda t, c, s: logits_fn(t, c, s), jnp.zeros(batch * beam), batch, beam, steps,
+  step_fn = jax.jit(lambda beams, allowed, step: decoding.constrained_step(
+      logits_fn, beams, allowed, step))  # one compiled step for every position
+  beams = decoding.host_constrained_beam_search(
+      step_fn, decoding.init_beams(batch, beam, steps, jnp.zeros(batch * beam)), steps,
       NGramConstraint(index, vocab))
-  seqs, scores = np.asarray(seqs), np.asarray(scores)
+  seqs, scores = np.asarray(beams.sequences), np.asarray(beams.scores)
+  token_logp = np.asarray(beams.token_log_probs)
   # Exhaustive: every 3-gram of the corpus scored by the same model, best first.
   logp = np.asarray(jax.nn.log_softmax(table, -1))
   grams = {tuple(int(t) for t in d[i:i + steps]) for d in docs for i in range(len(d) - steps + 1)}
@@ -123,3 +125,7 @@ def test_ngram_constrained_beam_search_only_generates_corpus_ngrams():
     # beam (25) >= every 2-gram prefix here, so the search is exact.
     assert len({g[:2] for g in grams}) <= beam
     assert got == best[:len(got)]
+    for g, row in zip(got, token_logp[q][finite]):  # each token's own log-prob
+      prev = [0, *g[:-1]]
+      np.testing.assert_allclose(row, [logp[q, s, prev[s], g[s]] for s in range(steps)],
+                                 rtol=1e-5, atol=1e-5)

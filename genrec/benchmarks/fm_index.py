@@ -17,7 +17,7 @@ from absl import app, flags
 import numpy as np
 
 from genrec import tables
-from genrec.retrieval.fm_index import FMIndex
+from genrec.fm_index import FMIndex
 
 flags.DEFINE_list('sizes', ['1000000', '10000000', '100000000'], 'Corpus tokens.')
 flags.DEFINE_integer('vocab', 32000, 'Vocabulary size.')

@@ -1,2 +1,4 @@
-"""Generative document retrieval: BEIR collections and BM25 (`corpus`), the
-FM-index over a corpus (`fm_index`), DSI and SEAL (`docgen`)."""
+"""Generative document retrieval: BEIR collections and BM25 (`corpus`), DSI
+and SEAL (`docgen`; SEAL's FM-index and scorer are in the core,
+`genrec.fm_index` and `genrec.seal`, which the server uses too), and the
+export of trained retrievers (`export`)."""

@@ -27,7 +27,6 @@ generates an identifier of a document:
 Test qrels are only used for evaluation.
 """
 
-import collections
 import dataclasses
 import hashlib
 import os
@@ -37,14 +36,13 @@ from collections.abc import Callable
 from absl import logging
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
 
-from genrec import (config_check, constraints, loop, models, partitioning, text_encoder,
-                    trainer)
+from genrec import (config_check, constraints, fm_index, loop, models, partitioning, seal,
+                    text_encoder, trainer)
 from genrec.data import sequences
-from genrec.retrieval import corpus, fm_index
+from genrec.retrieval import corpus
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
@@ -257,90 +255,10 @@ def seal_examples(tc: TokenizedCollection, tasks: SealTasks, split: str, input_l
   return seq2seq_arrays(inputs, targets, input_len, n)
 
 
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class SealScorer:
-  """SEAL's document score from generated n-grams (Bevilacqua et al. 2022, 3.3).
-
-  For a generated n-gram g with conditional log-probability log P(g|q) (sum of
-  its tokens' log-probs under the model) and corpus frequency F(g):
-
-    P(g)    = (F(g) + smoothing) / (corpus tokens)        unconditional
-    w(g, q) = max(0, log [P(g|q) (1 - P(g))] / [P(g) (1 - P(g|q))])
-
-  so an n-gram scores high when the model wants it more than the corpus
-  frequency explains (SEAL's unconditional-probability correction). A
-  document d collects the generated n-grams that occur in it, K(d), taken in
-  decreasing w; each adds
-
-    W(d, q) += w(g, q) ** alpha * cover(g),
-    cover(g) = 1 - beta + beta * |tokens(g) - tokens already covered in d| / |tokens(g)|
-
-  (the coverage weight: an n-gram whose tokens earlier, better n-grams of the
-  same document already matched adds only (1 - beta) of its weight).
-  Documents are ranked by W; those reached by no n-gram are not returned.
-
-  Attributes:
-    alpha, beta: the exponent and coverage weight above.
-    min_ngram_len: shorter prefixes of the decoded n-grams are not used.
-    locate_limit: occurrences read per n-gram when mapping it to documents
-      (very frequent n-grams carry little weight anyway).
-    smoothing: added to F(g).
-  """
-  alpha: float = 2.0
-  beta: float = 0.8
-  min_ngram_len: int = 1
-  locate_limit: int = 2000
-  smoothing: float = 0.0
-
-  def weights(self, ngrams: dict[tuple[int, ...], float], index: fm_index.FMIndex
-              ) -> dict[tuple[int, ...], float]:
-    """{n-gram: log P(g|q)} -> {n-gram: w(g, q) > 0}."""
-    total = index.num_tokens
-    out = {}
-    for g, logp in ngrams.items():
-      freq = index.count(g) + self.smoothing
-      if freq <= 0:
-        continue
-      p_cond = min(float(np.exp(logp)), 1 - 1e-7)
-      p = min(freq / total, 1 - 1e-7)
-      w = np.log(p_cond) + np.log1p(-p) - np.log(p) - np.log1p(-p_cond)
-      if w > 0:
-        out[g] = float(w)
-    return out
-
-  def rank(self, ngrams: dict[tuple[int, ...], float], index: fm_index.FMIndex, k: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (document rows, scores) for one query's generated n-grams."""
-    w = self.weights(ngrams, index)
-    covered: dict[int, set] = collections.defaultdict(set)
-    scores: dict[int, float] = collections.defaultdict(float)
-    for g in sorted(w, key=lambda g: (-w[g], g)):
-      toks = set(g)
-      for d in index.locate(g, self.locate_limit).tolist():
-        new = len(toks - covered[d]) / len(toks)
-        scores[d] += w[g] ** self.alpha * (1 - self.beta + self.beta * new)
-        covered[d] |= toks
-    docs = sorted(scores, key=lambda d: (-scores[d], d))[:k]
-    return np.array(docs, np.int64), np.array([scores[d] for d in docs])
-
-
-def prefix_ngrams(seqs: np.ndarray, token_logp: np.ndarray, min_len: int
-                  ) -> dict[tuple[int, ...], float]:
-  """Every prefix (>= min_len tokens) of the decoded n-grams of one query, with
-  its log-probability (the best over beams that share it).
-
-  seqs int [beam, L]; token_logp float [beam, L] per-token log-probs.
-  """
-  out = {}
-  cum = np.cumsum(token_logp, axis=-1)
-  for b in range(seqs.shape[0]):
-    for n in range(min_len, seqs.shape[1] + 1):
-      if not np.isfinite(cum[b, n - 1]) or seqs[b, n - 1] <= 0:
-        break
-      g = tuple(int(t) for t in seqs[b, :n])
-      out[g] = max(out.get(g, -np.inf), float(cum[b, n - 1]))
-  return out
+# SEAL's scorer is the core's (the server scores with it too); registered here
+# so that gin files bind it as docgen.SealScorer.alpha = ..., and calls to
+# SealScorer() here take those bindings.
+SealScorer = gin.configurable(seal.SealScorer)
 
 
 def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: SealScorer,
@@ -352,7 +270,7 @@ def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: Se
   """
   ranked, scores, num_ngrams = {}, {}, []
   for i, q in enumerate(qids):
-    grams = prefix_ngrams(seqs[i], logp[i], scorer.min_ngram_len)
+    grams = seal.prefix_ngrams(seqs[i], logp[i], scorer.min_ngram_len)
     num_ngrams.append(len(grams))
     docs, sc = scorer.rank(grams, fm, k)
     ranked[q] = [tc.collection.doc_ids[d] for d in docs]
@@ -365,25 +283,32 @@ def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: Se
 # ---------------------------------------------------------------------------
 # Train and evaluate one method
 # ---------------------------------------------------------------------------
-SERVING_RUN = 'retrieval_run.json'  # what a DSI run's export needs besides the checkpoint
+SERVING_RUN = 'retrieval_run.json'  # what a run's export needs besides the checkpoint
 SPM_MODEL = 'spm.model'
 DOC_IDS = 'doc_ids.txt'
+FM_INDEX = 'fm_index'
 
 
-def save_serving_inputs(workdir: str, tc: TokenizedCollection, ids: ItemIds, method: str,
-                        config: models.TransformerConfig, input_len: int, shift: int,
-                        beam_size: int) -> None:
-  """Writes into a DSI run folder what `genrec.retrieval.export` reads: the
-  docids (ids/), the SentencePiece model, the document ids (line i: document
-  i + 1) and the run's shapes (retrieval_run.json)."""
-  ids.save(os.path.join(workdir, 'ids'))
+def save_serving_inputs(workdir: str, tc: TokenizedCollection, method: str,
+                        config: models.TransformerConfig, input_len: int, beam_size: int, *,
+                        ids: ItemIds | None = None, shift: int = 0,
+                        fm: fm_index.FMIndex | None = None, extra: dict | None = None) -> None:
+  """Writes into a run folder what `genrec.retrieval.export` reads: the
+  SentencePiece model, the document ids (line i: document i + 1), the run's
+  shapes and settings (retrieval_run.json, with `extra`), and DSI's docids
+  (ids/) or SEAL's FM-index (fm_index/)."""
+  if ids is not None:
+    ids.save(os.path.join(workdir, 'ids'))
+  if fm is not None:
+    fm.save(os.path.join(workdir, FM_INDEX))
   with open(os.path.join(workdir, SPM_MODEL), 'wb') as f:
     f.write(tc.sp.serialized_model_proto())
   sequences.write_external_ids(os.path.join(workdir, DOC_IDS), tc.collection.doc_ids)
   loop.write_json(os.path.join(workdir, SERVING_RUN), {
       'method': method, 'collection': tc.collection.name, 'input_len': input_len,
       'docid_token_shift': shift, 'beam_size': beam_size,
-      'model_config': dataclasses.asdict(config), 'num_docs': tc.collection.num_docs})
+      'model_config': dataclasses.asdict(config), 'num_docs': tc.collection.num_docs,
+      **(extra or {})})
 
 
 @gin.configurable(denylist=['method', 'tc', 'workdir'])
@@ -452,8 +377,14 @@ def train_and_evaluate(
                                              ids.level_offsets + shift)
   prep_s = time.time() - t_prep
   config = dataclasses.replace(model_config, vocab_size=-(-used // 128) * 128)
-  if ids is not None and jax.process_index() == 0:
-    save_serving_inputs(workdir, tc, ids, method, config, input_len, shift, dsi_beam_size)
+  if jax.process_index() == 0:
+    if method == 'seal':
+      save_serving_inputs(workdir, tc, method, config, input_len, seal_beam_size, fm=fm,
+                          extra={'ngram_len': seal_tasks.ngram_len,
+                                 'scorer': dataclasses.asdict(seal_scorer)})
+    else:
+      save_serving_inputs(workdir, tc, method, config, input_len, dsi_beam_size, ids=ids,
+                          shift=shift)
   mesh = mesh_fn()
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
@@ -488,13 +419,9 @@ def train_and_evaluate(
       L = seal_tasks.ngram_len
 
       def run(batch, rows):
-        x = batch['x']
-        seqs, _ = tr.predict_host_constrained(state.params, x, seal_beam_size, L, allowed)
-        b = x.shape[0]
-        flat = seqs.reshape(b * seal_beam_size, L)
-        logp = tr.token_log_probs(state.params, jnp.repeat(x, seal_beam_size, axis=0), flat)
-        return (partitioning.gather(seqs, rows),
-                partitioning.gather(logp.reshape(b, seal_beam_size, L), rows))
+        beams = tr.predict_host_constrained(state.params, batch['x'], seal_beam_size, L, allowed)
+        return (partitioning.gather(beams.sequences, rows),
+                partitioning.gather(beams.token_log_probs, rows))
       outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
       seqs = np.concatenate([o[0] for o in outs])
       logp = np.concatenate([o[1] for o in outs])

@@ -1,31 +1,38 @@
-"""Export a trained DSI document retriever to a serving directory.
+"""Export a trained document retriever (DSI or SEAL) to a serving directory.
 
   python main.py --gin_file=gin/runs/export_retriever.gin \
-      --workdir=runs/retrieval/dsi_semantic
+      --workdir=runs/retrieval/dsi_semantic     (or .../seal)
 
-(one DSI method's folder of the retrieval run mode) writes <workdir>/serving/
-(or EXPORT_DIR), laid out as `genrec.export_lib` describes: the retrieval
-function as StableHLO (symbolic batch) and as a TensorFlow SavedModel, with
-the parameters and the docid prefix trie inside, so that decoding is
-constrained to docids that exist, on the device:
+(one method's folder of the retrieval run mode) writes <workdir>/serving/
+(or EXPORT_DIR), laid out as `genrec.export_lib` describes, with the
+collection's SentencePiece model (`spm.model`: `genrec.serve` tokenizes the
+query text with it) and `items.tsv` (document number -> the collection's
+document id) beside it.
+
+DSI: the retrieval function as StableHLO (symbolic batch) and as a
+TensorFlow SavedModel, with the parameters and the docid prefix trie inside,
+so that decoding is constrained to docids that exist, on the device:
 
   query int32 [batch, input_len] (SentencePiece ids, 0-padded at the end)
       -> documents int32 [batch, k] (1-based document numbers, 0: none),
          scores float32 [batch, k] (beam log-probabilities)
 
-Beside it: `spm.model` (the collection's SentencePiece model: tokenize the
-query text with it, as `genrec.serve` does) and `items.tsv` (document number
--> the collection's document id).
-
-SEAL's n-gram identifiers need the FM-index on the host at every decoding
-step; they are not exported (use the retrieval run mode's infer).
+SEAL: n-grams are constrained by the FM-index over the corpus, on the host,
+between decoding steps, so the directory holds the two device functions of
+that loop as StableHLO (`model.stablehlo` starts it from the query,
+`step.stablehlo` advances every beam by one token given the allowed tokens),
+the FM-index (fm_index/) and the scorer's settings; `genrec.seal.SealRetriever`
+runs the loop and scores the documents exactly as the run's evaluation does.
+There is no SavedModel: TF Serving cannot run the host side of the loop.
 """
 
+import functools
 import json
 import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -37,43 +44,75 @@ TOKENIZER = 'spm.model'
 
 
 def load(workdir: str, mesh_fn=partitioning.make_mesh):
-  """(retrieval_run.json, model config, docids, Predictor, params, step) of a
-  DSI run folder."""
+  """(retrieval_run.json, model config, Predictor, params, step) of a run folder."""
   path = os.path.join(workdir, docgen.SERVING_RUN)
   if not all(os.path.exists(os.path.join(workdir, name))
              for name in (docgen.SERVING_RUN, docgen.DOC_IDS, docgen.SPM_MODEL)):
     raise ValueError(f'{workdir} lacks {docgen.SERVING_RUN}, {docgen.DOC_IDS} or '
-                     f'{docgen.SPM_MODEL}: --workdir must be the folder of a trained DSI method '
-                     '(dsi_atomic, dsi_naive or dsi_semantic) of the retrieval run mode, '
-                     'e.g. runs/retrieval/dsi_semantic. SEAL runs are not exported.')
+                     f'{docgen.SPM_MODEL}: --workdir must be the folder of one trained method '
+                     '(dsi_atomic, dsi_naive, dsi_semantic or seal) of the retrieval run mode, '
+                     'e.g. runs/retrieval/dsi_semantic; a folder from before these files '
+                     'were saved gets them when the retrieval run mode runs again (it '
+                     'evaluates the final checkpoint without training).')
   with open(path) as f:
     run = json.load(f)
   config = models.TransformerConfig.from_json(run['model_config'])
-  ids = ItemIds.load(os.path.join(workdir, 'ids'))
   pred = predictor.Predictor(config, mesh_fn())
   params, step = pred.restore_params(os.path.join(workdir, 'checkpoints'))
-  return run, config, ids, pred, params, step
+  return run, config, pred, params, step
 
 
 def export(workdir: str, output_dir: str | None = None, k: int | None = None,
            platforms: tuple[str, ...] = export_lib.PLATFORMS, saved_model: bool = True) -> str:
-  """Writes the serving directory of a DSI run folder (module docstring).
+  """Writes the serving directory of a DSI or SEAL run folder (module docstring).
 
   Args:
-    workdir: one DSI method's folder of the retrieval run mode.
+    workdir: one method's folder of the retrieval run mode.
     output_dir: where (default <workdir>/serving); replaced if it exists.
-    k: documents per query (default the run's beam size; at most that).
+    k: documents per query; DSI: default and at most the run's beam size;
+      SEAL: default 100 (the depth of the run's evaluation).
     platforms: lowering platforms (default CPU, CUDA and TPU).
-    saved_model: also write the TensorFlow SavedModel.
+    saved_model: also write the TensorFlow SavedModel (DSI only).
 
   Returns:
     The serving directory.
   """
-  run, config, ids, pred, params, step = load(workdir)
+  run, config, pred, params, step = load(workdir)
+  width, num_docs = run['input_len'], run['num_docs']
+  with open(os.path.join(workdir, docgen.SPM_MODEL), 'rb') as f:
+    files = {TOKENIZER: f.read()}
+  row = {}
+  if os.path.exists(os.path.join(workdir, 'row.json')):  # the run mode's evaluation
+    with open(os.path.join(workdir, 'row.json')) as f:
+      row = json.load(f)
+  query = export_lib.Tensor('query', 'int32', ('batch', width))
+  manifest = {
+      'format': 'genrec-stablehlo-1', 'kind': 'retriever',
+      'inputs': {'query': f'int32 [batch, {width}]: the query\'s SentencePiece ids '
+                 f'({TOKENIZER}), 0-padded at the end (longer: keep the first {width})'},
+      'beam_size': run['beam_size'], 'input_len': width, 'num_items': num_docs,
+      'method': run['method'], 'collection': run['collection'],
+      'model_config': run['model_config'], 'checkpoint_step': step,
+      'metrics_at_step': {m: v for m, v in row.items() if '@' in m}, 'tokenizer': TOKENIZER}
+  write = functools.partial(export_lib.write, output_dir or os.path.join(workdir, 'serving'),
+                            version=step, platforms=platforms,
+                            item_keys=os.path.join(workdir, docgen.DOC_IDS))
+  if run['method'] == 'seal':
+    out = _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir)
+  else:
+    out = _export_dsi(write, run, pred, params, k, query, manifest, files, workdir,
+                      saved_model)
+  logging.info('export: the %s retriever of %s (step %d) -> %s', run['method'], workdir, step,
+               out)
+  return out
+
+
+def _export_dsi(write, run, pred, params, k, query, manifest, files, workdir, saved_model):
   beam, width = run['beam_size'], run['input_len']
   k = beam if k is None else k
   if not 1 <= k <= beam:
     raise ValueError(f'k must be in 1..{beam} (the run\'s beam size), not {k}.')
+  ids = ItemIds.load(os.path.join(workdir, 'ids'))
   trie = constraints.PrefixTrie.from_codes(ids.codes[1:], ids.level_sizes,
                                            ids.level_offsets + run['docid_token_shift'])
   arrays = {'params': jax.device_get(params), 'trie': jax.device_get(trie),
@@ -86,35 +125,74 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
                                     True, top_k)
     return fn
 
-  num_docs = run['num_docs']
-  with open(os.path.join(workdir, docgen.SPM_MODEL), 'rb') as f:
-    tokenizer = f.read()
-  row = {}
-  if os.path.exists(os.path.join(workdir, 'row.json')):  # the run mode's evaluation
-    with open(os.path.join(workdir, 'row.json')) as f:
-      row = json.load(f)
   warmup = tuple((np.arange(b * width, dtype=np.int32).reshape(b, width) % 50 + 3,)
                  for b in (1, 8))
-  out = export_lib.write(
-      output_dir or os.path.join(workdir, 'serving'), function(jax.lax.top_k), arrays,
-      (export_lib.Tensor('query', 'int32', ('batch', width)),),
+  return write(
+      function(jax.lax.top_k), arrays, (query,),
       (export_lib.Tensor('documents', 'int32', ('batch', k)),
        export_lib.Tensor('scores', 'float32', ('batch', k))), {
-          'format': 'genrec-stablehlo-1', 'kind': 'retriever',
-          'inputs': {'query': f'int32 [batch, {width}]: the query\'s SentencePiece ids '
-                     f'({TOKENIZER}), 0-padded at the end (longer: keep the first {width})'},
-          'outputs': {'documents': f'int32 [batch, {k}]: document numbers 1..{num_docs} '
-                      '(items.tsv), best first (0: none)',
+          **manifest,
+          'outputs': {'documents': f'int32 [batch, {k}]: document numbers '
+                      f'1..{run["num_docs"]} (items.tsv), best first (0: none)',
                       'scores': f'float32 [batch, {k}]: beam log-probabilities'},
-          'k': k, 'beam_size': beam, 'input_len': width, 'num_items': num_docs,
-          'method': run['method'], 'collection': run['collection'],
-          'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
-          'model_config': run['model_config'], 'checkpoint_step': step,
-          'metrics_at_step': {m: v for m, v in row.items() if '@' in m},
-          'tokenizer': TOKENIZER},
-      version=step, platforms=platforms, saved_model_fn=function(decoding.sort_top_k),
+          'k': k, 'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes)},
+      saved_model_fn=function(decoding.sort_top_k),
       signatures=(export_lib.SIGNATURE, 'retrieve') if saved_model else (), warmup=warmup,
-      files={TOKENIZER: tokenizer}, item_keys=os.path.join(workdir, docgen.DOC_IDS))
-  logging.info('export: the %s retriever of %s (step %d) -> %s', run['method'], workdir, step,
-               out)
-  return out
+      files=files)
+
+
+def _stack(kv: list) -> jax.Array:
+  """Per layer (keys, values) [n, T, h, dk] -> one array [n, layers, 2, T, h, dk]."""
+  return jnp.stack([jnp.stack(pair, 1) for pair in kv], 1)
+
+
+def _unstack(x: jax.Array) -> list:
+  return [(x[:, i, 0], x[:, i, 1]) for i in range(x.shape[1])]
+
+
+def _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir):
+  beam, width, steps = run['beam_size'], run['input_len'], run['ngram_len']
+  k = min(100, run['num_docs']) if k is None else k
+  if not 1 <= k <= run['num_docs']:
+    raise ValueError(f'k must be in 1..{run["num_docs"]} (the documents), not {k}.')
+
+  def start(arrays, query):
+    model = nnx.merge(pred.graphdef, arrays['params'])
+    beams, cross, valid = predictor.host_decode_start(model, query, beam, steps)
+    cache = _stack(beams.cache)
+    return (beams.sequences, beams.scores, beams.token_log_probs,
+            cache.reshape(query.shape[0], beam, *cache.shape[1:]), _stack(cross), valid)
+
+  def step(arrays, sequences, scores, token_log_probs, cache, cross, valid, allowed, t):
+    model = nnx.merge(pred.graphdef, arrays['params'])
+    cache = _unstack(cache.reshape(-1, *cache.shape[2:]))
+    beams = predictor.host_decode_step(
+        model, decoding.Beams(sequences, scores, token_log_probs, cache), _unstack(cross),
+        valid, allowed, t)
+    cache = _stack(beams.cache)
+    return (beams.sequences, beams.scores, beams.token_log_probs,
+            cache.reshape(sequences.shape[0], beam, *cache.shape[1:]))
+
+  arrays = {'params': jax.device_get(params)}
+  shapes = jax.eval_shape(start, arrays, jax.ShapeDtypeStruct((1, width), np.int32))
+  names = ('sequences', 'scores', 'token_log_probs', 'cache', 'cross', 'valid')
+  state = tuple(export_lib.Tensor(name, str(x.dtype), ('batch', *x.shape[1:]))
+                for name, x in zip(names, shapes))
+  allowed = export_lib.Tensor('allowed', 'bool', ('batch', beam, config.vocab_size))
+  index_dir = os.path.join(workdir, docgen.FM_INDEX)
+  for name in sorted(os.listdir(index_dir)):
+    with open(os.path.join(index_dir, name), 'rb') as f:
+      files[f'{docgen.FM_INDEX}/{name}'] = f.read()
+  return write(
+      start, arrays, (query,), state, {
+          **manifest,
+          'outputs': {'state': 'the decoding state that step takes (genrec.seal.'
+                      'SealRetriever runs the loop and scores the documents)'},
+          'decoding': f'{steps} steps of beam search over n-grams of the corpus: the allowed '
+                      'tokens of each beam come from the FM-index on the host '
+                      f'({docgen.FM_INDEX}/) between device steps',
+          'k': k, 'ngram_len': steps, 'vocab_size': config.vocab_size,
+          'scorer': run['scorer'], 'fm_index': docgen.FM_INDEX},
+      signatures=(), files=files,
+      functions={'step': (step, (*state, allowed, export_lib.Tensor('step', 'int32', ())),
+                          state[:4])})

@@ -20,8 +20,8 @@ import gin
 import jax
 import sentencepiece as spm
 
-from genrec import loop, tables
-from genrec.retrieval import corpus, docgen, fm_index
+from genrec import fm_index, loop, tables
+from genrec.retrieval import corpus, docgen
 
 METHODS = ('bm25', *docgen.METHODS)
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'mrr@10', 'queries',
