@@ -184,7 +184,10 @@ class NGramConstraint:
   Token ids of the decoder are the corpus token ids (a beam may take token t
   after prefix g iff g + [t] occurs in some document). Each prefix's
   suffix-array interval is memoized, so a step extends each beam's interval
-  by one backward-search step instead of re-reading the whole prefix.
+  by one backward-search step instead of re-reading the whole prefix, and so
+  are the tokens that follow it: beams and queries that share a prefix (at
+  the first step, all of them) read the index once. The memo lives as long
+  as the object: make one per batch of queries (a server) or per evaluation.
   """
 
   def __init__(self, index: FMIndex, vocab_size: int):
@@ -194,6 +197,7 @@ class NGramConstraint:
     self.index = index
     self.vocab_size = vocab_size
     self._intervals: dict[tuple[int, ...], tuple[int, int]] = {(): index.full_range()}
+    self._followers: dict[tuple[int, ...], np.ndarray] = {}
     self.seconds = 0.0  # host time spent in __call__ (the constraint's cost)
 
   def interval(self, prefix: tuple[int, ...]) -> tuple[int, int]:
@@ -213,7 +217,10 @@ class NGramConstraint:
     allowed = np.zeros((batch, beam, self.vocab_size), bool)
     for b in range(batch):
       for k in range(beam):
-        tokens, _ = self.index.followers(self.interval(tuple(int(t) for t in seqs[b, k])))
+        prefix = tuple(seqs[b, k].tolist())
+        tokens = self._followers.get(prefix)
+        if tokens is None:
+          tokens = self._followers[prefix] = self.index.followers(self.interval(prefix))[0]
         allowed[b, k, tokens] = True
     self.seconds += time.perf_counter() - t0
     return allowed
