@@ -13,7 +13,12 @@ import importlib.util
 import logging as py_logging
 import os
 
-from absl import app, flags, logging
+try:
+  from absl import app, flags, logging
+except ModuleNotFoundError as e:  # a serving-only install
+  raise SystemExit(f'genrec\'s training stack is not installed ({e}): pip install '
+                   '"genrec[train]" (in a checkout: pip install -e ".[train]"); the base '
+                   'install serves exported models only (genrec-serve).') from None
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +36,20 @@ def define_flags() -> None:
                             'current folder and the installed gin/ files are always searched).')
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, results, config).')
   flags.DEFINE_bool('multiprocess', False,
-                    'Call jax.distributed.initialize() (multi-host GPU/TPU jobs).')
+                    'Call jax.distributed.initialize() and let it find the job from the '
+                    'environment (Cloud TPU VMs, SLURM, Open MPI). Other clusters: give '
+                    '--coordinator_address, --num_processes and --process_id instead.')
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0\'s coordinator, for a multi-process job '
+                      '(default $JAX_COORDINATOR_ADDRESS); with --num_processes and '
+                      '--process_id. `python -m genrec.local_cluster` sets all three.')
+  flags.DEFINE_integer('num_processes', None,
+                       'Processes in the job (default $JAX_NUM_PROCESSES).')
+  flags.DEFINE_integer('process_id', None, 'This process\'s index, 0..num_processes - 1 '
+                       '(default $JAX_PROCESS_ID).')
+  flags.DEFINE_integer('heartbeat_timeout_s', 100,
+                       'A multi-process job stops when a process has been silent this '
+                       'long (e.g. it was killed), instead of waiting for it forever.')
   flags.DEFINE_bool('allow_config_change', False,
                     'Resume a run directory although settings that change what its saved '
                     'steps mean (model, optimizer, identifiers, data) differ; the change is '
@@ -62,6 +80,56 @@ def _quiet_logs(record) -> bool:
       f'/{lib}/' in record.pathname for lib in ('orbax', 'seqio', 'jax'))
 
 
+def distributed_settings() -> dict | None:
+  """The arguments of jax.distributed.initialize() from the flags and the
+  environment: {} (let jax detect a TPU VM, SLURM or Open MPI job:
+  --multiprocess), the explicit job (--coordinator_address, --num_processes,
+  --process_id, or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID variables MaxText's and t5x's launchers set), or None (one
+  process)."""
+  env = os.environ
+  address = FLAGS.coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
+  count = FLAGS.num_processes if FLAGS.num_processes is not None else env.get(
+      'JAX_NUM_PROCESSES')
+  index = FLAGS.process_id if FLAGS.process_id is not None else env.get('JAX_PROCESS_ID')
+  given = {'--coordinator_address': address, '--num_processes': count,
+           '--process_id': index}
+  if all(v is None for v in given.values()):
+    return {} if FLAGS.multiprocess else None
+  missing = [name for name, v in given.items() if v is None]
+  if missing:
+    raise app.UsageError(f'A multi-process job needs --coordinator_address, --num_processes '
+                         f'and --process_id (or their JAX_* variables); {missing} missing.')
+  try:
+    count, index = int(count), int(index)
+  except ValueError:
+    raise app.UsageError(f'--num_processes and --process_id must be integers, not {count!r} '
+                         f'and {index!r}.') from None
+  if not 0 <= index < count:
+    raise app.UsageError(f'--process_id must be in 0..{count - 1}, not {index}.')
+  return {'coordinator_address': address, 'num_processes': count, 'process_id': index}
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """tf.data runs on the host: keeps TensorFlow (if installed; seqio's input
+  pipeline and TensorBoard use it) off the accelerators JAX uses, before
+  TensorFlow's runtime starts. On a CPU-only machine there is nothing to hide,
+  and TensorFlow is not imported here (seconds per launch)."""
+  if importlib.util.find_spec('tensorflow') is None:
+    return  # training then uses genrec's numpy input pipeline
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for kind in ('GPU', 'TPU'):
+    if tf.config.list_physical_devices(kind):
+      tf.config.set_visible_devices([], kind)
+
+
+def initialize_distributed(jax) -> None:
+  settings = distributed_settings()
+  if settings is None:
+    return
+  jax.distributed.initialize(**settings, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -75,16 +143,8 @@ def main(argv):
     py_logging.getLogger(name).addFilter(_quiet_logs)
   # TensorFlow's C++ INFO/WARNING lines (CPU features, CUDA probing) are noise here.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses.
-  # (Without TensorFlow, training uses genrec's numpy input pipeline.)
-  if importlib.util.find_spec('tensorflow') is not None:
-    import tensorflow as tf
-    for kind in ('GPU', 'TPU'):
-      if tf.config.list_physical_devices(kind):
-        tf.config.set_visible_devices([], kind)
   import jax
-  if FLAGS.multiprocess:
-    jax.distributed.initialize()
+  initialize_distributed(jax)
   import gin
   from genrec import gin_utils, loop
   try:
@@ -93,6 +153,8 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   loop.allow_config_change = FLAGS.allow_config_change
   gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  if jax.default_backend() != 'cpu':
+    hide_accelerators_from_tensorflow()
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:

@@ -5,8 +5,12 @@ down, and the server imports no training stack."""
 
 import asyncio
 import concurrent.futures
+import configparser
 import dataclasses
+import importlib.metadata
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -238,3 +242,51 @@ def test_server_and_artifact_import_no_training_stack():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        cwd=REPO_ROOT, check=True).stdout
   assert out.strip() == '[]'
+
+
+def _requirements(text: str) -> set[str]:
+  names = set()
+  for line in text.splitlines():
+    line = line.split('#')[0].split(';')[0].strip()
+    if line:
+      names.add(re.split(r'[<>=\[ ]', line)[0].lower().replace('_', '-'))
+  return names
+
+
+def test_the_serve_install_has_what_the_server_imports_and_no_training_stack():
+  """Every module the server (and the SEAL retriever) imports comes from the
+  standard library or a distribution of the base install + the serve extra,
+  and none of those is a training package."""
+  cfg = configparser.ConfigParser()
+  cfg.read(os.path.join(REPO_ROOT, 'setup.cfg'))
+  extras = cfg['options.extras_require']
+  serving = _requirements(cfg['options']['install_requires']) | _requirements(extras['serve'])
+  training = _requirements(extras['train'])
+  assert not serving & {'flax', 'optax', 'orbax-checkpoint', 'seqio', 'tensorflow',
+                        'tensorflow-datasets', 'gin-config', 'clu', 'absl-py'}
+  assert training <= _requirements(extras['dev'])
+  code = ('import sys, genrec.serve, genrec.seal, uvicorn, json; '
+          'print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))')
+  loaded = json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True,
+                                     text=True, cwd=REPO_ROOT, check=True).stdout)
+  owners = importlib.metadata.packages_distributions()
+  closure, todo = set(), list(serving)  # the serve install and what it pulls in
+  while todo:
+    name = todo.pop()
+    if name in closure:
+      continue
+    closure.add(name)
+    try:
+      requires = importlib.metadata.requires(name) or []
+    except importlib.metadata.PackageNotFoundError:
+      continue
+    todo += _requirements('\n'.join(r for r in requires if 'extra ==' not in r))
+  outside = {}
+  for module in loaded:
+    if module in sys.stdlib_module_names or module.startswith('_') or module in (
+        'genrec', 'etils', 'filelock', 'pygments'):  # the last three: jax uses them if present
+      continue
+    dists = {d.lower().replace('_', '-') for d in owners.get(module, [])}
+    if dists and not dists & closure:
+      outside[module] = sorted(dists)
+  assert not outside, f'the server imports modules the serve install lacks: {outside}'

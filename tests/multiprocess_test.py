@@ -1,0 +1,80 @@
+"""Multi-process jobs on this machine (`genrec.local_cluster`): several
+processes with CPU collectives train, checkpoint and evaluate like one process
+with as many devices."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from genrec import local_cluster, partitioning
+from genrec.recommendation import infer
+
+# A short recommendation run: 3 steps on a small synthetic catalog, every
+# step logged, one checkpoint and one evaluation at the end.
+RUN = ['--gin_file=gin/runs/quickstart.gin',
+       '--gin_bindings=train.train.num_train_steps=3',
+       '--gin_bindings=train.train.eval_every_steps=3',
+       '--gin_bindings=train.train.checkpoint_every_steps=3',
+       '--gin_bindings=train.train.log_every_steps=1',
+       '--gin_bindings=train.train.batch_size=32',
+       '--gin_bindings=train.train.eval_batch_size=64',
+       "--gin_bindings=train.train.input_pipeline='numpy'",
+       '--gin_bindings=train.train.report_unconstrained=False',
+       '--gin_bindings=sequences.make_synthetic.num_users=120',
+       '--gin_bindings=sequences.make_synthetic.num_items=40']
+
+
+def _job(workdir, processes: int, devices: int, extra=()) -> local_cluster.Job:
+  cwd = os.getcwd()
+  os.chdir(REPO_ROOT)  # the gin files' paths are relative to the checkout
+  try:
+    return local_cluster.run([*RUN, *extra, f'--workdir={workdir}'], processes, devices,
+                             str(workdir / 'local_cluster'), grace_s=60, timeout_s=600,
+                             echo=False)
+  finally:
+    os.chdir(cwd)
+
+
+def _log(workdir, i=0) -> str:
+  return (workdir / 'local_cluster' / f'process_{i}.log').read_text()
+
+
+def _losses(workdir) -> list[float]:
+  with open(workdir / 'train_log.jsonl') as f:
+    return [r['loss'] for r in map(json.loads, f)]
+
+
+def _params(workdir) -> list[np.ndarray]:
+  *_, params, _ = infer.load_run(str(workdir),
+                                 mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+  return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  assert _job(one, 1, 4).ok, _log(one)[-3000:]
+  assert _job(two, 2, 2).ok, _log(two, 1)[-3000:]
+  assert 'Process 1/2' in _log(two, 1) and 'Process 0/2' in _log(two, 0)
+  np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-5, atol=1e-6)
+  assert len(_losses(two)) == 3
+  for a, b in zip(_params(two), _params(one)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Process 0 alone writes the run's results; the metrics agree.
+  r1, r2 = (json.loads((w / 'results.json').read_text()) for w in (one, two))
+  assert r2['test'] == pytest.approx(r1['test'], abs=1e-6)
+
+
+def test_a_failed_process_stops_the_job_with_its_name(tmp_path):
+  # Process 1 fails at once while process 0 would run for ten minutes: the
+  # launcher names process 1 and stops process 0 instead of waiting.
+  job = local_cluster.run(['-c', 'import sys, time\n'
+                           'if "--process_id=1" in sys.argv: sys.exit(3)\n'
+                           'time.sleep(600)'], 2, 1, str(tmp_path), grace_s=1,
+                          timeout_s=120, echo=False, program=(sys.executable,))
+  assert job.failed == 1 and job.codes[1] == 3
+  assert job.codes[0] < 0  # killed after the grace period
