@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
@@ -50,6 +50,7 @@ def _copy(stream, path: str, echo: bool) -> None:
 class Job:
   codes: list[int]  # every process's exit status (negative: killed by that signal)
   failed: int | None  # the process that failed first (the others may have failed after it)
+  ended: list[float]  # when each process was seen to exit (time.time())
 
   @property
   def ok(self) -> bool:
@@ -58,12 +59,16 @@ class Job:
 
 def run(args: Sequence[str], num_processes: int, devices_per_process: int, log_dir: str,
         grace_s: float = 30.0, timeout_s: float | None = None, echo: bool = True,
-        program: Sequence[str] = (sys.executable, MAIN)) -> Job:
+        program: Sequence[str] = (sys.executable, MAIN),
+        started: Callable[[list[subprocess.Popen]], None] | None = None) -> Job:
   """Runs `program args` as `num_processes` processes of one job.
 
+  `started(processes)`, if given, is called once every process has started
+  (e.g. a test that kills one).
+
   Returns:
-    The exit statuses and which process failed first, if one did (it stops
-    the others, see the module docstring).
+    The exit statuses, which process failed first, if one did (it stops the
+    others, see the module docstring), and when each exited.
 
   Raises:
     TimeoutError: naming the processes still running after `timeout_s`
@@ -88,10 +93,16 @@ def run(args: Sequence[str], num_processes: int, devices_per_process: int, log_d
     t.start()
     procs.append(p)
     copiers.append(t)
+  if started is not None:
+    started(procs)
   start, failed, failed_at = time.time(), None, None
+  ended = [None] * num_processes
   try:
     while any(p.poll() is None for p in procs):
       now = time.time()
+      for i, p in enumerate(procs):
+        if ended[i] is None and p.poll() is not None:
+          ended[i] = now
       if failed is None:
         failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
         failed_at = now
@@ -112,7 +123,8 @@ def run(args: Sequence[str], num_processes: int, devices_per_process: int, log_d
   codes = [p.returncode for p in procs]
   if failed is None:  # failures seen only at the end (all exited within one poll)
     failed = next((i for i, c in enumerate(codes) if c), None)
-  return Job(codes, failed)
+  now = time.time()
+  return Job(codes, failed, [now if t is None else t for t in ended])
 
 
 FLAGS = flags.FLAGS

@@ -4,7 +4,10 @@ with as many devices."""
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -29,13 +32,13 @@ RUN = ['--gin_file=gin/runs/quickstart.gin',
        '--gin_bindings=sequences.make_synthetic.num_items=40']
 
 
-def _job(workdir, processes: int, devices: int, extra=()) -> local_cluster.Job:
+def _job(workdir, processes: int, devices: int, extra=(), **kw) -> local_cluster.Job:
   cwd = os.getcwd()
   os.chdir(REPO_ROOT)  # the gin files' paths are relative to the checkout
   try:
     return local_cluster.run([*RUN, *extra, f'--workdir={workdir}'], processes, devices,
-                             str(workdir / 'local_cluster'), grace_s=60, timeout_s=600,
-                             echo=False)
+                             str(workdir / 'local_cluster'), timeout_s=600, echo=False,
+                             **{'grace_s': 60, **kw})
   finally:
     os.chdir(cwd)
 
@@ -67,6 +70,12 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
   # Process 0 alone writes the run's results; the metrics agree.
   r1, r2 = (json.loads((w / 'results.json').read_text()) for w in (one, two))
   assert r2['test'] == pytest.approx(r1['test'], abs=1e-6)
+  # Each checkpoint restores in the other layout and evaluates the same.
+  again = ['--gin_bindings=train.train.reevaluate=True']
+  assert _job(one, 2, 2, again).ok and _job(two, 1, 4, again).ok
+  for w, r in ((one, r1), (two, r2)):
+    assert json.loads((w / 'results.json').read_text())['test'] == pytest.approx(
+        r['test'], abs=1e-6)
 
 
 def test_a_failed_process_stops_the_job_with_its_name(tmp_path):
@@ -78,3 +87,30 @@ def test_a_failed_process_stops_the_job_with_its_name(tmp_path):
                           timeout_s=120, echo=False, program=(sys.executable,))
   assert job.failed == 1 and job.codes[1] == 3
   assert job.codes[0] < 0  # killed after the grace period
+
+
+def test_a_killed_process_stops_the_others_within_the_heartbeat_timeout(tmp_path):
+  """SIGKILL one of two training processes: the other is told by JAX's
+  distributed runtime and exits with an error instead of hanging in a
+  collective (the launcher's own grace period is longer than the test)."""
+  killed = {}
+
+  def kill_process_1(procs):
+    def watch():
+      ckpt = tmp_path / 'checkpoints'
+      while procs[1].poll() is None:
+        if ckpt.exists() and any(d.isdigit() for d in os.listdir(ckpt)):
+          killed['at'] = time.time()
+          procs[1].send_signal(signal.SIGKILL)
+          return
+        time.sleep(0.05)
+    threading.Thread(target=watch, daemon=True).start()
+
+  job = _job(tmp_path, 2, 1, ['--gin_bindings=train.train.num_train_steps=100000',
+                              '--gin_bindings=train.train.checkpoint_every_steps=1',
+                              '--heartbeat_timeout_s=10'],
+             grace_s=300, started=kill_process_1)
+  assert 'at' in killed, _log(tmp_path)[-3000:]
+  assert job.failed == 1 and job.codes[1] == -signal.SIGKILL
+  assert job.codes[0] != 0
+  assert job.ended[0] - killed['at'] < 60, (job.ended[0] - killed['at'], _log(tmp_path)[-3000:])
