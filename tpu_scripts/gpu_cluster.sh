@@ -16,25 +16,11 @@
 # the batch script) instead of running them.
 set -euo pipefail
 
-DRY_RUN=0
-if [ "${1:-}" = "--dry_run" ]; then
-  DRY_RUN=1
-  shift
-fi
+# shellcheck source=tpu_scripts/common.sh
+source "$(dirname "$0")/common.sh"  # run, usage_lines, DRY_RUN (consumes --dry_run)
 
 usage() {
-  sed -n '2,16p' "$0" >&2
-  exit 2
-}
-
-# Runs a command, or prints it (shell-quoted, one line) with --dry_run.
-run() {
-  if [ "$DRY_RUN" = 1 ]; then
-    printf '%q ' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
+  usage_lines 2 16
 }
 
 [ $# -ge 1 ] || usage
