@@ -178,7 +178,8 @@ def host_constrained_beam_search(step_fn: StepFn, beams: Beams, num_steps: int,
   corpus, `genrec.fm_index.NGramConstraint`). The boundary is explicit and
   cheap: per step the current sequences go to the host, `allowed_fn` answers
   for all beams at once, and one device call (`step_fn`: the model's next
-  token logits, the mask and the selection) advances every beam.
+  token logits, the mask and the selection) advances every beam. In a
+  multi-process job each process answers for its own rows.
 
   Args:
     step_fn: see `StepFn`.
@@ -191,6 +192,23 @@ def host_constrained_beam_search(step_fn: StepFn, beams: Beams, num_steps: int,
     no allowed continuation.
   """
   for step in range(num_steps):
-    allowed = allowed_fn(np.asarray(beams.sequences)[:, :, :step])
+    seqs = beams.sequences
+    allowed = allowed_fn(_process_rows(seqs)[:, :, :step])
+    if isinstance(seqs, jax.Array) and not seqs.is_fully_addressable:
+      # Several processes: each answered for its own rows; one global mask.
+      allowed = jax.make_array_from_process_local_data(seqs.sharding, allowed,
+                                                       (*seqs.shape[:2], allowed.shape[-1]))
     beams = step_fn(beams, allowed, step)
   return beams
+
+
+def _process_rows(x) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order (all of it in a
+  single-process job): what `jax.make_array_from_process_local_data` takes
+  back."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  shards = {}
+  for shard in x.addressable_shards:  # one per distinct row block (replicas repeat)
+    shards.setdefault(shard.index[0].start or 0, shard)
+  return np.concatenate([np.asarray(shards[start].data) for start in sorted(shards)])

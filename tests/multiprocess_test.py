@@ -32,11 +32,15 @@ RUN = ['--gin_file=gin/runs/quickstart.gin',
        '--gin_bindings=sequences.make_synthetic.num_items=40']
 
 
-def _job(workdir, processes: int, devices: int, extra=(), **kw) -> local_cluster.Job:
+def _job(workdir, processes: int, devices: int, extra=(), run=True, **kw
+         ) -> local_cluster.Job:
+  """A job of main.py with `extra` arguments (after the recommendation run's
+  RUN unless run=False)."""
   cwd = os.getcwd()
   os.chdir(REPO_ROOT)  # the gin files' paths are relative to the checkout
   try:
-    return local_cluster.run([*RUN, *extra, f'--workdir={workdir}'], processes, devices,
+    return local_cluster.run([*(RUN if run else ()), *extra, f'--workdir={workdir}'],
+                             processes, devices,
                              str(workdir / 'local_cluster'), timeout_s=600, echo=False,
                              **{'grace_s': 60, **kw})
   finally:
@@ -114,3 +118,42 @@ def test_a_killed_process_stops_the_others_within_the_heartbeat_timeout(tmp_path
   assert job.failed == 1 and job.codes[1] == -signal.SIGKILL
   assert job.codes[0] != 0
   assert job.ended[0] - killed['at'] < 60, (job.ended[0] - killed['at'], _log(tmp_path)[-3000:])
+
+
+def test_retrieval_and_ranking_modes_run_with_two_processes(tmp_path):
+  """SEAL (its FM-index constraint answers each process's own rows) and the
+  ranker, each as a 2-process job; process 0 writes the tables."""
+  root = tmp_path / 'data' / 'toy'
+  (root / 'qrels').mkdir(parents=True)
+  docs = [{'_id': f'd{i}', 'title': f'topic{i} subject{i}',
+           'text': f'topic{i} subject{i} ' + ' '.join(f'w{(i * j) % 17}' for j in range(10))}
+          for i in range(12)]
+  (root / 'corpus.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs))
+  (root / 'queries.jsonl').write_text(''.join(
+      json.dumps({'_id': f'q{i}', 'text': f'topic{i} subject{i}'}) + '\n' for i in range(12)))
+  for split, parity in (('train', 0), ('test', 1)):
+    (root / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + ''.join(
+        f'q{i}\td{i}\t1\n' for i in range(parity, 12, 2)))
+  retrieval = tmp_path / 'retrieval'
+  job = _job(retrieval, 2, 1, [
+      '--gin_file=gin/runs/retrieval.gin', '--gin_file=gin/retrieval/cpu_smoke.gin',
+      "--gin_bindings=COLLECTION='toy'", f"--gin_bindings=DATA_DIR='{tmp_path / 'data'}'",
+      "--gin_bindings=METHODS=('seal',)", '--gin_bindings=run.run.vocab_size=100',
+      '--gin_bindings=docgen.train_and_evaluate.num_train_steps=5',
+      '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
+      '--gin_bindings=docgen.train_and_evaluate.input_len=16'], run=False)
+  assert job.ok, _log(retrieval, 1)[-3000:]
+  row = json.loads((retrieval / 'seal' / 'row.json').read_text())
+  assert row['queries'] == 6 and '2 x cpu' in row['training'], row
+  ranking = tmp_path / 'ranking'
+  job = _job(ranking, 2, 1, [
+      '--gin_file=gin/runs/ranking.gin', "--gin_bindings=DATASETS=('synthetic',)",
+      "--gin_bindings=VARIANTS=('sid_unigram',)", '--gin_bindings=TABLE_ROWS=(64,)',
+      '--gin_bindings=ids.ResidualKMeansIds.codebook_size=8',
+      '--gin_bindings=ranker.RankerConfig.dim=8', '--gin_bindings=ranker.RankerConfig.mlp_dims=(16,)',
+      '--gin_bindings=ranker.train_and_evaluate.num_train_steps=5',
+      '--gin_bindings=ranker.train_and_evaluate.batch_size=64',
+      '--gin_bindings=ranker.train_and_evaluate.eval_negatives=19'], run=False)
+  assert job.ok, _log(ranking, 1)[-3000:]
+  row = json.loads((ranking / 'synthetic' / 'sid_unigram_64' / 'row.json').read_text())
+  assert 0 <= row['all/auc'] <= 1 and (ranking / 'sid_ranking.md').exists()

@@ -143,14 +143,19 @@ def train_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int = 8
 
   `vocab_size` is an upper bound (small corpora may yield fewer pieces).
   Ids: 0 pad, 1 eos, 2 unk (T5's layout, so the model plugs into
-  `seqio.SentencePieceVocabulary`); no bos.
+  `seqio.SentencePieceVocabulary`); no bos. Training is deterministic and the
+  files appear whole (written aside, then renamed), so several processes of
+  a job may train the same model at once and read it any time.
   """
   os.makedirs(os.path.dirname(model_prefix) or '.', exist_ok=True)
+  tmp = f'{model_prefix}.tmp{os.getpid()}'
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter([t for t in texts if t.strip()]), model_prefix=model_prefix,
+      sentence_iterator=iter([t for t in texts if t.strip()]), model_prefix=tmp,
       vocab_size=vocab_size, model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       character_coverage=1.0, num_threads=1, hard_vocab_limit=False,
       minloglevel=2)
+  os.replace(tmp + '.vocab', model_prefix + '.vocab')
+  os.replace(tmp + '.model', model_prefix + '.model')  # last: its presence means done
   return model_prefix + '.model'
 
 
