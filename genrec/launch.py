@@ -119,8 +119,12 @@ def hide_accelerators_from_tensorflow() -> None:
     return  # training then uses genrec's numpy input pipeline
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for kind in ('GPU', 'TPU'):
-    if tf.config.list_physical_devices(kind):
-      tf.config.set_visible_devices([], kind)
+    try:
+      if tf.config.list_physical_devices(kind):
+        tf.config.set_visible_devices([], kind)
+    except RuntimeError as e:  # TensorFlow's runtime already started
+      logging.warning('Could not hide the %ss from TensorFlow (%s); tf.data may take '
+                      'accelerator memory.', kind, e)
 
 
 def initialize_distributed(jax) -> None:

@@ -136,6 +136,11 @@ def test_bad_invocations_say_what_to_do(tmp_path):
   bad_dir = subprocess.run(cmd + ['--gin_file=gin/runs/quickstart.gin', f'--workdir={a_file}'],
                            cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
   assert bad_dir.returncode != 0 and 'is an existing file' in bad_dir.stderr
+  half_job = subprocess.run(cmd + ['--gin_file=gin/runs/quickstart.gin', f'--workdir={tmp_path}',
+                                   '--num_processes=2'],
+                            cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert half_job.returncode != 0 and "['--coordinator_address', '--process_id'] missing" in (
+      half_job.stderr)
 
 
 def test_gin_search_paths_find_the_gin_files_outside_the_checkout(tmp_path, monkeypatch):
