@@ -30,6 +30,7 @@ def test_quickstart_then_infer_gives_the_evaluation_predictions(tmp_path):
   proc = _main('--gin_file=gin/runs/quickstart.gin', f'--workdir={run}',
                '--gin_bindings=train.train.num_train_steps=20',
                '--gin_bindings=train.train.eval_every_steps=10',
+               '--gin_bindings=train.train.report_unconstrained=False',
                '--gin_bindings=sequences.make_synthetic.num_users=200',
                '--gin_bindings=sequences.make_synthetic.num_items=60')
   assert '| genrec | test |' in proc.stdout

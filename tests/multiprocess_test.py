@@ -28,8 +28,8 @@ RUN = ['--gin_file=gin/runs/quickstart.gin',
        '--gin_bindings=train.train.eval_batch_size=64',
        "--gin_bindings=train.train.input_pipeline='numpy'",
        '--gin_bindings=train.train.report_unconstrained=False',
-       '--gin_bindings=sequences.make_synthetic.num_users=120',
-       '--gin_bindings=sequences.make_synthetic.num_items=40']
+       '--gin_bindings=sequences.make_synthetic.num_users=64',
+       '--gin_bindings=sequences.make_synthetic.num_items=30']
 
 
 def _job(workdir, processes: int, devices: int, extra=(), run=True, **kw
