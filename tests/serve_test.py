@@ -11,7 +11,6 @@ import importlib.metadata
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import uvicorn
 from conftest import REPO_ROOT
 import jax
 
-from genrec import artifact, models, partitioning, serve, trainer
+from genrec import artifact, local_cluster, models, partitioning, serve, trainer
 from genrec.data import sequences
 from genrec.ids import RandomCodeIds, ResidualKMeansIds
 from genrec.ranking import export as ranking_export, ranker
@@ -59,9 +58,7 @@ def served(tmp_path):
   ranker_dir = ranking_export.export(str(tmp / 'ranker'), platforms=('cpu',), saved_model=False)
   app = serve.make_app(directory, max_batch=16, window_ms=20, max_queue=64,
                        max_body_bytes=4096, ranker=ranker_dir, max_candidates=32)
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+  port = local_cluster.free_port()
   server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='error'))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()

@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import aiohttp
 import httpx
 import numpy as np
 
-from genrec import seal, tables
+from genrec import local_cluster, seal, tables
 from genrec.artifact import Artifact
 
 flags.DEFINE_string('artifact', None, 'Serving directory (gin/runs/export.gin).', required=True)
@@ -205,9 +204,7 @@ def main(argv):
   print(json.dumps(base), flush=True)
   curve = work.batch_curve([int(b) for b in FLAGS.batch_curve], max(5, FLAGS.repeats // 4))
   print(f'in-process queries/s by batch size: {curve}', flush=True)
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+  port = local_cluster.free_port()
   t0 = time.time()
   server = subprocess.Popen([sys.executable, '-m', 'genrec.serve',
                              f'{work.flag}={FLAGS.artifact}', f'--port={port}',
