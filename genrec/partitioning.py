@@ -28,10 +28,45 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('heads', 'model'),
     ('vocab', 'model'),
     ('items', 'model'),
+    # A ranking model's hashed embedding table: rows split over every device
+    # that does not split the batch, so a 10M-row table is never replicated
+    # under FSDP or tensor parallelism (XLA gathers rows without all-gathering
+    # the table).
+    ('table_rows', ('fsdp', 'model')),
     ('kv', None),
     ('length', None),
     ('relpos_buckets', None),
 )
+
+
+# Named sharding strategies: (data, fsdp, model) mesh sizes, -1 takes the
+# devices left (`make_mesh(strategy=...)`, gin/sharding/<name>.gin).
+STRATEGIES = {
+    'data': (-1, 1, 1),  # replicate the parameters, split the batch
+    'fsdp': (1, -1, 1),  # split parameters + optimizer state on `embed`, and the batch
+    'tensor': (1, 1, -1),  # split heads / mlp / vocab / table rows; batch replicated
+    'fsdp_tensor': (1, -1, 2),  # tensor parallel over pairs, FSDP over the pairs
+}
+
+
+def mesh_sizes(data: int = -1, fsdp: int = 1, model: int = 1, num_devices: int = 1,
+               strategy: str | None = None) -> tuple[int, int, int]:
+  """The (data, fsdp, model) sizes for `num_devices` devices (see make_mesh)."""
+  if strategy is not None:
+    if strategy not in STRATEGIES:
+      raise ValueError(f'Unknown sharding strategy {strategy!r}; use one of '
+                       f'{sorted(STRATEGIES)} or set the data/fsdp/model sizes.')
+    data, fsdp, model = STRATEGIES[strategy]
+  sizes = [data, fsdp, model]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'At most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.')
+  known = math.prod(s for s in sizes if s != -1)
+  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+    raise ValueError(
+        f'Mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: '
+        'the product of the sizes must divide the device count (use -1 for one axis '
+        'to take the rest).')
+  return tuple(num_devices // known if s == -1 else s for s in sizes)
 
 
 def make_mesh(
@@ -39,6 +74,7 @@ def make_mesh(
     fsdp: int = 1,
     model: int = 1,
     devices: Sequence[jax.Device] | None = None,
+    strategy: str | None = None,
 ) -> Mesh:
   """Builds the (data, fsdp, model) mesh; one size may be -1 to take the rest.
 
@@ -47,26 +83,17 @@ def make_mesh(
     fsdp: fully-sharded data-parallel size (parameters sharded on `embed`).
     model: tensor-parallel size (heads, mlp and vocab sharded).
     devices: the devices to use; all of them by default.
+    strategy: a name of `STRATEGIES`; when given, its sizes replace
+      data/fsdp/model.
 
   Returns:
     A mesh with explicit axis types.
   """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = [data, fsdp, model]
-  if sizes.count(-1) > 1:
-    raise ValueError(f'At most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.')
-  known = math.prod(s for s in sizes if s != -1)
-  if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
-    raise ValueError(
-        f'Mesh {dict(zip(MESH_AXES, sizes))} does not fit {len(devices)} devices: '
-        'the product of the sizes must divide the device count (use -1 for one axis '
-        'to take the rest).')
-  sizes = [len(devices) // known if s == -1 else s for s in sizes]
-  if math.prod(sizes) != len(devices):
-    devices = devices[:math.prod(sizes)]
+  sizes = mesh_sizes(data, fsdp, model, len(devices), strategy)
   return jax.make_mesh(
-      tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-      devices=devices)
+      sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+      devices=devices[:math.prod(sizes)])
 
 
 def logical_to_mesh_spec(
@@ -110,6 +137,33 @@ def named_shardings(specs, mesh: Mesh):
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def check_divisible(abstract, shardings) -> None:
+  """Raises a clear error when a mesh does not divide an array it shards.
+
+  Args:
+    abstract: a pytree of arrays or ShapeDtypeStructs (e.g. the parameters).
+    shardings: the matching pytree of NamedShardings.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  for (path, a), s in zip(flat, jax.tree.leaves(shardings)):
+    for dim, (size, axes) in enumerate(zip(a.shape, tuple(s.spec) + (None,) * a.ndim)):
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      ways = math.prod(s.mesh.shape[x] for x in axes)
+      if size % ways:
+        name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+        raise ValueError(
+            f'{name} {list(a.shape)}: dimension {dim} ({size}) is split {ways} ways '
+            f'(mesh axes {"x".join(axes)} of {dict(s.mesh.shape)}) and {ways} does not '
+            f'divide {size}. Pick mesh sizes that divide it '
+            '(partitioning.make_mesh.data/fsdp/model) or a size that they divide.')
+
+
+def per_device_bytes(abstract, shardings) -> int:
+  """Bytes of `abstract` (arrays or ShapeDtypeStructs) held by one device."""
+  return sum(math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+             for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+
+
 def device_summary() -> str:
   """'<count> x <device kind>' of the devices a run uses, for results tables."""
   return f'{jax.device_count()} x {jax.devices()[0].device_kind}'
@@ -139,14 +193,28 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   }
 
 
-def host_slice(global_batch_size: int) -> slice:
-  """The rows of a global batch that this process feeds."""
-  n = jax.process_count()
-  if global_batch_size % n:
+def host_slice(global_batch_size: int, mesh: Mesh) -> slice:
+  """The rows of a global batch that this process feeds: those its devices
+  hold under `batch_sharding(mesh)`. Processes split the batch when they
+  hold different data-parallel shards; processes that differ only along the
+  `model` axis (tensor parallelism across hosts) feed the same rows.
+
+  Raises:
+    ValueError: when the batch does not divide over the data-parallel
+      devices, or this process's rows are not contiguous.
+  """
+  if global_batch_size % data_parallel_size(mesh):
     raise ValueError(f'Batch size {global_batch_size} is not divisible by the '
-                     f'{n} processes.')
-  per = global_batch_size // n
-  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+                     f'data-parallel size {data_parallel_size(mesh)} of mesh '
+                     f'{dict(mesh.shape)}.')
+  index = batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch_size,))
+  rows = sorted({s[0].indices(global_batch_size)[:2] for s in index.values()})
+  if any(stop != start for (_, stop), (start, _) in zip(rows, rows[1:])):
+    raise ValueError(f'Process {jax.process_index()} holds batch rows {rows} of mesh '
+                     f'{dict(mesh.shape)}, not one contiguous block: order the mesh\'s '
+                     'devices by process.')
+  start, stop = rows[0][0], rows[-1][1]
+  return slice(start, stop)
 
 
 def map_batches(arrays: dict[str, np.ndarray], batch_size: int, mesh: Mesh,
@@ -166,7 +234,8 @@ def map_batches(arrays: dict[str, np.ndarray], batch_size: int, mesh: Mesh,
     chunk = {k: np.pad(v[start:start + batch_size],
                        ((0, batch_size - rows),) + ((0, 0),) * (v.ndim - 1))
              for k, v in arrays.items()}
-    out.append(fn(shard_batch({k: v[host_slice(batch_size)] for k, v in chunk.items()}, mesh),
+    out.append(fn(shard_batch({k: v[host_slice(batch_size, mesh)] for k, v in chunk.items()},
+                              mesh),
                   rows))
   return out
 

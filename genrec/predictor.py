@@ -25,6 +25,7 @@ class Predictor:
     self.graphdef, abstract = nnx.split(models.abstract_model(config))
     self.param_specs = partitioning.param_partition_specs(abstract)
     self.param_shardings = partitioning.named_shardings(self.param_specs, mesh)
+    partitioning.check_divisible(nnx.to_pure_dict(abstract), self.param_shardings)
     self.abstract_params = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nnx.to_pure_dict(abstract), self.param_shardings)

@@ -18,9 +18,9 @@ def finished_runs(root: str) -> Iterator[tuple[str, dict]]:
 
 def markdown(rows: list[dict], cols: list[str] | None = None,
              cell: Callable[[str, object], str] = lambda col, value: str(value)) -> str:
-  """A markdown table of `rows` (columns: `cols`, default the first row's keys);
-  `cell(column, value)` formats each value."""
-  cols = list(rows[0]) if cols is None else cols
+  """A markdown table of `rows` (columns: `cols`, default every key of the rows
+  in order of appearance); `cell(column, value)` formats each value."""
+  cols = list(dict.fromkeys(k for r in rows for k in r)) if cols is None else cols
   lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   lines += ['| ' + ' | '.join(cell(c, r.get(c, '')) for c in cols) + ' |' for r in rows]
   return '\n'.join(lines)

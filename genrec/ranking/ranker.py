@@ -65,7 +65,7 @@ class Ranker(nnx.Module):
     if cfg.pooling not in ('sum', 'mean'):
       raise ValueError(f"RankerConfig.pooling must be 'sum' or 'mean', not {cfg.pooling!r}.")
     self.cfg = cfg
-    init = nnx.with_partitioning(nnx.initializers.normal(0.05), ('vocab', 'embed'))
+    init = nnx.with_partitioning(nnx.initializers.normal(0.05), ('table_rows', 'embed'))
     self.table = nnx.Param(init(rngs.params(), (table_rows, cfg.dim), jnp.float32))
     dims = (4 * cfg.dim,) + tuple(cfg.mlp_dims)
     self.mlp = nnx.List([_dense(a, b, ('embed', 'mlp') if i == 0 else (None, 'mlp'), rngs)
@@ -290,6 +290,7 @@ def train_and_evaluate(
   graphdef, abstract_params = nnx.split(abstract_ranker(config, table_rows))
   _, param_specs, _, opt_specs = trainer.param_and_opt_specs(abstract_params, tx)
   state_sh = partitioning.named_shardings({'params': param_specs, 'opt_state': opt_specs}, mesh)
+  partitioning.check_divisible(nnx.to_pure_dict(abstract_params), state_sh['params'])
   repl = partitioning.replicated(mesh)
   rows = jax.device_put(feats.rows, repl)
   mask = jax.device_put(feats.mask, repl)
@@ -328,7 +329,7 @@ def train_and_evaluate(
     labels[:, 0] = 1
     batch = {'history': rd.train_history[idx], 'candidates': cands, 'labels': labels}
     batch = partitioning.shard_batch(
-        {k: v[partitioning.host_slice(batch_size)] for k, v in batch.items()}, mesh)
+        {k: v[partitioning.host_slice(batch_size, mesh)] for k, v in batch.items()}, mesh)
     params, opt_state, loss = step_j(state['params'], state['opt_state'], batch, rows, mask)
     return {'params': params, 'opt_state': opt_state}, loss
 

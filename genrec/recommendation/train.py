@@ -381,7 +381,7 @@ def train(
   t_start, step = time.time(), start
   window, progress = loop.DispatchWindow(), loop.Progress(num_train_steps, start)
   while step < num_train_steps:
-    idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
+    idx = batcher.indices(step)[partitioning.host_slice(batch_size, mesh)]
     batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
     state, train_metrics = tr.train_step(state, batch, rng)
     window.push(train_metrics['loss'])

@@ -397,7 +397,7 @@ def train_and_evaluate(
   rng = jax.random.key(seed + 1)
 
   def step_fn(state, step):
-    idx = batcher.indices(step)[partitioning.host_slice(batch_size)]
+    idx = batcher.indices(step)[partitioning.host_slice(batch_size, mesh)]
     state, m = tr.train_step(
         state, partitioning.shard_batch({k: a[idx] for k, a in arrays.items()}, mesh), rng)
     return state, m['loss']
