@@ -7,8 +7,9 @@ right is one backward-search step:
   text = rev(doc_0) 0 rev(doc_1) 0 ... rev(doc_{D-1}) 0
 
 Built from well-kept libraries: the suffix array by `pydivsufsort`
-(libdivsufsort), rank / distinct-symbols-in-range by `wavelet-matrix`'s
-WaveletMatrix over the Burrows-Wheeler transform.
+(libdivsufsort), rank by `wavelet-matrix`'s WaveletMatrix over the
+Burrows-Wheeler transform (BWT); the tokens that follow an n-gram are counted
+from its BWT slice with numpy (`FMIndex.followers`).
 
 For an n-gram g (tokens >= 1), `range(g)` is the suffix-array interval of
 rev(g) in the text; its size is the number of occurrences of g in the
@@ -28,6 +29,23 @@ from wavelet_matrix import WaveletMatrix
 
 SEPARATOR = 0
 FORMAT_VERSION = 1
+# Suffix-array intervals larger than this have their followers counted when
+# the index is built or loaded (see FMIndex.followers).
+PRECOMPUTED_OVER = 1 << 17
+# Below this size an interval's BWT slice is sorted; above, counted.
+_SORT_UNDER = 2048
+
+
+def _count_symbols(symbols: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(distinct non-separator symbols ascending, their counts) of a BWT slice."""
+  if len(symbols) < _SORT_UNDER:
+    tokens, counts = np.unique(symbols, return_counts=True)
+  else:
+    all_counts = np.bincount(symbols, minlength=vocab_size)
+    tokens = np.flatnonzero(all_counts)
+    counts = all_counts[tokens]
+  keep = tokens != SEPARATOR
+  return tokens[keep].astype(np.int64), counts[keep].astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -44,6 +62,7 @@ class FMIndex:
     self.wavelet = WaveletMatrix(self.bwt)
     counts = np.bincount(self.text, minlength=self.vocab_size)
     self.c = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # symbols < c
+    self._precompute_frequent()
 
   # -- building -----------------------------------------------------------------
   @classmethod
@@ -108,15 +127,35 @@ class FMIndex:
 
   def followers(self, interval: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, counts) that extend the n-gram of a suffix-array interval, tokens
-    ascending (the distinct non-separator BWT symbols in the interval)."""
+    ascending (the distinct non-separator BWT symbols in the interval).
+
+    Cost is bounded by the interval's size, not by how many distinct tokens
+    it holds: a small interval sorts its BWT slice, a medium one counts it
+    (O(size + vocab) in numpy), and the few intervals over `PRECOMPUTED_OVER`
+    positions (the n-grams of the most frequent tokens, which thousands of
+    tokens follow) were counted once when the index was built or loaded.
+    """
     lo, hi = interval
-    if hi <= lo:
+    size = hi - lo
+    if size <= 0:
       return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    found = self.wavelet.range_list(start=lo, end=hi, lower=1, upper=self.vocab_size)
-    tokens = np.array([f['value'] for f in found], np.int64)
-    counts = np.array([f['count'] for f in found], np.int64)
-    order = np.argsort(tokens)
-    return tokens[order], counts[order]
+    if size > PRECOMPUTED_OVER:
+      found = self._frequent.get((lo, hi))
+      if found is not None:
+        return found
+    return _count_symbols(self.bwt[lo:hi], self.vocab_size)
+
+  def _precompute_frequent(self) -> None:
+    """Followers of every interval over PRECOMPUTED_OVER positions: from the
+    empty n-gram down, each such interval's frequent extensions."""
+    self._frequent = {}
+    todo = [self.full_range()]
+    while todo:
+      lo, hi = todo.pop()
+      tokens, counts = _count_symbols(self.bwt[lo:hi], self.vocab_size)
+      tokens.flags.writeable = counts.flags.writeable = False  # shared by every caller
+      self._frequent[lo, hi] = (tokens, counts)
+      todo += [self.extend((lo, hi), int(t)) for t in tokens[counts > PRECOMPUTED_OVER]]
 
   def locate(self, ngram, limit: int | None = None) -> np.ndarray:
     """Documents that contain the n-gram (int64, ascending, distinct).
@@ -142,10 +181,12 @@ class FMIndex:
     return len(self.text) - self.num_docs
 
   def memory_bytes(self) -> int:
-    """Arrays held in Python (text, suffix array, BWT, offsets; the wavelet
-    matrix's own bit vectors are not counted: the library does not report them)."""
-    return sum(a.nbytes for a in (self.text, self.suffix_array, self.bwt, self.doc_starts,
-                                  self.c))
+    """Arrays held in Python (text, suffix array, BWT, offsets, the frequent
+    intervals' followers; the wavelet matrix's own bit vectors are not
+    counted: the library does not report them)."""
+    frequent = sum(t.nbytes + c.nbytes for t, c in self._frequent.values())
+    return frequent + sum(a.nbytes for a in (self.text, self.suffix_array, self.bwt,
+                                             self.doc_starts, self.c))
 
   # -- persistence ----------------------------------------------------------------
   def save(self, directory: str) -> None:

@@ -4,6 +4,7 @@ the run modes and the benchmark scripts)."""
 import csv
 import json
 import os
+import platform
 from collections.abc import Callable, Iterator
 
 
@@ -14,6 +15,17 @@ def finished_runs(root: str) -> Iterator[tuple[str, dict]]:
     if os.path.exists(path):
       with open(path) as f:
         yield name, json.load(f)
+
+
+def host_summary() -> str:
+  """'<cores> cores, <CPU model>' of this host, for the results' machine column."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next(line.split(':', 1)[1].strip() for line in f
+                   if line.startswith('model name'))
+  except (OSError, StopIteration):
+    model = platform.machine()
+  return f'{os.cpu_count()} cores, {model}'
 
 
 def markdown(rows: list[dict], cols: list[str] | None = None,

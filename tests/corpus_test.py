@@ -21,7 +21,9 @@ def test_cranfield_loads_with_its_documented_statistics():
   c = corpus.load_beir('cranfield', data_dir)
   assert c.num_docs == 1400 and len(c.queries) == 225
   assert len(c.qrels['train']) == 113 and len(c.qrels['test']) == 112
-  assert sum(len(v) for s in c.qrels.values() for v in s.values()) == 1837
+  assert sum(len(v) for s in c.grades.values() for v in s.values()) == 1837  # judged
+  # 225 pairs (one per query) scored 0, "of no interest": not relevant.
+  assert sum(len(v) for s in c.qrels.values() for v in s.values()) == 1837 - 225
 
 
 def test_malformed_collections_get_clear_errors(tmp_path):
@@ -85,6 +87,47 @@ def test_metrics_match_ranx():
                                           'mrr@10'])
   for k, v in theirs.items():
     assert abs(ours[k] - v) < 1e-9, k
+
+
+def test_graded_scores_follow_beir_and_match_ranx(tmp_path):
+  """Score 0 is judged not relevant; graded nDCG uses the score as the gain."""
+  rng = np.random.default_rng(1)
+  docs = [f'd{i}' for i in range(30)]
+  grades = {}
+  for i in range(15):
+    judged = rng.choice(docs, rng.integers(2, 8), replace=False)
+    grades[f'q{i}'] = {d: int(g) for d, g in zip(judged, rng.integers(0, 5, len(judged)))}
+    grades[f'q{i}'][judged[0]] = 3  # at least one relevant
+  qrels = {q: {d for d, g in j.items() if g > 0} for q, j in grades.items()}
+  run = {q: list(rng.permutation(docs)[:20]) for q in qrels}
+  for q in list(qrels)[:6]:  # some rank a judged non-relevant (score 0) document first
+    zero = [d for d, g in grades[q].items() if g == 0]
+    run[q].insert(0, zero[0] if zero else sorted(qrels[q])[0])
+  ours = corpus.retrieval_metrics(run, qrels, grades=grades)
+  r_run = ranx.Run({q: {d: 1000.0 - i for i, d in enumerate(dict.fromkeys(v))}
+                    for q, v in run.items()})
+  graded = ranx.evaluate(ranx.Qrels(grades), r_run, ['ndcg@10', 'recall@10', 'mrr@10'])
+  assert abs(ours['ndcg@10_graded'] - graded['ndcg@10']) < 1e-9
+  assert abs(ours['recall@10'] - graded['recall@10']) < 1e-9  # score 0 is not relevant
+  assert abs(ours['mrr@10'] - graded['mrr@10']) < 1e-9
+  binary = ranx.evaluate(ranx.Qrels({q: {d: 1 for d in v} for q, v in qrels.items()}), r_run,
+                         'ndcg@10')
+  assert abs(ours['ndcg@10'] - binary) < 1e-9
+  # The reader keeps the scores and leaves the 0-scored pairs out of the
+  # relevant sets; a score that is not an integer is named.
+  root = tmp_path / 'toy'
+  (root / 'qrels').mkdir(parents=True)
+  (root / 'corpus.jsonl').write_text(
+      ''.join(f'{{"_id": "{d}", "title": "", "text": "word {d}"}}\n' for d in ('a', 'b', 'c')))
+  (root / 'queries.jsonl').write_text('{"_id": "1", "text": "w"}\n{"_id": "2", "text": "x"}\n')
+  (root / 'qrels' / 'test.tsv').write_text(
+      'query-id\tcorpus-id\tscore\n1\ta\t2\n1\tb\t0\n2\tc\t0\n')
+  c = corpus.load_beir('toy', str(tmp_path))
+  assert c.qrels['test'] == {'1': {'a'}}  # query 2 has no relevant document
+  assert c.grades['test'] == {'1': {'a': 2, 'b': 0}, '2': {'c': 0}}
+  (root / 'qrels' / 'test.tsv').write_text('query-id\tcorpus-id\tscore\n1\ta\thigh\n')
+  with pytest.raises(corpus.CollectionError, match=r'test.tsv:2: score .high. is not an integer'):
+    corpus.load_beir('toy', str(tmp_path))
 
 
 def test_bm25_row_on_cranfield(tmp_path):

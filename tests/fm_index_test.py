@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from genrec import fm_index
 from genrec.fm_index import FMIndex
 
 
@@ -27,11 +28,18 @@ def _grams(docs, rng, n=60):
   return out
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_count_next_tokens_and_locate_match_brute_force(seed):
+# (PRECOMPUTED_OVER, _SORT_UNDER): the defaults (every interval of these
+# corpora is sorted), counted and precomputed intervals, every interval
+# precomputed.
+@pytest.mark.parametrize('seed,thresholds', [(0, None), (1, None), (2, (8, 4)), (3, (0, 0))])
+def test_count_next_tokens_and_locate_match_brute_force(seed, thresholds, monkeypatch):
+  if thresholds:
+    monkeypatch.setattr(fm_index, 'PRECOMPUTED_OVER', thresholds[0])
+    monkeypatch.setattr(fm_index, '_SORT_UNDER', thresholds[1])
   docs, vocab = _corpus(seed)
   index = FMIndex.build(docs, vocab)
   assert index.num_docs == len(docs) and index.num_tokens == sum(map(len, docs))
+  assert (len(index._frequent) > 5) == bool(thresholds)  # pylint: disable=protected-access
   rng = np.random.default_rng(seed + 10)
   for gram in _grams(docs, rng):
     occ = _occurrences(docs, gram)

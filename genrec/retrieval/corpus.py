@@ -1,14 +1,15 @@
 """Document retrieval data and baselines: BEIR-style collections, a SentencePiece
 text vocabulary trained on the corpus, BM25 over that tokenization, and the
-retrieval metrics (Recall@1/10/100, nDCG@10, MRR@10).
+retrieval metrics (Recall@1/10/100, nDCG@10 binary and graded, MRR@10).
 
 Files (under <data dir>/<name>/, e.g. cranfield/):
   corpus.jsonl      {"_id", "title", "text", ...} per line
   queries.jsonl     {"_id", "text", ...} per line
   qrels/<split>.tsv query-id <tab> corpus-id <tab> score, with a header line
 
-Every listed (query, document) pair counts as relevant (binary relevance),
-whatever its grade.
+Scores follow BEIR (and trec_eval, pytrec_eval, ranx): a pair with score > 0
+is relevant, 0 (or less) is judged not relevant; binary metrics count the
+relevant pairs, graded nDCG uses the score as the gain.
 """
 
 import collections
@@ -37,7 +38,12 @@ class Collection:
   titles: list[str]
   texts: list[str]
   queries: dict[str, str]
-  qrels: dict[str, dict[str, set[str]]]  # split -> query id -> relevant doc ids
+  # split -> query id -> relevant doc ids (score > 0, as BEIR / trec_eval);
+  # queries with no relevant document are left out.
+  qrels: dict[str, dict[str, set[str]]]
+  # split -> query id -> doc id -> score, every judged pair (0 = not relevant):
+  # the gains of graded nDCG.
+  grades: dict[str, dict[str, dict[str, int]]] = dataclasses.field(default_factory=dict)
 
   @property
   def num_docs(self) -> int:
@@ -99,13 +105,13 @@ def load_beir(name: str, data_dir: str | None = None) -> Collection:
   queries = {str(r['_id']): r['text']
              for r in _read_jsonl(os.path.join(root, 'queries.jsonl'), ('_id', 'text'))}
   known = set(doc_ids)
-  qrels = {}
+  qrels, grades = {}, {}
   qrels_dir = os.path.join(root, 'qrels')
   for fname in sorted(os.listdir(qrels_dir)) if os.path.isdir(qrels_dir) else []:
     if not fname.endswith('.tsv'):
       continue
     path = os.path.join(qrels_dir, fname)
-    split = collections.defaultdict(set)
+    split = collections.defaultdict(dict)
     for n, line in enumerate(_lines(path), 1):
       parts = line.split('\t')
       if n == 1 and parts[0] == 'query-id':
@@ -118,12 +124,19 @@ def load_beir(name: str, data_dir: str | None = None) -> Collection:
         raise CollectionError(f'{path}:{n}: unknown {"query" if qid not in queries else "doc"}'
                               f' id {qid if qid not in queries else did!r}; qrels may only '
                               'name ids of queries.jsonl and corpus.jsonl.')
-      split[qid].add(did)
-    qrels[fname[:-4]] = dict(split)
+      try:
+        split[qid][did] = int(parts[2])
+      except ValueError:
+        raise CollectionError(f'{path}:{n}: score {parts[2].strip()!r} is not an integer '
+                              '(BEIR: higher = more relevant, 0 = judged not relevant).'
+                              ) from None
+    grades[fname[:-4]] = dict(split)
+    qrels[fname[:-4]] = {q: {d for d, g in judged.items() if g > 0}
+                         for q, judged in split.items() if max(judged.values()) > 0}
   if not qrels:
     raise CollectionError(f'{qrels_dir} holds no <split>.tsv files.')
   return Collection(name, doc_ids, [str(r.get('title', '')) for r in corpus],
-                    [r['text'] for r in corpus], queries, qrels)
+                    [r['text'] for r in corpus], queries, qrels, grades)
 
 
 def document_text(title: str, text: str) -> str:
@@ -211,7 +224,7 @@ def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str) -> dict:
   ranked = {q: [c.doc_ids[i] for i in index.search(sp.encode(c.queries[q]), 100)]
             for q in qrels}
   query_ms = (time.perf_counter() - t0) / len(qrels) * 1e3
-  m = retrieval_metrics(ranked, qrels)
+  m = retrieval_metrics(ranked, qrels, grades=c.grades.get(split))
   return {'method': 'BM25 (k1 0.9, b 0.4)', 'tokens': f'SentencePiece {sp.get_piece_size()}',
           **{k: round(v, 4) for k, v in m.items()}, 'queries': len(qrels),
           'training': 'none', 'index_s': round(build_s, 2), 'ms_per_query': round(query_ms, 2)}
@@ -238,19 +251,32 @@ def write_trec_run(path: str, ranked: dict[str, list[str]], scores: dict[str, li
 # Metrics
 # ---------------------------------------------------------------------------
 def retrieval_metrics(ranked: dict[str, list[str]], qrels: dict[str, set[str]],
-                      ks=RETRIEVAL_KS) -> dict[str, float]:
+                      ks=RETRIEVAL_KS, grades: dict[str, dict[str, int]] | None = None
+                      ) -> dict[str, float]:
   """Recall@k, nDCG@10 and MRR@10 (binary relevance) averaged over the qrels'
-  queries; a query missing from `ranked` scores 0."""
+  queries, and with `grades` (query -> doc -> score) graded nDCG@10 (the
+  score as the gain, linear, as trec_eval, pytrec_eval and ranx); a query
+  missing from `ranked` scores 0."""
   out = collections.defaultdict(float)
   for qid, relevant in qrels.items():
     run = list(dict.fromkeys(ranked.get(qid, [])))  # a document counts once
     hits = [d in relevant for d in run]
     for k in ks:
       out[f'recall@{k}'] += sum(hits[:k]) / len(relevant)
-    dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits[:10]))
-    idcg = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
-    out['ndcg@10'] += dcg / idcg
+    out['ndcg@10'] += _ndcg([float(h) for h in hits[:10]], [1.0] * len(relevant))
     first = next((i for i, h in enumerate(hits[:10]) if h), None)
     out['mrr@10'] += 0.0 if first is None else 1 / (first + 1)
+    if grades is not None:
+      gain = {d: g for d, g in grades.get(qid, {}).items() if g > 0}
+      out['ndcg@10_graded'] += _ndcg([float(gain.get(d, 0)) for d in run[:10]],
+                                     list(gain.values()))
   n = max(len(qrels), 1)
   return {k: v / n for k, v in out.items()}
+
+
+def _ndcg(gains: list[float], ideal: list[float], k: int = 10) -> float:
+  """nDCG@k of ranked gains against the judged gains (linear gain, log2 discount)."""
+  dcg = sum(g / math.log2(i + 2) for i, g in enumerate(gains[:k]))
+  best = sorted(ideal, reverse=True)[:k]
+  idcg = sum(g / math.log2(i + 2) for i, g in enumerate(best))
+  return dcg / idcg if idcg > 0 else 0.0

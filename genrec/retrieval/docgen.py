@@ -454,7 +454,7 @@ def train_and_evaluate(
   t0 = time.time()
   ranked, scores, extra = retrieve(qids, tc.query_tokens, eval_split)
   eval_s = time.time() - t0
-  m = corpus.retrieval_metrics(ranked, qrels)
+  m = corpus.retrieval_metrics(ranked, qrels, grades=c.grades.get(eval_split))
   device = partitioning.device_summary()
   row = {'method': method, 'tokens': f'SentencePiece {v}',
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),

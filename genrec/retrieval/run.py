@@ -24,8 +24,8 @@ from genrec import fm_index, loop, tables
 from genrec.retrieval import corpus, docgen
 
 METHODS = ('bm25', *docgen.METHODS)
-COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'mrr@10', 'queries',
-           'training', 'train_s', 'ms_per_query', 'params_m', 'tokens')
+COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
+           'queries', 'training', 'train_s', 'ms_per_query', 'params_m', 'tokens')
 
 
 def row_path(workdir: str, method: str) -> str:
