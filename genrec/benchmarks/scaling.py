@@ -31,7 +31,6 @@ The tables, each printed as markdown and written to
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -331,17 +330,6 @@ def fit_rows() -> list[dict]:
            'seconds_per_million_items': round(seconds / n * 1e6, 1)}]
 
 
-def host_summary() -> str:
-  """'<cores> cores, <CPU model>' of this host, for the results' machine column."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f
-                   if line.startswith('model name'))
-  except (OSError, StopIteration):
-    model = platform.machine()
-  return f'{os.cpu_count()} cores, {model}'
-
-
 def main(argv):
   del argv
   if FLAGS.worker_output:
@@ -354,7 +342,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from genrec import partitioning, tables  # pylint: disable=g-import-not-at-top
   date = time.strftime('%Y-%m-%d')
-  machine = f'{partitioning.device_summary()} (host: {host_summary()})'
+  machine = f'{partitioning.device_summary()} (host: {tables.host_summary()})'
   command = 'python -m genrec.benchmarks.scaling ' + ' '.join(sys.argv[1:])
   unknown = set(FLAGS.tables) - {'memory', 'steps', 'mfu', 'id_fit'}
   if unknown:
