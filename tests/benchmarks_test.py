@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from genrec import ids
 from genrec.data import sequences
-from genrec.benchmarks import ablation, id_quality, tiger_table
+from genrec.benchmarks import ablation, id_quality, scaling, tiger_table
 
 
 def test_code_usage_counts_and_perplexity():
@@ -69,12 +70,12 @@ TINY = dict(vocab_size=256, d_model=32, num_heads=2, head_dim=16, d_ff=64, num_e
             num_decoder_layers=1)
 
 
-def test_scaling_benchmark_two_processes_equal_one_and_the_memory_table(tmp_path):
+def test_scaling_benchmark_two_processes_equal_one(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
-      [sys.executable, '-m', 'genrec.benchmarks.scaling', '--devices=2', '--strategies=tensor',
-       '--steps=1', '--warmup=1', '--processes=2', '--memory_devices=1,8',
-       '--table_rows=1000000', f'--output_dir={tmp_path}',
+      [sys.executable, '-m', 'genrec.benchmarks.scaling', '--tables=steps', '--devices=2',
+       '--strategies=tensor', '--steps=1', '--warmup=1', '--processes=2',
+       f'--output_dir={tmp_path}',
        *[f'--gin_bindings=models.TransformerConfig.{k} = {v}' for k, v in TINY.items()]],
       capture_output=True, text=True, timeout=600, cwd=repo)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,11 +86,16 @@ def test_scaling_benchmark_two_processes_equal_one_and_the_memory_table(tmp_path
   assert set(steps) == {('tensor', '1'), ('tensor', '2')}
   assert abs(float(steps['tensor', '1']['loss']) - float(steps['tensor', '2']['loss'])) < 1e-5
   assert float(steps['tensor', '2']['examples_per_s']) > 0
-  with open(tmp_path / 'scaling_memory.csv') as f:
-    memory = {(r['model'].split()[0].strip(','), r['strategy'], r['devices']): r
-              for r in csv.DictReader(f)}
-  assert float(memory['ranker', 'data', '8']['of_total']) == 1.0  # replicated
-  assert float(memory['ranker', 'tensor', '8']['of_total']) == 0.125  # rows split 8 ways
-  assert float(memory['ranker', 'tensor', '1']['of_total']) == 1.0
-  assert 'split 8 ways' in memory['base', 'tensor', '8']['note']  # 12 heads
   assert (tmp_path / 'scaling_steps.md').exists()
+
+
+def test_scaling_memory_table():
+  memory = {(r['model'].split()[0].strip(','), r['strategy'], r['devices']): r
+            for r in scaling.memory_rows((1, 8), table_rows=1_000_000)}
+  assert memory['ranker', 'data', 8]['of_total'] == 1.0  # replicated
+  assert memory['ranker', 'tensor', 8]['of_total'] == 0.125  # rows split 8 ways
+  assert memory['ranker', 'tensor', 1]['of_total'] == 1.0
+  assert memory['base', 'fsdp', 8]['of_total'] == 0.125
+  assert memory['base', 'data', 1]['per_device_GiB'] == pytest.approx(
+      memory['base', 'data', 1]['params_M'] * 1e6 * 12 / 2**30, rel=1e-3)  # fp32 + 2 moments
+  assert 'split 8 ways' in memory['base', 'tensor', 8]['note']  # 12 heads

@@ -169,6 +169,8 @@ def test_gin_files_parse(path):
       assert gin.query_parameter('docgen.train_and_evaluate.num_train_steps') > 0
     elif '/ranking/' in path:
       assert gin.query_parameter('ranker.train_and_evaluate.num_train_steps') > 0
+    elif '/sharding/' in path:
+      assert gin.query_parameter('partitioning.make_mesh.strategy') in partitioning.STRATEGIES
     elif '/models/' not in path and '/budgets/' not in path:  # those are fragments
       assert gin.query_parameter('train.train.dataset') is not None
   finally:

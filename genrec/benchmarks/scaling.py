@@ -38,39 +38,45 @@ import time
 from absl import app, flags
 import numpy as np
 
-flags.DEFINE_multi_string('gin_file', [], 'Model gin files for the step table (default: '
-                          'the small model of SMALL).')
-flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
-flags.DEFINE_list('strategies', ['data', 'fsdp', 'tensor', 'fsdp_tensor'],
-                  'partitioning.STRATEGIES of the step table (the memory table has all).')
-flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts of the step table.')
-flags.DEFINE_integer('batch_size', 64, 'Global batch size of the step table.')
-flags.DEFINE_integer('input_len', 20, 'Encoder tokens per example.')
-flags.DEFINE_integer('target_len', 4, 'Decoder tokens per example.')
-flags.DEFINE_integer('steps', 5, 'Timed steps (the median is reported).')
-flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation included).')
-flags.DEFINE_integer('processes', 2, 'Also time the largest device count as this many '
-                     'processes (0: skip).')
-flags.DEFINE_list('memory_devices', ['1', '8', '64', '256'], 'Device counts of the '
-                  'memory table.')
-flags.DEFINE_integer('base_vocab_size', 1152, 'Vocabulary of the base model (1152: 4 levels '
-                     'of 256 Semantic-ID codes + reserved tokens, rounded to 128).')
-flags.DEFINE_integer('table_rows', 10_240_000, 'Rows of the ranker table in the memory table '
-                     '(10.24M: divisible by 256 devices).')
-flags.DEFINE_integer('table_dim', 32, 'Width of the ranker table in the memory table.')
-flags.DEFINE_list('tables', ['memory', 'steps'], 'Which tables: memory, steps, mfu (meant '
-                  'for an accelerator), id_fit.')
-flags.DEFINE_list('mfu_batch_sizes', ['256', '1024', '4096'], 'Batch sizes of the MFU table.')
-flags.DEFINE_float('peak_tflops', None, 'The device\'s peak bf16 TFLOP/s (default: '
-                   'PEAK_TFLOPS by device kind).')
-flags.DEFINE_integer('fit_items', 50_000, 'Items of the id_fit table.')
-flags.DEFINE_string('output_dir', None, 'Where the tables go (markdown + CSV).')
-# Internal: one process of the multi-process step measurement.
-flags.DEFINE_string('worker_output', None, 'Internal: write this process\'s rows here.')
-flags.DEFINE_string('coordinator_address', None, 'Internal (worker).')
-flags.DEFINE_integer('num_processes', None, 'Internal (worker).')
-flags.DEFINE_integer('process_id', None, 'Internal (worker).')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The benchmark's flags, defined when it runs (not on import: other benchmark
+  modules define flags of the same names)."""
+  flags.DEFINE_multi_string('gin_file', [], 'Model gin files for the step table (default: '
+                            'the small model of SMALL).')
+  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
+  flags.DEFINE_list('strategies', ['data', 'fsdp', 'tensor', 'fsdp_tensor'],
+                    'partitioning.STRATEGIES of the step table (the memory table has all).')
+  flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts of the step table.')
+  flags.DEFINE_integer('batch_size', 64, 'Global batch size of the step table.')
+  flags.DEFINE_integer('input_len', 20, 'Encoder tokens per example.')
+  flags.DEFINE_integer('target_len', 4, 'Decoder tokens per example.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps (the median is reported).')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation included).')
+  flags.DEFINE_integer('processes', 2, 'Also time the largest device count as this many '
+                       'processes (0: skip).')
+  flags.DEFINE_list('memory_devices', ['1', '8', '64', '256'], 'Device counts of the '
+                    'memory table.')
+  flags.DEFINE_integer('base_vocab_size', 1152, 'Vocabulary of the base model (1152: 4 levels '
+                       'of 256 Semantic-ID codes + reserved tokens, rounded to 128).')
+  flags.DEFINE_integer('table_rows', 10_240_000, 'Rows of the ranker table in the memory table '
+                       '(10.24M: divisible by 256 devices).')
+  flags.DEFINE_integer('table_dim', 32, 'Width of the ranker table in the memory table.')
+  flags.DEFINE_list('tables', ['memory', 'steps'], 'Which tables: memory, steps, mfu (meant '
+                    'for an accelerator), id_fit.')
+  flags.DEFINE_list('mfu_batch_sizes', ['256', '1024', '4096'], 'Batch sizes of the MFU table.')
+  flags.DEFINE_float('peak_tflops', None, 'The device\'s peak bf16 TFLOP/s (default: '
+                     'PEAK_TFLOPS by device kind).')
+  flags.DEFINE_integer('fit_items', 50_000, 'Items of the id_fit table.')
+  flags.DEFINE_string('output_dir', None, 'Where the tables go (markdown + CSV).')
+  # Internal: one process of the multi-process step measurement.
+  flags.DEFINE_string('worker_output', None, 'Internal: write this process\'s rows here.')
+  flags.DEFINE_string('coordinator_address', None, 'Internal (worker).')
+  flags.DEFINE_integer('num_processes', None, 'Internal (worker).')
+  flags.DEFINE_integer('process_id', None, 'Internal (worker).')
+
 
 # The step table's default model: small enough for fake CPU devices, 8 heads
 # so every strategy divides it on 8 devices.
@@ -206,30 +212,32 @@ def worker() -> None:
       f.writelines(json.dumps(r) + '\n' for r in rows)
 
 
-def base_config():
+def base_config(vocab_size: int):
   import gin  # pylint: disable=g-import-not-at-top
   from genrec import models  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   gin.parse_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), 'gin', 'models', 'base.gin'))
-  config = gin.get_configurable(models.TransformerConfig)(vocab_size=FLAGS.base_vocab_size)
+  config = gin.get_configurable(models.TransformerConfig)(vocab_size=vocab_size)
   gin.clear_config()
   return config
 
 
-def memory_rows() -> list[dict]:
-  """Per-device parameter + AdamW bytes by strategy and device count."""
+def memory_rows(device_counts=(1, 8, 64, 256), table_rows: int = 10_240_000,
+                table_dim: int = 32, base_vocab_size: int = 1152) -> list[dict]:
+  """Per-device parameter + AdamW bytes by strategy and device count, for the
+  `base` model and the ranker with a `table_rows` x `table_dim` table."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import AbstractMesh  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from genrec import models, partitioning, trainer  # pylint: disable=g-import-not-at-top
   from genrec.ranking import ranker  # pylint: disable=g-import-not-at-top
-  base = base_config()
+  base = base_config(base_vocab_size)
   subjects = {
       'base encoder-decoder': models.abstract_model(base),
-      f'ranker, {FLAGS.table_rows:,}-row table': ranker.abstract_ranker(
-          ranker.RankerConfig(dim=FLAGS.table_dim), FLAGS.table_rows),
+      f'ranker, {table_rows:,}-row table': ranker.abstract_ranker(
+          ranker.RankerConfig(dim=table_dim), table_rows),
   }
   tx = optax.adamw(1e-3)
   rows = []
@@ -238,7 +246,7 @@ def memory_rows() -> list[dict]:
         nnx.state(model, nnx.Param), tx)
     total = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((abstract, abstract_opt)))
     for strategy in partitioning.STRATEGIES:  # abstract: every strategy costs nothing
-      for n in (int(d) for d in FLAGS.memory_devices):
+      for n in device_counts:
         try:
           sizes = partitioning.mesh_sizes(num_devices=n, strategy=strategy)
         except ValueError:
@@ -267,7 +275,7 @@ def mfu_rows() -> list[dict]:
   kind = jax.devices()[0].device_kind
   peak = FLAGS.peak_tflops or next(
       (v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
-  config = base_config()
+  config = base_config(FLAGS.base_vocab_size)
   mesh = partitioning.make_mesh()
   rows = []
   for batch_size in (int(b) for b in FLAGS.mfu_batch_sizes):
@@ -349,7 +357,8 @@ def main(argv):
     raise app.UsageError(f'Unknown --tables {sorted(unknown)}; use memory, steps, mfu, id_fit.')
   results = {}
   if 'memory' in FLAGS.tables:
-    results['memory'] = memory_rows()
+    results['memory'] = memory_rows([int(d) for d in FLAGS.memory_devices], FLAGS.table_rows,
+                                    FLAGS.table_dim, FLAGS.base_vocab_size)
   if 'steps' in FLAGS.tables:
     steps = step_rows(step_config())
     largest = max((r['devices'] for r in steps), default=0)
@@ -371,4 +380,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
