@@ -25,20 +25,6 @@ tf.config.set_visible_devices([], 'GPU')
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The modules with the longest tests (multi-process jobs, main.py runs, export)
-# run first, so that with `-n 2` the two workers end on short tests together
-# instead of one waiting for a 100-second test that started last.
-SLOW_FIRST = ('multiprocess_test', 'docgen_test', 'launch_test', 'export_test',
-              'benchmarks_test', 'train_test', 'trainer_test', 'partitioning_test',
-              'serve_test')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-  items.sort(key=lambda item: rank.get(item.module.__name__.rsplit('.', 1)[-1],
-                                       len(SLOW_FIRST)))
-
-
 def data_dir_or_skip(*parts: str) -> str:
   """The shared data dir (GENREC_DATA_DIR or ../shared/data), else skip."""
   base = os.environ.get('GENREC_DATA_DIR') or os.path.join(REPO_ROOT, '..', 'shared', 'data')

@@ -146,15 +146,31 @@ def test_retrieval_and_ranking_modes_run_with_two_processes(tmp_path):
   assert job.ok, _log(retrieval, 1)[-3000:]
   row = json.loads((retrieval / 'seal' / 'row.json').read_text())
   assert row['queries'] == 6 and '2 x cpu' in row['training'], row
+  # The ranker tensor-parallel over the two processes: its table's rows split
+  # across them, each feeding the whole (replicated) batch; it scores like one
+  # process with two devices.
   ranking = tmp_path / 'ranking'
-  job = _job(ranking, 2, 1, [
-      '--gin_file=gin/runs/ranking.gin', "--gin_bindings=DATASETS=('synthetic',)",
-      "--gin_bindings=VARIANTS=('sid_unigram',)", '--gin_bindings=TABLE_ROWS=(64,)',
-      '--gin_bindings=ids.ResidualKMeansIds.codebook_size=8',
-      '--gin_bindings=ranker.RankerConfig.dim=8', '--gin_bindings=ranker.RankerConfig.mlp_dims=(16,)',
-      '--gin_bindings=ranker.train_and_evaluate.num_train_steps=5',
-      '--gin_bindings=ranker.train_and_evaluate.batch_size=64',
-      '--gin_bindings=ranker.train_and_evaluate.eval_negatives=19'], run=False)
+  bindings = ["DATASETS=('synthetic',)", "VARIANTS=('sid_unigram',)", 'TABLE_ROWS=(64,)',
+              'ids.ResidualKMeansIds.codebook_size=8', 'ranker.RankerConfig.dim=8',
+              'ranker.RankerConfig.mlp_dims=(16,)', 'ranker.train_and_evaluate.num_train_steps=5',
+              'ranker.train_and_evaluate.batch_size=64',
+              'ranker.train_and_evaluate.eval_negatives=19']
+  job = _job(ranking, 2, 1, ['--gin_file=gin/runs/ranking.gin',
+                             '--gin_file=gin/sharding/tensor.gin',
+                             *[f'--gin_bindings={b}' for b in bindings]], run=False)
   assert job.ok, _log(ranking, 1)[-3000:]
   row = json.loads((ranking / 'synthetic' / 'sid_unigram_64' / 'row.json').read_text())
   assert 0 <= row['all/auc'] <= 1 and (ranking / 'sid_ranking.md').exists()
+  import gin  # pylint: disable=g-import-not-at-top
+  from genrec.ranking import ranker  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  gin.add_config_file_search_path(REPO_ROOT)
+  try:
+    gin.parse_config_files_and_bindings(
+        [os.path.join(REPO_ROOT, 'gin/ranking/sid_ranking.gin')],
+        bindings[3:] + ['partitioning.make_mesh.data=1', 'partitioning.make_mesh.model=2'])
+    one = ranker.train_and_evaluate('sid_unigram', 64, str(tmp_path / 'one'), dataset='synthetic')
+  finally:
+    gin.clear_config()
+  for key in ('final_loss', 'all/auc', 'all/logloss', 'all/recall@10'):
+    assert row[key] == pytest.approx(one[key], abs=2e-4), key

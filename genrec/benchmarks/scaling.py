@@ -102,6 +102,16 @@ def step_config():
   return gin.get_configurable(models.TransformerConfig)()
 
 
+def random_batch(vocab_size: int, batch_size: int) -> dict[str, np.ndarray]:
+  """A training batch of random tokens, --input_len x --target_len."""
+  rng = np.random.default_rng(0)
+  tgt = rng.integers(2, vocab_size, (batch_size, FLAGS.target_len)).astype(np.int32)
+  return {'encoder_input_tokens': rng.integers(2, vocab_size, (batch_size, FLAGS.input_len)
+                                               ).astype(np.int32),
+          'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+          'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}
+
+
 def time_steps(config, mesh, batch_size: int, steps: int, warmup: int) -> dict:
   """Median train-step time on `mesh` (every process calls it; random batch)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -109,13 +119,7 @@ def time_steps(config, mesh, batch_size: int, steps: int, warmup: int) -> dict:
   tx, lr = trainer.make_optimizer(steps + warmup, warmup_steps=1)
   tr = trainer.Trainer(config, tx, mesh, lr)
   state = tr.init_state(0)
-  rng = np.random.default_rng(0)
-  hi = config.vocab_size
-  tgt = rng.integers(2, hi, (batch_size, FLAGS.target_len)).astype(np.int32)
-  batch = {'encoder_input_tokens': rng.integers(2, hi, (batch_size, FLAGS.input_len)
-                                                ).astype(np.int32),
-           'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
-           'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}
+  batch = random_batch(config.vocab_size, batch_size)
   batch = partitioning.shard_batch(
       {k: v[partitioning.host_slice(batch_size, mesh)] for k, v in batch.items()}, mesh)
   key = jax.random.key(0)
@@ -282,13 +286,7 @@ def mfu_rows() -> list[dict]:
     tx, lr = trainer.make_optimizer(100, warmup_steps=1)
     tr = trainer.Trainer(config, tx, mesh, lr)
     state = tr.init_state(0)
-    rng = np.random.default_rng(0)
-    tgt = rng.integers(2, config.vocab_size, (batch_size, FLAGS.target_len)).astype(np.int32)
-    batch = partitioning.shard_batch({
-        'encoder_input_tokens': rng.integers(2, config.vocab_size, (
-            batch_size, FLAGS.input_len)).astype(np.int32),
-        'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
-        'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}, mesh)
+    batch = partitioning.shard_batch(random_batch(config.vocab_size, batch_size), mesh)
     key = jax.random.key(0)
     cost = tr.train_step.lower(state, batch, key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
