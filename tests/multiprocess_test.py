@@ -101,10 +101,10 @@ def test_a_killed_process_stops_the_others_within_the_heartbeat_timeout(tmp_path
   killed = {}
 
   def kill_process_1(procs):
-    def watch():
-      ckpt = tmp_path / 'checkpoints'
+    def watch():  # once process 1 has built its model and is about to train
+      log = tmp_path / 'local_cluster' / 'process_1.log'
       while procs[1].poll() is None:
-        if ckpt.exists() and any(d.isdigit() for d in os.listdir(ckpt)):
+        if log.exists() and 'Model: ' in log.read_text():
           killed['at'] = time.time()
           procs[1].send_signal(signal.SIGKILL)
           return
