@@ -112,9 +112,23 @@ def random_batch(vocab_size: int, batch_size: int) -> dict[str, np.ndarray]:
           'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}
 
 
+def timed_steps(tr, state, batch, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+  """(seconds of each of `steps` train steps after `warmup` untimed ones, every
+  step's loss); reading the loss is the host sync that ends a step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(0)
+  times, losses = [], []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    state, m = tr.train_step(state, batch, key)
+    losses.append(float(m['loss']))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  return times, losses
+
+
 def time_steps(config, mesh, batch_size: int, steps: int, warmup: int) -> dict:
   """Median train-step time on `mesh` (every process calls it; random batch)."""
-  import jax  # pylint: disable=g-import-not-at-top
   from genrec import partitioning, trainer  # pylint: disable=g-import-not-at-top
   tx, lr = trainer.make_optimizer(steps + warmup, warmup_steps=1)
   tr = trainer.Trainer(config, tx, mesh, lr)
@@ -122,14 +136,7 @@ def time_steps(config, mesh, batch_size: int, steps: int, warmup: int) -> dict:
   batch = random_batch(config.vocab_size, batch_size)
   batch = partitioning.shard_batch(
       {k: v[partitioning.host_slice(batch_size, mesh)] for k, v in batch.items()}, mesh)
-  key = jax.random.key(0)
-  times, losses = [], []
-  for i in range(warmup + steps):
-    t0 = time.perf_counter()
-    state, m = tr.train_step(state, batch, key)
-    losses.append(float(m['loss']))  # a host sync: the step is done
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
+  times, losses = timed_steps(tr, state, batch, steps, warmup)
   step_s = float(np.median(times))
   return {'median_step_ms': round(step_s * 1e3, 1),
           'examples_per_s': round(batch_size / step_s, 1),
@@ -155,6 +162,17 @@ def _mesh_or_reason(strategy: str, devices, config):
   return mesh, None
 
 
+def step_row(strategy: str, devices, config) -> dict:
+  """One row of the step table: `strategy` on `devices` (of every process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  mesh, why = _mesh_or_reason(strategy, devices, config)
+  row = {'strategy': strategy, 'processes': jax.process_count(), 'devices': len(devices),
+         'mesh': '' if mesh is None else 'x'.join(map(str, mesh.devices.shape))}
+  row.update(time_steps(config, mesh, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup)
+             if mesh is not None else {'note': why})
+  return row
+
+
 def step_rows(config) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   from genrec import partitioning  # pylint: disable=g-import-not-at-top
@@ -164,11 +182,7 @@ def step_rows(config) -> list[dict]:
       if n > jax.device_count() or n % math.prod(
           s for s in partitioning.STRATEGIES[strategy] if s != -1):
         continue  # not this many devices, or the strategy's fixed sizes do not fit
-      mesh, why = _mesh_or_reason(strategy, jax.devices()[:n], config)
-      row = {'strategy': strategy, 'processes': 1, 'devices': n,
-             'mesh': '' if mesh is None else 'x'.join(map(str, mesh.devices.shape))}
-      row.update(time_steps(config, mesh, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup)
-                 if mesh is not None else {'note': why})
+      row = step_row(strategy, jax.devices()[:n], config)
       print(json.dumps(row), flush=True)
       rows.append(row)
   return rows
@@ -204,13 +218,7 @@ def worker() -> None:
   config = step_config()
   rows = []
   for strategy in FLAGS.strategies:
-    mesh, why = _mesh_or_reason(strategy, jax.devices(), config)
-    row = {'strategy': strategy, 'processes': jax.process_count(),
-           'devices': jax.device_count(),
-           'mesh': '' if mesh is None else 'x'.join(map(str, mesh.devices.shape))}
-    row.update(time_steps(config, mesh, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup)
-               if mesh is not None else {'note': why})
-    rows.append(row)
+    rows.append(step_row(strategy, jax.devices(), config))
   if jax.process_index() == 0:
     with open(FLAGS.worker_output, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in rows)
@@ -287,17 +295,10 @@ def mfu_rows() -> list[dict]:
     tr = trainer.Trainer(config, tx, mesh, lr)
     state = tr.init_state(0)
     batch = partitioning.shard_batch(random_batch(config.vocab_size, batch_size), mesh)
-    key = jax.random.key(0)
-    cost = tr.train_step.lower(state, batch, key).compile().cost_analysis()
+    cost = tr.train_step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get('flops', 0.0)) * jax.device_count()  # per device -> per step
-    times = []
-    for i in range(FLAGS.warmup + FLAGS.steps):
-      t0 = time.perf_counter()
-      state, m = tr.train_step(state, batch, key)
-      jax.block_until_ready(m['loss'])
-      if i >= FLAGS.warmup:
-        times.append(time.perf_counter() - t0)
+    times, _ = timed_steps(tr, state, batch, FLAGS.steps, FLAGS.warmup)
     step_s = float(np.median(times))
     achieved = flops / step_s / 1e12
     rows.append({'model': 'base', 'device': partitioning.device_summary(),
