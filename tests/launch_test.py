@@ -77,17 +77,25 @@ def test_retrieval_run_mode(tmp_path):
     (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
   work = tmp_path / 'retrieval'
   common = ["--gin_bindings=COLLECTION='toy'", f"--gin_bindings=DATA_DIR='{root}'",
-            "--gin_bindings=METHODS=('bm25', 'dsi_atomic')",
+            "--gin_bindings=METHODS=('bm25', 'dsi_atomic', 'hybrid')",
             '--gin_bindings=run.run.vocab_size=100',
             '--gin_bindings=docgen.train_and_evaluate.num_train_steps=20',
             '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
             '--gin_bindings=docgen.train_and_evaluate.input_len=16']
   proc = _main('--gin_file=gin/runs/retrieval.gin', '--gin_file=gin/retrieval/cpu_smoke.gin',
                f'--workdir={work}', *common)
-  assert proc.stdout.count('| SentencePiece ') == 2 and '| dsi_atomic |' in proc.stdout
+  assert proc.stdout.count('| SentencePiece ') == 4 and '| dsi_atomic |' in proc.stdout
   rows = [json.loads((work / m / 'row.json').read_text()) for m in ('bm25', 'dsi_atomic')]
   assert all(r['queries'] == 6 for r in rows)
+  assert rows[1]['train_queries'] == 5  # one of the 6 held out as 'dev', to tune the hybrid on
   assert (work / 'retrieval.md').exists() and (work / 'dsi_atomic' / 'test.trec').exists()
+  hybrid = json.loads((work / 'hybrid' / 'row.json').read_text())
+  assert [r['method'] for r in hybrid] == [
+      'hybrid: BM25 + dsi_atomic, RRF (k 60)',
+      f"hybrid: BM25 + dsi_atomic, alpha {hybrid[1]['alpha']:g} tuned on dev"]
+  assert hybrid[1]['dev_queries'] == 1
+  assert '| hybrid: BM25 + dsi_atomic, RRF (k 60) |' in proc.stdout
+  assert all((work / m / 'dev.trec').exists() for m in ('bm25', 'dsi_atomic'))
   # infer: new queries against the trained checkpoint, nothing trained again.
   (tmp_path / 'mine.jsonl').write_text(json.dumps({'_id': 'new1', 'text': 'topic3 subject3'})
                                        + '\n' + json.dumps({'_id': 'new2', 'text': 'w1 w2'}))

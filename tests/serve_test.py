@@ -30,6 +30,11 @@ from genrec.ids import RandomCodeIds, ResidualKMeansIds
 from genrec.ranking import export as ranking_export, ranker
 from genrec.recommendation import export, train
 
+# Correctness checks, not latency ones: a request may arrive while the
+# server's warm-up thread compiles, which on 2 loaded cores takes longer than
+# httpx's default 5 s timeout.
+HTTP = httpx.Client(timeout=120)
+
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
 
@@ -78,7 +83,7 @@ def _history_row(items, width=20):
 def _recommend_equals_the_artifact_and_maps_external_ids(served):
   url, art, _ = served
   history = [3, 17, 8]
-  r = httpx.post(f'{url}/v1/recommend',
+  r = HTTP.post(f'{url}/v1/recommend',
                  json={'history': [f'A{i:04d}' for i in history], 'k': 5, 'rerank': False})
   assert r.status_code == 200, r.text
   got = r.json()
@@ -86,15 +91,15 @@ def _recommend_equals_the_artifact_and_maps_external_ids(served):
   want = [f'A{i:04d}' for i in items[0, :5] if i > 0]
   assert got['items'] == want and got['unknown'] == [] and got['truncated'] == 0
   np.testing.assert_allclose(got['scores'], scores[0, :len(want)], rtol=1e-5)
-  meta = httpx.get(f'{url}/v1/metadata').json()
+  meta = HTTP.get(f'{url}/v1/metadata').json()
   assert meta['manifest']['item_map'] == 'items.tsv'
   assert meta['limits']['load_to_first_answer_s'] < 60
   # Unknown ids are dropped and named; longer histories keep the most recent items.
-  r = httpx.post(f'{url}/v1/recommend', json={'history': ['A0003', 'nope', 'A0017', 'A0008'],
+  r = HTTP.post(f'{url}/v1/recommend', json={'history': ['A0003', 'nope', 'A0017', 'A0008'],
                                                'rerank': False})
   assert r.json()['unknown'] == ['nope'] and r.json()['items'][:5] == got['items']
   long = [f'A{(i % 50) + 1:04d}' for i in range(30)]
-  assert httpx.post(f'{url}/v1/recommend', json={'history': long}).json()['truncated'] == 10
+  assert HTTP.post(f'{url}/v1/recommend', json={'history': long}).json()['truncated'] == 10
 
 
 def _two_stages_and_rank_equal_the_artifacts(served):
@@ -102,7 +107,7 @@ def _two_stages_and_rank_equal_the_artifacts(served):
   history = [3, 17, 8]
   names = [f'A{i:04d}' for i in history]
   # Two stages: the generated items, re-ordered by the ranker's logits.
-  got = httpx.post(f'{url}/v1/recommend', json={'history': names, 'k': 4}).json()
+  got = HTTP.post(f'{url}/v1/recommend', json={'history': names, 'k': 4}).json()
   items, beam_scores = art(_history_row(history))
   generated = items[0][items[0] > 0]
   logits, = ranker_art(_history_row(history), generated[None])
@@ -116,7 +121,7 @@ def _two_stages_and_rank_equal_the_artifacts(served):
     np.testing.assert_allclose(beam_score, beam_scores[0, where[name]], rtol=1e-5)
   # The ranker alone: candidates best first; unknown ones dropped and named.
   candidates = [5, 9, 40, 2, 33]
-  got = httpx.post(f'{url}/v1/rank', json={
+  got = HTTP.post(f'{url}/v1/rank', json={
       'history': names, 'candidates': [f'A{i:04d}' for i in candidates] + ['zzz']}).json()
   logits, = ranker_art(_history_row(history), np.array([candidates]))
   want = dict(zip([f'A{i:04d}' for i in candidates], logits[0]))
@@ -131,21 +136,21 @@ def _two_stages_and_rank_equal_the_artifacts(served):
                {'history': names, 'candidates': ['A0001'], 'k': 3},
                {'history': names, 'rerank': 'yes'}):
     path = '/v1/recommend' if 'rerank' in body else '/v1/rank'
-    r = httpx.post(f'{url}{path}', json=body)
+    r = HTTP.post(f'{url}{path}', json=body)
     assert r.status_code == 422 and r.json()['error'], (body, r.text)
 
 
 def _concurrent_requests_are_batched_and_answered_alike(served):
   url, art, _ = served
   histories = [[(u * 7 + j) % 50 + 1 for j in range(1 + u % 6)] for u in range(48)]
-  before = httpx.get(f'{url}/v1/metadata').json()['served']
+  before = HTTP.get(f'{url}/v1/metadata').json()['served']
 
   def ask(h):
-    return httpx.post(f'{url}/v1/recommend', json={'history': [f'A{i:04d}' for i in h],
-                                                   'rerank': False}, timeout=60).json()['items']
+    return HTTP.post(f'{url}/v1/recommend', json={'history': [f'A{i:04d}' for i in h],
+                                                   'rerank': False}).json()['items']
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
     got = list(pool.map(ask, histories))
-  after = httpx.get(f'{url}/v1/metadata').json()['served']
+  after = HTTP.get(f'{url}/v1/metadata').json()['served']
   assert after['requests'] - before['requests'] == 48
   assert after['batches'] - before['batches'] < 48  # some requests shared a batch
   for h, g in zip(histories, got):
@@ -175,14 +180,14 @@ def _bad_input_gets_a_message_and_the_server_stays_up(served):
   url, _, _ = served
   assert len(BAD) >= 30
   for body, status in BAD:
-    r = httpx.post(f'{url}/v1/recommend', content=body,
+    r = HTTP.post(f'{url}/v1/recommend', content=body,
                    headers={'content-type': 'application/json'})
     assert r.status_code == status, (body[:60], r.status_code, r.text)
     assert r.json()['error'], body[:60]
-  assert httpx.get(f'{url}/v1/recommend').status_code == 405
-  assert httpx.get(f'{url}/nope').status_code == 404
-  assert httpx.get(f'{url}/healthz').json() == {'status': 'ok'}
-  ok = httpx.post(f'{url}/v1/recommend', json={'history': ['A0001']})
+  assert HTTP.get(f'{url}/v1/recommend').status_code == 405
+  assert HTTP.get(f'{url}/nope').status_code == 404
+  assert HTTP.get(f'{url}/healthz').json() == {'status': 'ok'}
+  ok = HTTP.post(f'{url}/v1/recommend', json={'history': ['A0001']})
   assert ok.status_code == 200 and ok.json()['items']
 
 

@@ -8,6 +8,7 @@ import os
 import gin
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO_ROOT
 from genrec import models, partitioning, trainer
@@ -59,7 +60,14 @@ def test_train_evaluate_and_beat_popularity(tmp_path):
   assert 'invalid_rate' in results['test_unconstrained']
   assert results['best_step'] in (75, 150)
   assert (tmp_path / 'config.gin').exists() and (tmp_path / 'ids' / 'codes.npy').exists()
-  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+  # TensorBoard scalars (written without TensorFlow) read back by TensorFlow.
+  events, = glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+  scalars = {}
+  for e in tf.compat.v1.train.summary_iterator(events):
+    for v in e.summary.value:
+      scalars[v.tag, e.step] = v.simple_value
+  assert len([s for tag, s in scalars if tag == 'train/loss']) == 150
+  assert scalars['final_test/ndcg@10', 150] == pytest.approx(results['test']['ndcg@10'])
   assert len(_losses(tmp_path)) == 150
 
 

@@ -43,7 +43,11 @@ def main(argv):
                          f'{", ".join(retrieval_run.METHODS)}.')
   if FLAGS.table_only:
     paths = [retrieval_run.row_path(FLAGS.output_dir, m) for m in FLAGS.methods]
-    rows = [json.load(open(p)) for p in paths if os.path.exists(p)]
+    rows = []
+    for p in filter(os.path.exists, paths):
+      with open(p) as f:
+        saved = json.load(f)
+      rows += saved if isinstance(saved, list) else [saved]  # hybrid/: a list of rows
     print(retrieval_run.write_table(rows, FLAGS.output_dir,
                                     f'{FLAGS.collection}, {FLAGS.split} queries'))
     return

@@ -52,6 +52,30 @@ class Collection:
   def doc_index(self) -> dict[str, int]:
     return {d: i for i, d in enumerate(self.doc_ids)}
 
+  def hold_out(self, fraction: float, source: str = 'train', name: str = 'dev',
+               seed: int = 0) -> 'Collection':
+    """A copy whose `source` split loses `fraction` of its queries (chosen
+    by `seed`, at least one) to a new split `name`: queries to tune on that
+    training never sees."""
+    if source not in self.qrels:
+      raise ValueError(f'{self.name} has no qrels split {source!r} to hold queries out of '
+                       f'(has {sorted(self.qrels)}).')
+    if name in self.qrels:
+      raise ValueError(f'{self.name} already has a qrels split {name!r}.')
+    queries = sorted(self.qrels[source], key=lambda q: (len(q), q))
+    if not 0 < fraction < 1 or len(queries) < 2:
+      raise ValueError(f'hold_out needs 0 < fraction < 1 and 2 or more {source} queries; got '
+                       f'fraction {fraction} and {len(queries)} queries.')
+    n = max(1, round(fraction * len(queries)))
+    held = set(np.random.default_rng(seed).choice(queries, n, replace=False).tolist())
+    qrels, grades = dict(self.qrels), dict(self.grades)
+    for split, held_in in ((source, False), (name, True)):
+      qrels[split] = {q: r for q, r in self.qrels[source].items() if (q in held) == held_in}
+      if source in self.grades:
+        grades[split] = {q: g for q, g in self.grades[source].items()
+                         if (q in held) == held_in}
+    return dataclasses.replace(self, qrels=qrels, grades=grades)
+
 
 def _require(path: str) -> None:
   if not os.path.exists(path):
@@ -207,23 +231,42 @@ class BM25:
     return np.asarray(self.term_doc[terms].T @ qw).ravel()
 
   def search(self, query: list[int], k: int = 100) -> np.ndarray:
-    s = self.scores(query)
+    return self.search_scores(self.scores(query), k)
+
+  @staticmethod
+  def search_scores(s: np.ndarray, k: int = 100) -> np.ndarray:
+    """The indices of the top `k` of scores `s`, by score then index."""
     k = min(k, len(s))
     top = np.argpartition(-s, k - 1)[:k]
     return top[np.lexsort((top, -s[top]))]  # by score, then doc index
 
 
-def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str) -> dict:
-  """BM25 over `sp`'s tokens of title + text, evaluated on `split`: a table row."""
+def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str,
+             run_dir: str | None = None, run_splits: tuple[str, ...] = ()) -> dict:
+  """BM25 over `sp`'s tokens of title + text, evaluated on `split`: a table
+  row. With `run_dir`, also writes <run_dir>/<s>.trec for `split` and each of
+  `run_splits` (the runs a hybrid fuses)."""
   t0 = time.perf_counter()
   docs = [sp.encode(document_text(t, x)) for t, x in zip(c.titles, c.texts)]
   index = BM25(docs, sp.get_piece_size())
   build_s = time.perf_counter() - t0
+
+  def search(qids):
+    ranked, scores = {}, {}
+    for q in qids:
+      s = index.scores(sp.encode(c.queries[q]))
+      top = index.search_scores(s, 100)
+      ranked[q], scores[q] = [c.doc_ids[i] for i in top], s[top].tolist()
+    return ranked, scores
   qrels = c.qrels[split]
   t0 = time.perf_counter()
-  ranked = {q: [c.doc_ids[i] for i in index.search(sp.encode(c.queries[q]), 100)]
-            for q in qrels}
+  ranked, scores = search(qrels)
   query_ms = (time.perf_counter() - t0) / len(qrels) * 1e3
+  if run_dir:
+    os.makedirs(run_dir, exist_ok=True)
+    write_trec_run(os.path.join(run_dir, f'{split}.trec'), ranked, scores, 'bm25')
+    for other in run_splits:
+      write_trec_run(os.path.join(run_dir, f'{other}.trec'), *search(c.qrels[other]), 'bm25')
   m = retrieval_metrics(ranked, qrels, grades=c.grades.get(split))
   return {'method': 'BM25 (k1 0.9, b 0.4)', 'tokens': f'SentencePiece {sp.get_piece_size()}',
           **{k: round(v, 4) for k, v in m.items()}, 'queries': len(qrels),

@@ -31,7 +31,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from absl import logging
 import gin
@@ -335,6 +335,7 @@ def train_and_evaluate(
     fm: fm_index.FMIndex | None = None,
     cache_dir: str | None = None,
     queries_file: str | None = None,
+    run_splits: Sequence[str] = (),
 ) -> dict:
   """Trains `method` (one of METHODS) on `tc` and evaluates it on `eval_split`.
 
@@ -343,6 +344,9 @@ def train_and_evaluate(
 
   With `queries_file` (JSON lines {"_id", "text"}), the trained model also
   retrieves for those queries: <workdir>/<file name>.trec (the infer use).
+  Every split of `run_splits` (e.g. held-out 'dev' queries that a hybrid
+  tunes on) gets its run file <workdir>/<split>.trec too, besides
+  `eval_split`'s.
 
   `dsi_tasks`, `seal_tasks` and `seal_scorer` default to their classes built
   at call time, so gin bindings of those classes (e.g.
@@ -357,7 +361,7 @@ def train_and_evaluate(
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; use one of {METHODS}.')
   c = tc.collection
-  for split in (train_split, eval_split):
+  for split in (train_split, eval_split, *run_splits):
     if split not in c.qrels:
       raise ValueError(f'{c.name} has no qrels split {split!r} (has {sorted(c.qrels)}).')
   loop.make_workdir(workdir)
@@ -458,11 +462,14 @@ def train_and_evaluate(
   device = partitioning.device_summary()
   row = {'method': method, 'tokens': f'SentencePiece {v}',
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
+         'train_queries': len(c.qrels[train_split]),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',
          'train_s': None if train_s is None else round(train_s, 1),
          'prep_s': round(prep_s, 1), 'ms_per_query': round(eval_s / len(qids) * 1e3, 1),
          'final_loss': None if loss is None else round(loss, 4),
          'params_m': round(trainer.param_count(state.params) / 1e6, 2), **extra}
+  for split in run_splits:
+    retrieve(sorted(c.qrels[split], key=lambda q: (len(q), q)), tc.query_tokens, split)
   if queries_file:
     queries = corpus.read_queries(queries_file)
     tag = os.path.splitext(os.path.basename(queries_file))[0]

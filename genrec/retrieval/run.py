@@ -21,11 +21,13 @@ import jax
 import sentencepiece as spm
 
 from genrec import fm_index, loop, tables
-from genrec.retrieval import corpus, docgen
+from genrec.retrieval import corpus, docgen, fusion
 
-METHODS = ('bm25', *docgen.METHODS)
+METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
-           'queries', 'training', 'train_s', 'ms_per_query', 'params_m', 'tokens')
+           'queries', 'train_queries', 'training', 'train_s', 'ms_per_query', 'params_m',
+           'tokens')
+DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
 def row_path(workdir: str, method: str) -> str:
@@ -40,9 +42,60 @@ def write_table(rows: list[dict], workdir: str, title: str) -> str:
   return md
 
 
+def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]) -> list[dict]:
+  """BM25 fused with each generative method of `rows`, from their run files
+  (<workdir>/<method>/<split or dev>.trec): a reciprocal-rank-fusion row and
+  an interpolation row whose alpha is tuned on the dev queries."""
+  bm25 = os.path.join(workdir, 'bm25')
+  missing = [f for f in (f'{bm25}/{split}.trec', f'{bm25}/{DEV}.trec') if not os.path.exists(f)]
+  if missing or DEV not in c.qrels:
+    raise ValueError(f'The hybrid rows fuse BM25 with generative runs and tune on the {DEV!r} '
+                     f'queries: run it with methods that include bm25 (missing: {missing}) '
+                     'and a dev_fraction > 0 (run.run.dev_fraction).')
+  by_method = {}
+  for m in ('bm25', *docgen.METHODS):  # rows of this invocation, else saved ones
+    saved = row_path(workdir, m)
+    if os.path.exists(saved):
+      with open(saved) as f:
+        by_method[m] = json.load(f)
+  by_method |= {('bm25' if r['method'].startswith('BM25') else r['method']): r for r in rows}
+  base = by_method.get('bm25', {})
+  qrels, out = c.qrels[split], []
+  for method in docgen.METHODS:
+    runs = {s: os.path.join(workdir, method, f'{s}.trec') for s in (split, DEV)}
+    if method not in by_method or not all(map(os.path.exists, runs.values())):
+      continue
+    gen = {s: fusion.read_trec_run(p) for s, p in runs.items()}
+    lex = {s: fusion.read_trec_run(f'{bm25}/{s}.trec') for s in (split, DEV)}
+    alpha, curve = fusion.tune_alpha(lex[DEV], gen[DEV], c.qrels[DEV])
+    fused = {'RRF (k 60)': fusion.reciprocal_rank_fusion([lex[split], gen[split]]),
+             f'alpha {alpha:g} tuned on {DEV}':
+             fusion.interpolate(lex[split], gen[split], alpha)}
+    g = by_method[method]
+    for how, (ranked, scores) in fused.items():
+      name = f'hybrid: BM25 + {method}, {how}'
+      tag = 'hybrid_rrf' if how.startswith('RRF') else 'hybrid_alpha'
+      os.makedirs(os.path.join(workdir, 'hybrid', method), exist_ok=True)
+      corpus.write_trec_run(os.path.join(workdir, 'hybrid', method, f'{tag}_{split}.trec'),
+                            ranked, scores, tag)
+      m = corpus.retrieval_metrics(ranked, qrels, grades=c.grades.get(split))
+      out.append({'method': name, **{k: round(v, 4) for k, v in m.items()},
+                  'queries': len(qrels), 'train_queries': g.get('train_queries'),
+                  'training': g.get('training'), 'train_s': g.get('train_s'),
+                  'ms_per_query': round(base.get('ms_per_query', 0) + g['ms_per_query'], 2),
+                  'params_m': g.get('params_m'), 'tokens': g.get('tokens'),
+                  **({'alpha': alpha, 'dev_queries': len(c.qrels[DEV]), 'alpha_curve': curve}
+                     if tag == 'hybrid_alpha' else {})})
+  if not out:
+    raise ValueError('The hybrid rows need a generative method in the same table (methods '
+                     f'from {docgen.METHODS}) with {split} and {DEV} run files.')
+  return out
+
+
 def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None,
         split: str = 'test', vocab_size: int = 8000,
-        methods: Sequence[str] = METHODS, queries_file: str | None = None) -> list[dict]:
+        methods: Sequence[str] = METHODS, queries_file: str | None = None,
+        dev_fraction: float = 0.2) -> list[dict]:
   """Trains and evaluates `methods` on `collection`; returns the table's rows.
 
   Args:
@@ -56,12 +109,18 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
     queries_file: optional queries ({"_id", "text"} JSON lines) that every
       generative method also answers from its checkpoint: a TREC run file
       <workdir>/<method>/<file name>.trec each (gin/runs/retrieval_infer.gin).
+    dev_fraction: the share of the training queries held out of every
+      method's training (the 'dev' split, chosen with seed 0), on which the
+      hybrid rows tune; 0 trains on them all (then no hybrid row).
   """
   unknown = set(methods) - set(METHODS)
   if unknown:
     raise ValueError(f'Unknown retrieval methods {sorted(unknown)}; choose from {METHODS}.')
   loop.make_workdir(workdir)
   c = corpus.load_beir(collection, data_dir)
+  if dev_fraction:
+    c = c.hold_out(dev_fraction, name=DEV)
+  dev = (DEV,) if DEV in c.qrels else ()
   model = os.path.join(workdir, f'{collection}_spm{vocab_size}.model')
   if not os.path.exists(model):  # deterministic: parallel invocations may share it
     corpus.train_sentencepiece([corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)],
@@ -72,13 +131,21 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
   rows, title = [], f'{collection}, {split} queries'
   for i, method in enumerate(methods):
     logging.info('[%d/%d] %s', i + 1, len(methods), method)
+    if method == 'hybrid':
+      hybrid = hybrid_rows(workdir, c, split, rows)
+      if jax.process_index() == 0:
+        with open(row_path(workdir, method), 'w') as f:
+          json.dump(hybrid, f, indent=1)
+      rows += hybrid
+      md = write_table(rows, workdir, title)
+      continue
     if method == 'bm25':
-      row = corpus.bm25_row(c, sp, split)
+      row = corpus.bm25_row(c, sp, split, os.path.join(workdir, method), dev)
     else:
       row = docgen.train_and_evaluate(method, tc, os.path.join(workdir, method),
                                       eval_split=split, fm=fm,
                                       cache_dir=os.path.join(workdir, 'cache'),
-                                      queries_file=queries_file)
+                                      queries_file=queries_file, run_splits=dev)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
