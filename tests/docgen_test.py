@@ -173,7 +173,8 @@ def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
                                                           warmup_steps=20),
             dsi_beam_size=16, seal_beam_size=4, log_every_steps=100,
             seal_tasks=docgen.SealTasks(ngram_len=4, span_input_len=8),
-            dsi_tasks=docgen.DsiTasks(num_spans=2))
+            dsi_tasks=docgen.DsiTasks(num_spans=2),
+            mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
   row = docgen.train_and_evaluate(method, tc, str(tmp_path), **kw)
   # Test queries are titles of documents seen only by the indexing task.
   assert row['recall@10'] >= 0.75, row

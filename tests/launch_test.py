@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from genrec import gin_utils
+from genrec import gin_utils, tables
 from genrec.data import sequences
 from genrec.ranking import export as ranking_export
 
@@ -88,6 +88,8 @@ def test_retrieval_run_mode(tmp_path):
   rows = [json.loads((work / m / 'row.json').read_text()) for m in ('bm25', 'dsi_atomic')]
   assert all(r['queries'] == 6 for r in rows)
   assert rows[1]['train_queries'] == 5  # one of the 6 held out as 'dev', to tune the hybrid on
+  assert rows[1]['command'].startswith('python main.py --gin_file=gin/runs/retrieval.gin')
+  assert rows[0]['machine'] == tables.host_summary() and rows[0]['date'].startswith('20')
   assert (work / 'retrieval.md').exists() and (work / 'dsi_atomic' / 'test.trec').exists()
   hybrid = json.loads((work / 'hybrid' / 'row.json').read_text())
   assert [r['method'] for r in hybrid] == [

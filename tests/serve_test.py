@@ -50,7 +50,7 @@ def served(tmp_path):
               id_scheme=RandomCodeIds(num_levels=2),
               optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                             warmup_steps=5),
-              mesh_fn=lambda: partitioning.make_mesh(-1, 1, 1), batch_size=32,
+              mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]), batch_size=32,
               num_train_steps=10, eval_every_steps=10, checkpoint_every_steps=10,
               report_unconstrained=False, input_pipeline='numpy')
   directory = export.export(str(tmp / 'run'), platforms=('cpu',), saved_model=False)

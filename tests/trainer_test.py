@@ -59,7 +59,7 @@ def _first_losses(monkeypatch, dropout_cls, steps=8):
   if dropout_cls is not None:
     monkeypatch.setattr(layers, 'Dropout', dropout_cls)
   cfg = models.TransformerConfig(vocab_size=256, d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1)
+                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
   tx, lr = trainer.make_optimizer(steps, learning_rate=3e-3, warmup_steps=1)
   # One device: the masks do not depend on the mesh, and one compiles faster.
   tr = trainer.Trainer(cfg, tx, partitioning.make_mesh(devices=jax.devices()[:1]), lr)

@@ -9,10 +9,12 @@ Trains the collection's SentencePiece vocabulary, then one row per method,
 all scored on the same test queries: BM25 over that tokenization (the
 reference), the three DSI docid schemes and SEAL-style n-gram identifiers
 (`genrec.retrieval.docgen`), each trained with the gin file's budget. Metrics:
-Recall@1/10/100, nDCG@10, MRR@10 with binary relevance. Each method's row is
+Recall@1/10/100, nDCG@10 (binary and graded), MRR@10; with `hybrid`,
+BM25 fused with each generative method (genrec.retrieval.fusion). Each method's row is
 also saved as <output_dir>/<method>/row.json, and a method whose folder holds
 a final checkpoint is evaluated without training again; `--table_only`
-re-tabulates the saved rows. Writes retrieval.md/.csv.
+re-tabulates the saved rows (`--table_dir=docs/results --table_stem=...` for
+the tables of record). Writes retrieval.md/.csv.
 """
 
 import json
@@ -32,6 +34,10 @@ flags.DEFINE_multi_string('gin_file', ['gin/retrieval/cranfield.gin'],
                           'Model size and training budget of the generative methods.')
 flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
 flags.DEFINE_bool('table_only', False, 'Only re-tabulate the rows saved in output_dir.')
+flags.DEFINE_string('table_dir', None, 'With --table_only: where the table goes (default '
+                    'output_dir), e.g. docs/results.')
+flags.DEFINE_string('table_stem', 'retrieval', 'With --table_only: the table\'s file name '
+                    '(<stem>.md and .csv).')
 FLAGS = flags.FLAGS
 
 
@@ -48,8 +54,9 @@ def main(argv):
       with open(p) as f:
         saved = json.load(f)
       rows += saved if isinstance(saved, list) else [saved]  # hybrid/: a list of rows
-    print(retrieval_run.write_table(rows, FLAGS.output_dir,
-                                    f'{FLAGS.collection}, {FLAGS.split} queries'))
+    print(retrieval_run.write_table(rows, FLAGS.table_dir or FLAGS.output_dir,
+                                    f'{FLAGS.collection}, {FLAGS.split} queries',
+                                    FLAGS.table_stem))
     return
   gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
   retrieval_run.run(FLAGS.output_dir, FLAGS.collection, FLAGS.data_dir, FLAGS.split,

@@ -13,6 +13,8 @@ checkpoint is evaluated without training again. Writes
 
 import json
 import os
+import sys
+import time
 from collections.abc import Sequence
 
 from absl import logging
@@ -20,13 +22,13 @@ import gin
 import jax
 import sentencepiece as spm
 
-from genrec import fm_index, loop, tables
+from genrec import fm_index, loop, partitioning, tables
 from genrec.retrieval import corpus, docgen, fusion
 
 METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
            'queries', 'train_queries', 'training', 'train_s', 'ms_per_query', 'params_m',
-           'tokens')
+           'tokens', 'machine', 'date', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
@@ -34,12 +36,23 @@ def row_path(workdir: str, method: str) -> str:
   return os.path.join(workdir, method, 'row.json')
 
 
-def write_table(rows: list[dict], workdir: str, title: str) -> str:
-  """Writes <workdir>/retrieval.md/.csv (process 0) and returns the markdown."""
+def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retrieval') -> str:
+  """Writes <workdir>/<stem>.md/.csv (process 0) and returns the markdown."""
   md = f'## {title}\n\n' + tables.markdown(rows, COLUMNS)
   if jax.process_index() == 0:
-    tables.write(md, rows, workdir, 'retrieval')
+    tables.write(md, rows, workdir, stem)
   return md
+
+
+def provenance() -> dict:
+  """The machine, date and command of a row measured now."""
+  argv = sys.argv[1:] if os.path.basename(sys.argv[0]) == 'main.py' else None
+  command = ('python main.py ' + ' '.join(argv) if argv is not None else
+             ' '.join(['python -m genrec.benchmarks.retrieval', *sys.argv[1:]])
+             if 'benchmarks' in sys.argv[0] else ' '.join(sys.argv))
+  return {'machine': tables.host_summary() if jax.default_backend() == 'cpu'
+          else partitioning.device_summary(),
+          'date': time.strftime('%Y-%m-%d'), 'command': command}
 
 
 def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]) -> list[dict]:
@@ -132,7 +145,7 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
   for i, method in enumerate(methods):
     logging.info('[%d/%d] %s', i + 1, len(methods), method)
     if method == 'hybrid':
-      hybrid = hybrid_rows(workdir, c, split, rows)
+      hybrid = [{**r, **provenance()} for r in hybrid_rows(workdir, c, split, rows)]
       if jax.process_index() == 0:
         with open(row_path(workdir, method), 'w') as f:
           json.dump(hybrid, f, indent=1)
@@ -146,6 +159,7 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
                                       eval_split=split, fm=fm,
                                       cache_dir=os.path.join(workdir, 'cache'),
                                       queries_file=queries_file, run_splits=dev)
+    row.update(provenance())
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
