@@ -9,7 +9,7 @@ import ranx
 import sentencepiece as spm
 
 from genrec import artifact, fm_index, models, partitioning, seal, serve, trainer
-from genrec.retrieval import corpus, docgen
+from genrec.retrieval import corpus, docgen, pseudo_queries, seq2seq
 from genrec.retrieval import export as retrieval_export
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
@@ -53,7 +53,7 @@ def test_tokenized_collection_keeps_the_title_once(tc):
 
 
 def test_seq2seq_arrays_shift_targets_right():
-  a = docgen.seq2seq_arrays([[5, 6, 7]], [[9, 8]], input_len=4, target_len=3)
+  a = seq2seq.arrays([[5, 6, 7]], [[9, 8]], input_len=4, target_len=3)
   np.testing.assert_array_equal(a['encoder_input_tokens'], [[5, 6, 7, 0]])
   np.testing.assert_array_equal(a['decoder_target_tokens'], [[9, 8, 0]])
   np.testing.assert_array_equal(a['decoder_input_tokens'], [[0, 9, 8]])
@@ -149,7 +149,7 @@ def test_host_constrained_decoding_generates_corpus_ngrams(tc):
   tr = trainer.Trainer(cfg, tx, partitioning.make_mesh(devices=jax.devices()[:1]))
   state = tr.init_state(0)
   index = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
-  x = docgen._pad([tc.query_tokens['q0'], tc.query_tokens['q3']], 8)
+  x = seq2seq.pad([tc.query_tokens['q0'], tc.query_tokens['q3']], 8)
   beams = tr.predict_host_constrained(state.params, x, beam_size=4, num_steps=5,
                                      allowed_fn=fm_index.NGramConstraint(index, 128))
   seqs, scores = np.asarray(beams.sequences), np.asarray(beams.scores)
@@ -243,6 +243,40 @@ def _exported_retriever_answers_like_the_run(tc, run_dir, method):
       r = client.post('/v1/retrieve', json=body)
       assert r.status_code == 422 and r.json()['error'], body
     assert client.post('/v1/recommend', json={'history': [1]}).status_code == 404
+
+
+def test_pseudo_queries_are_generated_once_and_index_every_document(tc, tmp_path):
+  arrays = pseudo_queries.generator_examples(tc, 'train', 16, 8)
+  # 8 train (doc -> query) pairs and 16 (text after the title -> title); every
+  # target ends with EOS, and the padding after it counts in the loss.
+  assert len(arrays['decoder_target_tokens']) == 8 + 16
+  assert all(pseudo_queries.EOS in t for t in arrays['decoder_target_tokens'])
+  assert arrays['decoder_loss_weights'].all()
+  qg = pseudo_queries.QueryGeneration(num_queries=2, query_len=8, num_train_steps=30,
+                                      batch_size=16)
+  args = (tc, qg, str(tmp_path), TINY,
+          lambda n: trainer.make_optimizer(n, learning_rate=3e-3, warmup_steps=5),
+          lambda: partitioning.make_mesh(devices=jax.devices()[:1]), 16)
+  pq = pseudo_queries.generate(*args, log_every_steps=30)
+  assert len(pq) == 16 and all(1 <= len(queries) <= 2 for queries in pq)
+  assert all(((q > pseudo_queries.EOS) & (q < tc.text_vocab_size)).all()
+             for queries in pq for q in queries)
+  assert all(isinstance(t, str) for t in pseudo_queries.decode(tc, pq[0]))
+  # Generated once: a second call reads them back (its generator folder has
+  # the one checkpoint and the queries).
+  again = pseudo_queries.generate(*args, log_every_steps=30)
+  assert all(np.array_equal(a, b) for x, y in zip(pq, again) for a, b in zip(x, y))
+  assert len(list(tmp_path.glob('query_generator-*/queries.npz'))) == 1
+  # Every document's queries are indexing inputs of DSI (-> its docid) and SEAL.
+  ids = docgen.docids('dsi_atomic', tc, docgen.DsiTasks(), None)
+  tasks = docgen.DsiTasks(num_spans=2)
+  plain = docgen.dsi_examples(tc, ids, 0, tasks, 'train', 16, 0)
+  more = docgen.dsi_examples(tc, ids, 0, tasks, 'train', 16, 0, pq)
+  added = sum(map(len, pq))
+  assert len(more['encoder_input_tokens']) == len(plain['encoder_input_tokens']) + added
+  seal_tasks = docgen.SealTasks(ngram_len=4, span_input_len=8)
+  assert (len(docgen.seal_examples(tc, seal_tasks, 'train', 16, 0, pq)['encoder_input_tokens'])
+          > len(docgen.seal_examples(tc, seal_tasks, 'train', 16, 0)['encoder_input_tokens']))
 
 
 def test_bad_method_or_split_is_named(tc, tmp_path):

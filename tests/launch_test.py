@@ -81,13 +81,19 @@ def test_retrieval_run_mode(tmp_path):
             '--gin_bindings=run.run.vocab_size=100',
             '--gin_bindings=docgen.train_and_evaluate.num_train_steps=20',
             '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
-            '--gin_bindings=docgen.train_and_evaluate.input_len=16']
+            '--gin_bindings=docgen.train_and_evaluate.input_len=16',
+            # Two generated queries per document from a 10-step generator.
+            '--gin_bindings=pseudo_queries.QueryGeneration.num_queries=2',
+            '--gin_bindings=pseudo_queries.QueryGeneration.query_len=6',
+            '--gin_bindings=pseudo_queries.QueryGeneration.num_train_steps=10',
+            '--gin_bindings=pseudo_queries.QueryGeneration.batch_size=8']
   proc = _main('--gin_file=gin/runs/retrieval.gin', '--gin_file=gin/retrieval/cpu_smoke.gin',
                f'--workdir={work}', *common)
   assert proc.stdout.count('| SentencePiece ') == 4 and '| dsi_atomic |' in proc.stdout
   rows = [json.loads((work / m / 'row.json').read_text()) for m in ('bm25', 'dsi_atomic')]
   assert all(r['queries'] == 6 for r in rows)
   assert rows[1]['train_queries'] == 5  # one of the 6 held out as 'dev', to tune the hybrid on
+  assert rows[1]['pseudo_queries'] == 2 and list(work.glob('cache/query_generator-*/queries.npz'))
   assert rows[1]['command'].startswith('python main.py --gin_file=gin/runs/retrieval.gin')
   assert rows[0]['machine'] == tables.host_summary() and rows[0]['date'].startswith('20')
   assert (work / 'retrieval.md').exists() and (work / 'dsi_atomic' / 'test.trec').exists()

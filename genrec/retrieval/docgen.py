@@ -42,7 +42,7 @@ import sentencepiece as spm
 from genrec import (config_check, constraints, fm_index, loop, models, partitioning, seal,
                     text_encoder, trainer)
 from genrec.data import sequences
-from genrec.retrieval import corpus
+from genrec.retrieval import corpus, pseudo_queries, seq2seq
 from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
@@ -82,24 +82,6 @@ class TokenizedCollection:
       title_lengths.append(len(title_toks) if toks[:len(title_toks)] == title_toks else 0)
     queries = {q: np.asarray(sp.encode(t), np.int32) for q, t in c.queries.items()}
     return cls(c, sp, docs, np.asarray(title_lengths), queries)
-
-
-def _pad(rows: list, width: int) -> np.ndarray:
-  out = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    r = np.asarray(r)[:width]
-    out[i, :len(r)] = r
-  return out
-
-
-def seq2seq_arrays(inputs: list, targets: list, input_len: int, target_len: int
-                   ) -> dict[str, np.ndarray]:
-  """The model's training features from (input tokens, target tokens) pairs."""
-  tgt = _pad(targets, target_len)
-  dec_in = np.zeros_like(tgt)
-  dec_in[:, 1:] = tgt[:, :-1]
-  return {'encoder_input_tokens': _pad(inputs, input_len), 'decoder_input_tokens': dec_in,
-          'decoder_target_tokens': tgt, 'decoder_loss_weights': (tgt > 0).astype(np.int32)}
 
 
 def _random_spans(tokens: np.ndarray, length: int, num: int, rng: np.random.Generator
@@ -174,9 +156,11 @@ def document_embeddings(c: corpus.Collection, cache_dir: str | None = None) -> n
 
 
 def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTasks,
-                 split: str, input_len: int, seed: int) -> dict[str, np.ndarray]:
-  """Indexing (document prefix, title, random spans -> docid) + retrieval
-  (train queries of `split` -> docid) examples."""
+                 split: str, input_len: int, seed: int,
+                 pseudo: list[list[np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+  """Indexing (document prefix, title, random spans and the document's
+  `pseudo` queries -> docid) + retrieval (train queries of `split` -> docid)
+  examples."""
   rng = np.random.default_rng(seed)
   table = ids.token_table() + shift  # row i + 1: tokens of document i
   inputs, targets = [], []
@@ -185,6 +169,7 @@ def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTa
     pieces = [toks[:input_len]] + _random_spans(toks, input_len, tasks.num_spans, rng)
     if tc.title_lengths[i]:
       pieces.append(toks[:tc.title_lengths[i]])
+    pieces += pseudo[i] if pseudo else []
     inputs += pieces
     targets += [docid] * len(pieces)
   index = tc.collection.doc_index()
@@ -192,7 +177,7 @@ def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTa
     for d in sorted(docs):
       inputs += [tc.query_tokens[q]] * tasks.retrieval_repeats
       targets += [table[index[d] + 1]] * tasks.retrieval_repeats
-  return seq2seq_arrays(inputs, targets, input_len, ids.num_levels)
+  return seq2seq.arrays(inputs, targets, input_len, ids.num_levels)
 
 
 # ---------------------------------------------------------------------------
@@ -236,10 +221,19 @@ def _overlapping_ngrams(doc: np.ndarray, query: np.ndarray, length: int, k: int
 
 
 def seal_examples(tc: TokenizedCollection, tasks: SealTasks, split: str, input_len: int,
-                  seed: int) -> dict[str, np.ndarray]:
+                  seed: int, pseudo: list[list[np.ndarray]] | None = None
+                  ) -> dict[str, np.ndarray]:
+  """(query -> title and the n-grams that overlap it most) for the train
+  queries of `split` and the documents' `pseudo` queries, and (random span ->
+  title, another span) per document."""
   rng = np.random.default_rng(seed)
   n = tasks.ngram_len
   inputs, targets = [], []
+  for doc, queries in zip(tc.doc_tokens, pseudo or ()):
+    for query in queries:
+      for t in [doc[:n]] + _overlapping_ngrams(doc, query, n, tasks.spans_per_pair):
+        inputs.append(query)
+        targets.append(t)
   index = tc.collection.doc_index()
   for q, docs in tc.collection.qrels[split].items():
     query = tc.query_tokens[q]
@@ -252,7 +246,7 @@ def seal_examples(tc: TokenizedCollection, tasks: SealTasks, split: str, input_l
     for span in _random_spans(doc, tasks.span_input_len, tasks.num_spans, rng):
       inputs += [span, span]
       targets += [doc[:n], _random_spans(doc, n, 1, rng)[0]]
-  return seq2seq_arrays(inputs, targets, input_len, n)
+  return seq2seq.arrays(inputs, targets, input_len, n)
 
 
 # SEAL's scorer is the core's (the server scores with it too); registered here
@@ -336,6 +330,7 @@ def train_and_evaluate(
     cache_dir: str | None = None,
     queries_file: str | None = None,
     run_splits: Sequence[str] = (),
+    query_generation: pseudo_queries.QueryGeneration | None = None,
 ) -> dict:
   """Trains `method` (one of METHODS) on `tc` and evaluates it on `eval_split`.
 
@@ -348,9 +343,13 @@ def train_and_evaluate(
   tunes on) gets its run file <workdir>/<split>.trec too, besides
   `eval_split`'s.
 
-  `dsi_tasks`, `seal_tasks` and `seal_scorer` default to their classes built
-  at call time, so gin bindings of those classes (e.g.
-  `docgen.SealScorer.alpha = 1.5`) apply.
+  `dsi_tasks`, `seal_tasks`, `seal_scorer` and `query_generation` default to
+  their classes built at call time, so gin bindings of those classes (e.g.
+  `docgen.SealScorer.alpha = 1.5`) apply. With
+  `query_generation.num_queries` > 0, every document also gets that many
+  generated queries as indexing inputs (`pseudo_queries`; the generator is
+  trained once per collection and training split under `cache_dir`, or the
+  workdir without one).
 
   Returns a row for the retrieval table (metrics, budget, timings).
   """
@@ -358,6 +357,7 @@ def train_and_evaluate(
   dsi_tasks = dsi_tasks or DsiTasks()
   seal_tasks = seal_tasks or SealTasks()
   seal_scorer = seal_scorer or SealScorer()
+  query_generation = query_generation or pseudo_queries.QueryGeneration()
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; use one of {METHODS}.')
   c = tc.collection
@@ -366,16 +366,22 @@ def train_and_evaluate(
       raise ValueError(f'{c.name} has no qrels split {split!r} (has {sorted(c.qrels)}).')
   loop.make_workdir(workdir)
   v = tc.text_vocab_size
+  pseudo, t_gen = None, time.time()
+  if query_generation.num_queries:
+    pseudo = pseudo_queries.generate(tc, query_generation, cache_dir or workdir, model_config,
+                                     optimizer_fn, mesh_fn, input_len, train_split, seed,
+                                     log_every_steps)
+  generation_s = time.time() - t_gen
   t_prep = time.time()
   if method == 'seal':
     if fm is None:
       fm = fm_index.FMIndex.build(tc.doc_tokens, v)
-    arrays = seal_examples(tc, seal_tasks, train_split, input_len, seed)
+    arrays = seal_examples(tc, seal_tasks, train_split, input_len, seed, pseudo)
     used, ids, shift, trie = v, None, 0, None
   else:
     ids = docids(method, tc, dsi_tasks, cache_dir)
     shift = v - NUM_RESERVED_TOKENS  # docid tokens follow the text pieces
-    arrays = dsi_examples(tc, ids, shift, dsi_tasks, train_split, input_len, seed)
+    arrays = dsi_examples(tc, ids, shift, dsi_tasks, train_split, input_len, seed, pseudo)
     used = v + sum(ids.level_sizes)
     trie = constraints.PrefixTrie.from_codes(ids.codes[1:], ids.level_sizes,
                                              ids.level_offsets + shift)
@@ -389,34 +395,20 @@ def train_and_evaluate(
     else:
       save_serving_inputs(workdir, tc, method, config, input_len, dsi_beam_size, ids=ids,
                           shift=shift)
-  mesh = mesh_fn()
-  tx, lr_fn = optimizer_fn(num_train_steps)
-  tr = trainer.Trainer(config, tx, mesh, lr_fn)
   n = len(arrays['encoder_input_tokens'])
-  batcher = loop.EpochBatcher(n, batch_size, seed)
-  logging.info('%s: %d training examples (%.1f epochs), %.2fM parameters, vocab %d', method,
-               n, num_train_steps * batch_size / n,
-               trainer.param_count(tr.abstract_state.params) / 1e6, config.vocab_size)
+  settings = {'method': method, 'collection': c.name, 'input_len': input_len,
+              'train_split': train_split, 'examples': n,
+              'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks),
+              **({'pseudo_queries': repr(query_generation)} if pseudo else {})}
+  tr, mesh, state, train_s, loss = seq2seq.train(
+      workdir, method, arrays, config, optimizer_fn, mesh_fn, num_train_steps, batch_size,
+      seed, log_every_steps, settings)
 
-  rng = jax.random.key(seed + 1)
-
-  def step_fn(state, step):
-    idx = batcher.indices(step)[partitioning.host_slice(batch_size, mesh)]
-    state, m = tr.train_step(
-        state, partitioning.shard_batch({k: a[idx] for k, a in arrays.items()}, mesh), rng)
-    return state, m['loss']
-  settings = {'method': method, 'collection': c.name, 'model_config': dataclasses.asdict(config),
-              'optimizer': loop.callable_settings(optimizer_fn), 'batch_size': batch_size,
-              'input_len': input_len, 'seed': seed, 'train_split': train_split,
-              'examples': n, 'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks)}
-  state, train_s, loss = loop.train_fixed_budget(
-      workdir, method, num_train_steps, batcher, tr.abstract_state, lambda: tr.init_state(seed),
-      step_fn, log_every_steps, settings)
-
-  def retrieve(qids: list[str], query_tokens: dict[str, np.ndarray], tag: str):
+  def retrieve(qids: list[str], query_tokens: dict[str, np.ndarray], tag: str | None):
     """Ranked documents of `qids` (best first), their scores, and extras;
-    writes <workdir>/<tag>.trec (and, for SEAL, the decoded n-grams)."""
-    inputs = _pad([query_tokens[q] for q in qids], input_len)
+    writes <workdir>/<tag>.trec (and, for SEAL, the decoded n-grams) unless
+    `tag` is None."""
+    inputs = seq2seq.pad([query_tokens[q] for q in qids], input_len)
     ranked = {}
     if method == 'seal':
       allowed = fm_index.NGramConstraint(fm, config.vocab_size)
@@ -431,8 +423,9 @@ def train_and_evaluate(
       logp = np.concatenate([o[1] for o in outs])
       # The decoded n-grams and their token log-probs, so that the scorer can be
       # studied again without the model (`rescore_seal`).
-      np.savez(os.path.join(workdir, f'{tag}_ngrams.npz'), qids=np.array(qids),
-               seqs=seqs, logp=logp)
+      if tag:
+        np.savez(os.path.join(workdir, f'{tag}_ngrams.npz'), qids=np.array(qids),
+                 seqs=seqs, logp=logp)
       ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
       extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
     else:
@@ -450,11 +443,17 @@ def train_and_evaluate(
         scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
       extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
                ids.info.get('collisions_before_dedup', 0)}
-    corpus.write_trec_run(os.path.join(workdir, f'{tag}.trec'), ranked, scores, method)
+    if tag:
+      corpus.write_trec_run(os.path.join(workdir, f'{tag}.trec'), ranked, scores, method)
     return ranked, scores, extra
 
   qrels = c.qrels[eval_split]
   qids = sorted(qrels, key=lambda q: (len(q), q))
+  # The first batch compiles the search (and warms the host caches): timed
+  # apart, so that ms_per_query is the warm latency.
+  t0 = time.time()
+  retrieve(qids[:eval_batch_size], tc.query_tokens, None)
+  first_batch_s = time.time() - t0
   t0 = time.time()
   ranked, scores, extra = retrieve(qids, tc.query_tokens, eval_split)
   eval_s = time.time() - t0
@@ -463,9 +462,12 @@ def train_and_evaluate(
   row = {'method': method, 'tokens': f'SentencePiece {v}',
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),
+         'pseudo_queries': query_generation.num_queries,
+         **({'query_generation_s': round(generation_s, 1)} if pseudo else {}),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',
          'train_s': None if train_s is None else round(train_s, 1),
          'prep_s': round(prep_s, 1), 'ms_per_query': round(eval_s / len(qids) * 1e3, 1),
+         'first_batch_s': round(first_batch_s, 2),
          'final_loss': None if loss is None else round(loss, 4),
          'params_m': round(trainer.param_count(state.params) / 1e6, 2), **extra}
   for split in run_splits:

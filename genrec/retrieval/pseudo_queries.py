@@ -1,0 +1,143 @@
+"""Pseudo-queries for generative retrieval (DSI-QG, Zhuang et al. 2022).
+
+A query generator, an encoder-decoder of its own, reads a document's first
+tokens and writes a query. It is trained on the training qrels (document ->
+each of its queries) and on the collection itself (a document's text after
+its title -> the title), then writes `num_queries` queries per document: the
+beams of one beam search over the text vocabulary. DSI and SEAL add them to
+their indexing examples (`docgen.dsi_examples`, `docgen.seal_examples`), so
+that the retrieval model sees query-like inputs for every document, not
+only for the few with training queries.
+
+Targets end with EOS and are padded with zeros that count in the loss, so
+the generator learns to emit padding after EOS and a beam's score is its
+query's log-probability. The generator and its queries are kept under a
+digest of everything that defines them (settings, documents, training
+qrels): the methods of one table share them, and held-out queries never
+reach the generator.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from absl import logging
+import gin
+import jax
+import numpy as np
+
+from genrec import models, partitioning
+from genrec.retrieval import seq2seq
+
+if TYPE_CHECKING:
+  from genrec.retrieval.docgen import TokenizedCollection
+
+EOS = 1  # corpus.train_sentencepiece: 0 pad, 1 eos, 2 unk
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class QueryGeneration:
+  """What pseudo-queries the indexing examples get.
+
+  Attributes:
+    num_queries: queries per document (0: none); the beams of one search.
+    query_len: tokens of a generated query, EOS included.
+    num_train_steps: the generator's training budget (steps of batch_size).
+    batch_size: the generator's batch.
+    beam_batch_size: documents per beam search.
+  """
+  num_queries: int = 0
+  query_len: int = 24
+  num_train_steps: int = 2000
+  batch_size: int = 64
+  beam_batch_size: int = 32
+
+
+def generator_examples(tc: 'TokenizedCollection', split: str, input_len: int,
+                       query_len: int) -> dict[str, np.ndarray]:
+  """(document's first tokens -> query) per `split` qrels pair, and
+  (document's text after its title -> title) per document with one."""
+  index = tc.collection.doc_index()
+  inputs, targets = [], []
+  for q, docs in sorted(tc.collection.qrels[split].items()):
+    for d in sorted(docs):
+      inputs.append(tc.doc_tokens[index[d]])
+      targets.append(tc.query_tokens[q])
+  for toks, t in zip(tc.doc_tokens, tc.title_lengths):
+    if t and len(toks) > t:
+      inputs.append(toks[t:])
+      targets.append(toks[:t])
+  targets = [np.append(np.asarray(x)[:query_len - 1], EOS) for x in targets]
+  arrays = seq2seq.arrays(inputs, targets, input_len, query_len)
+  arrays['decoder_loss_weights'] = np.ones_like(arrays['decoder_loss_weights'])
+  return arrays
+
+
+def _digest(tc: 'TokenizedCollection', split: str, settings: dict) -> str:
+  h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+  for toks in tc.doc_tokens:
+    h.update(np.asarray(toks, np.int32).tobytes() + b'|')
+  h.update(repr(sorted((q, sorted(d)) for q, d in tc.collection.qrels[split].items())).encode())
+  return h.hexdigest()[:16]
+
+
+def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
+             model_config: models.TransformerConfig, optimizer_fn: Callable,
+             mesh_fn: Callable, input_len: int, train_split: str = 'train', seed: int = 0,
+             log_every_steps: int = 200) -> list[list[np.ndarray]]:
+  """`qg.num_queries` pseudo-queries (token arrays, EOS cut) per document.
+
+  The generator is trained in <directory>/query_generator-<digest>/ (a second
+  call with the same inputs restores it) and its queries are saved there as
+  queries.npz.
+  """
+  if qg.num_queries < 1:
+    raise ValueError(f'QueryGeneration.num_queries must be >= 1 to generate, got '
+                     f'{qg.num_queries}.')
+  vocab = tc.text_vocab_size
+  config = dataclasses.replace(model_config, vocab_size=-(-vocab // 128) * 128)
+  settings = {'generator': repr(qg), 'collection': tc.collection.name, 'input_len': input_len,
+              'train_split': train_split}
+  workdir = os.path.join(directory, f'query_generator-{_digest(tc, train_split, settings)}')
+  saved = os.path.join(workdir, 'queries.npz')
+  if os.path.exists(saved):
+    with np.load(saved) as z:
+      tokens = z['tokens']
+  else:
+    arrays = generator_examples(tc, train_split, input_len, qg.query_len)
+    tr, mesh, state, _, _ = seq2seq.train(
+        workdir, 'query generator', arrays, config, optimizer_fn, mesh_fn,
+        qg.num_train_steps, qg.batch_size, seed, log_every_steps,
+        {**settings, 'examples': len(arrays['encoder_input_tokens'])})
+    inputs = seq2seq.pad(tc.doc_tokens, input_len)
+
+    def run(batch, rows):
+      tokens, _ = tr.predict(state.params, batch['x'], qg.num_queries, qg.query_len)
+      return partitioning.gather(tokens, rows)
+    outs = partitioning.map_batches({'x': inputs}, qg.beam_batch_size, mesh, run)
+    tokens = np.concatenate(outs)  # [docs, num_queries, query_len]
+    if jax.process_index() == 0:
+      np.savez(saved + '.tmp.npz', tokens=tokens)
+      os.replace(saved + '.tmp.npz', saved)
+    logging.info('Pseudo-queries: %d per document for %d documents in %s', qg.num_queries,
+                 len(tokens), workdir)
+  out = []
+  for beams in tokens:
+    queries = []
+    for seq in beams:
+      end = np.flatnonzero(seq == EOS)
+      seq = seq[:end[0]] if len(end) else seq
+      seq = seq[(seq > EOS) & (seq < vocab)]  # text pieces only
+      if len(seq):
+        queries.append(seq.astype(np.int32))
+    out.append(queries)
+  return out
+
+
+def decode(tc: 'TokenizedCollection', queries: list[np.ndarray]) -> list[str]:
+  """The text of token arrays (to read what the generator wrote)."""
+  return [tc.sp.decode(q.tolist()) for q in queries]
