@@ -1,8 +1,11 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from genrec import ids
 from genrec.data import sequences
 from genrec.benchmarks import ablation, id_quality, scaling, tiger_table
@@ -72,3 +75,26 @@ def test_scaling_memory_table():
   assert memory['base', 'data', 1]['per_device_GiB'] == pytest.approx(
       memory['base', 'data', 1]['params_M'] * 1e6 * 12 / 2**30, rel=1e-3)  # fp32 + 2 moments
   assert 'split 8 ways' in memory['base', 'tensor', 8]['note']  # 12 heads
+
+
+def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
+  """`--table_only` gathers saved rows (the hybrid folder holds a list) from
+  several run folders into one table under --table_dir."""
+  for folder, ndcg in (('plain', 0.3), ('pseudo', 0.4)):
+    for method, row in (('bm25', {'method': 'BM25 (k1 0.9, b 0.4)', 'ndcg@10': 0.33}),
+                        ('dsi_atomic', {'method': 'dsi_atomic', 'ndcg@10': ndcg}),
+                        ('hybrid', [{'method': 'hybrid: BM25 + dsi_atomic, RRF (k 60)',
+                                     'ndcg@10': ndcg + 0.05}])):
+      (tmp_path / folder / method).mkdir(parents=True)
+      (tmp_path / folder / method / 'row.json').write_text(json.dumps(row))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'genrec.benchmarks.retrieval', '--table_only',
+       f'--table_from={tmp_path / "plain"},{tmp_path / "pseudo"}',
+       '--methods=bm25,dsi_atomic,hybrid', f'--table_dir={tmp_path / "docs"}',
+       '--table_stem=retrieval_toy'], capture_output=True, text=True, cwd=REPO_ROOT,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  md = (tmp_path / 'docs' / 'retrieval_toy.md').read_text()
+  assert md.count('| dsi_atomic |') == 2 and md.count('| hybrid: BM25 + dsi_atomic') == 2
+  assert [line.split(' | ')[4] for line in md.splitlines() if '| dsi_atomic |' in line] == [
+      '0.3', '0.4']

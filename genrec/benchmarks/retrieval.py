@@ -34,6 +34,8 @@ flags.DEFINE_multi_string('gin_file', ['gin/retrieval/cranfield.gin'],
                           'Model size and training budget of the generative methods.')
 flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
 flags.DEFINE_bool('table_only', False, 'Only re-tabulate the rows saved in output_dir.')
+flags.DEFINE_list('table_from', None, 'With --table_only: the run folders whose rows go in '
+                  'the table, in order (default output_dir).')
 flags.DEFINE_string('table_dir', None, 'With --table_only: where the table goes (default '
                     'output_dir), e.g. docs/results.')
 flags.DEFINE_string('table_stem', 'retrieval', 'With --table_only: the table\'s file name '
@@ -48,7 +50,8 @@ def main(argv):
     raise app.UsageError(f'Unknown methods {sorted(unknown)}; choose from '
                          f'{", ".join(retrieval_run.METHODS)}.')
   if FLAGS.table_only:
-    paths = [retrieval_run.row_path(FLAGS.output_dir, m) for m in FLAGS.methods]
+    paths = [retrieval_run.row_path(d, m) for d in (FLAGS.table_from or [FLAGS.output_dir])
+             for m in FLAGS.methods]
     rows = []
     for p in filter(os.path.exists, paths):
       with open(p) as f:
