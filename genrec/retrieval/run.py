@@ -13,6 +13,7 @@ checkpoint is evaluated without training again. Writes
 
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -44,12 +45,20 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
   return md
 
 
+def _shell_quote(arg: str) -> str:
+  """`arg` as a shell reads it back, in double quotes where that suffices
+  (gin bindings hold single quotes)."""
+  if shlex.quote(arg) == arg or any(ch in arg for ch in '"$`\\!'):
+    return shlex.quote(arg)
+  return f'"{arg}"'
+
+
 def provenance() -> dict:
   """The machine, date and command of a row measured now."""
-  argv = sys.argv[1:] if os.path.basename(sys.argv[0]) == 'main.py' else None
-  command = ('python main.py ' + ' '.join(argv) if argv is not None else
-             ' '.join(['python -m genrec.benchmarks.retrieval', *sys.argv[1:]])
-             if 'benchmarks' in sys.argv[0] else ' '.join(sys.argv))
+  program = ('python main.py' if os.path.basename(sys.argv[0]) == 'main.py' else
+             'python -m genrec.benchmarks.retrieval' if 'benchmarks' in sys.argv[0] else
+             shlex.quote(sys.argv[0]))
+  command = ' '.join([program, *map(_shell_quote, sys.argv[1:])])
   return {'machine': tables.host_summary() if jax.default_backend() == 'cpu'
           else partitioning.device_summary(),
           'date': time.strftime('%Y-%m-%d'), 'command': command}
