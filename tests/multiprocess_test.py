@@ -147,7 +147,8 @@ def test_retrieval_and_ranking_modes_run_with_two_processes(tmp_path):
       "--gin_bindings=METHODS=('seal',)", '--gin_bindings=run.run.vocab_size=100',
       '--gin_bindings=docgen.train_and_evaluate.num_train_steps=5',
       '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
-      '--gin_bindings=docgen.train_and_evaluate.input_len=16'], run=False)
+      '--gin_bindings=docgen.train_and_evaluate.input_len=16',
+      '--gin_bindings=run.run.dev_fraction=0.0'], run=False)
   assert job.ok, _log(retrieval, 1)[-3000:]
   row = json.loads((retrieval / 'seal' / 'row.json').read_text())
   assert row['queries'] == 6 and '2 x cpu' in row['training'], row

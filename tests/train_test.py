@@ -224,7 +224,8 @@ def test_decoder_only_model_trains_on_whole_sequences_and_decodes_valid_ids(tmp_
   inp = tmp_path / 'histories.jsonl'
   inp.write_text(''.join(json.dumps({'user': i, 'history': h[h > 0].tolist()}) + '\n'
                          for i, h in enumerate(test.history)))
-  out = infer.infer(str(tmp_path), str(inp), mesh_fn=lambda: partitioning.make_mesh(-1, 1, 1))
+  out = infer.infer(str(tmp_path), str(inp),
+                    mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
   got = [json.loads(line) for line in open(out)]
   want = [json.loads(line) for line in open(tmp_path / 'predictions' / 'test.jsonl')]
   assert [g['items'] for g in got] == [w['items'] for w in want]
