@@ -28,8 +28,8 @@ from genrec.retrieval import corpus, docgen, fusion
 
 METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
-           'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s', 'ms_per_query', 'first_batch_s',
-           'params_m', 'tokens', 'machine', 'date', 'command')
+           'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s', 'ms_per_query',
+           'first_batch_s', 'params_m', 'tokens', 'machine', 'date', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
@@ -97,12 +97,14 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
     for how, (ranked, scores) in fused.items():
       name = f'hybrid: BM25 + {method}, {how}'
       tag = 'hybrid_rrf' if how.startswith('RRF') else 'hybrid_alpha'
-      os.makedirs(os.path.join(workdir, 'hybrid', method), exist_ok=True)
-      corpus.write_trec_run(os.path.join(workdir, 'hybrid', method, f'{tag}_{split}.trec'),
-                            ranked, scores, tag)
+      if jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, 'hybrid', method), exist_ok=True)
+        corpus.write_trec_run(os.path.join(workdir, 'hybrid', method, f'{tag}_{split}.trec'),
+                              ranked, scores, tag)
       m = corpus.retrieval_metrics(ranked, qrels, grades=c.grades.get(split))
       out.append({'method': name, **{k: round(v, 4) for k, v in m.items()},
                   'queries': len(qrels), 'train_queries': g.get('train_queries'),
+                  'pseudo_queries': g.get('pseudo_queries'),
                   'training': g.get('training'), 'train_s': g.get('train_s'),
                   'ms_per_query': round(base.get('ms_per_query', 0) + g['ms_per_query'], 2),
                   'params_m': g.get('params_m'), 'tokens': g.get('tokens'),
