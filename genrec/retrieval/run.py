@@ -83,12 +83,12 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
   by_method |= {('bm25' if r['method'].startswith('BM25') else r['method']): r for r in rows}
   base = by_method.get('bm25', {})
   qrels, out = c.qrels[split], []
+  lex = {s: fusion.read_trec_run(f'{bm25}/{s}.trec') for s in (split, DEV)}
   for method in docgen.METHODS:
     runs = {s: os.path.join(workdir, method, f'{s}.trec') for s in (split, DEV)}
     if method not in by_method or not all(map(os.path.exists, runs.values())):
       continue
     gen = {s: fusion.read_trec_run(p) for s, p in runs.items()}
-    lex = {s: fusion.read_trec_run(f'{bm25}/{s}.trec') for s in (split, DEV)}
     alpha, curve = fusion.tune_alpha(lex[DEV], gen[DEV], c.qrels[DEV])
     fused = {'RRF (k 60)': fusion.reciprocal_rank_fusion([lex[split], gen[split]]),
              f'alpha {alpha:g} tuned on {DEV}':
