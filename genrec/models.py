@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 import optax
 
-from genrec import config_check, layers
+from genrec import config_check, layers, text_encoder
 
 Array = jax.Array
 
@@ -38,11 +38,15 @@ class TransformerConfig:
   dtype: str = 'auto'
   # 'encoder_decoder' (generative; with num_items > 0 it scores items through
   # a projection head instead of decoding identifiers), 'decoder_only'
-  # (generative over the whole identifier sequence, trained on every position)
-  # or 'sasrec'.
+  # (generative over the whole identifier sequence, trained on every position),
+  # 'sasrec', or 'bert_encoder_decoder' (a pretrained BERT encoder under the
+  # decoder: document retrieval from WordPiece inputs).
   architecture: str = 'encoder_decoder'
   num_items: int = 0  # item-scoring models: catalog size, filled in from the data
   max_len: int = 0  # SASRec: history positions, filled in from max_history
+  # 'bert_encoder_decoder': the sentence-transformers folder whose BERT is the
+  # encoder ('' = the installed all-MiniLM-L6-v2, `text_encoder`).
+  encoder_checkpoint: str = ''
 
   def __post_init__(self):
     config_check.check_fields(self)
@@ -261,6 +265,13 @@ class EncoderDecoder(nnx.Module):
       (float32 logits [n, vocab], the updated self cache). Equal to
       `decode(...)[:, step]` on the whole prefix (tested).
     """
+    y, new_cache = self.decode_step_hidden(tokens, step, cross_cache, encoder_valid,
+                                           self_cache)
+    return self._logits(y)[:, 0], new_cache
+
+  def decode_step_hidden(self, tokens: Array, step: int, cross_cache, encoder_valid: Array,
+                         self_cache) -> tuple[Array, list]:
+    """`decode_step`'s final states [n, 1, d] (normalized) instead of logits."""
     max_len = self_cache[0][0].shape[1]
     bias = self.decoder_bias(max_len, max_len)
     cross_mask = encoder_valid[:, None, None, :]
@@ -269,7 +280,7 @@ class EncoderDecoder(nnx.Module):
     for layer, cross_kv, self_kv in zip(self.decoder_layers, cross_cache, self_cache):
       y, kv = layer.decode_step(y, cross_kv, cross_mask, self_kv, step, bias)
       new_cache.append(kv)
-    return self._logits(self.decoder_norm(y))[:, 0], new_cache
+    return self.decoder_norm(y), new_cache
 
   def beam_search_inputs(self, encoder_input_tokens: Array, beam_size: int, num_steps: int):
     """(tokens_to_logits, initial cache) of `decoding.beam_search`: the encoder
@@ -317,6 +328,106 @@ class EncoderDecoder(nnx.Module):
     denom = jnp.maximum(weights.sum(), 1.0)
     correct = (logits.argmax(-1) == targets).astype(jnp.float32)
     return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+
+
+class BertEncoderDecoder(EncoderDecoder):
+  """A pretrained BERT encoder (all-MiniLM-L6-v2 by default) under genrec's
+  decoder, for document retrieval from WordPiece inputs.
+
+  Inputs are WordPiece ids without special tokens (0 = padding); the model
+  adds [CLS] and [SEP] as the checkpoint was trained with. The decoder has
+  its own token table (`vocab_size`: identifier tokens), tied to the logits.
+  Every position's logits are
+
+      logit_scale * (q + out(decoder state)) . embed[token]
+
+  where q is the encoder's mean-pooled, normalized sentence embedding and
+  `out` starts at zero: with the encoder's weights loaded
+  (`text_encoder.pretrained_params`) and a docid's embedding set to its
+  document's sentence embedding, the first decoding step starts as the
+  checkpoint's dense retrieval (cosine similarity), and training moves on
+  from there (tested). `d_model` must equal the checkpoint's hidden size.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    bert_cfg = text_encoder.load_bert_config(cfg.encoder_checkpoint or None)
+    if cfg.d_model != bert_cfg.hidden_size:
+      raise ValueError(f'TransformerConfig.d_model is {cfg.d_model}, the encoder checkpoint '
+                       f'has hidden size {bert_cfg.hidden_size}: set d_model = '
+                       f'{bert_cfg.hidden_size} for architecture bert_encoder_decoder.')
+    vocab = text_encoder.WordPieceVocabulary(cfg.encoder_checkpoint or None)
+    dt = cfg.compute_dtype
+    self.cfg = cfg
+    self.cls_id, self.sep_id = vocab.cls_id, vocab.sep_id
+    self.max_positions = bert_cfg.max_position_embeddings
+    self.bert = text_encoder.BertModel(bert_cfg, rngs=rngs)
+    self.embed = _token_table(cfg, rngs)
+    self.decoder_bias = layers.RelativePositionBias(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, False, dtype=dt, rngs=rngs)
+    self.decoder_layers = nnx.List(
+        [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    self.decoder_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.out = layers.Dense((cfg.d_model,), (cfg.d_model,), ('embed', 'mlp'), dtype=dt,
+                            rngs=rngs)
+    self.out.kernel[...] = jnp.zeros_like(self.out.kernel[...])
+    self.logit_scale = nnx.Param(jnp.asarray(20.0, jnp.float32))
+    self.dropout = layers.Dropout(cfg.dropout_rate)
+    self.logits_dense = None
+    self.item_embed = None
+
+  def encode_pooled(self, encoder_input_tokens: Array, *, deterministic: bool = True,
+                    rngs: nnx.Rngs | None = None) -> tuple[Array, Array, Array]:
+    """(states [b, s + 2, d], their mask, sentence embeddings [b, d])."""
+    tokens = encoder_input_tokens[:, :self.max_positions - 2]
+    b = tokens.shape[0]
+    length = (tokens > 0).sum(1)
+    ids = jnp.concatenate([jnp.full((b, 1), self.cls_id, tokens.dtype), tokens,
+                           jnp.zeros((b, 1), tokens.dtype)], axis=1)
+    ids = ids.at[jnp.arange(b), length + 1].set(self.sep_id)
+    valid = ids > 0
+    states = self.bert.states(ids, valid)
+    pooled = text_encoder.mean_pool(states, valid)
+    encoded = self.dropout(states.astype(self.cfg.compute_dtype), deterministic=deterministic,
+                           rngs=rngs)
+    return encoded, valid, pooled
+
+  def encode(self, encoder_input_tokens: Array, *, deterministic: bool = True,
+             rngs: nnx.Rngs | None = None) -> tuple[Array, Array]:
+    encoded, valid, _ = self.encode_pooled(encoder_input_tokens, deterministic=deterministic,
+                                           rngs=rngs)
+    return encoded, valid
+
+  def pooled_logits(self, y: Array, pooled: Array) -> Array:
+    """Logits [n, t, vocab] of decoder states y [n, t, d] with the sentence
+    embeddings pooled [n, d] of their inputs."""
+    h = pooled[:, None, :].astype(y.dtype) + self.out(y)
+    logits = jnp.einsum('btd,vd->btv', h, self.embed[...].astype(y.dtype))
+    return (logits * self.logit_scale[...].astype(y.dtype)).astype(jnp.float32)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    encoded, valid, pooled = self.encode_pooled(encoder_input_tokens, **kw)
+    return self.pooled_logits(self.decode_hidden(encoded, valid, decoder_input_tokens, **kw),
+                              pooled)
+
+  def decode(self, *args, **kwargs):
+    raise NotImplementedError('BertEncoderDecoder scores with the sentence embedding too: '
+                              'call the model, or decode through beam_search_inputs.')
+
+  def beam_search_inputs(self, encoder_input_tokens: Array, beam_size: int, num_steps: int):
+    encoded, valid, pooled = self.encode_pooled(encoder_input_tokens)
+    cross = self.cross_attention_cache(encoded)
+
+    def tokens_to_logits(tokens, cache, step):
+      y, cache = self.decode_step_hidden(tokens, step, cross, valid, cache)
+      per_beam = jnp.repeat(pooled, tokens.shape[0] // pooled.shape[0], axis=0)
+      return self.pooled_logits(y, per_beam)[:, 0], cache
+    return tokens_to_logits, self.init_self_cache(encoded.shape[0] * beam_size, num_steps)
+
+  def score_items(self, *args, **kwargs):
+    raise ValueError('BertEncoderDecoder has no item projection head.')
 
 
 def _token_table(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Param:
@@ -556,7 +667,8 @@ def _attend_history_and_own(attn: layers.MultiHeadAttention, q, hk, hv, hist_mas
 
 
 def model_class(cfg: TransformerConfig) -> type[nnx.Module]:
-  classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec, 'decoder_only': DecoderOnly}
+  classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec, 'decoder_only': DecoderOnly,
+             'bert_encoder_decoder': BertEncoderDecoder}
   if cfg.architecture not in classes:
     raise ValueError(f'Unknown architecture {cfg.architecture!r}; use one of {sorted(classes)}.')
   return classes[cfg.architecture]

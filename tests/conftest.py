@@ -33,3 +33,43 @@ def data_dir_or_skip(*parts: str) -> str:
     pytest.skip(f'{path} is absent: set GENREC_DATA_DIR to the folder holding amazon-2014/ '
                 '(CI has it at ../shared/data).')
   return base
+
+
+@pytest.fixture(scope='session')
+def tiny_bert_dir(tmp_path_factory) -> str:
+  """A sentence-transformers folder with a random 1-layer, 32-wide BERT and
+  all-MiniLM-L6-v2's WordPiece tokenizer (the pretrained-encoder tests run
+  it instead of the 22M-parameter checkpoint)."""
+  text_encoder = pytest.importorskip(
+      'genrec.text_encoder', reason='genrec.text_encoder needs tokenizers and safetensors')
+  import json
+  import shutil
+
+  import numpy as np
+  from safetensors.numpy import save_file
+  try:
+    source = text_encoder.default_model_dir()
+  except ImportError as e:
+    pytest.skip(str(e))
+  folder = tmp_path_factory.mktemp('tiny_bert')
+  shutil.copy(os.path.join(source, 'tokenizer.json'), folder / 'tokenizer.json')
+  cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+             intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+             layer_norm_eps=1e-12, hidden_act='gelu', position_embedding_type='absolute')
+  (folder / 'config.json').write_text(json.dumps(cfg))
+  rng = np.random.default_rng(0)
+  w = lambda *shape: (rng.normal(size=shape) * 0.2).astype(np.float32)
+  h, f = 32, 64
+  tensors = {'embeddings.word_embeddings.weight': w(30522, h),
+             'embeddings.position_embeddings.weight': w(64, h),
+             'embeddings.token_type_embeddings.weight': w(2, h),
+             'embeddings.LayerNorm.weight': 1 + w(h), 'embeddings.LayerNorm.bias': w(h)}
+  p = 'encoder.layer.0.'
+  for name, shape in [('attention.self.query', (h, h)), ('attention.self.key', (h, h)),
+                      ('attention.self.value', (h, h)), ('attention.output.dense', (h, h)),
+                      ('intermediate.dense', (f, h)), ('output.dense', (h, f))]:
+    tensors[p + name + '.weight'], tensors[p + name + '.bias'] = w(*shape), w(shape[0])
+  for name in ('attention.output.LayerNorm', 'output.LayerNorm'):
+    tensors[p + name + '.weight'], tensors[p + name + '.bias'] = 1 + w(h), w(h)
+  save_file(tensors, str(folder / 'model.safetensors'))
+  return str(folder)

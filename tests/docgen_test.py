@@ -284,3 +284,37 @@ def test_bad_method_or_split_is_named(tc, tmp_path):
     docgen.train_and_evaluate('dsi_bogus', tc, str(tmp_path))
   with pytest.raises(ValueError, match="no qrels split 'dev'"):
     docgen.train_and_evaluate('seal', tc, str(tmp_path), eval_split='dev')
+
+
+def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_bert_dir):
+  """DSI atomic on a pretrained encoder (architecture bert_encoder_decoder):
+  WordPiece inputs, docid tokens after the reserved ones, and untrained
+  (learning rate 0) its constrained beam search scores the documents as the
+  encoder's dense retrieval does."""
+  from genrec import text_encoder
+  cfg = dataclasses.replace(TINY, architecture='bert_encoder_decoder',
+                            encoder_checkpoint=tiny_bert_dir, num_encoder_layers=0)
+  kw = dict(model_config=cfg, num_train_steps=1, batch_size=8, input_len=16,
+            optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=0.0),
+            dsi_beam_size=16, dsi_tasks=docgen.DsiTasks(num_spans=1),
+            mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+  row = docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path / 'pre'), **kw)
+  assert row['tokens'] == 'WordPiece 30522' and row['init'].endswith('(+ docid embeddings)')
+  c = tc.collection
+  qids = sorted(c.qrels['test'])
+  dense = text_encoder.encode([c.queries[q] for q in qids], tiny_bert_dir) @ (
+      docgen.document_embeddings(c, None, tiny_bert_dir).T)
+  run = ranx.Run.from_file(str(tmp_path / 'pre' / 'test.trec'), kind='trec')
+  for q, cos in zip(qids, dense):  # beam scores: log-softmax of 20 x cosine, every doc
+    got = np.array([run.run[q][d] for d in c.doc_ids])
+    np.testing.assert_allclose(got - got.max(), 20 * (cos - cos.max()), atol=1e-3)
+  with open(tmp_path / 'pre' / 'retrieval_run.json') as f:
+    assert json.load(f)['docid_token_shift'] == 0
+  assert (tmp_path / 'pre' / docgen.WORDPIECE).exists()
+  with pytest.raises(ValueError, match='pretrained encoder.*not supported yet'):
+    retrieval_export.load(str(tmp_path / 'pre'))
+  cold = docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path / 'cold'),
+                                   pretrained_init=False, **kw)
+  assert cold['init'] == 'random' and cold['params_m'] == row['params_m']
+  with pytest.raises(ValueError, match='DSI methods'):
+    docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), **kw)

@@ -4,6 +4,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from genrec import layers, models
@@ -168,3 +169,57 @@ def test_shared_bias_gradient_equals_the_broadcast_sum():
   want = f(lambda a, b: a + b)(logits, bias)
   for g, e in zip(got, want):
     np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def _bert_model(model_dir, texts):
+  """A BertEncoderDecoder over the checkpoint `model_dir`, its encoder loaded,
+  docid token i + 3 embedded as texts[i]'s sentence embedding."""
+  from genrec import text_encoder
+  cfg = models.TransformerConfig(vocab_size=16, d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                 num_decoder_layers=1, dropout_rate=0.0, dtype='float32',
+                                 architecture='bert_encoder_decoder',
+                                 encoder_checkpoint=model_dir)
+  model = models.create_model(cfg, jax.random.key(0))
+  state = nnx.state(model)
+  params = nnx.to_pure_dict(state)
+  params['bert'] = text_encoder.pretrained_params(model_dir)
+  params['embed'] = np.array(params['embed'])
+  params['embed'][3:3 + len(texts)] = text_encoder.encode(texts, model_dir)
+  nnx.replace_by_pure_dict(state, params)
+  nnx.update(model, state)
+  return model
+
+
+def test_pretrained_encoder_decoder_starts_as_dense_retrieval(tiny_bert_dir):
+  from genrec import text_encoder
+  docs = ['boundary layer of a flat plate', 'heat transfer at hypersonic speed',
+          'flutter of swept wings']
+  queries = ['flat plate boundary layer', 'wing flutter']
+  model = _bert_model(tiny_bert_dir, docs)
+  vocab = text_encoder.WordPieceVocabulary(tiny_bert_dir)
+  enc = np.zeros((2, 12), np.int32)
+  for i, q in enumerate(queries):
+    ids = vocab.encode(q)
+    enc[i, :len(ids)] = ids
+  # First decoding step: scale x cosine of the query and document embeddings
+  # (the model adds [CLS]/[SEP] as the tokenizer does for the encoder).
+  logits = model(jnp.asarray(enc), jnp.zeros((2, 1), jnp.int32))[:, 0, 3:6]
+  dense = text_encoder.encode(queries, tiny_bert_dir) @ text_encoder.encode(
+      docs, tiny_bert_dir).T
+  np.testing.assert_allclose(np.asarray(logits) / 20.0, dense, atol=1e-5)
+  # Incremental decoding (beams share the query's encoder states) equals the full pass.
+  dec = jnp.array([[0, 4, 5], [0, 3, 3]])
+  full = model(jnp.asarray(enc), dec)
+  step_fn, cache = model.beam_search_inputs(jnp.asarray(enc), 2, 3)
+  stepped = []
+  for t in range(3):
+    logits, cache = step_fn(jnp.repeat(dec[:, t], 2), cache, t)
+    stepped.append(logits)
+  np.testing.assert_allclose(jnp.stack(stepped, 1), jnp.repeat(full, 2, axis=0), atol=1e-4)
+
+
+def test_pretrained_encoder_width_must_match_d_model(tiny_bert_dir):
+  cfg = models.TransformerConfig(vocab_size=16, d_model=64, architecture='bert_encoder_decoder',
+                                 encoder_checkpoint=tiny_bert_dir)
+  with pytest.raises(ValueError, match='hidden size 32: set d_model = 32'):
+    models.abstract_model(cfg)

@@ -53,7 +53,8 @@ METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class TokenizedCollection:
-  """A collection with its SentencePiece tokens.
+  """A collection with its SentencePiece tokens (or WordPiece ones:
+  `text_encoder.WordPieceVocabulary` has the interface used of `sp`).
 
   doc_tokens[i]: the document's title and text (the title once: cranfield's
   texts repeat it) as token ids >= 1; title_lengths[i]: how many of those
@@ -68,6 +69,12 @@ class TokenizedCollection:
   @property
   def text_vocab_size(self) -> int:
     return self.sp.get_piece_size()
+
+  @property
+  def tokens(self) -> str:
+    kind = 'WordPiece' if isinstance(self.sp, text_encoder.WordPieceVocabulary) else (
+        'SentencePiece')
+    return f'{kind} {self.text_vocab_size}'
 
   @classmethod
   def build(cls, c: corpus.Collection, sp: spm.SentencePieceProcessor
@@ -137,18 +144,22 @@ def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
   raise ValueError(f'Unknown DSI method {method!r}; use one of {METHODS[:3]}.')
 
 
-def document_embeddings(c: corpus.Collection, cache_dir: str | None = None) -> np.ndarray:
-  """MiniLM embeddings [num_docs, 384] of the documents' text; with `cache_dir`
-  stored under a digest of the texts (so they travel to hosts without the
-  encoder package)."""
+def document_embeddings(c: corpus.Collection, cache_dir: str | None = None,
+                        model_dir: str | None = None) -> np.ndarray:
+  """MiniLM embeddings [num_docs, 384] of the documents' text (or those of the
+  sentence-transformers folder `model_dir`); with `cache_dir` stored under a
+  digest of the texts (so they travel to hosts without the encoder package)."""
   texts = [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)]
   path = None
   if cache_dir:
-    digest = hashlib.sha256('\x00'.join(texts).encode()).hexdigest()[:16]
+    digest = hashlib.sha256('\x00'.join(texts + [model_dir or '']).encode()
+                            ).hexdigest()[:16]
+    if model_dir is None:  # the key of the files cached before model_dir existed
+      digest = hashlib.sha256('\x00'.join(texts).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f'{c.name}-doc-minilm-{digest}.npy')
     if os.path.exists(path):
       return np.load(path)
-  emb = text_encoder.encode(texts)
+  emb = text_encoder.encode(texts, model_dir)
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     np.save(path, emb)
@@ -279,6 +290,7 @@ def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: Se
 # ---------------------------------------------------------------------------
 SERVING_RUN = 'retrieval_run.json'  # what a run's export needs besides the checkpoint
 SPM_MODEL = 'spm.model'
+WORDPIECE = 'tokenizer.json'  # instead of spm.model, for pretrained-encoder runs
 DOC_IDS = 'doc_ids.txt'
 FM_INDEX = 'fm_index'
 
@@ -295,8 +307,12 @@ def save_serving_inputs(workdir: str, tc: TokenizedCollection, method: str,
     ids.save(os.path.join(workdir, 'ids'))
   if fm is not None:
     fm.save(os.path.join(workdir, FM_INDEX))
-  with open(os.path.join(workdir, SPM_MODEL), 'wb') as f:
-    f.write(tc.sp.serialized_model_proto())
+  if isinstance(tc.sp, text_encoder.WordPieceVocabulary):
+    with open(os.path.join(workdir, WORDPIECE), 'wb') as f:
+      f.write(tc.sp.serialized)
+  else:
+    with open(os.path.join(workdir, SPM_MODEL), 'wb') as f:
+      f.write(tc.sp.serialized_model_proto())
   sequences.write_external_ids(os.path.join(workdir, DOC_IDS), tc.collection.doc_ids)
   loop.write_json(os.path.join(workdir, SERVING_RUN), {
       'method': method, 'collection': tc.collection.name, 'input_len': input_len,
@@ -331,6 +347,7 @@ def train_and_evaluate(
     queries_file: str | None = None,
     run_splits: Sequence[str] = (),
     query_generation: pseudo_queries.QueryGeneration | None = None,
+    pretrained_init: bool = True,
 ) -> dict:
   """Trains `method` (one of METHODS) on `tc` and evaluates it on `eval_split`.
 
@@ -351,6 +368,13 @@ def train_and_evaluate(
   trained once per collection and training split under `cache_dir`, or the
   workdir without one).
 
+  With `model_config.architecture = 'bert_encoder_decoder'` (DSI methods),
+  the collection is tokenized again with the encoder checkpoint's WordPiece
+  vocabulary, docid tokens follow the reserved tokens, and with
+  `pretrained_init` training starts from the checkpoint's encoder and (DSI
+  atomic) from docid embeddings equal to the documents' sentence embeddings;
+  without it, from random weights of the same shapes (the comparison).
+
   Returns a row for the retrieval table (metrics, budget, timings).
   """
   config_check.check_arguments(train_and_evaluate, dict(locals()))
@@ -364,6 +388,16 @@ def train_and_evaluate(
   for split in (train_split, eval_split, *run_splits):
     if split not in c.qrels:
       raise ValueError(f'{c.name} has no qrels split {split!r} (has {sorted(c.qrels)}).')
+  pretrained = model_config.architecture == 'bert_encoder_decoder'
+  checkpoint = model_config.encoder_checkpoint or None
+  if pretrained:
+    if method == 'seal' or query_generation.num_queries:
+      raise ValueError('The pretrained encoder (architecture bert_encoder_decoder) serves the '
+                       f'DSI methods {METHODS[:3]} without pseudo-queries; run {method!r}'
+                       f'{" with pseudo-queries" if method != "seal" else ""} with the '
+                       "default architecture 'encoder_decoder'.")
+    if not isinstance(tc.sp, text_encoder.WordPieceVocabulary):
+      tc = TokenizedCollection.build(c, text_encoder.WordPieceVocabulary(checkpoint))
   loop.make_workdir(workdir)
   v = tc.text_vocab_size
   pseudo, t_gen = None, time.time()
@@ -380,9 +414,11 @@ def train_and_evaluate(
     used, ids, shift, trie = v, None, 0, None
   else:
     ids = docids(method, tc, dsi_tasks, cache_dir)
-    shift = v - NUM_RESERVED_TOKENS  # docid tokens follow the text pieces
+    # Docid tokens follow the text pieces in one vocabulary; a pretrained
+    # encoder has its own, and the decoder's holds the docid tokens only.
+    shift = 0 if pretrained else v - NUM_RESERVED_TOKENS
     arrays = dsi_examples(tc, ids, shift, dsi_tasks, train_split, input_len, seed, pseudo)
-    used = v + sum(ids.level_sizes)
+    used = (NUM_RESERVED_TOKENS if pretrained else v) + sum(ids.level_sizes)
     trie = constraints.PrefixTrie.from_codes(ids.codes[1:], ids.level_sizes,
                                              ids.level_offsets + shift)
   prep_s = time.time() - t_prep
@@ -396,13 +432,24 @@ def train_and_evaluate(
       save_serving_inputs(workdir, tc, method, config, input_len, dsi_beam_size, ids=ids,
                           shift=shift)
   n = len(arrays['encoder_input_tokens'])
+  init = ('random' if not pretrained_init else
+          f'{os.path.basename(os.path.normpath(checkpoint)) if checkpoint else "MiniLM"}'
+          f'{" (+ docid embeddings)" if method == "dsi_atomic" else ""}') if pretrained else (
+              'random')
   settings = {'method': method, 'collection': c.name, 'input_len': input_len,
-              'train_split': train_split, 'examples': n,
+              'train_split': train_split, 'examples': n, 'init': init,
               'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks),
               **({'pseudo_queries': repr(query_generation)} if pseudo else {})}
+
+  def warm_start(params: dict) -> dict:
+    params['bert'] = text_encoder.pretrained_params(checkpoint)
+    if method == 'dsi_atomic':
+      params['embed'][ids.token_table()[1:, 0] + shift] = document_embeddings(
+          c, cache_dir, checkpoint)
+    return params
   tr, mesh, state, train_s, loss = seq2seq.train(
       workdir, method, arrays, config, optimizer_fn, mesh_fn, num_train_steps, batch_size,
-      seed, log_every_steps, settings)
+      seed, log_every_steps, settings, warm_start if pretrained and pretrained_init else None)
 
   def retrieve(qids: list[str], query_tokens: dict[str, np.ndarray], tag: str | None):
     """Ranked documents of `qids` (best first), their scores, and extras;
@@ -459,7 +506,7 @@ def train_and_evaluate(
   eval_s = time.time() - t0
   m = corpus.retrieval_metrics(ranked, qrels, grades=c.grades.get(eval_split))
   device = partitioning.device_summary()
-  row = {'method': method, 'tokens': f'SentencePiece {v}',
+  row = {'method': method, 'tokens': tc.tokens, 'init': init,
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),
          'pseudo_queries': query_generation.num_queries,

@@ -46,6 +46,11 @@ TOKENIZER = 'spm.model'
 def load(workdir: str, mesh_fn=partitioning.make_mesh):
   """(retrieval_run.json, model config, Predictor, params, step) of a run folder."""
   path = os.path.join(workdir, docgen.SERVING_RUN)
+  if os.path.exists(os.path.join(workdir, docgen.WORDPIECE)) and not os.path.exists(
+      os.path.join(workdir, docgen.SPM_MODEL)):
+    raise ValueError(f'{workdir} is a run of the pretrained encoder (WordPiece inputs, '
+                     'architecture bert_encoder_decoder): its export is not supported yet; '
+                     'export a run of the default architecture.')
   if not all(os.path.exists(os.path.join(workdir, name))
              for name in (docgen.SERVING_RUN, docgen.DOC_IDS, docgen.SPM_MODEL)):
     raise ValueError(f'{workdir} lacks {docgen.SERVING_RUN}, {docgen.DOC_IDS} or '

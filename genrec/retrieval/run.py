@@ -29,7 +29,7 @@ from genrec.retrieval import corpus, docgen, fusion
 METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
            'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s', 'ms_per_query',
-           'first_batch_s', 'params_m', 'tokens', 'machine', 'date', 'command')
+           'first_batch_s', 'params_m', 'tokens', 'init', 'machine', 'date', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 

@@ -34,9 +34,12 @@ def arrays(inputs: list, targets: list, input_len: int, target_len: int
 def train(workdir: str, name: str, arrays: dict[str, np.ndarray],
                   config: models.TransformerConfig, optimizer_fn: Callable, mesh_fn: Callable,
                   num_train_steps: int, batch_size: int, seed: int, log_every_steps: int,
-                  settings: dict):
+                  settings: dict, warm_start: Callable[[dict], dict] | None = None):
   """Trains an encoder-decoder on `arrays` (`arrays`) for a fixed
   budget, or restores its final checkpoint in `workdir`.
+
+  `warm_start` maps the fresh parameters (a pure dict of host arrays) to the
+  ones training starts from (pretrained weights); not called on a restore.
 
   Returns (trainer, mesh, state, training seconds, final loss).
   """
@@ -58,7 +61,14 @@ def train(workdir: str, name: str, arrays: dict[str, np.ndarray],
   settings = {**settings, 'model_config': dataclasses.asdict(config),
               'optimizer': loop.callable_settings(optimizer_fn), 'batch_size': batch_size,
               'seed': seed}
+
+  def init():
+    state = tr.init_state(seed)
+    if warm_start is None:
+      return state
+    params = warm_start(jax.tree.map(np.array, jax.device_get(state.params)))
+    return state.replace(params=jax.device_put(params, tr.state_shardings.params))
   state, train_s, loss = loop.train_fixed_budget(
-      workdir, name, num_train_steps, batcher, tr.abstract_state, lambda: tr.init_state(seed),
-      step_fn, log_every_steps, settings)
+      workdir, name, num_train_steps, batcher, tr.abstract_state, init, step_fn,
+      log_every_steps, settings)
   return tr, mesh, state, train_s, loss
