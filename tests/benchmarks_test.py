@@ -79,7 +79,8 @@ def test_scaling_memory_table():
 
 def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
   """`--table_only` gathers saved rows (the hybrid folder holds a list) from
-  several run folders into one table under --table_dir."""
+  several run folders into one table under --table_dir, BM25 once where the
+  folders measured the same."""
   for folder, ndcg in (('plain', 0.3), ('pseudo', 0.4)):
     for method, row in (('bm25', {'method': 'BM25 (k1 0.9, b 0.4)', 'ndcg@10': 0.33}),
                         ('dsi_atomic', {'method': 'dsi_atomic', 'ndcg@10': ndcg}),
@@ -96,5 +97,6 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   md = (tmp_path / 'docs' / 'retrieval_toy.md').read_text()
   assert md.count('| dsi_atomic |') == 2 and md.count('| hybrid: BM25 + dsi_atomic') == 2
+  assert md.count('| BM25 (k1 0.9, b 0.4) |') == 1  # the same BM25 figures once
   assert [line.split(' | ')[4] for line in md.splitlines() if '| dsi_atomic |' in line] == [
       '0.3', '0.4']

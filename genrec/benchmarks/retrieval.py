@@ -43,6 +43,21 @@ flags.DEFINE_string('table_stem', 'retrieval', 'With --table_only: the table\'s 
 FLAGS = flags.FLAGS
 
 
+def _drop_repeated_bm25(rows: list[dict]) -> list[dict]:
+  """Rows without the BM25 rows that repeat an earlier one's figures (each
+  run folder of a table has its own BM25 row, measured on the same tokens)."""
+  seen, out = set(), []
+  for r in rows:
+    if r['method'].startswith('BM25'):
+      key = (r['method'], r.get('tokens'), r.get('queries'),
+             tuple(r.get(k) for k in retrieval_run.COLUMNS[1:7]))
+      if key in seen:
+        continue
+      seen.add(key)
+    out.append(r)
+  return out
+
+
 def main(argv):
   del argv
   unknown = set(FLAGS.methods) - set(retrieval_run.METHODS)
@@ -57,6 +72,7 @@ def main(argv):
       with open(p) as f:
         saved = json.load(f)
       rows += saved if isinstance(saved, list) else [saved]  # hybrid/: a list of rows
+    rows = _drop_repeated_bm25(rows)
     print(retrieval_run.write_table(rows, FLAGS.table_dir or FLAGS.output_dir,
                                     f'{FLAGS.collection}, {FLAGS.split} queries',
                                     FLAGS.table_stem))
