@@ -108,6 +108,7 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
                   'training': g.get('training'), 'train_s': g.get('train_s'),
                   'ms_per_query': round(base.get('ms_per_query', 0) + g['ms_per_query'], 2),
                   'params_m': g.get('params_m'), 'tokens': g.get('tokens'),
+                  'init': g.get('init'),
                   **({'alpha': alpha, 'dev_queries': len(c.qrels[DEV]), 'alpha_curve': curve}
                      if tag == 'hybrid_alpha' else {})})
   if not out:
