@@ -17,6 +17,11 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+# ranx (the reference IR metrics and fusions) compiles its numba kernels on
+# first use, about 30 s per xdist worker on 2 cores; on the tests' few queries
+# the same functions run as plain Python in milliseconds.
+os.environ.setdefault('NUMBA_DISABLE_JIT', '1')
+
 import pytest  # noqa: E402
 
 import tensorflow as tf  # noqa: E402

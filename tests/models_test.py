@@ -201,21 +201,24 @@ def test_pretrained_encoder_decoder_starts_as_dense_retrieval(tiny_bert_dir):
   for i, q in enumerate(queries):
     ids = vocab.encode(q)
     enc[i, :len(ids)] = ids
+  dec = jnp.array([[0, 4, 5], [0, 3, 3]])
+
+  @nnx.jit  # one program each (eager, every op compiles on its own)
+  def full_and_stepped(model, enc, dec):
+    step_fn, cache = model.beam_search_inputs(enc, 2, 3)
+    stepped = []
+    for t in range(3):
+      logits, cache = step_fn(jnp.repeat(dec[:, t], 2), cache, t)
+      stepped.append(logits)
+    return model(enc, dec), jnp.stack(stepped, 1)
+  full, stepped = full_and_stepped(model, jnp.asarray(enc), dec)
   # First decoding step: scale x cosine of the query and document embeddings
   # (the model adds [CLS]/[SEP] as the tokenizer does for the encoder).
-  logits = model(jnp.asarray(enc), jnp.zeros((2, 1), jnp.int32))[:, 0, 3:6]
   dense = text_encoder.encode(queries, tiny_bert_dir) @ text_encoder.encode(
       docs, tiny_bert_dir).T
-  np.testing.assert_allclose(np.asarray(logits) / 20.0, dense, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(full[:, 0, 3:6]) / 20.0, dense, atol=1e-5)
   # Incremental decoding (beams share the query's encoder states) equals the full pass.
-  dec = jnp.array([[0, 4, 5], [0, 3, 3]])
-  full = model(jnp.asarray(enc), dec)
-  step_fn, cache = model.beam_search_inputs(jnp.asarray(enc), 2, 3)
-  stepped = []
-  for t in range(3):
-    logits, cache = step_fn(jnp.repeat(dec[:, t], 2), cache, t)
-    stepped.append(logits)
-  np.testing.assert_allclose(jnp.stack(stepped, 1), jnp.repeat(full, 2, axis=0), atol=1e-4)
+  np.testing.assert_allclose(stepped, jnp.repeat(full, 2, axis=0), atol=1e-4)
 
 
 def test_pretrained_encoder_width_must_match_d_model(tiny_bert_dir):
