@@ -432,12 +432,13 @@ def train_and_evaluate(
       save_serving_inputs(workdir, tc, method, config, input_len, dsi_beam_size, ids=ids,
                           shift=shift)
   n = len(arrays['encoder_input_tokens'])
-  init = ('random' if not pretrained_init else
-          f'{os.path.basename(os.path.normpath(checkpoint)) if checkpoint else "MiniLM"}'
-          f'{" (+ docid embeddings)" if method == "dsi_atomic" else ""}') if pretrained else (
-              'random')
+  init = 'random'
+  if pretrained and pretrained_init:
+    init = os.path.basename(os.path.normpath(checkpoint)) if checkpoint else 'MiniLM'
+    init += ' (+ docid embeddings)' if method == 'dsi_atomic' else ''
   settings = {'method': method, 'collection': c.name, 'input_len': input_len,
-              'train_split': train_split, 'examples': n, 'init': init,
+              'train_split': train_split, 'examples': n,
+              **({'init': init} if pretrained else {}),
               'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks),
               **({'pseudo_queries': repr(query_generation)} if pseudo else {})}
 
