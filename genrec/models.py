@@ -412,9 +412,13 @@ class BertEncoderDecoder(EncoderDecoder):
     return self.pooled_logits(self.decode_hidden(encoded, valid, decoder_input_tokens, **kw),
                               pooled)
 
-  def decode(self, *args, **kwargs):
-    raise NotImplementedError('BertEncoderDecoder scores with the sentence embedding too: '
-                              'call the model, or decode through beam_search_inputs.')
+  def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array, *,
+             deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """Logits [b, t, vocab] from `encode`'s outputs, the sentence embedding
+    pooled from those states (without dropout: the model's own)."""
+    y = self.decode_hidden(encoded, encoder_valid, decoder_input_tokens,
+                           deterministic=deterministic, rngs=rngs)
+    return self.pooled_logits(y, text_encoder.mean_pool(encoded, encoder_valid))
 
   def beam_search_inputs(self, encoder_input_tokens: Array, beam_size: int, num_steps: int):
     encoded, valid, pooled = self.encode_pooled(encoder_input_tokens)

@@ -210,8 +210,9 @@ def test_pretrained_encoder_decoder_starts_as_dense_retrieval(tiny_bert_dir):
     for t in range(3):
       logits, cache = step_fn(jnp.repeat(dec[:, t], 2), cache, t)
       stepped.append(logits)
-    return model(enc, dec), jnp.stack(stepped, 1)
-  full, stepped = full_and_stepped(model, jnp.asarray(enc), dec)
+    return model(enc, dec), jnp.stack(stepped, 1), model.decode(*model.encode(enc), dec)
+  full, stepped, decoded = full_and_stepped(model, jnp.asarray(enc), dec)
+  np.testing.assert_allclose(decoded, full, atol=1e-5)  # decode from encode's states
   # First decoding step: scale x cosine of the query and document embeddings
   # (the model adds [CLS]/[SEP] as the tokenizer does for the encoder).
   dense = text_encoder.encode(queries, tiny_bert_dir) @ text_encoder.encode(

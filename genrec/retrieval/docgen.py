@@ -152,10 +152,9 @@ def document_embeddings(c: corpus.Collection, cache_dir: str | None = None,
   texts = [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)]
   path = None
   if cache_dir:
-    digest = hashlib.sha256('\x00'.join(texts + [model_dir or '']).encode()
-                            ).hexdigest()[:16]
-    if model_dir is None:  # the key of the files cached before model_dir existed
-      digest = hashlib.sha256('\x00'.join(texts).encode()).hexdigest()[:16]
+    # Without model_dir, the key of the files cached before model_dir existed.
+    key = texts if model_dir is None else texts + [model_dir]
+    digest = hashlib.sha256('\x00'.join(key).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f'{c.name}-doc-minilm-{digest}.npy')
     if os.path.exists(path):
       return np.load(path)
