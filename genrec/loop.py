@@ -240,7 +240,8 @@ def make_workdir(workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
 
 
-def check_run_settings(workdir: str, settings: dict, allow_change: bool = False) -> None:
+def check_run_settings(workdir: str, settings: dict, allow_change: bool = False,
+                       defaults: dict | None = None) -> None:
   """Compares the settings that give the saved steps their meaning (model,
   optimizer and schedule, identifiers, data, batch, seed, budget) with those of
   the run's earlier starts.
@@ -249,6 +250,9 @@ def check_run_settings(workdir: str, settings: dict, allow_change: bool = False)
   values is refused with a message naming every difference, unless
   `allow_change` (or main.py --allow_config_change): then the change is
   appended to settings_changes.jsonl and the new values are recorded.
+  A setting the saved record lacks (added to genrec since the run started)
+  is no change when it holds its value in `defaults` (same nesting as
+  `settings`): the run was trained with what that default does.
 
   Raises:
     ValueError: listing each changed setting (saved -> now) and the ways out.
@@ -260,8 +264,10 @@ def check_run_settings(workdir: str, settings: dict, allow_change: bool = False)
     return
   with open(path) as f:
     saved = json.load(f)
+  added = _flatten(json.loads(json.dumps(defaults or {}, default=str)))
   diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-           if saved.get(k) != now.get(k)}
+           if saved.get(k) != now.get(k) and not (
+               k not in saved and k in added and now.get(k) == added[k])}
   if not diffs:
     return
   lines = '\n'.join(f'  {k}: {a!r} -> {b!r}' for k, (a, b) in diffs.items())

@@ -496,16 +496,24 @@ class SASRec(nnx.Module):
     self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.dropout = layers.Dropout(cfg.dropout_rate)
 
-  def states(self, items: Array, *, deterministic: bool = True,
+  def states(self, items: Array, segment_ids: Array | None = None,
+             positions: Array | None = None, *, deterministic: bool = True,
              rngs: nnx.Rngs | None = None) -> Array:
-    """[b, t] item ids -> the causal states [b, t, d] after each item."""
+    """[b, t] item ids -> the causal states [b, t, d] after each item. Packed
+    rows (several windows per row) give each item's `segment_ids` and its
+    `positions` within its window: attention stays inside a window and
+    positions restart at each, so a packed window's states equal its own
+    row's."""
     kw = dict(deterministic=deterministic, rngs=rngs)
     t = items.shape[1]
     valid = items > 0
-    x = (jnp.take(self.item_embed[...], items, axis=0) * jnp.sqrt(self.cfg.d_model)
-         + self.pos_embed[...][None, :t])
+    pos = (self.pos_embed[...][None, :t] if positions is None
+           else jnp.take(self.pos_embed[...], positions, axis=0))
+    x = jnp.take(self.item_embed[...], items, axis=0) * jnp.sqrt(self.cfg.d_model) + pos
     x = self.dropout(x.astype(self.cfg.compute_dtype), **kw)
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     for block in self.blocks:
       x = block(x, mask, None, **kw)
     return self.norm(x)
@@ -521,8 +529,10 @@ class SASRec(nnx.Module):
   def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
            rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
     """Cross-entropy of the next item at every position with one (batch
-    'items' [b, t] and 'next_items' [b, t], 0 where there is none)."""
-    x = self.states(batch['items'], deterministic=deterministic, rngs=rngs)
+    'items' [b, t] and 'next_items' [b, t], 0 where there is none; packed
+    rows also 'segment_ids' and 'positions')."""
+    x = self.states(batch['items'], batch.get('segment_ids'), batch.get('positions'),
+                    deterministic=deterministic, rngs=rngs)
     b, t, d = x.shape
     scores = _item_scores(x.reshape(b * t, d), self.item_embed[...], self.cfg.num_items)
     targets = batch['next_items'].reshape(-1)

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 from genrec import ids
 from genrec.data import sequences
-from genrec.benchmarks import ablation, id_quality, scaling, tiger_table
+from genrec.benchmarks import ablation, id_quality, scaling, tiger_table, time_to_quality
 
 
 def test_code_usage_counts_and_perplexity():
@@ -63,6 +63,24 @@ def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   assert '| - | TIGER (paper) | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
   assert 'SASRec (TIGER paper)' in beauty and '### toys' in md
 
+
+
+def test_time_to_quality_curves_table_and_plot(tmp_path):
+  _fake_run(tmp_path, 'old', 0.1)  # evaluations without seconds: left out
+  _fake_run(tmp_path, 'sasrec', 0.05)
+  run = tmp_path / 'sasrec'
+  points = [(100, 1.0, 600.0, 0.02), (200, 2.0, 1200.0, 0.04), (300, 3.0, 4000.0, 0.03),
+            (200, 2.0, 1300.0, 0.045)]  # a restart evaluated step 200 again: the last wins
+  run.joinpath('eval_history.jsonl').write_text(''.join(
+      json.dumps({'step': s, 'epoch': e, 'train_seconds': t, 'validation/ndcg@10': v}) + '\n'
+      for s, e, t, v in points))
+  md = time_to_quality.write(str(tmp_path), [900, 3600])
+  row = '| sasrec | encoder_decoder | sasrec | 0.02 | 0.045 | 0.045 | 1300 | 2.0 | 4000 | 3.0 |'
+  assert row in md, md
+  assert 'old' not in md.split('Seconds are')[0]
+  csv_rows = (tmp_path / 'time_to_quality.csv').read_text().splitlines()
+  assert csv_rows[0] == 'run,step,epoch,train_seconds,val_ndcg@10' and len(csv_rows) == 4
+  assert (tmp_path / 'time_to_quality.png').stat().st_size > 1000
 
 
 def test_scaling_memory_table():

@@ -76,3 +76,17 @@ def test_many_collective_steps_on_eight_cpu_devices_do_not_deadlock(tmp_path):
                                             lambda w, s: step(w))
   assert loss2 == loss
   np.testing.assert_array_equal(np.asarray(again['w']), np.asarray(state['w']))
+
+
+def test_settings_added_to_genrec_since_a_run_started_are_no_change_at_their_default(tmp_path):
+  loop.check_run_settings(str(tmp_path), {'model': {'d': 8}, 'lr': 0.1})
+  # A later genrec gives the model a field the saved record lacks.
+  defaults = {'model': {'d': 16, 'new_field': ''}}
+  loop.check_run_settings(str(tmp_path), {'model': {'d': 8, 'new_field': ''}, 'lr': 0.1},
+                          defaults=defaults)
+  with pytest.raises(ValueError, match=r"model.new_field: None -> 'x'"):
+    loop.check_run_settings(str(tmp_path), {'model': {'d': 8, 'new_field': 'x'}, 'lr': 0.1},
+                            defaults=defaults)
+  with pytest.raises(ValueError, match=r'model.d: 8 -> 16'):
+    loop.check_run_settings(str(tmp_path), {'model': {'d': 16, 'new_field': ''}, 'lr': 0.1},
+                            defaults=defaults)

@@ -159,6 +159,25 @@ def test_decoder_only_packed_rows_equal_one_window_per_row():
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_sasrec_packed_rows_equal_one_window_per_row():
+  """SASRec's packed rows (segment ids, positions restarting per window) give
+  the loss of the same windows one per row."""
+  cfg = dataclasses_replace(CFG, architecture='sasrec', num_decoder_layers=0, num_items=30,
+                            max_len=8)
+  model = models.create_model(cfg, jax.random.key(2))
+  windows = [np.array([5, 9, 7, 3]), np.array([4, 8, 6]), np.array([20, 21])]
+  pad = lambda x: np.r_[x, np.zeros(8 - len(x))].astype(np.int32)
+  cat = lambda parts: pad(np.concatenate(parts))[None]
+  packed = {'items': cat([w[:-1] for w in windows]), 'next_items': cat([w[1:] for w in windows]),
+            'segment_ids': cat([np.full(len(w) - 1, i + 1) for i, w in enumerate(windows)]),
+            'positions': cat([np.arange(len(w) - 1) for w in windows])}
+  single = {'items': np.stack([pad(w[:-1]) for w in windows]),
+            'next_items': np.stack([pad(w[1:]) for w in windows])}
+  a, _ = model.loss(jax.tree.map(jnp.asarray, packed), deterministic=True)
+  b, _ = model.loss(jax.tree.map(jnp.asarray, single), deterministic=True)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
 def test_shared_bias_gradient_equals_the_broadcast_sum():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(5, 3, 4, 6)), jnp.float32)

@@ -89,6 +89,18 @@ def test_sequence_train_arrays_and_left_padding():
   items = features.sequence_train_arrays(data.train_sequences(), item_ids, 2, item_ids=True)
   np.testing.assert_array_equal(items['items'], [[5, 7], [3, 0]])
   np.testing.assert_array_equal(items['next_items'], [[7, 9], [5, 0]])
+  np.testing.assert_array_equal(items['segment_ids'], [[1, 1], [1, 0]])
+  # Packed: two windows share a row; positions restart at each window.
+  data3 = sequences.SequenceData('seqtoy', 12, (np.array([3, 5, 7, 9, 11, 4], np.int32),
+                                                np.array([2, 4, 6, 8, 1], np.int32)))
+  items = features.sequence_train_arrays(data3.train_sequences(), item_ids, 5, item_ids=True)
+  np.testing.assert_array_equal(items['items'], [[3, 5, 7, 2, 4]])
+  np.testing.assert_array_equal(items['next_items'], [[5, 7, 9, 4, 6]])
+  np.testing.assert_array_equal(items['segment_ids'], [[1, 1, 1, 2, 2]])
+  np.testing.assert_array_equal(items['positions'], [[0, 1, 2, 0, 1]])
+  single = features.sequence_train_arrays(data3.train_sequences(), item_ids, 5, item_ids=True,
+                                          packed=False)
+  assert set(single) == {'items', 'next_items'} and len(single['items']) == 2
   np.testing.assert_array_equal(features.left_pad(np.array([[4, 5, 0, 0], [1, 2, 3, 6]])),
                                 [[0, 0, 4, 5], [1, 2, 3, 6]])
 

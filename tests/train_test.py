@@ -252,3 +252,24 @@ def test_bad_config_values_fail_before_any_data_is_loaded(tmp_path, monkeypatch)
     models.TransformerConfig(d_model='64')
   with pytest.raises(ValueError, match='dropout_rate must be in'):
     models.TransformerConfig(dropout_rate=1.5)
+
+
+def test_early_stopping_ends_the_run_and_a_stopped_run_is_finished(tmp_path):
+  """At learning rate 0 validation never improves on its first evaluation:
+  with a patience of 2 evaluations the run stops at the third, and running it
+  again trains no further."""
+  kw = dict(num_train_steps=100, eval_every_steps=5, checkpoint_every_steps=50,
+            head='projection', early_stopping_evals=2, report_unconstrained=False,
+            optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=0.0),
+            model_config=dataclasses.replace(TINY, architecture='sasrec', num_decoder_layers=0))
+  results = _run(tmp_path, **kw)
+  assert (results['last_step'], results['stopped_early']) == (15, True)
+  history = [json.loads(line) for line in open(tmp_path / 'eval_history.jsonl')]
+  assert [h['step'] for h in history] == [5, 10, 15]
+  assert len({h['validation/ndcg@10'] for h in history}) == 1  # nothing was learned
+  assert 0 < history[0]['train_seconds'] <= history[1]['train_seconds'] <= results['train_seconds']
+  assert history[1]['epoch'] == pytest.approx(2 * history[0]['epoch'])
+  assert train.evals_since_best(str(tmp_path / 'eval_history.jsonl'), 10) == 1
+  again = _run(tmp_path, **kw)
+  assert again == json.loads(json.dumps(results))
+  assert len(open(tmp_path / 'eval_history.jsonl').readlines()) == 3

@@ -34,14 +34,24 @@ def collect(roots: list[str]) -> list[dict]:
           'model': f"genrec {r.get('model', 'encoder_decoder')} / {r['id_scheme']}",
           **{k: round(r['test'][k], 4) for k in METRICS},
           'invalid_rate': round(r['test']['invalid_rate'], 4),
-          'budget': f"{r['num_train_steps']} x {r['batch_size']}",
-          'best_step': r['best_step'], 'train_time_s': r['train_time_s_this_invocation'],
+          'budget': _budget(r), 'best_step': r['best_step'],
+          # Runs from before the cumulative count have this invocation's time only.
+          'train_time_s': r.get('train_seconds', r['train_time_s_this_invocation']),
           'machine': r['device']})
   for (dataset, model), values in PUBLISHED.items():
     rows.append({'dataset': dataset, 'run': '-', 'model': model,
                  **dict(zip(METRICS, values)), 'invalid_rate': '', 'budget': 'paper',
                  'best_step': '', 'train_time_s': '', 'machine': ''})
   return rows
+
+
+def _budget(r: dict) -> str:
+  """Steps x batch, and where the run stopped before its steps (early
+  stopping or a time limit), the steps and epochs it ran."""
+  text = f"{r['num_train_steps']} x {r['batch_size']}"
+  if r.get('stopped_early'):
+    text += f" (stopped at {r['last_step']}, {r['epochs']} epochs)"
+  return text
 
 
 def markdown(rows: list[dict]) -> str:

@@ -93,9 +93,10 @@ def sequence_train_arrays(sequences: list[np.ndarray], ids: ItemIds, max_history
   """Training features of sequence-level models.
 
   Returns:
-    With `item_ids` (SASRec): one row per window, 'items' [n, max_history]
-    (0-padded at the end) and 'next_items' [n, max_history] (the item after
-    each, 0 for none).
+    With `item_ids` (SASRec): 'items' [n, max_history] (0-padded at the end)
+    and 'next_items' [n, max_history] (the item after each, 0 for none); one
+    window per row, or with `packed` several, each with its 'segment_ids'
+    and 'positions' (0, 1, ... from its own start).
     Else (decoder-only identifier models): 'tokens' [n, (max_history + 1) *
     levels] and 'loss_weights' (1 on the tokens of every item after a
     window's first). With `packed` (as T5X packs examples), several windows
@@ -107,10 +108,20 @@ def sequence_train_arrays(sequences: list[np.ndarray], ids: ItemIds, max_history
   windows = sequence_windows(sequences, max_history)
   n, h = len(windows), max_history
   if item_ids:
-    items, nxt = np.zeros((n, h), np.int32), np.zeros((n, h), np.int32)
-    for i, w in enumerate(windows):
-      items[i, :len(w) - 1], nxt[i, :len(w) - 1] = w[:-1], w[1:]
-    return {'items': items, 'next_items': nxt}
+    rows = (pack(np.array([len(w) - 1 for w in windows]), h) if packed
+            else [[i] for i in range(n)])
+    out = {k: np.zeros((len(rows), h), np.int32)
+           for k in ('items', 'next_items', 'segment_ids', 'positions')}
+    for r, members in enumerate(rows):
+      at = 0
+      for seg, i in enumerate(members, 1):
+        w, m = windows[i], len(windows[i]) - 1
+        out['items'][r, at:at + m], out['next_items'][r, at:at + m] = w[:-1], w[1:]
+        out['segment_ids'][r, at:at + m], out['positions'][r, at:at + m] = seg, np.arange(m)
+        at += m
+    if not packed:
+      del out['segment_ids'], out['positions']
+    return out
   table = ids.token_table().astype(np.int32)
   levels = ids.num_levels
   length = (h + 1) * levels

@@ -229,6 +229,8 @@ def train(
     checkpoint_fallback: bool = True,
     reevaluate: bool = False,
     allow_config_change: bool = False,
+    early_stopping_evals: int = 0,
+    max_train_seconds: float = 0.0,
 ) -> dict:
   """Trains and evaluates a generative recommender; resumes from `workdir`.
 
@@ -280,6 +282,13 @@ def train(
     allow_config_change: resume although settings that change what the saved
       steps mean differ from the run's first start (the change is recorded in
       settings_changes.jsonl); also set by main.py --allow_config_change.
+    early_stopping_evals: stop training once this many validation evaluations
+      in a row have not raised validation NDCG@10 above its best (0: train all
+      `num_train_steps`); the final metrics are the best checkpoint's either
+      way. A stopped run is finished: running it again prints its results.
+    max_train_seconds: also stop at the first evaluation after this many wall
+      seconds of training steps (summed over invocations; 0: no limit), for
+      comparisons at equal wall-clock; the run is finished as above.
 
   Returns:
     The results dict (also written to workdir/results.json).
@@ -336,7 +345,8 @@ def train(
       'id_scheme': ids.scheme, 'model_config': dataclasses.asdict(config),
       'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head},
-      allow_config_change)
+      allow_config_change,
+      defaults={'model_config': dataclasses.asdict(models.TransformerConfig())})
   # After the settings check: a refused start must not touch the run's record.
   loop.write_json(os.path.join(workdir, RUN_CONFIG), {
       'model_config': dataclasses.asdict(config), 'max_history': max_history,
@@ -357,7 +367,12 @@ def train(
   except Exception:
     manager.close()
     raise
-  finished = start == num_train_steps
+  history_path = os.path.join(workdir, 'eval_history.jsonl')
+  train_seconds = float((data_state or {}).get('train_seconds', 0.0))
+  finished = start == num_train_steps or (start is not None and (
+      early_stopping_evals > 0 and
+      evals_since_best(history_path, start) >= early_stopping_evals or
+      0 < max_train_seconds <= train_seconds and start % eval_every_steps == 0))
   if finished and os.path.exists(os.path.join(workdir, 'results.json')) and not reevaluate:
     manager.close()
     with open(os.path.join(workdir, 'results.json')) as f:
@@ -375,18 +390,25 @@ def train(
 
   writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
   valid_sample = _subsample(valid_arrays, num_eval_users, seed)
-  history_path = os.path.join(workdir, 'eval_history.jsonl')
+  # train_seconds: wall seconds spent in training steps (evaluations and
+  # checkpoints excluded), summed over invocations through the checkpoints:
+  # the x axis of time-to-quality curves.
   train_log = os.path.join(workdir, 'train_log.jsonl')
   rng = jax.random.key(seed + 1)
   t_start, step = time.time(), start
   window, progress = loop.DispatchWindow(), loop.Progress(num_train_steps, start)
-  while step < num_train_steps:
+  # A run that stopped early and was started again goes straight to its results.
+  stopped_early, t_steps = finished, time.time()
+  while step < num_train_steps and not stopped_early:
     idx = batcher.indices(step)[partitioning.host_slice(batch_size, mesh)]
     batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
     state, train_metrics = tr.train_step(state, batch, rng)
     window.push(train_metrics['loss'])
     step += 1
     final = step == num_train_steps
+    if step % eval_every_steps == 0 or final:
+      window.drain()
+      train_seconds += time.time() - t_steps
     if step % log_every_steps == 0 or final:
       values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
       rate = progress.log(step, values)
@@ -402,10 +424,27 @@ def train(
       logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
                    time.time() - t0, loop.fmt_metrics(m))
       writer.write_scalars(step, eval_metrics)
-      loop.append_jsonl(history_path, {'step': step, **eval_metrics})
+      loop.append_jsonl(history_path, {
+          'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
+          'train_seconds': round(train_seconds, 2), **eval_metrics})
+      if early_stopping_evals > 0 and not final and (
+          evals_since_best(history_path, step) >= early_stopping_evals):
+        stopped_early = True
+        logging.info('Early stop at step %d: validation NDCG@10 has not improved for %d '
+                     'evaluations.', step, early_stopping_evals)
+      elif 0 < max_train_seconds <= train_seconds and not final:
+        stopped_early = True
+        logging.info('Stopping at step %d: %.0f s of training reached max_train_seconds.',
+                     step, train_seconds)
     stopping = stop_after_step is not None and step >= stop_after_step and not final
     if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
-      checkpoints.save(manager, step, state, batcher.state(step), eval_metrics)
+      checkpoints.save(manager, step, state,
+                       {**batcher.state(step), 'train_seconds': round(train_seconds, 2)},
+                       eval_metrics)
+    if eval_metrics:
+      t_steps = time.time()
+    if stopped_early:
+      break
     if stopping:
       manager.wait_until_finished()
       manager.close()
@@ -416,7 +455,7 @@ def train(
   manager.wait_until_finished()
 
   best_step = manager.best_step() or manager.latest_step()
-  if best_step != num_train_steps:
+  if best_step != step:
     state, _ = checkpoints.restore(manager, best_step, tr.abstract_state)
   manager.close()
   results = {
@@ -429,6 +468,9 @@ def train(
       'batch_size': batch_size, 'resumed_from_step': start or None,
       'train_time_s_this_invocation': round(train_time, 1),
       'device': partitioning.device_summary(),
+      'last_step': step, 'stopped_early': step < num_train_steps,
+      'epochs': round(step / batcher.steps_per_epoch, 2),
+      'train_seconds': round(train_seconds, 1),
       'best_step': best_step, 'identifier_collisions': ids.num_collisions,
   }
   item_slices = metrics.popularity_slices(data.item_target_counts(), *slice_fractions)
@@ -456,10 +498,28 @@ def train(
   if not os.path.exists(os.path.join(workdir, 'results.json')):
     loop.write_json(os.path.join(workdir, 'results.json'), results)  # written once
   loop.append_jsonl(os.path.join(workdir, 'results_history.jsonl'), results)
-  loop.record_end(workdir, num_train_steps)
+  loop.record_end(workdir, step)
   if jax.process_index() == 0:
     print(results_table(results), flush=True)
   return results
+
+
+def evals_since_best(history_path: str, up_to_step: int,
+                     key: str = 'validation/ndcg@10') -> int:
+  """Evaluations after the best `key` in eval_history.jsonl, counting those at
+  steps <= `up_to_step` (the last record of a step wins: a resumed run may
+  have evaluated a step again)."""
+  if not os.path.exists(history_path):
+    return 0
+  by_step = {}
+  with open(history_path) as f:
+    for line in f:
+      if line.strip():
+        entry = json.loads(line)
+        if entry['step'] <= up_to_step:
+          by_step[entry['step']] = entry[key]
+  values = [by_step[k] for k in sorted(by_step)]
+  return len(values) - 1 - int(np.argmax(values)) if values else 0
 
 
 def results_table(results: dict) -> str:

@@ -1,0 +1,169 @@
+r"""Time to quality: validation NDCG@10 against wall-clock seconds and epochs.
+
+  python -m genrec.benchmarks.time_to_quality \
+    --gin_file=gin/experiments/beauty_sasrec.gin \
+    --gin_file=gin/experiments/beauty_rqkmeans_decoder_only.gin \
+    --gin_bindings="DATA_DIR='../shared/data'" \
+    --gin_bindings="train.train.max_train_seconds=3600" --root=runs/time_to_quality
+
+Trains each gin experiment as `python -m genrec.benchmarks.ablation` does
+(same flags; `<root>/<file name>`, a finished run is not trained again; with
+--parallel the runs share the machine, so their seconds are not comparable
+with solo runs), then reads every
+run directory's eval_history.jsonl, whose entries carry the step, the epoch
+and the seconds spent in training steps so far (evaluations excluded,
+summed over restarts), and writes under --root:
+
+  time_to_quality.csv  one row per evaluation of every run
+  time_to_quality.png  validation NDCG@10 vs training seconds and vs epochs
+  time_to_quality.md   per run: the best validation NDCG@10 reached by each
+                       of --marks seconds, the best overall and when, and the
+                       test metrics of the best checkpoint; machine and date
+
+`--table_only` rebuilds the three from the run directories. For comparisons
+at equal wall-clock give every run the same `train.train.max_train_seconds`
+(it stops at the first evaluation past it); the runs' evaluation period sets
+the resolution of the curves.
+"""
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+from genrec import tables
+from genrec.benchmarks import ablation
+
+# The ablation's flags (--gin_file, --common_gin_file, --gin_bindings, --root,
+# --parallel, --table_only), with this benchmark's own default --root.
+FLAGS = flags.FLAGS
+FLAGS.set_default('root', 'runs/time_to_quality')
+flags.DEFINE_list('marks', ['900', '3600', '10800'], 'Seconds of training at which the '
+                  'table reports the best validation NDCG@10 reached so far.')
+
+KEY = 'validation/ndcg@10'
+
+
+def curves(root: str) -> dict[str, list[dict]]:
+  """Run name -> its evaluations (step, epoch, train_seconds, validation
+  NDCG@10), one per step (the last record wins after a restart), in order.
+  Runs without timed evaluations (from before the field existed) are left out
+  with a warning."""
+  out = {}
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    path = os.path.join(root, name, 'eval_history.jsonl')
+    if not os.path.exists(path):
+      continue
+    by_step = {}
+    with open(path) as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          entry = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f'{path} line {n} is not JSON ({e}); fix or remove that line.') from None
+        by_step[entry['step']] = entry
+    points = [by_step[s] for s in sorted(by_step)]
+    if not all('train_seconds' in p and 'epoch' in p for p in points):
+      logging.warning('%s: evaluations without train_seconds/epoch (an older run); left out.',
+                      path)
+      continue
+    out[name] = [{'run': name, 'step': p['step'], 'epoch': p['epoch'],
+                  'train_seconds': p['train_seconds'], 'val_ndcg@10': p[KEY]} for p in points]
+  return out
+
+
+def best_by(points: list[dict], seconds: float) -> float | None:
+  """The best validation NDCG@10 among evaluations within `seconds` of
+  training (None if the run had no evaluation by then)."""
+  values = [p['val_ndcg@10'] for p in points if p['train_seconds'] <= seconds]
+  return max(values) if values else None
+
+
+def summary(root: str, runs: dict[str, list[dict]], marks: list[float]) -> list[dict]:
+  rows = []
+  results = dict(tables.finished_runs(root))
+  for name, points in runs.items():
+    best = max(points, key=lambda p: p['val_ndcg@10'])
+    r = results.get(name, {})
+    row = {'run': name, 'model': r.get('model', 'encoder_decoder') if r else '',
+           'id_scheme': r.get('id_scheme', '')}
+    for m in marks:
+      value = best_by(points, m)
+      row[f'val N@10 by {_fmt_seconds(m)}'] = '' if value is None else round(value, 4)
+    row |= {'best val N@10': round(best['val_ndcg@10'], 4),
+            'at s': round(best['train_seconds']), 'at epoch': best['epoch'],
+            'trained s': round(points[-1]['train_seconds']), 'epochs': points[-1]['epoch']}
+    for k in ('recall@10', 'ndcg@10'):
+      row[f'test {k}'] = round(r['test'][k], 4) if 'test' in r else '(not finished)'
+    row['machine'] = r.get('device', '')
+    rows.append(row)
+  return rows
+
+
+def _fmt_seconds(s: float) -> str:
+  return f'{s / 3600:g} h' if s >= 3600 else f'{s / 60:g} min'
+
+
+def plot(runs: dict[str, list[dict]], path: str, title: str) -> bool:
+  """Two panels (vs seconds, vs epochs); False when matplotlib is missing."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    logging.warning('matplotlib is not installed: no plot (pip install matplotlib).')
+    return False
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for name, points in runs.items():
+    y = [p['val_ndcg@10'] for p in points]
+    axes[0].plot([p['train_seconds'] / 60 for p in points], y, marker='.', label=name)
+    axes[1].plot([p['epoch'] for p in points], y, marker='.', label=name)
+  axes[0].set_xlabel('training minutes (evaluations excluded)')
+  axes[1].set_xlabel('epochs')
+  axes[0].set_ylabel('validation NDCG@10')
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=8)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def write(root: str, marks: list[float]) -> str:
+  runs = curves(root)
+  rows = summary(root, runs, marks)
+  machines = sorted({r['machine'] for r in rows if r['machine']})
+  host = tables.host_summary()
+  date = time.strftime('%Y-%m-%d')
+  title = f'Time to quality, {", ".join(machines) or "?"} ({host}), {date}'
+  md = [f'## {title}', '']
+  md += [tables.markdown(rows) if rows else '(no run with timed evaluations under ' + root + ')']
+  md += ['', 'Seconds are wall seconds of training steps (evaluations and checkpoints '
+         'excluded); validation NDCG@10 is on the runs\' sampled validation users, test '
+         'metrics on every user at the best checkpoint. Curves: time_to_quality.png, '
+         'points: time_to_quality.csv.']
+  text = '\n'.join(md)
+  tables.write(text, [p for points in runs.values() for p in points], root, 'time_to_quality')
+  if runs and plot(runs, os.path.join(root, 'time_to_quality.png'), title):
+    text += f"\n\nPlot: {os.path.join(root, 'time_to_quality.png')}"
+  return text
+
+
+def main(argv):
+  del argv
+  marks = [float(m) for m in FLAGS.marks]
+  if not FLAGS.table_only:
+    if not FLAGS.gin_file:
+      raise app.UsageError('Name at least one --gin_file (or pass --table_only).')
+    ablation.run_all(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.root, FLAGS.parallel,
+                     FLAGS.common_gin_file)
+  print(write(FLAGS.root, marks), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
