@@ -76,6 +76,30 @@ class BadRequest(Exception):
     self.status, self.message, self.headers = status, message, headers
 
 
+class _WordPiece:
+  """A WordPiece tokenizer.json read with the `tokenizers` package, ids
+  without special tokens (a pretrained-encoder retriever adds them itself)."""
+
+  def __init__(self, path: str):
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top (these only)
+    self.tokenizer = Tokenizer.from_file(path)
+    self.tokenizer.no_truncation()
+    self.tokenizer.no_padding()
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def query_tokenizer(directory: str, manifest: dict):
+  """The retriever artifact's query tokenizer: its `encode(text)` gives the
+  ids the model reads (SentencePiece, or a pretrained encoder's WordPiece)."""
+  path = os.path.join(directory, manifest['tokenizer'])
+  if manifest.get('tokenizer_kind', 'sentencepiece') == 'wordpiece':
+    return _WordPiece(path)
+  import sentencepiece  # pylint: disable=g-import-not-at-top (retrievers only)
+  return sentencepiece.SentencePieceProcessor(model_file=path)
+
+
 class Batcher:
   """Collects concurrent requests into batches for one model call at a time.
 
@@ -279,9 +303,7 @@ class Service:
     self.max_candidates = max_candidates
     self.batchers = {}
     if self.retriever:
-      import sentencepiece  # pylint: disable=g-import-not-at-top (retrievers only)
-      self.tokenizer = sentencepiece.SentencePieceProcessor(model_file=os.path.join(
-          retriever, self.retriever.manifest['tokenizer']))
+      self.tokenizer = query_tokenizer(retriever, self.retriever.manifest)
       self.documents = self.retriever.external_ids()
       # DSI decodes inside the artifact; SEAL's loop needs the FM-index on the host.
       self.retrieve_fn = (seal.SealRetriever(self.retriever)

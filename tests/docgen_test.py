@@ -194,10 +194,11 @@ def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
   _exported_retriever_answers_like_the_run(tc, tmp_path, method)
 
 
-def _exported_retriever_answers_like_the_run(tc, run_dir, method):
+def _exported_retriever_answers_like_the_run(tc, run_dir, method, vocabulary=None):
   """The run exported (DSI: StableHLO and SavedModel; SEAL: StableHLO start and
   step functions, the FM-index on the host) and served: the same documents
-  and scores as the run's own TREC file, for the test queries."""
+  and scores as the run's own TREC file, for the test queries (tokenized by
+  `vocabulary`, default the collection's SentencePiece model)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from starlette.testclient import TestClient  # pylint: disable=g-import-not-at-top
   out = retrieval_export.export(str(run_dir), k=10, platforms=('cpu',))
@@ -212,7 +213,7 @@ def _exported_retriever_answers_like_the_run(tc, run_dir, method):
   qids = sorted(want)
   query = np.zeros((len(qids), 16), np.int32)
   for i, q in enumerate(qids):
-    tokens = tc.sp.encode(tc.collection.queries[q])[:16]
+    tokens = (vocabulary or tc.sp).encode(tc.collection.queries[q])[:16]
     query[i, :len(tokens)] = tokens
   served = artifact.Artifact(out).expect('retriever')
   if method == 'seal':
@@ -311,7 +312,8 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
   with open(tmp_path / 'pre' / 'retrieval_run.json') as f:
     assert json.load(f)['docid_token_shift'] == 0
   assert (tmp_path / 'pre' / docgen.WORDPIECE).exists()
-  with pytest.raises(ValueError, match='pretrained encoder.*not supported yet'):
-    retrieval_export.load(str(tmp_path / 'pre'))
+  # Exported (WordPiece tokenizer.json beside the model) and served like the run.
+  _exported_retriever_answers_like_the_run(tc, tmp_path / 'pre', 'dsi_atomic',
+                                           text_encoder.WordPieceVocabulary(tiny_bert_dir))
   with pytest.raises(ValueError, match='DSI methods'):
     docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), **kw)

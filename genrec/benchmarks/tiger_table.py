@@ -16,12 +16,17 @@ flags.DEFINE_multi_string('runs', ['runs/tiger'], 'Folders of run directories.')
 FLAGS = flags.FLAGS
 
 METRICS = ('recall@5', 'ndcg@5', 'recall@10', 'ndcg@10')
-# (data set, model) -> R@5, N@5, R@10, N@10 as published in the TIGER paper.
+# (data set, model) -> R@5, N@5, R@10, N@10 as published: the TIGER paper's
+# Table 2, then later papers' Beauty rows (NDCG@10 only; same leave-one-out
+# full-ranking protocol).
 PUBLISHED = {
     ('beauty', 'TIGER (paper)'): (0.0454, 0.0321, 0.0648, 0.0384),
     ('sports', 'TIGER (paper)'): (0.0264, 0.0181, 0.0400, 0.0225),
     ('toys', 'TIGER (paper)'): (0.0521, 0.0371, 0.0712, 0.0432),
     ('beauty', 'SASRec (TIGER paper)'): (0.0387, 0.0249, 0.0605, 0.0318),
+    ('beauty', 'ActionPiece (Hou et al., 2025)'): (None, None, None, 0.0424),
+    ('beauty', 'EAGER-LLM (2025)'): (None, None, None, 0.0459),
+    ('beauty', 'eSASRec (2025)'): (None, None, None, 0.053),
 }
 
 
@@ -40,7 +45,8 @@ def collect(roots: list[str]) -> list[dict]:
           'machine': r['device']})
   for (dataset, model), values in PUBLISHED.items():
     rows.append({'dataset': dataset, 'run': '-', 'model': model,
-                 **dict(zip(METRICS, values)), 'invalid_rate': '', 'budget': 'paper',
+                 **{k: '' if v is None else v for k, v in zip(METRICS, values)},
+                 'invalid_rate': '', 'budget': 'paper',
                  'best_step': '', 'train_time_s': '', 'machine': ''})
   return rows
 

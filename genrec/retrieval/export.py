@@ -4,10 +4,12 @@
       --workdir=runs/retrieval/dsi_semantic     (or .../seal)
 
 (one method's folder of the retrieval run mode) writes <workdir>/serving/
-(or EXPORT_DIR), laid out as `genrec.export_lib` describes, with the
-collection's SentencePiece model (`spm.model`: `genrec.serve` tokenizes the
-query text with it) and `items.tsv` (document number -> the collection's
-document id) beside it.
+(or EXPORT_DIR), laid out as `genrec.export_lib` describes, with the query
+tokenizer (`genrec.serve` tokenizes the query text with it: the collection's
+SentencePiece model `spm.model`, or for runs of the pretrained encoder,
+architecture bert_encoder_decoder, its WordPiece `tokenizer.json`, read with
+the `tokenizers` package) and `items.tsv` (document number -> the
+collection's document id) beside it.
 
 DSI: the retrieval function as StableHLO (symbolic batch) and as a
 TensorFlow SavedModel, with the parameters and the docid prefix trie inside,
@@ -40,21 +42,26 @@ from genrec import constraints, decoding, export_lib, models, partitioning, pred
 from genrec.ids import ItemIds
 from genrec.retrieval import docgen
 
-TOKENIZER = 'spm.model'
+
+
+def tokenizer_file(workdir: str) -> tuple[str, str]:
+  """(file name, kind) of a run folder's query tokenizer: ('spm.model',
+  'sentencepiece'), or ('tokenizer.json', 'wordpiece') for runs of the
+  pretrained encoder; ('', '') when it has neither."""
+  for name, kind in ((docgen.SPM_MODEL, 'sentencepiece'), (docgen.WORDPIECE, 'wordpiece')):
+    if os.path.exists(os.path.join(workdir, name)):
+      return name, kind
+  return '', ''
 
 
 def load(workdir: str, mesh_fn=partitioning.make_mesh):
   """(retrieval_run.json, model config, Predictor, params, step) of a run folder."""
   path = os.path.join(workdir, docgen.SERVING_RUN)
-  if os.path.exists(os.path.join(workdir, docgen.WORDPIECE)) and not os.path.exists(
-      os.path.join(workdir, docgen.SPM_MODEL)):
-    raise ValueError(f'{workdir} is a run of the pretrained encoder (WordPiece inputs, '
-                     'architecture bert_encoder_decoder): its export is not supported yet; '
-                     'export a run of the default architecture.')
-  if not all(os.path.exists(os.path.join(workdir, name))
-             for name in (docgen.SERVING_RUN, docgen.DOC_IDS, docgen.SPM_MODEL)):
+  if not (all(os.path.exists(os.path.join(workdir, name))
+              for name in (docgen.SERVING_RUN, docgen.DOC_IDS)) and tokenizer_file(workdir)[0]):
     raise ValueError(f'{workdir} lacks {docgen.SERVING_RUN}, {docgen.DOC_IDS} or '
-                     f'{docgen.SPM_MODEL}: --workdir must be the folder of one trained method '
+                     f'{docgen.SPM_MODEL} ({docgen.WORDPIECE} for runs of the pretrained '
+                     'encoder): --workdir must be the folder of one trained method '
                      '(dsi_atomic, dsi_naive, dsi_semantic or seal) of the retrieval run mode, '
                      'e.g. runs/retrieval/dsi_semantic; a folder from before these files '
                      'were saved gets them when the retrieval run mode runs again (it '
@@ -84,8 +91,9 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   """
   run, config, pred, params, step = load(workdir)
   width, num_docs = run['input_len'], run['num_docs']
-  with open(os.path.join(workdir, docgen.SPM_MODEL), 'rb') as f:
-    files = {TOKENIZER: f.read()}
+  tokenizer, kind = tokenizer_file(workdir)
+  with open(os.path.join(workdir, tokenizer), 'rb') as f:
+    files = {tokenizer: f.read()}
   row = {}
   if os.path.exists(os.path.join(workdir, 'row.json')):  # the run mode's evaluation
     with open(os.path.join(workdir, 'row.json')) as f:
@@ -93,12 +101,14 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   query = export_lib.Tensor('query', 'int32', ('batch', width))
   manifest = {
       'format': 'genrec-stablehlo-1', 'kind': 'retriever',
-      'inputs': {'query': f'int32 [batch, {width}]: the query\'s SentencePiece ids '
-                 f'({TOKENIZER}), 0-padded at the end (longer: keep the first {width})'},
+      'inputs': {'query': f'int32 [batch, {width}]: the query\'s {kind} ids ({tokenizer}'
+                 f'{", no [CLS]/[SEP]: the model adds them" if kind == "wordpiece" else ""}), '
+                 f'0-padded at the end (longer: keep the first {width})'},
       'beam_size': run['beam_size'], 'input_len': width, 'num_items': num_docs,
       'method': run['method'], 'collection': run['collection'],
       'model_config': run['model_config'], 'checkpoint_step': step,
-      'metrics_at_step': {m: v for m, v in row.items() if '@' in m}, 'tokenizer': TOKENIZER}
+      'metrics_at_step': {m: v for m, v in row.items() if '@' in m}, 'tokenizer': tokenizer,
+      'tokenizer_kind': kind}
   write = functools.partial(export_lib.write, output_dir or os.path.join(workdir, 'serving'),
                             version=step, platforms=platforms,
                             item_keys=os.path.join(workdir, docgen.DOC_IDS))
