@@ -174,6 +174,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, logical_to_mesh_spec(('batch',) + (None,) * (ndim - 1)))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of several steps' batches stacked [steps, batch, ...]: the
+  batch dimension split over the data axes, the steps on every device."""
+  return NamedSharding(mesh, logical_to_mesh_spec((None, 'batch')))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -185,10 +191,13 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Turns this process's slice of a global batch into global jax Arrays."""
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+                ) -> dict[str, jax.Array]:
+  """Turns this process's slice of a global batch into global jax Arrays
+  (`stacked`: several steps' batches [steps, batch, ...])."""
   return {
-      k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+      k: jax.make_array_from_process_local_data(
+          stacked_batch_sharding(mesh) if stacked else batch_sharding(mesh, v.ndim), v)
       for k, v in batch.items()
   }
 

@@ -113,6 +113,12 @@ class Trainer(Predictor):
     self.train_step = jax.jit(
         self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl),
         out_shardings=(self.state_shardings, repl), donate_argnums=0)
+    # Several steps in one call (a scan over stacked batches), for small models
+    # whose steps are shorter than the host's dispatch of one.
+    self.train_steps = jax.jit(
+        self._train_steps,
+        in_shardings=(self.state_shardings, partitioning.stacked_batch_sharding(mesh), repl),
+        out_shardings=(self.state_shardings, repl), donate_argnums=0)
 
   # -- init -----------------------------------------------------------------
   def _init_fn(self, rng):
@@ -142,6 +148,13 @@ class Trainer(Predictor):
     if self.lr_fn is not None:
       metrics['learning_rate'] = jnp.asarray(self.lr_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+  def _train_steps(self, state: TrainState, batches, rng):
+    """`_train_step` over batches stacked [steps, batch, ...]: the same states
+    (dropout keys fold in each step's count), the last step's metrics."""
+    state, metrics = jax.lax.scan(lambda s, b: self._train_step(s, b, rng), state, batches)
+    return state, jax.tree.map(lambda m: m[-1], metrics)
 
 
 def param_count(params) -> int:

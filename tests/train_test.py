@@ -273,3 +273,19 @@ def test_early_stopping_ends_the_run_and_a_stopped_run_is_finished(tmp_path):
   again = _run(tmp_path, **kw)
   assert again == json.loads(json.dumps(results))
   assert len(open(tmp_path / 'eval_history.jsonl').readlines()) == 3
+
+
+def test_several_steps_per_call_are_the_same_steps(tmp_path):
+  """steps_per_call = 4 scans four steps in one jitted call: the same losses
+  (dropout keys fold in each step's count) as one step per call."""
+  common = dict(num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=8,
+                log_every_steps=4, report_unconstrained=False)
+  one = _run(tmp_path / 'one', **common)
+  four = _run(tmp_path / 'four', steps_per_call=4, **common)
+  a, b = _losses(tmp_path / 'one'), _losses(tmp_path / 'four')
+  assert sorted(a) == sorted(b) == [4, 8]
+  np.testing.assert_allclose([b[4], b[8]], [a[4], a[8]], rtol=1e-5)
+  assert four['test']['ndcg@10'] == pytest.approx(one['test']['ndcg@10'], abs=1e-6)
+  with pytest.raises(ValueError, match=r"steps_per_call = 3 .*'log_every_steps': 4"):
+    _run(tmp_path / 'bad', steps_per_call=3, **{**common, 'num_train_steps': 9,
+                                                'eval_every_steps': 9, 'checkpoint_every_steps': 9})

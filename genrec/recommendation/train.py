@@ -231,6 +231,7 @@ def train(
     allow_config_change: bool = False,
     early_stopping_evals: int = 0,
     max_train_seconds: float = 0.0,
+    steps_per_call: int = 1,
 ) -> dict:
   """Trains and evaluates a generative recommender; resumes from `workdir`.
 
@@ -289,6 +290,11 @@ def train(
     max_train_seconds: also stop at the first evaluation after this many wall
       seconds of training steps (summed over invocations; 0: no limit), for
       comparisons at equal wall-clock; the run is finished as above.
+    steps_per_call: optimizer steps per jitted call (a scan over that many
+      batches; the same steps as one per call): for small models whose step
+      is shorter than its dispatch from the host (e.g. SASRec on a GPU).
+      num_train_steps and the eval, checkpoint and log periods must be
+      multiples of it.
 
   Returns:
     The results dict (also written to workdir/results.json).
@@ -297,6 +303,12 @@ def train(
   if beam_size < max(metrics.DEFAULT_KS):
     raise ValueError(f'beam_size {beam_size} < {max(metrics.DEFAULT_KS)}: full-ranking '
                      'metrics need at least as many beams as the largest cut-off.')
+  periods = dict(num_train_steps=num_train_steps, eval_every_steps=eval_every_steps,
+                 checkpoint_every_steps=checkpoint_every_steps, log_every_steps=log_every_steps)
+  uneven = {k: v for k, v in periods.items() if v % steps_per_call}
+  if steps_per_call < 1 or uneven:
+    raise ValueError(f'steps_per_call = {steps_per_call} must be >= 1 and divide '
+                     f'{uneven or "the step counts"}: pick a divisor or change those periods.')
   loop.make_workdir(workdir)
   data = (dataset if isinstance(dataset, sequences.SequenceData)
           else sequences.load_dataset(dataset, data_dir))
@@ -400,11 +412,22 @@ def train(
   # A run that stopped early and was started again goes straight to its results.
   stopped_early, t_steps = finished, time.time()
   while step < num_train_steps and not stopped_early:
-    idx = batcher.indices(step)[partitioning.host_slice(batch_size, mesh)]
-    batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
-    state, train_metrics = tr.train_step(state, batch, rng)
+    # Several steps per call from a step that is a multiple of steps_per_call
+    # (a checkpoint written with another setting may sit in between).
+    n = steps_per_call if step % steps_per_call == 0 else 1
+    rows = partitioning.host_slice(batch_size, mesh)
+    if n == 1:
+      idx = batcher.indices(step)[rows]
+      batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
+      state, train_metrics = tr.train_step(state, batch, rng)
+    else:
+      idx = [batcher.indices(step + i)[rows] for i in range(n)]
+      batch = partitioning.shard_batch(
+          {k: np.stack([v[i] for i in idx]) for k, v in train_arrays.items()}, mesh,
+          stacked=True)
+      state, train_metrics = tr.train_steps(state, batch, rng)
     window.push(train_metrics['loss'])
-    step += 1
+    step += n
     final = step == num_train_steps
     if step % eval_every_steps == 0 or final:
       window.drain()
