@@ -312,6 +312,18 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
   with open(tmp_path / 'pre' / 'retrieval_run.json') as f:
     assert json.load(f)['docid_token_shift'] == 0
   assert (tmp_path / 'pre' / docgen.WORDPIECE).exists()
+  # Residual semantic docids start from their codebooks (their sum over the
+  # levels approximates each document's embedding).
+  tasks = docgen.DsiTasks(num_spans=1, semantic_scheme='residual', semantic_branching=4,
+                          semantic_levels=2)
+  sem = docgen.train_and_evaluate('dsi_semantic', tc, str(tmp_path / 'sem'),
+                                  **{**kw, 'dsi_tasks': tasks})
+  assert sem['init'].endswith('(+ docid codebooks)') and sem['recall@100'] == 1.0
+  emb = docgen.document_embeddings(c, None, tiny_bert_dir)
+  ids = docgen.docids('dsi_semantic', tc, tasks, model_dir=tiny_bert_dir)
+  books = docgen.residual_codebooks(ids, emb, 2)
+  approx = sum(b[ids.codes[1:, level]] for level, b in enumerate(books))
+  assert np.linalg.norm(emb - approx) < np.linalg.norm(emb - books[0][ids.codes[1:, 0]])
   # Exported (WordPiece tokenizer.json beside the model) and served like the run.
   _exported_retriever_answers_like_the_run(tc, tmp_path / 'pre', 'dsi_atomic',
                                            text_encoder.WordPieceVocabulary(tiny_bert_dir))

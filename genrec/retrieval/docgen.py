@@ -9,7 +9,8 @@ generates an identifier of a document:
   number, zero-padded (a fixed-length version of DSI's naive string docid);
   semantic: hierarchical k-means over MiniLM embeddings of the documents'
   text (`ids.HierarchicalKMeansIds`, branching 10 as in DSI, plus a
-  collision level). Docid tokens follow the text pieces in one vocabulary.
+  collision level; or residual k-means, `DsiTasks.semantic_scheme`). Docid
+  tokens follow the text pieces in one vocabulary.
   Training mixes the indexing task (document prefix, title and random spans
   -> docid) with the retrieval task (train queries -> docids of their
   relevant documents).
@@ -43,7 +44,7 @@ from genrec import (config_check, constraints, fm_index, loop, models, partition
                     text_encoder, trainer)
 from genrec.data import sequences
 from genrec.retrieval import corpus, pseudo_queries, seq2seq
-from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS
+from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS, ResidualKMeansIds
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 
@@ -115,16 +116,26 @@ class DsiTasks:
     semantic_branching: clusters per node of the semantic docids (DSI: 10).
     semantic_levels: k-means levels of the semantic docids (a collision level
       is added below them when leaves are shared).
+    semantic_scheme: 'hierarchical' (DSI: k-means within each parent cluster)
+      or 'residual' (RQ-KMeans: level l clusters what levels < l left of the
+      embedding, `semantic_branching` codes per level shared by all parents).
+      With the pretrained encoder, residual docids start from their
+      codebooks: the docid token of code j at level l is the level's centroid
+      j, so the untrained model scores each level by the query's similarity to
+      that part of the document's embedding.
   """
   num_spans: int = 5
   retrieval_repeats: int = 4
   semantic_branching: int = 10
   semantic_levels: int = 3
+  semantic_scheme: str = 'hierarchical'
 
 
 def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
-           cache_dir: str | None = None) -> ItemIds:
-  """The docids of a DSI method; item id i + 1 is document i."""
+           cache_dir: str | None = None, model_dir: str | None = None) -> ItemIds:
+  """The docids of a DSI method; item id i + 1 is document i. Semantic docids
+  cluster the documents' embeddings by the sentence encoder in `model_dir`
+  (default MiniLM)."""
   c = tc.collection
   if method == 'dsi_atomic':
     return ItemIds(np.arange(-1, c.num_docs)[:, None], (c.num_docs,), 'atomic')
@@ -137,11 +148,33 @@ def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
     return ItemIds(np.vstack([np.full((1, width), -1), digits]), (10,) * width,
                    f'naive-{width}-digits')
   if method == 'dsi_semantic':
-    emb = document_embeddings(c, cache_dir)
-    scheme = HierarchicalKMeansIds(tasks.semantic_levels, tasks.semantic_branching,
-                                   content_fn=lambda _: np.vstack([emb[:1] * 0, emb]))
-    return scheme.fit(None)
+    emb = document_embeddings(c, cache_dir, model_dir)
+    content_fn = lambda _: np.vstack([emb[:1] * 0, emb])  # noqa: E731 (row 0: padding)
+    if tasks.semantic_scheme == 'residual':
+      return ResidualKMeansIds(tasks.semantic_levels, tasks.semantic_branching,
+                               content_fn=content_fn).fit(None)
+    if tasks.semantic_scheme != 'hierarchical':
+      raise ValueError(f"DsiTasks.semantic_scheme must be 'hierarchical' or 'residual', not "
+                       f'{tasks.semantic_scheme!r}.')
+    return HierarchicalKMeansIds(tasks.semantic_levels, tasks.semantic_branching,
+                                 content_fn=content_fn).fit(None)
   raise ValueError(f'Unknown DSI method {method!r}; use one of {METHODS[:3]}.')
+
+
+def residual_codebooks(ids: ItemIds, emb: np.ndarray, num_levels: int) -> list[np.ndarray]:
+  """Per semantic level of residual docids, the centroid [codes, d] of each
+  code: the mean of what earlier levels left of its documents' embeddings
+  `emb` [num_docs, d] (a code no document uses stays 0)."""
+  residual, out = emb.astype(np.float64), []
+  for level in range(num_levels):
+    codes = ids.codes[1:, level]
+    size = ids.level_sizes[level]
+    sums = np.zeros((size, emb.shape[1]))
+    np.add.at(sums, codes, residual)
+    centroids = sums / np.maximum(np.bincount(codes, minlength=size), 1)[:, None]
+    out.append(centroids.astype(np.float32))
+    residual = residual - centroids[codes]
+  return out
 
 
 def document_embeddings(c: corpus.Collection, cache_dir: str | None = None,
@@ -412,7 +445,7 @@ def train_and_evaluate(
     arrays = seal_examples(tc, seal_tasks, train_split, input_len, seed, pseudo)
     used, ids, shift, trie = v, None, 0, None
   else:
-    ids = docids(method, tc, dsi_tasks, cache_dir)
+    ids = docids(method, tc, dsi_tasks, cache_dir, checkpoint if pretrained else None)
     # Docid tokens follow the text pieces in one vocabulary; a pretrained
     # encoder has its own, and the decoder's holds the docid tokens only.
     shift = 0 if pretrained else v - NUM_RESERVED_TOKENS
@@ -434,7 +467,10 @@ def train_and_evaluate(
   init = 'random'
   if pretrained and pretrained_init:
     init = os.path.basename(os.path.normpath(checkpoint)) if checkpoint else 'MiniLM'
-    init += ' (+ docid embeddings)' if method == 'dsi_atomic' else ''
+    if method == 'dsi_atomic':
+      init += ' (+ docid embeddings)'
+    elif method == 'dsi_semantic' and dsi_tasks.semantic_scheme == 'residual':
+      init += ' (+ docid codebooks)'
   settings = {'method': method, 'collection': c.name, 'input_len': input_len,
               'train_split': train_split, 'examples': n,
               **({'init': init} if pretrained else {}),
@@ -446,6 +482,13 @@ def train_and_evaluate(
     if method == 'dsi_atomic':
       params['embed'][ids.token_table()[1:, 0] + shift] = document_embeddings(
           c, cache_dir, checkpoint)
+    elif method == 'dsi_semantic' and dsi_tasks.semantic_scheme == 'residual':
+      # The collision level's tokens start at 0: its documents tie until trained.
+      table = ids.token_table()[1:] + shift
+      books = residual_codebooks(ids, document_embeddings(c, cache_dir, checkpoint),
+                                 dsi_tasks.semantic_levels)
+      for level, book in enumerate(books):
+        params['embed'][table[:, level]] = book[ids.codes[1:, level]]
     return params
   tr, mesh, state, train_s, loss = seq2seq.train(
       workdir, method, arrays, config, optimizer_fn, mesh_fn, num_train_steps, batch_size,
