@@ -279,7 +279,8 @@ def test_several_steps_per_call_are_the_same_steps(tmp_path):
   """steps_per_call = 4 scans four steps in one jitted call: the same losses
   (dropout keys fold in each step's count) as one step per call."""
   common = dict(num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=8,
-                log_every_steps=4, report_unconstrained=False)
+                log_every_steps=4, head='projection',
+                model_config=dataclasses.replace(TINY, architecture='sasrec', num_decoder_layers=0))
   one = _run(tmp_path / 'one', **common)
   four = _run(tmp_path / 'four', steps_per_call=4, **common)
   a, b = _losses(tmp_path / 'one'), _losses(tmp_path / 'four')
