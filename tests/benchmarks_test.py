@@ -56,10 +56,12 @@ def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   _fake_run(tmp_path, 'tiger_beauty', 0.03)
   results = json.loads((tmp_path / 'tiger_beauty' / 'results.json').read_text())
   results['dataset'] = 'beauty'
+  results['test_slices'] = {'tail': {'ndcg@10': 0.01}, 'unseen': {'ndcg@10': 0.0}}
   (tmp_path / 'tiger_beauty' / 'results.json').write_text(json.dumps(results))
   md = tiger_table.markdown(tiger_table.collect([str(tmp_path)]))
   beauty = md.split('### beauty')[1].split('###')[0]
   assert '| tiger_beauty | genrec encoder_decoder / tiger_beauty | 0.1 | 0.05 | 0.2 | 0.03 |' in beauty
+  assert '| 0.03 | 0.0 | 0.01 | 0.0 | 100 x 8 |' in beauty  # invalid rate, tail, unseen
   assert '| - | TIGER (paper) | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
   assert 'SASRec (TIGER paper)' in beauty and '### toys' in md
 

@@ -16,6 +16,7 @@ flags.DEFINE_multi_string('runs', ['runs/tiger'], 'Folders of run directories.')
 FLAGS = flags.FLAGS
 
 METRICS = ('recall@5', 'ndcg@5', 'recall@10', 'ndcg@10')
+SLICES = ('tail', 'unseen')
 # (data set, model) -> R@5, N@5, R@10, N@10 as published: the TIGER paper's
 # Table 2, then later papers' Beauty rows (NDCG@10 only; same leave-one-out
 # full-ranking protocol).
@@ -39,6 +40,10 @@ def collect(roots: list[str]) -> list[dict]:
           'model': f"genrec {r.get('model', 'encoder_decoder')} / {r['id_scheme']}",
           **{k: round(r['test'][k], 4) for k in METRICS},
           'invalid_rate': round(r['test']['invalid_rate'], 4),
+          # NDCG@10 of the test users whose target is a tail item / an item
+          # never seen as a training target (metrics.popularity_slices).
+          **{f'{s} N@10': round(r['test_slices'][s]['ndcg@10'], 4)
+             for s in SLICES if s in r.get('test_slices', {})},
           'budget': _budget(r), 'best_step': r['best_step'],
           # Runs from before the cumulative count have this invocation's time only.
           'train_time_s': r.get('train_seconds', r['train_time_s_this_invocation']),
@@ -61,7 +66,7 @@ def _budget(r: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-  cols = [c for c in rows[0] if c != 'dataset']
+  cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != 'dataset']
   out = []
   for dataset in sorted({r['dataset'] for r in rows}):
     out += [f'### {dataset}', '',
