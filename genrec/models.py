@@ -44,6 +44,10 @@ class TransformerConfig:
   architecture: str = 'encoder_decoder'
   num_items: int = 0  # item-scoring models: catalog size, filled in from the data
   max_len: int = 0  # SASRec: history positions, filled in from max_history
+  # SASRec: number positions back from the most recent item (it always sits at
+  # max_len - 1, as in the paper's left-padded sequences) instead of forward
+  # from the oldest item of the window.
+  positions_from_end: bool = False
   # 'bert_encoder_decoder': the sentence-transformers folder whose BERT is the
   # encoder ('' = the installed all-MiniLM-L6-v2, `text_encoder`).
   encoder_checkpoint: str = ''
@@ -507,8 +511,18 @@ class SASRec(nnx.Module):
     kw = dict(deterministic=deterministic, rngs=rngs)
     t = items.shape[1]
     valid = items > 0
-    pos = (self.pos_embed[...][None, :t] if positions is None
-           else jnp.take(self.pos_embed[...], positions, axis=0))
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), items.shape)
+    if self.cfg.positions_from_end:
+      # Each window's length m: its items move to positions max_len - m ...
+      # max_len - 1 (a packed window's, by its segment id).
+      if segment_ids is None:
+        length = valid.sum(axis=1, keepdims=True)
+      else:
+        same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & valid[:, None, :]
+        length = same.sum(axis=-1)
+      positions = jnp.clip(positions + self.cfg.max_len - length, 0, self.cfg.max_len - 1)
+    pos = jnp.take(self.pos_embed[...], positions, axis=0)
     x = jnp.take(self.item_embed[...], items, axis=0) * jnp.sqrt(self.cfg.d_model) + pos
     x = self.dropout(x.astype(self.cfg.compute_dtype), **kw)
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]

@@ -159,11 +159,13 @@ def test_decoder_only_packed_rows_equal_one_window_per_row():
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
-def test_sasrec_packed_rows_equal_one_window_per_row():
+@pytest.mark.parametrize('from_end', [False, True])
+def test_sasrec_packed_rows_equal_one_window_per_row(from_end):
   """SASRec's packed rows (segment ids, positions restarting per window) give
-  the loss of the same windows one per row."""
+  the loss of the same windows one per row, with positions counted from the
+  start or back from the end of each window."""
   cfg = dataclasses_replace(CFG, architecture='sasrec', num_decoder_layers=0, num_items=30,
-                            max_len=8)
+                            max_len=8, positions_from_end=from_end)
   model = models.create_model(cfg, jax.random.key(2))
   windows = [np.array([5, 9, 7, 3]), np.array([4, 8, 6]), np.array([20, 21])]
   pad = lambda x: np.r_[x, np.zeros(8 - len(x))].astype(np.int32)
@@ -176,6 +178,11 @@ def test_sasrec_packed_rows_equal_one_window_per_row():
   a, _ = model.loss(jax.tree.map(jnp.asarray, packed), deterministic=True)
   b, _ = model.loss(jax.tree.map(jnp.asarray, single), deterministic=True)
   np.testing.assert_allclose(a, b, rtol=1e-5)
+  # Same weights, positions counted the other way: another loss.
+  other = models.create_model(dataclasses_replace(cfg, positions_from_end=not from_end),
+                              jax.random.key(2))
+  c, _ = other.loss(jax.tree.map(jnp.asarray, single), deterministic=True)
+  assert abs(float(c) - float(b)) > 1e-4
 
 
 def test_shared_bias_gradient_equals_the_broadcast_sum():
