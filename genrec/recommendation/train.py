@@ -461,8 +461,10 @@ def train(
                      step, train_seconds)
     stopping = stop_after_step is not None and step >= stop_after_step and not final
     if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
+      # Between evaluations the steps since the last one count too.
+      so_far = train_seconds + (0.0 if eval_metrics else time.time() - t_steps)
       checkpoints.save(manager, step, state,
-                       {**batcher.state(step), 'train_seconds': round(train_seconds, 2)},
+                       {**batcher.state(step), 'train_seconds': round(so_far, 2)},
                        eval_metrics)
     if eval_metrics:
       t_steps = time.time()
