@@ -149,7 +149,6 @@ class Trainer(Predictor):
       metrics['learning_rate'] = jnp.asarray(self.lr_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-
   def _train_steps(self, state: TrainState, batches, rng):
     """`_train_step` over batches stacked [steps, batch, ...]: the same states
     (dropout keys fold in each step's count), the last step's metrics."""

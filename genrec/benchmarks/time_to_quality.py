@@ -26,7 +26,6 @@ at equal wall-clock give every run the same `train.train.max_train_seconds`
 the resolution of the curves.
 """
 
-import json
 import os
 import time
 
@@ -34,6 +33,7 @@ from absl import app, flags, logging
 
 from genrec import tables
 from genrec.benchmarks import ablation
+from genrec.recommendation import train
 
 # The ablation's flags (--gin_file, --common_gin_file, --gin_bindings, --root,
 # --parallel, --table_only), with this benchmark's own default --root.
@@ -55,17 +55,7 @@ def curves(root: str) -> dict[str, list[dict]]:
     path = os.path.join(root, name, 'eval_history.jsonl')
     if not os.path.exists(path):
       continue
-    by_step = {}
-    with open(path) as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          entry = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path} line {n} is not JSON ({e}); fix or remove that line.') from None
-        by_step[entry['step']] = entry
-    points = [by_step[s] for s in sorted(by_step)]
+    points = train.read_eval_history(path)
     if not all('train_seconds' in p and 'epoch' in p for p in points):
       logging.warning('%s: evaluations without train_seconds/epoch (an older run); left out.',
                       path)

@@ -381,10 +381,20 @@ def train(
     raise
   history_path = os.path.join(workdir, 'eval_history.jsonl')
   train_seconds = float((data_state or {}).get('train_seconds', 0.0))
-  finished = start == num_train_steps or (start is not None and (
-      early_stopping_evals > 0 and
-      evals_since_best(history_path, start) >= early_stopping_evals or
-      0 < max_train_seconds <= train_seconds and start % eval_every_steps == 0))
+
+  def stop_reason(at_step: int, seconds: float) -> str | None:
+    """Why training ends at the evaluation of `at_step` before its budget."""
+    if early_stopping_evals > 0 and (
+        evals_since_best(history_path, at_step) >= early_stopping_evals):
+      return (f'validation NDCG@10 has not improved for {early_stopping_evals} '
+              'evaluations')
+    if 0 < max_train_seconds <= seconds:
+      return f'{seconds:.0f} s of training reached max_train_seconds'
+    return None
+  # A run stops only at an evaluation: a checkpoint there may already be its end.
+  finished = start == num_train_steps or (
+      start is not None and start % eval_every_steps == 0 and
+      stop_reason(start, train_seconds) is not None)
   if finished and os.path.exists(os.path.join(workdir, 'results.json')) and not reevaluate:
     manager.close()
     with open(os.path.join(workdir, 'results.json')) as f:
@@ -450,15 +460,10 @@ def train(
       loop.append_jsonl(history_path, {
           'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
           'train_seconds': round(train_seconds, 2), **eval_metrics})
-      if early_stopping_evals > 0 and not final and (
-          evals_since_best(history_path, step) >= early_stopping_evals):
+      reason = None if final else stop_reason(step, train_seconds)
+      if reason:
         stopped_early = True
-        logging.info('Early stop at step %d: validation NDCG@10 has not improved for %d '
-                     'evaluations.', step, early_stopping_evals)
-      elif 0 < max_train_seconds <= train_seconds and not final:
-        stopped_early = True
-        logging.info('Stopping at step %d: %.0f s of training reached max_train_seconds.',
-                     step, train_seconds)
+        logging.info('Stopping at step %d: %s.', step, reason)
     stopping = stop_after_step is not None and step >= stop_after_step and not final
     if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
       # Between evaluations the steps since the last one count too.
@@ -529,21 +534,31 @@ def train(
   return results
 
 
+def read_eval_history(history_path: str) -> list[dict]:
+  """The evaluations of eval_history.jsonl, one per step in step order (the
+  last record of a step wins: a resumed run may have evaluated it again);
+  [] when there is no file."""
+  if not os.path.exists(history_path):
+    return []
+  by_step = {}
+  with open(history_path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        entry = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{history_path} line {n} is not JSON ({e}); fix or remove that '
+                         'line.') from None
+      by_step[entry['step']] = entry
+  return [by_step[k] for k in sorted(by_step)]
+
+
 def evals_since_best(history_path: str, up_to_step: int,
                      key: str = 'validation/ndcg@10') -> int:
   """Evaluations after the best `key` in eval_history.jsonl, counting those at
-  steps <= `up_to_step` (the last record of a step wins: a resumed run may
-  have evaluated a step again)."""
-  if not os.path.exists(history_path):
-    return 0
-  by_step = {}
-  with open(history_path) as f:
-    for line in f:
-      if line.strip():
-        entry = json.loads(line)
-        if entry['step'] <= up_to_step:
-          by_step[entry['step']] = entry[key]
-  values = [by_step[k] for k in sorted(by_step)]
+  steps <= `up_to_step`."""
+  values = [e[key] for e in read_eval_history(history_path) if e['step'] <= up_to_step]
   return len(values) - 1 - int(np.argmax(values)) if values else 0
 
 

@@ -464,12 +464,14 @@ def train_and_evaluate(
       save_serving_inputs(workdir, tc, method, config, input_len, dsi_beam_size, ids=ids,
                           shift=shift)
   n = len(arrays['encoder_input_tokens'])
+  # Residual semantic docids of a pretrained run start from their codebooks.
+  codebook_init = method == 'dsi_semantic' and dsi_tasks.semantic_scheme == 'residual'
   init = 'random'
   if pretrained and pretrained_init:
     init = os.path.basename(os.path.normpath(checkpoint)) if checkpoint else 'MiniLM'
     if method == 'dsi_atomic':
       init += ' (+ docid embeddings)'
-    elif method == 'dsi_semantic' and dsi_tasks.semantic_scheme == 'residual':
+    elif codebook_init:
       init += ' (+ docid codebooks)'
   settings = {'method': method, 'collection': c.name, 'input_len': input_len,
               'train_split': train_split, 'examples': n,
@@ -482,7 +484,7 @@ def train_and_evaluate(
     if method == 'dsi_atomic':
       params['embed'][ids.token_table()[1:, 0] + shift] = document_embeddings(
           c, cache_dir, checkpoint)
-    elif method == 'dsi_semantic' and dsi_tasks.semantic_scheme == 'residual':
+    elif codebook_init:
       # The collision level's tokens start at 0: its documents tie until trained.
       table = ids.token_table()[1:] + shift
       books = residual_codebooks(ids, document_embeddings(c, cache_dir, checkpoint),

@@ -43,7 +43,6 @@ from genrec.ids import ItemIds
 from genrec.retrieval import docgen
 
 
-
 def tokenizer_file(workdir: str) -> tuple[str, str]:
   """(file name, kind) of a run folder's query tokenizer: ('spm.model',
   'sentencepiece'), or ('tokenizer.json', 'wordpiece') for runs of the
