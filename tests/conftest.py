@@ -30,6 +30,18 @@ tf.config.set_visible_devices([], 'GPU')
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The modules whose tests take 20-100 s each on 2 cores (main.py subprocesses,
+# multi-process jobs, exports), slowest first, run before the rest: the two
+# xdist workers then end together on short tests instead of one of them
+# finishing a long test alone.
+SLOW_MODULES = ('multiprocess_test.py', 'launch_test.py', 'export_test.py', 'docgen_test.py',
+                'serve_test.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_MODULES)))  # stable
+
 def data_dir_or_skip(*parts: str) -> str:
   """The shared data dir (GENREC_DATA_DIR or ../shared/data), else skip."""
   base = os.environ.get('GENREC_DATA_DIR') or os.path.join(REPO_ROOT, '..', 'shared', 'data')
