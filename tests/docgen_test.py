@@ -270,6 +270,13 @@ def test_pseudo_queries_are_generated_once_and_index_every_document(tc, tmp_path
   again = pseudo_queries.generate(*args, log_every_steps=30)
   assert all(np.array_equal(a, b) for x, y in zip(pq, again) for a, b in zip(x, y))
   assert len(list(tmp_path.glob('query_generator-*/queries.npz'))) == 1
+  # Their text (queries_file format), read back as another run's pseudo-queries.
+  path, = tmp_path.glob('query_generator-*/queries.jsonl')
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  assert len(lines) == sum(map(len, pq)) and lines[0]['doc_id'] == tc.collection.doc_ids[0]
+  read = pseudo_queries.read(tc, dataclasses.replace(qg, queries_file=str(path)))
+  assert [pseudo_queries.decode(tc, q) for q in read] == [pseudo_queries.decode(tc, q)
+                                                          for q in pq]
   # Every document's queries are indexing inputs of DSI (-> its docid) and SEAL.
   ids = docgen.docids('dsi_atomic', tc, docgen.DsiTasks(), None)
   tasks = docgen.DsiTasks(num_spans=2)
@@ -280,6 +287,25 @@ def test_pseudo_queries_are_generated_once_and_index_every_document(tc, tmp_path
   seal_tasks = docgen.SealTasks(ngram_len=4, span_input_len=8)
   assert (len(docgen.seal_examples(tc, seal_tasks, 'train', 16, 0, pq)['encoder_input_tokens'])
           > len(docgen.seal_examples(tc, seal_tasks, 'train', 16, 0)['encoder_input_tokens']))
+
+
+def test_queries_file_is_tokenized_by_the_retriever_and_checked(tc, tmp_path):
+  path = tmp_path / 'queries.jsonl'
+  path.write_text(''.join(json.dumps({'doc_id': d, 'text': t}) + '\n' for d, t in [
+      ('1', 'what is topic0'), ('1', 'subject0 matter'), ('1', 'a third one'), ('3', 'topic2')]))
+  qg = pseudo_queries.QueryGeneration(num_queries=2, queries_file=str(path))
+  pq = pseudo_queries.read(tc, qg)
+  assert [len(q) for q in pq] == [2, 0, 1] + [0] * 13  # capped at num_queries
+  np.testing.assert_array_equal(pq[2][0], tc.sp.encode('topic2'))
+  for body, match in [('{"doc_id": "99", "text": "x"}\n', "line 1: doc_id '99' is not a "
+                       'document of toy'),
+                      ('\n{"text": "x"}\n', 'line 2: expected a JSON object with "doc_id"'),
+                      ('not json\n', 'line 1: expected a JSON object')]:
+    path.write_text(body)
+    with pytest.raises(ValueError, match=match):
+      pseudo_queries.read(tc, qg)
+  with pytest.raises(FileNotFoundError, match='queries_file .* does not exist'):
+    pseudo_queries.read(tc, dataclasses.replace(qg, queries_file=str(tmp_path / 'none')))
 
 
 def test_bad_method_or_split_is_named(tc, tmp_path):
@@ -301,8 +327,19 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
             optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=0.0),
             dsi_beam_size=16, dsi_tasks=docgen.DsiTasks(num_spans=1),
             mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
-  row = docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path / 'pre'), **kw)
+  # Pseudo-queries from a file (a SentencePiece generator's text), tokenized by
+  # WordPiece; at learning rate 0 they change the examples, not the model.
+  queries = tmp_path / 'queries.jsonl'
+  queries.write_text(''.join(json.dumps({'doc_id': d, 'text': f'about topic{i}'}) + '\n'
+                             for i, d in enumerate(tc.collection.doc_ids)))
+  with pytest.raises(ValueError, match='queries_file'):  # no generator on this encoder
+    docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path / 'gen'), **kw,
+                              query_generation=pseudo_queries.QueryGeneration(num_queries=2))
+  row = docgen.train_and_evaluate(
+      'dsi_atomic', tc, str(tmp_path / 'pre'), **kw,
+      query_generation=pseudo_queries.QueryGeneration(queries_file=str(queries)))
   assert row['tokens'] == 'WordPiece 30522' and row['init'].endswith('(+ docid embeddings)')
+  assert row['pseudo_queries'] == 1 and row['training'].startswith('1 x 8 (')
   c = tc.collection
   qids = sorted(c.qrels['test'])
   dense = text_encoder.encode([c.queries[q] for q in qids], tiny_bert_dir) @ (
@@ -329,5 +366,5 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
   _exported_retriever_answers_like_the_run(tc, tmp_path / 'pre', 'dsi_atomic',
                                            text_encoder.WordPieceVocabulary(tiny_bert_dir),
                                            saved_model=False)
-  with pytest.raises(ValueError, match='DSI methods'):
+  with pytest.raises(ValueError, match="DSI methods.*run 'seal' with the default"):
     docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), **kw)

@@ -398,7 +398,8 @@ def train_and_evaluate(
   `query_generation.num_queries` > 0, every document also gets that many
   generated queries as indexing inputs (`pseudo_queries`; the generator is
   trained once per collection and training split under `cache_dir`, or the
-  workdir without one).
+  workdir without one); with `query_generation.queries_file`, the file's
+  queries instead (the way a pretrained-encoder run gets pseudo-queries).
 
   With `model_config.architecture = 'bert_encoder_decoder'` (DSI methods),
   the collection is tokenized again with the encoder checkpoint's WordPiece
@@ -423,17 +424,24 @@ def train_and_evaluate(
   pretrained = model_config.architecture == 'bert_encoder_decoder'
   checkpoint = model_config.encoder_checkpoint or None
   if pretrained:
-    if method == 'seal' or query_generation.num_queries:
+    if method == 'seal':
       raise ValueError('The pretrained encoder (architecture bert_encoder_decoder) serves the '
-                       f'DSI methods {METHODS[:3]} without pseudo-queries; run {method!r}'
-                       f'{" with pseudo-queries" if method != "seal" else ""} with the '
-                       "default architecture 'encoder_decoder'.")
+                       f"DSI methods {METHODS[:3]}; run 'seal' with the default architecture "
+                       "'encoder_decoder'.")
+    if query_generation.num_queries and not query_generation.queries_file:
+      raise ValueError(
+          'The query generator is an encoder-decoder over the SentencePiece collection, not '
+          'the pretrained encoder: generate the pseudo-queries with a run of the default '
+          "architecture 'encoder_decoder' (it writes <cache>/query_generator-*/queries.jsonl) "
+          'and give that file to this run as pseudo_queries.QueryGeneration.queries_file.')
     if not isinstance(tc.sp, text_encoder.WordPieceVocabulary):
       tc = TokenizedCollection.build(c, text_encoder.WordPieceVocabulary(checkpoint))
   loop.make_workdir(workdir)
   v = tc.text_vocab_size
   pseudo, t_gen = None, time.time()
-  if query_generation.num_queries:
+  if query_generation.queries_file:
+    pseudo = pseudo_queries.read(tc, query_generation)
+  elif query_generation.num_queries:
     pseudo = pseudo_queries.generate(tc, query_generation, cache_dir or workdir, model_config,
                                      optimizer_fn, mesh_fn, input_len, train_split, seed,
                                      log_every_steps)
@@ -477,7 +485,9 @@ def train_and_evaluate(
               'train_split': train_split, 'examples': n,
               **({'init': init} if pretrained else {}),
               'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks),
-              **({'pseudo_queries': repr(query_generation)} if pseudo else {})}
+              **({'pseudo_queries': repr(query_generation)} if pseudo else {}),
+              **({'queries_file_digest': pseudo_queries.file_digest(query_generation.queries_file)}
+                 if query_generation.queries_file else {})}
 
   def warm_start(params: dict) -> dict:
     params['bert'] = text_encoder.pretrained_params(checkpoint)
@@ -554,7 +564,9 @@ def train_and_evaluate(
   row = {'method': method, 'tokens': tc.tokens, 'init': init,
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),
-         'pseudo_queries': query_generation.num_queries,
+         # Per document: the beams generated, or the file's average.
+         'pseudo_queries': (round(sum(map(len, pseudo)) / len(pseudo), 1)
+                            if query_generation.queries_file else query_generation.num_queries),
          **({'query_generation_s': round(generation_s, 1)} if pseudo else {}),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',
          'train_s': None if train_s is None else round(train_s, 1),

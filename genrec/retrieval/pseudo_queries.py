@@ -9,6 +9,13 @@ their indexing examples (`docgen.dsi_examples`, `docgen.seal_examples`), so
 that the retrieval model sees query-like inputs for every document, not
 only for the few with training queries.
 
+Pseudo-queries can also be read from a file (`QueryGeneration.queries_file`,
+JSON lines {"doc_id", "text"}): another run's `queries.jsonl` (every
+generation writes one beside its token arrays) or a doc2query model's output.
+The retriever tokenizes their text with its own tokenizer, so a run with the
+pretrained encoder's WordPiece vocabulary uses queries written by a
+SentencePiece generator.
+
 Targets end with EOS and are padded with zeros that count in the loss, so
 the generator learns to emit padding after EOS and a beam's score is its
 query's log-probability. The generator and its queries are kept under a
@@ -49,12 +56,16 @@ class QueryGeneration:
     num_train_steps: the generator's training budget (steps of batch_size).
     batch_size: the generator's batch.
     beam_batch_size: documents per beam search.
+    queries_file: JSON lines {"doc_id": ..., "text": ...}, read instead of
+      generating (num_queries > 0 then caps the queries per document, 0 keeps
+      them all); documents without a line get none.
   """
   num_queries: int = 0
   query_len: int = 24
   num_train_steps: int = 2000
   batch_size: int = 64
   beam_batch_size: int = 32
+  queries_file: str = ''
 
 
 def generator_examples(tc: 'TokenizedCollection', split: str, input_len: int,
@@ -123,18 +134,70 @@ def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
     if jax.process_index() == 0:
       np.savez(saved + '.tmp.npz', tokens=tokens)
       os.replace(saved + '.tmp.npz', saved)
+      _write_text(tc, tokens, vocab, os.path.join(workdir, 'queries.jsonl'))
     logging.info('Pseudo-queries: %d per document for %d documents in %s', qg.num_queries,
                  len(tokens), workdir)
-  out = []
-  for beams in tokens:
-    queries = []
-    for seq in beams:
-      end = np.flatnonzero(seq == EOS)
-      seq = seq[:end[0]] if len(end) else seq
-      seq = seq[(seq > EOS) & (seq < vocab)]  # text pieces only
-      if len(seq):
-        queries.append(seq.astype(np.int32))
-    out.append(queries)
+  return [_cut(beams, vocab) for beams in tokens]
+
+
+def _cut(beams: np.ndarray, vocab: int) -> list[np.ndarray]:
+  """A document's beams as queries: cut at EOS, text pieces only, empty ones dropped."""
+  queries = []
+  for seq in beams:
+    end = np.flatnonzero(seq == EOS)
+    seq = seq[:end[0]] if len(end) else seq
+    seq = seq[(seq > EOS) & (seq < vocab)]
+    if len(seq):
+      queries.append(seq.astype(np.int32))
+  return queries
+
+
+def _write_text(tc: 'TokenizedCollection', tokens: np.ndarray, vocab: int, path: str) -> None:
+  """The generated queries as text (`queries_file` format), for reading and
+  for retrievers with another tokenizer."""
+  with open(path + '.tmp', 'w') as f:
+    for doc_id, beams in zip(tc.collection.doc_ids, tokens):
+      for text in decode(tc, _cut(beams, vocab)):
+        f.write(json.dumps({'doc_id': doc_id, 'text': text}) + '\n')
+  os.replace(path + '.tmp', path)
+
+
+def file_digest(path: str) -> str:
+  """Of a queries_file's bytes: a run's settings change with its content."""
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def read(tc: 'TokenizedCollection', qg: QueryGeneration) -> list[list[np.ndarray]]:
+  """The pseudo-queries of `qg.queries_file`, per document of `tc` (in
+  order), tokenized by `tc`'s tokenizer; at most `qg.num_queries` each when
+  that is > 0."""
+  path = qg.queries_file
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'QueryGeneration.queries_file {path!r} does not exist: give a '
+                            'JSON-lines file of {"doc_id", "text"} pseudo-queries (every '
+                            'generation writes one: <cache>/query_generator-*/queries.jsonl).')
+  index = tc.collection.doc_index()
+  out = [[] for _ in range(tc.collection.num_docs)]
+  with open(path, encoding='utf-8') as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        doc_id, text = str(record['doc_id']), record['text']
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f'{path} line {n}: expected a JSON object with "doc_id" and "text" '
+                         f'({type(e).__name__}: {e}).') from None
+      if doc_id not in index:
+        raise ValueError(f'{path} line {n}: doc_id {doc_id!r} is not a document of '
+                         f'{tc.collection.name}; the file was written for another collection?')
+      queries = out[index[doc_id]]
+      toks = np.asarray(tc.sp.encode(str(text)), np.int32)
+      if len(toks) and (qg.num_queries < 1 or len(queries) < qg.num_queries):
+        queries.append(toks)
+  if not any(out):
+    raise ValueError(f'{path} has no pseudo-query for any document of {tc.collection.name}.')
   return out
 
 
