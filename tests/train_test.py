@@ -157,6 +157,13 @@ def test_rerun_of_a_finished_run_keeps_its_results(tmp_path):
   history = (tmp_path / 'results_history.jsonl').read_text().splitlines()
   assert len(history) == 2 and (tmp_path / 'results.json').read_text() == saved
   assert json.loads(history[1])['test'] == first['test']  # same checkpoint, same numbers
+  # Final metrics of a user sample (an estimate): the sampled users' own predictions.
+  sample = _run(tmp_path, reevaluate=True, final_eval_users=40, **common)
+  assert sample['final_eval_users'] == 40 and first['final_eval_users'] is None
+  assert sum(m['users'] for m in sample['test_slices'].values()) == 40
+  lines = (tmp_path / 'predictions' / 'test.jsonl').read_text().splitlines()
+  users = [json.loads(line)['user'] for line in lines]
+  assert len(users) == 40 and users == sorted(users) and users[-1] < first['num_users']
   # A shorter budget never reports steps it did not run.
   with pytest.raises(ValueError, match='beyond num_train_steps = 2'):
     _run(tmp_path, num_train_steps=2, eval_every_steps=100, allow_config_change=True)

@@ -95,12 +95,12 @@ def write_predictions(path: str, users, items: np.ndarray, scores: np.ndarray) -
   os.replace(path + '.tmp', path)
 
 
-def _subsample(arrays: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
-  total = len(arrays['target_item'])
+def _sample_rows(total: int, n: int | None, seed: int) -> np.ndarray:
+  """Row indices of a seeded sample of `n` of `total` users, in order (all of them
+  when n is None or >= total)."""
   if not n or n >= total:
-    return arrays
-  keep = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
-  return {k: v[keep] for k, v in arrays.items()}
+    return np.arange(total)
+  return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
 
 
 # ---------------------------------------------------------------------------
@@ -215,6 +215,7 @@ def train(
     beam_size: int = 10,
     eval_every_steps: int = 500,
     num_eval_users: int | None = None,
+    final_eval_users: int | None = None,
     eval_batch_size: int = 512,
     checkpoint_every_steps: int = 500,
     keep_checkpoints: int = 3,
@@ -251,7 +252,14 @@ def train(
     beam_size: beams decoded per user; must be >= the largest K (10).
     eval_every_steps: validation period; also saves a checkpoint with metrics.
     num_eval_users: validation users sampled during training (None: all); the
-      final validation and test evaluations always use every user.
+      final validation and test evaluations use every user unless
+      `final_eval_users` says otherwise.
+    final_eval_users: users of the final validation and test evaluations
+      (None: every user, the metrics of record). A seeded sample of that many
+      (the same users for every run with the same seed) makes the final
+      metrics an estimate, for comparisons where a full beam-search pass over
+      every user costs more than the training (e.g. time-to-quality runs on a
+      CPU); results record it.
     eval_batch_size: users per evaluation batch.
     checkpoint_every_steps: period of checkpoints between evaluations.
     keep_checkpoints: latest checkpoints kept (the best one is kept as well).
@@ -411,7 +419,8 @@ def train(
   loop.record_start(workdir, start)
 
   writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
-  valid_sample = _subsample(valid_arrays, num_eval_users, seed)
+  sampled = _sample_rows(len(valid_arrays['target_item']), num_eval_users, seed)
+  valid_sample = {k: v[sampled] for k, v in valid_arrays.items()}
   # train_seconds: wall seconds spent in training steps (evaluations and
   # checkpoints excluded), summed over invocations through the checkpoints:
   # the x axis of time-to-quality curves.
@@ -502,16 +511,20 @@ def train(
       'epochs': round(step / batcher.steps_per_epoch, 2),
       'train_seconds': round(train_seconds, 1),
       'best_step': best_step, 'identifier_collisions': ids.num_collisions,
+      'final_eval_users': final_eval_users,
   }
   item_slices = metrics.popularity_slices(data.item_target_counts(), *slice_fractions)
   popular = metrics.popularity_ranking(data.item_train_counts(), beam_size)
+  final_arrays = {}
   for split, arrays in (('validation', valid_arrays), ('test', test_arrays)):
+    users = _sample_rows(len(arrays['target_item']), final_eval_users, seed)
+    arrays = final_arrays[split] = {k: v[users] for k, v in arrays.items()}
     targets = arrays['target_item']
     ranked, scores = predict_items(tr, state.params, arrays['encoder_input_tokens'], ids,
                                    beam_size, eval_batch_size, trie)
     m = metrics.rank_metrics(ranked, targets)
     write_predictions(os.path.join(workdir, 'predictions', f'{split}.jsonl'),
-                      range(len(ranked)), ranked, scores)
+                      users.tolist(), ranked, scores)
     results[split] = m
     results[f'{split}_slices'] = metrics.sliced_metrics(ranked, targets, item_slices)
     pop_ranked = np.tile(popular, (len(targets), 1))
@@ -519,8 +532,8 @@ def train(
     results[f'popularity_{split}_slices'] = metrics.sliced_metrics(pop_ranked, targets,
                                                                    item_slices)
   if trie is not None and report_unconstrained:
-    results['test_unconstrained'], _ = evaluate(tr, state.params, test_arrays, ids, beam_size,
-                                                eval_batch_size)
+    results['test_unconstrained'], _ = evaluate(tr, state.params, final_arrays['test'], ids,
+                                                beam_size, eval_batch_size)
   writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
                                          for k, v in results[s].items()})
   writer.flush()
