@@ -88,6 +88,7 @@ def summary(root: str, runs: dict[str, list[dict]], marks: list[float]) -> list[
             'trained s': round(points[-1]['train_seconds']), 'epochs': points[-1]['epoch']}
     for k in ('recall@10', 'ndcg@10'):
       row[f'test {k}'] = round(r['test'][k], 4) if 'test' in r else '(not finished)'
+    row['test users'] = (r.get('final_eval_users') or 'all') if 'test' in r else ''
     row['machine'] = r.get('device', '')
     rows.append(row)
   return rows
@@ -135,7 +136,8 @@ def write(root: str, marks: list[float]) -> str:
   md += [tables.markdown(rows) if rows else '(no run with timed evaluations under ' + root + ')']
   md += ['', 'Seconds are wall seconds of training steps (evaluations and checkpoints '
          'excluded); validation NDCG@10 is on the runs\' sampled validation users, test '
-         'metrics on every user at the best checkpoint. Curves: time_to_quality.png, '
+         'metrics at the best checkpoint on every user or on the seeded sample that `test '
+         'users` gives (`train.train.final_eval_users`). Curves: time_to_quality.png, '
          'points: time_to_quality.csv.']
   text = '\n'.join(md)
   tables.write(text, [p for points in runs.values() for p in points], root, 'time_to_quality')
