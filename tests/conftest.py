@@ -42,6 +42,7 @@ def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(SLOW_MODULES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_MODULES)))  # stable
 
+
 def data_dir_or_skip(*parts: str) -> str:
   """The shared data dir (GENREC_DATA_DIR or ../shared/data), else skip."""
   base = os.environ.get('GENREC_DATA_DIR') or os.path.join(REPO_ROOT, '..', 'shared', 'data')

@@ -134,9 +134,11 @@ def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
     if jax.process_index() == 0:
       np.savez(saved + '.tmp.npz', tokens=tokens)
       os.replace(saved + '.tmp.npz', saved)
-      _write_text(tc, tokens, vocab, os.path.join(workdir, 'queries.jsonl'))
     logging.info('Pseudo-queries: %d per document for %d documents in %s', qg.num_queries,
                  len(tokens), workdir)
+  text = os.path.join(workdir, 'queries.jsonl')
+  if jax.process_index() == 0 and not os.path.exists(text):  # also for older caches
+    _write_text(tc, tokens, vocab, text)
   return [_cut(beams, vocab) for beams in tokens]
 
 
