@@ -95,12 +95,14 @@ def write_predictions(path: str, users, items: np.ndarray, scores: np.ndarray) -
   os.replace(path + '.tmp', path)
 
 
-def _sample_rows(total: int, n: int | None, seed: int) -> np.ndarray:
-  """Row indices of a seeded sample of `n` of `total` users, in order (all of them
-  when n is None or >= total)."""
-  if not n or n >= total:
-    return np.arange(total)
-  return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+def _sample_users(arrays: dict[str, np.ndarray], n: int | None, seed: int
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """A seeded sample of `n` users of `arrays` (all of them when n is None or
+  >= their number): their row indices, in order, and their rows."""
+  total = len(arrays['target_item'])
+  rows = (np.arange(total) if not n or n >= total else
+          np.sort(np.random.default_rng(seed).choice(total, n, replace=False)))
+  return rows, {k: v[rows] for k, v in arrays.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -419,8 +421,7 @@ def train(
   loop.record_start(workdir, start)
 
   writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
-  sampled = _sample_rows(len(valid_arrays['target_item']), num_eval_users, seed)
-  valid_sample = {k: v[sampled] for k, v in valid_arrays.items()}
+  _, valid_sample = _sample_users(valid_arrays, num_eval_users, seed)
   # train_seconds: wall seconds spent in training steps (evaluations and
   # checkpoints excluded), summed over invocations through the checkpoints:
   # the x axis of time-to-quality curves.
@@ -517,8 +518,8 @@ def train(
   popular = metrics.popularity_ranking(data.item_train_counts(), beam_size)
   final_arrays = {}
   for split, arrays in (('validation', valid_arrays), ('test', test_arrays)):
-    users = _sample_rows(len(arrays['target_item']), final_eval_users, seed)
-    arrays = final_arrays[split] = {k: v[users] for k, v in arrays.items()}
+    users, arrays = _sample_users(arrays, final_eval_users, seed)
+    final_arrays[split] = arrays
     targets = arrays['target_item']
     ranked, scores = predict_items(tr, state.params, arrays['encoder_input_tokens'], ids,
                                    beam_size, eval_batch_size, trie)
