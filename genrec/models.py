@@ -202,11 +202,17 @@ class EncoderDecoder(nnx.Module):
     return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
 
   def encode(self, encoder_input_tokens: Array, *, deterministic: bool = True,
-             rngs: nnx.Rngs | None = None) -> tuple[Array, Array]:
-    """Returns (encoded [b, s, d], input mask [b, s])."""
+             rngs: nnx.Rngs | None = None, segment_ids: Array | None = None
+             ) -> tuple[Array, Array]:
+    """Returns (encoded [b, s, d], input mask [b, s]).
+
+    With `segment_ids` [b, s] (packed rows, `features.pack_prefix_arrays`), a
+    token attends only to the tokens of its own segment."""
     kw = dict(deterministic=deterministic, rngs=rngs)
     valid = encoder_input_tokens > 0  # [b, s]
     mask = valid[:, None, None, :] & valid[:, None, :, None]  # [b, 1, s, s]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     s = encoder_input_tokens.shape[1]
     bias = self.encoder_bias(s, s)
     x = self.dropout(self._embed(encoder_input_tokens), **kw)
@@ -221,12 +227,21 @@ class EncoderDecoder(nnx.Module):
                                            deterministic=deterministic, rngs=rngs))
 
   def decode_hidden(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
-                    *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-    """The decoder's final states [b, t, d] (normalized)."""
+                    *, deterministic: bool = True, rngs: nnx.Rngs | None = None,
+                    segment_ids: tuple[Array, Array] | None = None) -> Array:
+    """The decoder's final states [b, t, d] (normalized).
+
+    With `segment_ids` = (encoder [b, s], decoder [b, t]) of packed rows, a
+    decoder token attends to the earlier tokens and the encoder tokens of its
+    own segment only."""
     kw = dict(deterministic=deterministic, rngs=rngs)
     t = decoder_input_tokens.shape[1]
     causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # [1, 1, t, t]
     cross_mask = encoder_valid[:, None, None, :]  # [b, 1, 1, s]
+    if segment_ids is not None:
+      enc_seg, dec_seg = segment_ids
+      causal = causal & (dec_seg[:, None, :, None] == dec_seg[:, None, None, :])
+      cross_mask = cross_mask & (dec_seg[:, None, :, None] == enc_seg[:, None, None, :])
     bias = self.decoder_bias(t, t)
     y = self.dropout(self._embed(decoder_input_tokens), **kw)
     for layer in self.decoder_layers:
@@ -325,7 +340,13 @@ class EncoderDecoder(nnx.Module):
     if self.item_embed is not None:
       return _item_loss(self.score_items(batch['encoder_input_tokens'], **kw),
                         batch['target_item'])
-    logits = self(batch['encoder_input_tokens'], batch['decoder_input_tokens'], **kw)
+    if 'encoder_segment_ids' in batch:  # packed rows (features.pack_prefix_arrays)
+      segments = (batch['encoder_segment_ids'], batch['decoder_segment_ids'])
+      encoded, valid = self.encode(batch['encoder_input_tokens'], segment_ids=segments[0], **kw)
+      logits = self._logits(self.decode_hidden(encoded, valid, batch['decoder_input_tokens'],
+                                               segment_ids=segments, **kw))
+    else:
+      logits = self(batch['encoder_input_tokens'], batch['decoder_input_tokens'], **kw)
     targets = batch['decoder_target_tokens']
     weights = batch['decoder_loss_weights'].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)

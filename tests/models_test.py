@@ -159,6 +159,25 @@ def test_decoder_only_packed_rows_equal_one_window_per_row():
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_encoder_decoder_packed_rows_equal_one_example_per_row():
+  """Packed prefix examples (features.pack_prefix_arrays) give the loss and
+  per-token logits of the same examples one per row."""
+  from genrec.recommendation import features
+  model = models.create_model(CFG, jax.random.key(2))
+  hist = [[5, 9, 7, 3, 11, 12], [4, 8], [20, 21, 22, 23], [30], [6, 7, 8, 9, 10, 13, 14, 15]]
+  targets = np.array([[40, 41, 42], [43, 44, 45], [46, 47, 48], [49, 50, 51], [52, 53, 54]])
+  single = {'encoder_input_tokens': np.array([h + [0] * (8 - len(h)) for h in hist], np.int32),
+            'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))).astype(np.int32),
+            'decoder_target_tokens': targets.astype(np.int32),
+            'decoder_loss_weights': np.ones_like(targets, np.int32)}
+  packed, info = features.pack_prefix_arrays(single, capacity=10, max_per_row=3)
+  assert info['rows'] < len(hist)
+  a, ma = model.loss(jax.tree.map(jnp.asarray, packed), deterministic=True)
+  b, mb = model.loss(jax.tree.map(jnp.asarray, single), deterministic=True)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  np.testing.assert_allclose(ma['accuracy'], mb['accuracy'])
+
+
 @pytest.mark.parametrize('from_end', [False, True])
 def test_sasrec_packed_rows_equal_one_window_per_row(from_end):
   """SASRec's packed rows (segment ids, positions restarting per window) give

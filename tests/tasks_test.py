@@ -119,3 +119,39 @@ def test_packing_fills_rows_without_overflow_and_keeps_every_window():
   assert len(b['tokens']) < len(a['tokens'])
   assert a['loss_weights'].sum() == b['loss_weights'].sum()
   assert sorted(a['tokens'][a['tokens'] > 0]) == sorted(b['tokens'][b['tokens'] > 0])
+
+
+def test_limited_packing_keeps_both_limits_and_fills_rows():
+  rng = np.random.default_rng(1)
+  lengths = np.minimum(rng.geometric(0.25, 2000), 20) * 4  # many short, some full
+  rows = features.pack_limited(lengths, 80, 4, seed=3)
+  assert sorted(i for r in rows for i in r) == list(range(2000))
+  assert all(sum(lengths[r]) <= 80 and 1 <= len(r) <= 4 for r in rows)
+  bound = max(len(lengths) / 4, lengths.sum() / 80)  # no packing has fewer rows
+  assert len(rows) <= 1.1 * bound
+  with pytest.raises(ValueError, match=r'lengths must lie in \[1, 80\]'):
+    features.pack_limited(np.array([4, 84]), 80, 4)
+
+
+def test_packed_prefix_rows_hold_every_example_once():
+  data = sequences.make_synthetic(num_users=80, num_items=50, seed=4)
+  item_ids = ids.RandomCodeIds(num_levels=3, codebook_size=4, seed=2).fit(data)
+  lengths = features.sequence_lengths(item_ids, 6)
+  arrays = features.train_arrays(sequences.leave_one_out(data, 6)['train'], item_ids, lengths)
+  packed, info = features.pack_prefix_arrays(arrays, seed=1)
+  n, t, k = len(arrays['encoder_input_tokens']), lengths['targets'], info['max_per_row']
+  assert info['examples'] == n and info['rows'] == len(packed['encoder_input_tokens']) < n
+  assert packed['decoder_target_tokens'].shape[1] == k * t
+  # Every example's (history, target) pair is in exactly one segment of one row.
+  want = sorted((tuple(h[h > 0]), tuple(y)) for h, y in
+                zip(arrays['encoder_input_tokens'], arrays['decoder_target_tokens']))
+  got = []
+  for r in range(info['rows']):
+    enc, seg = packed['encoder_input_tokens'][r], packed['encoder_segment_ids'][r]
+    for j in range(1, k + 1):
+      if (seg == j).any():
+        y = packed['decoder_target_tokens'][r, (j - 1) * t:j * t]
+        assert (packed['decoder_segment_ids'][r, (j - 1) * t:j * t] == j).all()
+        got.append((tuple(enc[seg == j]), tuple(y)))
+  assert sorted(got) == want
+  assert packed['decoder_loss_weights'].sum() == arrays['decoder_loss_weights'].sum()

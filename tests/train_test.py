@@ -241,6 +241,23 @@ def test_decoder_only_model_trains_on_whole_sequences_and_decodes_valid_ids(tmp_
          model_config=dataclasses.replace(TINY, architecture='decoder_only'))
 
 
+def test_packed_prefix_examples_train_and_decode_valid_ids(tmp_path):
+  """pack_examples: the encoder-decoder's prefixes several to a row, a batch
+  of about batch_size examples in fewer rows."""
+  results = _run(tmp_path, num_train_steps=150, eval_every_steps=150,
+                 checkpoint_every_steps=150, id_scheme=RandomCodeIds(num_levels=2),
+                 pack_examples=True)
+  packed = results['packed']
+  assert packed['rows'] < packed['examples'] == results['num_train_examples']
+  assert packed['rows_per_batch'] < 32
+  for split in ('validation', 'test'):
+    assert results[split]['invalid_rate'] == 0
+    assert results[split]['recall@10'] > results[f'popularity_{split}']['recall@10']
+  with pytest.raises(ValueError, match='pack_examples packs the prefix examples'):
+    _run(tmp_path / 'd', num_train_steps=1, pack_examples=True,
+         model_config=dataclasses.replace(TINY, architecture='decoder_only'))
+
+
 def test_sasrec_refuses_multi_level_ids(tmp_path):
   with pytest.raises(ValueError, match='SASRec embeds item ids'):
     _run(tmp_path, num_train_steps=1, head='projection', id_scheme=RandomCodeIds(num_levels=2),
