@@ -200,8 +200,13 @@ class MultiHeadAttention(nnx.Module):
 
   def attend(self, q: Array, k: Array, v: Array, mask: Array | None, bias: Array | None,
              *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-    """Scaled queries [b, q, h, d] over keys/values [b, k, h, d] -> [b, q, d_model]."""
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+    """Scaled queries [b, q, h, d] over keys/values [b, k, h, d] -> [b, q, d_model].
+
+    The products run head-major ([b, h, ., d]): XLA:CPU's batched matmuls over
+    [b, q, h, d] operands took 20% longer per attention layer (forward and
+    backward, TIGER shapes) than with the transposes made explicit."""
+    head_major = lambda a: jnp.transpose(a, (0, 2, 1, 3))
+    logits = jnp.einsum('bhqd,bhkd->bhqk', head_major(q), head_major(k)).astype(jnp.float32)
     if bias is not None:
       bias = bias.astype(jnp.float32)  # the same dtype as the logits (custom_vjp)
       if bias.shape[0] == 1 and bias.shape[1:] == logits.shape[1:]:
@@ -212,8 +217,8 @@ class MultiHeadAttention(nnx.Module):
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)
-    y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    return self.out(y)
+    y = jnp.einsum('bhqk,bhkd->bhqd', weights, head_major(v))
+    return self.out(head_major(y))
 
 
 class MlpBlock(nnx.Module):
