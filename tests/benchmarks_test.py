@@ -120,3 +120,33 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
   assert md.count('| BM25 (k1 0.9, b 0.4) |') == 1  # the same BM25 figures once
   assert [line.split(' | ')[4] for line in md.splitlines() if '| dsi_atomic |' in line] == [
       '0.3', '0.4']
+
+
+def test_packed_throughput_and_epoch_cost_count_every_example():
+  """train_throughput's packed rows and epoch_cost's packed encoder-decoder
+  account for each prefix once (the examples/s and items/s they report). In
+  child processes: the two modules define absl flags of the same names."""
+  epoch = """
+from genrec.data import sequences
+from genrec.benchmarks import epoch_cost
+data = sequences.make_synthetic(num_users=60, num_items=40, seed=1)
+config, arrays, targets = epoch_cost.model_setup('encoder_decoder_packed', data, 5, 2)
+prefixes = sum(max(0, len(s) - 3) for s in data.sequences)  # leave-one-out train part
+assert targets.sum() == prefixes and len(targets) < prefixes, (targets.sum(), prefixes)
+"""
+  throughput = """
+import jax, numpy as np
+from genrec import models, partitioning
+from genrec.benchmarks import train_throughput
+tiny = models.TransformerConfig(vocab_size=64, d_model=16, num_heads=2, head_dim=8, d_ff=32,
+                                num_encoder_layers=1, num_decoder_layers=1)
+lengths = np.random.default_rng(0).integers(1, 10, 400)
+row = train_throughput.run_packed(tiny, 32, 2, 1, lengths, 9, 3,
+                                  partitioning.make_mesh(devices=jax.devices()[:1]))
+assert row['packed_examples_per_row'] > 1 and row['packed_rows_per_batch'] < 32, row
+assert row['packed_examples_per_s'] > 0, row
+"""
+  for code in (epoch, throughput):
+    proc = subprocess.run([sys.executable, '-c', code + "print('ok')"], capture_output=True,
+                          text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]

@@ -26,7 +26,7 @@ import numpy as np
 from genrec import models, partitioning, tables, trainer
 from genrec.data import sequences
 from genrec import ids as ids_lib
-from genrec.recommendation import train
+from genrec.recommendation import features, train
 
 flags.DEFINE_string('data_dir', None, 'Data folder (default $GENREC_DATA_DIR).')
 flags.DEFINE_string('dataset', 'beauty', 'Data set name or folder.')
@@ -34,7 +34,8 @@ flags.DEFINE_integer('levels', 4, 'Identifier tokens per item (TIGER: 3 codes + 
 flags.DEFINE_integer('max_history', 20, 'History items per example.')
 flags.DEFINE_integer('batch_size', 256, 'Examples per step.')
 flags.DEFINE_integer('steps', 5, 'Timed steps per model (after 2 untimed ones).')
-flags.DEFINE_list('models', ['encoder_decoder', 'decoder_only', 'sasrec'], 'Models to time.')
+flags.DEFINE_list('models', ['encoder_decoder', 'encoder_decoder_packed', 'decoder_only',
+                            'sasrec'], 'Models to time.')
 flags.DEFINE_string('output_dir', None, 'Where to write epoch_cost.md/.csv.')
 FLAGS = flags.FLAGS
 
@@ -44,7 +45,11 @@ TIGER = models.TransformerConfig(d_model=128, num_heads=6, head_dim=64, d_ff=102
 
 
 def model_setup(name: str, data: sequences.SequenceData, max_history: int, levels: int):
-  """(config, training arrays, target items per row) of a model."""
+  """(config, training arrays, target items per row) of a model;
+  'encoder_decoder_packed' is the encoder-decoder with its prefixes packed
+  several to a row (train.train.pack_examples)."""
+  packed = name == 'encoder_decoder_packed'
+  name = 'encoder_decoder' if packed else name
   codes = ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data)
   atomic = ids_lib.AtomicIds().fit(data)
   item_ids = atomic if name == 'sasrec' else codes
@@ -56,7 +61,10 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
   if models.model_class(config).training_examples == 'prefix':
     prefix = train.load_arrays(data, item_ids, max_history, 'numpy')[0]
   arrays = train.training_arrays(data, item_ids, max_history, config, prefix)
-  if 'tokens' in arrays:
+  if packed:
+    arrays, _ = features.pack_prefix_arrays(arrays)
+    targets = (arrays['decoder_segment_ids'] > 0).sum(1) / item_ids.num_levels
+  elif 'tokens' in arrays:
     targets = arrays['loss_weights'].sum(1) / item_ids.num_levels
   elif 'next_items' in arrays:
     targets = (arrays['next_items'] > 0).sum(1)
@@ -68,6 +76,8 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
 def measure(name: str, data, max_history: int, levels: int, batch_size: int, steps: int
             ) -> dict:
   config, arrays, targets = model_setup(name, data, max_history, levels)
+  if 'decoder_segment_ids' in arrays:  # packed: rows holding about batch_size examples
+    batch_size = round(batch_size * len(targets) / targets.sum())
   mesh = partitioning.make_mesh(-1, 1, 1)
   tx, lr = trainer.make_optimizer(100, warmup_steps=10)
   tr = trainer.Trainer(config, tx, mesh, lr)
@@ -93,6 +103,7 @@ def measure(name: str, data, max_history: int, levels: int, batch_size: int, ste
   steps_per_epoch = -(-n // batch_size)
   return {
       'model': name, 'training_examples': models.model_class(config).training_examples,
+      'rows_per_step': batch_size,
       'params_M': round(trainer.param_count(state.params) / 1e6, 2),
       'examples_per_epoch': n, 'target_items_per_epoch': int(targets.sum()),
       'steps_per_epoch': steps_per_epoch,
