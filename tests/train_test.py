@@ -169,6 +169,18 @@ def test_rerun_of_a_finished_run_keeps_its_results(tmp_path):
     _run(tmp_path, num_train_steps=2, eval_every_steps=100, allow_config_change=True)
 
 
+def test_a_run_continued_past_its_time_budget_rewrites_its_results(tmp_path):
+  """A run stopped by max_train_seconds and started again with a larger budget
+  trains on; its results.json then holds the new final metrics."""
+  common = dict(num_train_steps=20, eval_every_steps=10, checkpoint_every_steps=10)
+  first = _run(tmp_path, max_train_seconds=1e-3, **common)
+  assert first['last_step'] == 10 and first['stopped_early']
+  second = _run(tmp_path, **common)
+  assert second['last_step'] == 20 and second['resumed_from_step'] == 10
+  assert json.loads((tmp_path / 'results.json').read_text())['last_step'] == 20
+  assert len((tmp_path / 'results_history.jsonl').read_text().splitlines()) == 2
+
+
 def test_ids_artifact_of_another_scheme_is_refused(tmp_path):
   _run(tmp_path, num_train_steps=1, eval_every_steps=100, checkpoint_every_steps=100,
        stop_after_step=0, id_scheme=AtomicIds())

@@ -571,8 +571,11 @@ def train(
                                          for k, v in results[s].items()})
   writer.flush()
   results['evaluated_at'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
-  if not os.path.exists(os.path.join(workdir, 'results.json')):
-    loop.write_json(os.path.join(workdir, 'results.json'), results)  # written once
+  # Written when steps were trained (a run continued past an earlier stop, e.g. with
+  # a larger max_train_seconds, has new results); a re-evaluation of a finished run
+  # only appends to the history.
+  if step > (start or 0) or not os.path.exists(os.path.join(workdir, 'results.json')):
+    loop.write_json(os.path.join(workdir, 'results.json'), results)
   loop.append_jsonl(os.path.join(workdir, 'results_history.jsonl'), results)
   loop.record_end(workdir, step)
   if jax.process_index() == 0:
