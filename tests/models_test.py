@@ -161,7 +161,7 @@ def test_decoder_only_packed_rows_equal_one_window_per_row():
 
 def test_encoder_decoder_packed_rows_equal_one_example_per_row():
   """Packed prefix examples (features.pack_prefix_arrays) give the loss and
-  per-token logits of the same examples one per row."""
+  accuracy of the same examples one per row."""
   from genrec.recommendation import features
   model = models.create_model(CFG, jax.random.key(2))
   hist = [[5, 9, 7, 3, 11, 12], [4, 8], [20, 21, 22, 23], [30], [6, 7, 8, 9, 10, 13, 14, 15]]

@@ -77,7 +77,8 @@ def measure(name: str, data, max_history: int, levels: int, batch_size: int, ste
             ) -> dict:
   config, arrays, targets = model_setup(name, data, max_history, levels)
   if 'decoder_segment_ids' in arrays:  # packed: rows holding about batch_size examples
-    batch_size = round(batch_size * len(targets) / targets.sum())
+    batch_size = features.packed_rows_per_batch(
+        batch_size, {'rows': len(targets), 'examples': targets.sum()})
   mesh = partitioning.make_mesh(-1, 1, 1)
   tx, lr = trainer.make_optimizer(100, warmup_steps=10)
   tr = trainer.Trainer(config, tx, mesh, lr)

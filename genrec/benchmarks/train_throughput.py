@@ -130,8 +130,7 @@ def run_packed(config: models.TransformerConfig, batch_size: int, steps: int, wa
   arrays, info = features.pack_prefix_arrays({
       'encoder_input_tokens': enc, 'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
       'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)})
-  unit = partitioning.data_parallel_size(mesh)
-  rows = -(-round(batch_size * info['rows'] / n) // unit) * unit
+  rows = features.packed_rows_per_batch(batch_size, info, partitioning.data_parallel_size(mesh))
   tx, lr = trainer.make_optimizer(steps + warmup, warmup_steps=10)
   tr = trainer.Trainer(config, tx, mesh, lr)
   state = tr.init_state(0)

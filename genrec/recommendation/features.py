@@ -170,10 +170,11 @@ def pack_prefix_arrays(arrays: dict[str, np.ndarray], capacity: int | None = Non
                      'tokens); use at least the input length.')
   lengths = np.maximum((enc > 0).sum(axis=1), 1)  # an empty history keeps one pad token
   if max_per_row is None:
-    cost = {k: len(pack_limited(lengths, capacity, k, seed)) * (capacity + k * t)
-            for k in range(1, 9)}
-    max_per_row = min(cost, key=cost.get)
-  rows = pack_limited(lengths, capacity, max_per_row, seed)
+    packs = {k: pack_limited(lengths, capacity, k, seed) for k in range(1, 9)}
+    max_per_row = min(packs, key=lambda k: len(packs[k]) * (capacity + k * t))
+    rows = packs[max_per_row]
+  else:
+    rows = pack_limited(lengths, capacity, max_per_row, seed)
   r = len(rows)
   out = {'encoder_input_tokens': np.zeros((r, capacity), np.int32),
          'encoder_segment_ids': np.zeros((r, capacity), np.int32)}
@@ -193,6 +194,13 @@ def pack_prefix_arrays(arrays: dict[str, np.ndarray], capacity: int | None = Non
   info = {'examples': n, 'rows': r, 'capacity': capacity, 'max_per_row': max_per_row,
           'token_fill': round(float(lengths.sum()) / (r * capacity), 4)}
   return out, info
+
+
+def packed_rows_per_batch(batch_size: int, info: dict, unit: int = 1) -> int:
+  """Rows of `pack_prefix_arrays` (its `info`) that hold about `batch_size`
+  examples, rounded up to a multiple of `unit` (the data-parallel size)."""
+  rows = round(batch_size * info['rows'] / info['examples'])
+  return max(unit, -(-rows // unit) * unit)
 
 
 def sequence_train_arrays(sequences: list[np.ndarray], ids: ItemIds, max_history: int,

@@ -375,8 +375,8 @@ def train(
   rows_per_batch = batch_size
   if pack_info:
     per_row = pack_info['examples'] / pack_info['rows']
-    unit = dp * jax.process_count()
-    rows_per_batch = max(unit, -(-round(batch_size / per_row) // unit) * unit)
+    rows_per_batch = features.packed_rows_per_batch(batch_size, pack_info,
+                                                    dp * jax.process_count())
     logging.info('Packed %d examples into %d rows of %d encoder tokens (%.2f a row, %.0f%% '
                  'of the tokens used, %d decoder slots); %d rows a batch (~%d examples)',
                  pack_info['examples'], pack_info['rows'], pack_info['capacity'], per_row,
@@ -385,10 +385,11 @@ def train(
   tx, lr_fn = optimizer_fn(num_train_steps)
   tr = trainer.Trainer(config, tx, mesh, lr_fn)
   batcher = loop.EpochBatcher(len(next(iter(train_arrays.values()))), rows_per_batch, seed)
+  num_train_examples = pack_info['examples'] if pack_info else batcher.num_examples
   logging.info('Model: %s, %.2fM parameters; %d train examples (%s level), %d steps/epoch; '
                'mesh %s', config, trainer.param_count(tr.abstract_state.params) / 1e6,
-               pack_info['examples'] if pack_info else batcher.num_examples,
-               model_cls.training_examples, batcher.steps_per_epoch, dict(mesh.shape))
+               num_train_examples, model_cls.training_examples, batcher.steps_per_epoch,
+               dict(mesh.shape))
 
   loop.check_run_settings(workdir, {
       'dataset': data.name, 'num_items': data.num_items, 'num_users': data.num_users,
@@ -534,7 +535,7 @@ def train(
                                        config.architecture != 'sasrec' else ''),
       'training_examples': model_cls.training_examples,
       'num_items': data.num_items,
-      'num_train_examples': pack_info['examples'] if pack_info else batcher.num_examples,
+      'num_train_examples': num_train_examples,
       'packed': {**pack_info, 'rows_per_batch': rows_per_batch} if pack_info else None,
       'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'resumed_from_step': start or None,
