@@ -120,6 +120,22 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
   assert md.count('| BM25 (k1 0.9, b 0.4) |') == 1  # the same BM25 figures once
   assert [line.split(' | ')[4] for line in md.splitlines() if '| dsi_atomic |' in line] == [
       '0.3', '0.4']
+  # A later table keeps these rows from the CSV (their folders gone) and adds new ones.
+  csv_text = (tmp_path / 'docs' / 'retrieval_toy.csv').read_text()
+  (tmp_path / 'later' / 'dsi_naive').mkdir(parents=True)
+  (tmp_path / 'later' / 'dsi_naive' / 'row.json').write_text(
+      json.dumps({'method': 'dsi_naive', 'ndcg@10': 0.2}))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'genrec.benchmarks.retrieval', '--table_only',
+       f'--table_from={tmp_path / "later"}', '--methods=dsi_naive',
+       f'--table_keep={tmp_path / "docs" / "retrieval_toy.csv"}',
+       f'--table_dir={tmp_path / "docs"}', '--table_stem=retrieval_toy'],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  later = (tmp_path / 'docs' / 'retrieval_toy.md').read_text()
+  assert later.startswith(md.rstrip('\n')) and later.count('| dsi_naive | ') == 1
+  assert (tmp_path / 'docs' / 'retrieval_toy.csv').read_text().startswith(
+      csv_text.split('\n')[0].rstrip('\r'))
 
 
 def test_packed_throughput_and_epoch_cost_count_every_example():

@@ -14,9 +14,12 @@ BM25 fused with each generative method (genrec.retrieval.fusion). Each method's 
 also saved as <output_dir>/<method>/row.json, and a method whose folder holds
 a final checkpoint is evaluated without training again; `--table_only`
 re-tabulates the saved rows (`--table_dir=docs/results --table_stem=...` for
-the tables of record). Writes retrieval.md/.csv.
+the tables of record; `--table_keep=docs/results/<stem>.csv` keeps the rows of
+an earlier table whose run folders are gone, and adds the new ones after
+them). Writes retrieval.md/.csv.
 """
 
+import csv
 import json
 import os
 
@@ -38,6 +41,9 @@ flags.DEFINE_list('table_from', None, 'With --table_only: the run folders whose 
                   'the table, in order (default output_dir).')
 flags.DEFINE_string('table_dir', None, 'With --table_only: where the table goes (default '
                     'output_dir), e.g. docs/results.')
+flags.DEFINE_string('table_keep', None, 'With --table_only: the CSV of an earlier table (e.g. '
+                    'the committed docs/results one) whose rows come first, as written; for '
+                    'rows whose run folders are gone.')
 flags.DEFINE_string('table_stem', 'retrieval', 'With --table_only: the table\'s file name '
                     '(<stem>.md and .csv).')
 FLAGS = flags.FLAGS
@@ -58,6 +64,31 @@ def _drop_repeated_bm25(rows: list[dict]) -> list[dict]:
   return out
 
 
+def _number(value: str):
+  for kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  return value
+
+
+def read_table_csv(path: str) -> list[dict]:
+  """The rows of a table written by `write_table` (<stem>.csv): empty cells
+  dropped, numbers read back as numbers."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'--table_keep: no table at {path!r} (a <stem>.csv that '
+                            '--table_only wrote).')
+  with open(path, newline='') as f:
+    rows = [{k: _number(v) for k, v in r.items() if v not in ('', None)}
+            for r in csv.DictReader(f)]
+  bad = [n for n, r in enumerate(rows, 2) if 'method' not in r]
+  if bad:
+    raise ValueError(f'--table_keep: {path!r} is not a retrieval table: line(s) {bad[:5]} '
+                     "have no 'method'.")
+  return rows
+
+
 def main(argv):
   del argv
   unknown = set(FLAGS.methods) - set(retrieval_run.METHODS)
@@ -67,7 +98,7 @@ def main(argv):
   if FLAGS.table_only:
     paths = [retrieval_run.row_path(d, m) for d in (FLAGS.table_from or [FLAGS.output_dir])
              for m in FLAGS.methods]
-    rows = []
+    rows = read_table_csv(FLAGS.table_keep) if FLAGS.table_keep else []
     for p in filter(os.path.exists, paths):
       with open(p) as f:
         saved = json.load(f)
