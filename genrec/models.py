@@ -261,6 +261,12 @@ class EncoderDecoder(nnx.Module):
     """Per decoder layer, the keys/values of the encoder output [b, s, h, dk]."""
     return [layer.cross_attn.keys_values(encoded) for layer in self.decoder_layers]
 
+  def decoding_context(self, encoded: Array, encoder_valid: Array):
+    """What `decode_step` reads of the encoder's output, computed once per
+    query: here the cross-attention keys/values (`cross_attention_cache`)."""
+    del encoder_valid
+    return self.cross_attention_cache(encoded)
+
   def init_self_cache(self, n: int, max_len: int) -> list[tuple[Array, Array]]:
     """Empty self-attention caches [n, max_len, h, dk] per decoder layer."""
     shape = (n, max_len, self.cfg.num_heads, self.cfg.head_dim)
@@ -276,7 +282,7 @@ class EncoderDecoder(nnx.Module):
         (0, the start token, at step 0).
       step: the position (a Python int, or a traced int32 scalar: one
         compiled step serves every position).
-      cross_cache: `cross_attention_cache(encoded)`; batch = n / beams.
+      cross_cache: `decoding_context(encoded, encoder_valid)`; batch = n / beams.
       encoder_valid: [batch, s].
       self_cache: from `init_self_cache` or the previous step.
 
@@ -306,10 +312,10 @@ class EncoderDecoder(nnx.Module):
     runs once per query and its cross-attention keys/values are shared by the
     query's beams."""
     encoded, valid = self.encode(encoder_input_tokens)
-    cross = self.cross_attention_cache(encoded)
+    context = self.decoding_context(encoded, valid)
 
     def tokens_to_logits(tokens, cache, step):
-      return self.decode_step(tokens, step, cross, valid, cache)
+      return self.decode_step(tokens, step, context, valid, cache)
     return tokens_to_logits, self.init_self_cache(encoded.shape[0] * beam_size, num_steps)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
@@ -445,15 +451,18 @@ class BertEncoderDecoder(EncoderDecoder):
                            deterministic=deterministic, rngs=rngs)
     return self.pooled_logits(y, text_encoder.mean_pool(encoded, encoder_valid))
 
-  def beam_search_inputs(self, encoder_input_tokens: Array, beam_size: int, num_steps: int):
-    encoded, valid, pooled = self.encode_pooled(encoder_input_tokens)
-    cross = self.cross_attention_cache(encoded)
+  def decoding_context(self, encoded: Array, encoder_valid: Array):
+    """(cross-attention keys/values, the sentence embeddings [b, d]): the
+    logits of every step read the query's pooled embedding too."""
+    return (self.cross_attention_cache(encoded),
+            text_encoder.mean_pool(encoded, encoder_valid))
 
-    def tokens_to_logits(tokens, cache, step):
-      y, cache = self.decode_step_hidden(tokens, step, cross, valid, cache)
-      per_beam = jnp.repeat(pooled, tokens.shape[0] // pooled.shape[0], axis=0)
-      return self.pooled_logits(y, per_beam)[:, 0], cache
-    return tokens_to_logits, self.init_self_cache(encoded.shape[0] * beam_size, num_steps)
+  def decode_step(self, tokens: Array, step: int, cross_cache, encoder_valid: Array,
+                  self_cache) -> tuple[Array, list]:
+    cross, pooled = cross_cache
+    y, new_cache = self.decode_step_hidden(tokens, step, cross, encoder_valid, self_cache)
+    per_beam = jnp.repeat(pooled, tokens.shape[0] // pooled.shape[0], axis=0)
+    return self.pooled_logits(y, per_beam)[:, 0], new_cache
 
   def score_items(self, *args, **kwargs):
     raise ValueError('BertEncoderDecoder has no item projection head.')

@@ -134,12 +134,13 @@ def decode_items(model, tokens: jax.Array, trie: constraints.PrefixTrie, leaf_it
 def host_decode_start(model, inputs: jax.Array, beam_size: int, num_steps: int):
   """The start of a host-constrained beam search of an encoder-decoder: the
   encoder runs once per query. Returns (`decoding.Beams` with the empty
-  self-attention cache, the cross-attention keys/values per decoder layer,
-  the input mask [batch, s])."""
+  self-attention cache, the model's `decoding_context` (the cross-attention
+  keys/values per decoder layer; with a pretrained encoder, also the pooled
+  query embedding), the input mask [batch, s])."""
   encoded, valid = model.encode(inputs)
   cache = model.init_self_cache(inputs.shape[0] * beam_size, num_steps)
   return (decoding.init_beams(inputs.shape[0], beam_size, num_steps, cache),
-          model.cross_attention_cache(encoded), valid)
+          model.decoding_context(encoded, valid), valid)
 
 
 def host_decode_step(model, beams: decoding.Beams, cross, valid: jax.Array,

@@ -107,9 +107,10 @@ class SealRetriever:
   """Queries -> documents, from a SEAL serving directory (`genrec.retrieval.export`).
 
   The directory holds two functions of the model's parameters: its main one
-  starts the beam search (query SentencePiece ids int32 [batch, input_len]
+  starts the beam search (query token ids int32 [batch, input_len]
   -> the decoding state: sequences, scores, per-token log-probs, the
-  self-attention cache, the cross-attention keys/values and the query mask)
+  self-attention cache, the cross-attention keys/values (and, with a
+  pretrained encoder, the pooled query embedding) and the query mask)
   and `step` advances it by one token given the tokens each beam may take.
   Between steps, on the host, the FM-index says which tokens continue an
   n-gram of the corpus (`fm_index.NGramConstraint`, exactly as in training-
@@ -142,10 +143,13 @@ class SealRetriever:
       allowed[live] = constraint(seqs[live])
       return allowed
 
-    *state, cross, valid = self.artifact.main(query, to_numpy=False)
+    # The beams' 4 arrays, the query's decoding context (cross-attention keys/
+    # values; with a pretrained encoder also its pooled embedding), its mask.
+    *state, valid = self.artifact.main(query, to_numpy=False)
+    state, context = state[:4], state[4:]
 
     def step_fn(beams, allowed, step):
-      return decoding.Beams(*self.step(*beams, cross, valid, allowed, np.int32(step),
+      return decoding.Beams(*self.step(*beams, *context, valid, allowed, np.int32(step),
                                        to_numpy=False))
     beams = decoding.host_constrained_beam_search(step_fn, decoding.Beams(*state),
                                                   self.num_steps, allowed_fn)

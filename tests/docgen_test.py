@@ -366,5 +366,19 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
   _exported_retriever_answers_like_the_run(tc, tmp_path / 'pre', 'dsi_atomic',
                                            text_encoder.WordPieceVocabulary(tiny_bert_dir),
                                            saved_model=False)
-  with pytest.raises(ValueError, match="DSI methods.*run 'seal' with the default"):
-    docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), **kw)
+  # SEAL on the pretrained encoder: WordPiece n-grams under a WordPiece
+  # FM-index, its output table the checkpoint's word embeddings; every result
+  # a document, served like the run.
+  # (Untrained, no n-gram is likelier under the model than in the corpus, so
+  # SEAL's scorer returns nothing: it trains a little.)
+  seal_kw = {**kw, 'seal_beam_size': 4, 'num_train_steps': 100, 'log_every_steps': 100,
+             'optimizer_fn': lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
+                                                              warmup_steps=10),
+             'seal_tasks': docgen.SealTasks(ngram_len=4, span_input_len=8)}
+  row = docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), **seal_kw)
+  assert row['tokens'] == 'WordPiece 30522' and row['init'].endswith('(+ word embeddings)')
+  run = ranx.Run.from_file(str(tmp_path / 'seal' / 'test.trec'), kind='trec')
+  assert run.run and all(set(docs) <= set(c.doc_ids) for docs in run.run.values())
+  _exported_retriever_answers_like_the_run(tc, tmp_path / 'seal', 'seal',
+                                           text_encoder.WordPieceVocabulary(tiny_bert_dir),
+                                           saved_model=False)

@@ -401,12 +401,15 @@ def train_and_evaluate(
   workdir without one); with `query_generation.queries_file`, the file's
   queries instead (the way a pretrained-encoder run gets pseudo-queries).
 
-  With `model_config.architecture = 'bert_encoder_decoder'` (DSI methods),
-  the collection is tokenized again with the encoder checkpoint's WordPiece
-  vocabulary, docid tokens follow the reserved tokens, and with
-  `pretrained_init` training starts from the checkpoint's encoder and (DSI
-  atomic) from docid embeddings equal to the documents' sentence embeddings;
-  without it, from random weights of the same shapes (the comparison).
+  With `model_config.architecture = 'bert_encoder_decoder'`, the collection
+  is tokenized again with the encoder checkpoint's WordPiece vocabulary (SEAL's
+  n-grams and FM-index are WordPiece tokens), DSI's docid tokens follow the
+  reserved tokens, and with `pretrained_init` training starts from the
+  checkpoint's encoder and from output embeddings that make the first step
+  meaningful: DSI atomic's docids as the documents' sentence embeddings,
+  residual semantic docids as their codebooks, SEAL's tokens as the
+  checkpoint's word embeddings; without it, from random weights of the same
+  shapes (the comparison).
 
   Returns a row for the retrieval table (metrics, budget, timings).
   """
@@ -424,10 +427,6 @@ def train_and_evaluate(
   pretrained = model_config.architecture == 'bert_encoder_decoder'
   checkpoint = model_config.encoder_checkpoint or None
   if pretrained:
-    if method == 'seal':
-      raise ValueError('The pretrained encoder (architecture bert_encoder_decoder) serves the '
-                       f"DSI methods {METHODS[:3]}; run 'seal' with the default architecture "
-                       "'encoder_decoder'.")
     if query_generation.num_queries and not query_generation.queries_file:
       raise ValueError(
           'The query generator is an encoder-decoder over the SentencePiece collection, not '
@@ -481,6 +480,8 @@ def train_and_evaluate(
       init += ' (+ docid embeddings)'
     elif codebook_init:
       init += ' (+ docid codebooks)'
+    elif method == 'seal':
+      init += ' (+ word embeddings)'
   settings = {'method': method, 'collection': c.name, 'input_len': input_len,
               'train_split': train_split, 'examples': n,
               **({'init': init} if pretrained else {}),
@@ -491,7 +492,10 @@ def train_and_evaluate(
 
   def warm_start(params: dict) -> dict:
     params['bert'] = text_encoder.pretrained_params(checkpoint)
-    if method == 'dsi_atomic':
+    if method == 'seal':  # n-grams of WordPiece tokens: the checkpoint's own table
+      words = params['bert']['word']['embedding']
+      params['embed'][:len(words)] = words
+    elif method == 'dsi_atomic':
       params['embed'][ids.token_table()[1:, 0] + shift] = document_embeddings(
           c, cache_dir, checkpoint)
     elif codebook_init:

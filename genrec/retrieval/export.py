@@ -164,6 +164,18 @@ def _unstack(x: jax.Array) -> list:
   return [(x[:, i, 0], x[:, i, 1]) for i in range(x.shape[1])]
 
 
+def _context_arrays(context) -> tuple[jax.Array, ...]:
+  """A model's `decoding_context` as state tensors: the stacked cross-attention
+  keys/values, and the pooled query embedding where the model has one."""
+  if isinstance(context, tuple):  # models.BertEncoderDecoder: (cross, pooled)
+    return _stack(context[0]), context[1]
+  return (_stack(context),)
+
+
+def _context(arrays: tuple[jax.Array, ...]):
+  return (_unstack(arrays[0]), arrays[1]) if len(arrays) == 2 else _unstack(arrays[0])
+
+
 def _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir):
   beam, width, steps = run['beam_size'], run['input_len'], run['ngram_len']
   k = min(100, run['num_docs']) if k is None else k
@@ -172,16 +184,18 @@ def _export_seal(write, run, config, pred, params, k, query, manifest, files, wo
 
   def start(arrays, query):
     model = nnx.merge(pred.graphdef, arrays['params'])
-    beams, cross, valid = predictor.host_decode_start(model, query, beam, steps)
+    beams, context, valid = predictor.host_decode_start(model, query, beam, steps)
     cache = _stack(beams.cache)
     return (beams.sequences, beams.scores, beams.token_log_probs,
-            cache.reshape(query.shape[0], beam, *cache.shape[1:]), _stack(cross), valid)
+            cache.reshape(query.shape[0], beam, *cache.shape[1:]), *_context_arrays(context),
+            valid)
 
-  def step(arrays, sequences, scores, token_log_probs, cache, cross, valid, allowed, t):
+  def step(arrays, sequences, scores, token_log_probs, cache, *context_valid_allowed_t):
+    *context, valid, allowed, t = context_valid_allowed_t
     model = nnx.merge(pred.graphdef, arrays['params'])
     cache = _unstack(cache.reshape(-1, *cache.shape[2:]))
     beams = predictor.host_decode_step(
-        model, decoding.Beams(sequences, scores, token_log_probs, cache), _unstack(cross),
+        model, decoding.Beams(sequences, scores, token_log_probs, cache), _context(context),
         valid, allowed, t)
     cache = _stack(beams.cache)
     return (beams.sequences, beams.scores, beams.token_log_probs,
@@ -189,7 +203,8 @@ def _export_seal(write, run, config, pred, params, k, query, manifest, files, wo
 
   arrays = {'params': jax.device_get(params)}
   shapes = jax.eval_shape(start, arrays, jax.ShapeDtypeStruct((1, width), np.int32))
-  names = ('sequences', 'scores', 'token_log_probs', 'cache', 'cross', 'valid')
+  names = ('sequences', 'scores', 'token_log_probs', 'cache', 'cross',
+           *(('pooled',) if len(shapes) == 7 else ()), 'valid')
   state = tuple(export_lib.Tensor(name, str(x.dtype), ('batch', *x.shape[1:]))
                 for name, x in zip(names, shapes))
   allowed = export_lib.Tensor('allowed', 'bool', ('batch', beam, config.vocab_size))
