@@ -91,7 +91,7 @@ def dataclasses_replace(cfg, **kw):
 def _incremental(model, enc, dec, beams):
   """Logits of every position via decode_step, with `beams` copies per query."""
   encoded, valid = model.encode(enc)
-  cross = model.cross_attention_cache(encoded)
+  cross = model.decoding_context(encoded, valid)
   dec = jnp.repeat(dec, beams, axis=0)
   cache = model.init_self_cache(dec.shape[0], dec.shape[1])
   out = []
@@ -263,7 +263,9 @@ def test_pretrained_encoder_decoder_starts_as_dense_retrieval(tiny_bert_dir):
   dense = text_encoder.encode(queries, tiny_bert_dir) @ text_encoder.encode(
       docs, tiny_bert_dir).T
   np.testing.assert_allclose(np.asarray(full[:, 0, 3:6]) / 20.0, dense, atol=1e-5)
-  # Incremental decoding (beams share the query's encoder states) equals the full pass.
+  # Incremental decoding (beams share the query's encoder states and pooled
+  # embedding: `decoding_context`, what the host-constrained SEAL search and
+  # its export step with too) equals the full pass.
   np.testing.assert_allclose(stepped, jnp.repeat(full, 2, axis=0), atol=1e-4)
 
 
