@@ -382,3 +382,53 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
   _exported_retriever_answers_like_the_run(tc, tmp_path / 'seal', 'seal',
                                            text_encoder.WordPieceVocabulary(tiny_bert_dir),
                                            saved_model=False)
+
+
+def test_identifier_views_sum_each_documents_probability():
+  """A document's score is the log of its probability summed over views; a
+  beam that several documents share gives each an equal part."""
+  docid_view = ([[[0], [1], []]], np.log([[0.5, 0.2, 0.1]]))
+  title_view = ([[[1, 2], [3]]], np.log([[0.4, 0.05]]))
+  ranked, scores = docgen.fuse_identifier_views([docid_view, title_view])
+  assert ranked == [[0, 1, 2, 3]]
+  np.testing.assert_allclose(np.exp(scores[0]), [0.5, 0.4, 0.2, 0.05])
+  ranked, _ = docgen.fuse_identifier_views([docid_view, title_view], k=2)
+  assert ranked == [[0, 1]]
+  # Far-down beams (log-probs of -1000) still order, without underflow.
+  deep = ([[[0], [1]]], np.array([[-1000.0, -1001.0]]))
+  ranked, scores = docgen.fuse_identifier_views([deep])
+  assert ranked == [[0, 1]] and np.isfinite(scores[0]).all()
+
+
+def test_dsi_with_title_identifiers(tc, tmp_path):
+  """DsiTasks.title_len: every docid example has a twin that targets the
+  document's title prefix (EOS-padded); retrieval decodes both identifiers
+  under their tries and fuses them; the export says it does not serve it."""
+  tasks = docgen.DsiTasks(num_spans=2, title_len=4)
+  ids = docgen.docids('dsi_atomic', tc, tasks)
+  shift = tc.text_vocab_size - docgen.NUM_RESERVED_TOKENS
+  plain = docgen.dsi_examples(tc, ids, shift, dataclasses.replace(tasks, title_len=0),
+                              'train', 16, seed=0)
+  both = docgen.dsi_examples(tc, ids, shift, tasks, 'train', 16, seed=0)
+  n = len(plain['encoder_input_tokens'])
+  assert len(both['encoder_input_tokens']) == 2 * n
+  np.testing.assert_array_equal(both['encoder_input_tokens'][n:], plain['encoder_input_tokens'])
+  titles, has_title = docgen.title_codes(tc, 4)
+  assert has_title.all()
+  first = int(plain['decoder_target_tokens'][0, 0]) - shift - ids.level_offsets[0]
+  np.testing.assert_array_equal(both['decoder_target_tokens'][n], titles[first])
+  short = docgen.title_codes(tc, 12)[0]  # titles of fewer tokens end in EOS
+  assert (short[:, -1] == docgen.EOS_ID).all()
+  kw = dict(model_config=TINY, num_train_steps=300, batch_size=32, input_len=16,
+            optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
+                                                          warmup_steps=20),
+            dsi_beam_size=16, log_every_steps=100, dsi_tasks=tasks,
+            mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+  row = docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path), **kw)
+  assert row['identifiers'] == 'docid + title prefix (4 tokens)'
+  assert row['recall@10'] >= 0.75, row
+  run = ranx.Run.from_file(str(tmp_path / 'test.trec'), kind='trec')
+  assert all(set(docs) <= set(tc.collection.doc_ids) and len(docs) <= 16
+             for docs in run.run.values())
+  with pytest.raises(ValueError, match='title identifiers.*not exported'):
+    retrieval_export.export(str(tmp_path), k=10, platforms=('cpu',))

@@ -44,7 +44,8 @@ from genrec import (config_check, constraints, fm_index, loop, models, partition
                     text_encoder, trainer)
 from genrec.data import sequences
 from genrec.retrieval import corpus, pseudo_queries, seq2seq
-from genrec.ids import HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS, ResidualKMeansIds
+from genrec.ids import (EOS_ID, HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS,
+                         ResidualKMeansIds)
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 
@@ -123,12 +124,22 @@ class DsiTasks:
       codebooks: the docid token of code j at level l is the level's centroid
       j, so the untrained model scores each level by the query's similarity to
       that part of the document's embedding.
+    title_len: with > 0, a second identifier per document: the first
+      `title_len` tokens of its title, EOS-padded (a document without a title
+      has its docid only). Every example that targets a docid has a twin that
+      targets the title prefix; a second constrained beam search decodes title
+      prefixes (a trie of the documents' prefixes, exact on the device, in the
+      text tokens, disjoint from the docid tokens) and a document's score is
+      the log of its probability summed over both identifiers (a prefix shared
+      by k documents gives each 1/k of its beam's), as the model was trained
+      to put mass on either (`fuse_identifier_views`). Default architecture.
   """
   num_spans: int = 5
   retrieval_repeats: int = 4
   semantic_branching: int = 10
   semantic_levels: int = 3
   semantic_scheme: str = 'hierarchical'
+  title_len: int = 0
 
 
 def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
@@ -220,7 +231,46 @@ def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTa
     for d in sorted(docs):
       inputs += [tc.query_tokens[q]] * tasks.retrieval_repeats
       targets += [table[index[d] + 1]] * tasks.retrieval_repeats
-  return seq2seq.arrays(inputs, targets, input_len, ids.num_levels)
+  if tasks.title_len:  # every docid example's twin targets the title prefix
+    titles, has_title = title_codes(tc, tasks.title_len)
+    row_of = {tuple(t): i for i, t in enumerate(table[1:])}
+    twins = [(x, titles[row_of[tuple(t)]]) for x, t in zip(inputs, targets)
+             if has_title[row_of[tuple(t)]]]
+    inputs += [x for x, _ in twins]
+    targets += [t for _, t in twins]
+  return seq2seq.arrays(inputs, targets, input_len, max(ids.num_levels, tasks.title_len))
+
+
+def title_codes(tc: TokenizedCollection, title_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """(int32 [num_docs, title_len]: each document's first `title_len` title
+  tokens, EOS-padded; bool [num_docs]: whether it has a title)."""
+  codes = np.full((tc.collection.num_docs, title_len), EOS_ID, np.int32)
+  for i, (toks, n) in enumerate(zip(tc.doc_tokens, tc.title_lengths)):
+    codes[i, :min(n, title_len)] = toks[:min(n, title_len)]
+  return codes, tc.title_lengths > 0
+
+
+def fuse_identifier_views(views: Sequence[tuple[list[list[int]], np.ndarray]], k: int = 100
+                          ) -> tuple[list[list[int]], list[list[float]]]:
+  """Documents ranked by their probability summed over identifier views.
+
+  Each view is (per query, per beam: the document rows the beam identifies
+  (several when documents share it); beam log-probs float [q, beams]); a beam
+  of k documents gives each 1/k of its probability. Returns per query the top
+  `k` rows and their log summed probabilities, best first (ties: lower row).
+  """
+  ranked, scores = [], []
+  for q in range(len(views[0][0])):
+    log_mass: dict[int, float] = {}  # summed in log space: beams far down do not underflow
+    for docs, logp in views:
+      for rows, lp in zip(docs[q], logp[q]):
+        share = float(lp) - np.log(len(rows)) if rows else -np.inf
+        for r in rows:
+          log_mass[r] = float(np.logaddexp(log_mass.get(r, -np.inf), share))
+    top = sorted(log_mass, key=lambda r: (-log_mass[r], r))[:k]
+    ranked.append(top)
+    scores.append([log_mass[r] for r in top])
+  return ranked, scores
 
 
 # ---------------------------------------------------------------------------
@@ -427,6 +477,10 @@ def train_and_evaluate(
   pretrained = model_config.architecture == 'bert_encoder_decoder'
   checkpoint = model_config.encoder_checkpoint or None
   if pretrained:
+    if dsi_tasks.title_len and method != 'seal':
+      raise ValueError('DsiTasks.title_len (title identifiers) decodes title pieces: use the '
+                       "default architecture 'encoder_decoder' (the pretrained encoder's "
+                       'decoder holds docid tokens only).')
     if query_generation.num_queries and not query_generation.queries_file:
       raise ValueError(
           'The query generator is an encoder-decoder over the SentencePiece collection, not '
@@ -460,6 +514,17 @@ def train_and_evaluate(
     used = (NUM_RESERVED_TOKENS if pretrained else v) + sum(ids.level_sizes)
     trie = constraints.PrefixTrie.from_codes(ids.codes[1:], ids.level_sizes,
                                              ids.level_offsets + shift)
+  title_len = dsi_tasks.title_len if method != 'seal' else 0
+  title_trie, title_rows = None, {}
+  if title_len:  # the second identifier: title prefixes, in text tokens (< v)
+    titles, has_title = title_codes(tc, title_len)
+    if not has_title.any():
+      raise ValueError(f'DsiTasks.title_len = {title_len}, but no document of {c.name} has '
+                       'a title that its text starts with: set title_len = 0.')
+    title_trie = constraints.PrefixTrie.from_codes(titles[has_title], (v,) * title_len,
+                                                   (0,) * title_len)
+    for i in np.flatnonzero(has_title):
+      title_rows.setdefault(tuple(titles[i].tolist()), []).append(int(i))
   prep_s = time.time() - t_prep
   config = dataclasses.replace(model_config, vocab_size=-(-used // 128) * 128)
   if jax.process_index() == 0:
@@ -469,7 +534,7 @@ def train_and_evaluate(
                                  'scorer': dataclasses.asdict(seal_scorer)})
     else:
       save_serving_inputs(workdir, tc, method, config, input_len, dsi_beam_size, ids=ids,
-                          shift=shift)
+                          shift=shift, extra={'title_len': title_len} if title_len else None)
   n = len(arrays['encoder_input_tokens'])
   # Residual semantic docids of a pretrained run start from their codebooks.
   codebook_init = method == 'dsi_semantic' and dsi_tasks.semantic_scheme == 'residual'
@@ -535,20 +600,31 @@ def train_and_evaluate(
       ranked, scores, extra = rescore_seal(qids, seqs, logp, seal_scorer, tc, fm)
       extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
     else:
-      def run(batch, rows):
-        tokens, beam_scores = tr.predict(state.params, batch['x'], dsi_beam_size,
-                                         ids.num_levels, trie)
-        return partitioning.gather(tokens, rows), partitioning.gather(beam_scores, rows)
-      outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
-      tokens = np.concatenate([o[0] for o in outs])
-      beam_scores = np.concatenate([o[1] for o in outs])
+      def search(num_steps, constraint):
+        def run(batch, rows):
+          tokens, beam_scores = tr.predict(state.params, batch['x'], dsi_beam_size, num_steps,
+                                           constraint)
+          return partitioning.gather(tokens, rows), partitioning.gather(beam_scores, rows)
+        outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+      tokens, beam_scores = search(ids.num_levels, trie)
       items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)
-      scores = {}
-      for q, row, sc in zip(qids, items, beam_scores):
-        ranked[q] = [c.doc_ids[i - 1] for i in row if i > 0]
-        scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
       extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
                ids.info.get('collisions_before_dedup', 0)}
+      if title_len:
+        title_tokens, title_scores = search(title_len, title_trie)
+        views = [([[[i - 1] if i > 0 else [] for i in row] for row in items], beam_scores),
+                 ([[title_rows.get(tuple(t.tolist()), []) for t in beams]
+                   for beams in title_tokens], title_scores)]
+        rows_ranked, rows_scores = fuse_identifier_views(views)
+        scores = {}
+        for q, rs, sc in zip(qids, rows_ranked, rows_scores):
+          ranked[q], scores[q] = [c.doc_ids[r] for r in rs], sc
+      else:
+        scores = {}
+        for q, row, sc in zip(qids, items, beam_scores):
+          ranked[q] = [c.doc_ids[i - 1] for i in row if i > 0]
+          scores[q] = [float(v) for i, v in zip(row, sc) if i > 0]
     if tag:
       corpus.write_trec_run(os.path.join(workdir, f'{tag}.trec'), ranked, scores, method)
     return ranked, scores, extra
@@ -565,7 +641,9 @@ def train_and_evaluate(
   eval_s = time.time() - t0
   m = corpus.retrieval_metrics(ranked, qrels, grades=c.grades.get(eval_split))
   device = partitioning.device_summary()
-  row = {'method': method, 'tokens': tc.tokens, 'init': init,
+  identifiers = (f'n-grams ({seal_tasks.ngram_len} tokens)' if method == 'seal' else
+                 'docid' + (f' + title prefix ({title_len} tokens)' if title_len else ''))
+  row = {'method': method, 'tokens': tc.tokens, 'init': init, 'identifiers': identifiers,
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),
          # Per document: the beams generated, or the file's average.

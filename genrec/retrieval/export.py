@@ -89,6 +89,10 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
     The serving directory.
   """
   run, config, pred, params, step = load(workdir)
+  if run.get('title_len'):
+    raise ValueError(f'{workdir} is a DSI run with title identifiers (docgen.DsiTasks.'
+                     'title_len); its served form (two searches and their fusion) is not '
+                     'exported yet: export a run without title_len.')
   width, num_docs = run['input_len'], run['num_docs']
   tokenizer, kind = tokenizer_file(workdir)
   with open(os.path.join(workdir, tokenizer), 'rb') as f:

@@ -29,7 +29,8 @@ from genrec.retrieval import corpus, docgen, fusion
 METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
            'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s', 'ms_per_query',
-           'first_batch_s', 'params_m', 'tokens', 'init', 'machine', 'date', 'command')
+           'first_batch_s', 'params_m', 'tokens', 'init', 'identifiers', 'machine', 'date',
+           'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
@@ -108,7 +109,7 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
                   'training': g.get('training'), 'train_s': g.get('train_s'),
                   'ms_per_query': round(base.get('ms_per_query', 0) + g['ms_per_query'], 2),
                   'params_m': g.get('params_m'), 'tokens': g.get('tokens'),
-                  'init': g.get('init'),
+                  'init': g.get('init'), 'identifiers': g.get('identifiers'),
                   **({'alpha': alpha, 'dev_queries': len(c.qrels[DEV]), 'alpha_curve': curve}
                      if tag == 'hybrid_alpha' else {})})
   if not out:
