@@ -375,8 +375,20 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
              'optimizer_fn': lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                               warmup_steps=10),
              'seal_tasks': docgen.SealTasks(ngram_len=4, span_input_len=8)}
-  row = docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), **seal_kw)
+  # (Given the collection's SentencePiece FM-index, as the run mode passes it:
+  # the WordPiece run builds its own.)
+  sp_index = fm_index.FMIndex.build(tc.doc_tokens, tc.text_vocab_size)
+  row = docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal'), fm=sp_index, **seal_kw)
   assert row['tokens'] == 'WordPiece 30522' and row['init'].endswith('(+ word embeddings)')
+  words = text_encoder.WordPieceVocabulary(tiny_bert_dir)
+  wp_index = fm_index.FMIndex.build(
+      [words.encode(corpus.document_text(t, x)) for t, x in zip(c.titles, c.texts)], 30522)
+  decoded = np.load(tmp_path / 'seal' / 'test_ngrams.npz')['seqs']
+  assert all(wp_index.count(tuple(int(t) for t in g[g > 0])) > 0
+             for g in decoded.reshape(-1, decoded.shape[-1]))  # n-grams of the documents
+  with pytest.raises(ValueError, match='FM-index given .* is not over toy'):
+    docgen.train_and_evaluate('seal', tc, str(tmp_path / 'seal_sp'), fm=wp_index,
+                              **{**seal_kw, 'model_config': TINY})
   run = ranx.Run.from_file(str(tmp_path / 'seal' / 'test.trec'), kind='trec')
   assert run.run and all(set(docs) <= set(c.doc_ids) for docs in run.run.values())
   _exported_retriever_answers_like_the_run(tc, tmp_path / 'seal', 'seal',

@@ -241,6 +241,19 @@ def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTa
   return seq2seq.arrays(inputs, targets, input_len, max(ids.num_levels, tasks.title_len))
 
 
+# Fields added to the task classes after runs were recorded: at their default
+# they stay out of the run settings, so those run folders still resume.
+_LATER_FIELDS = ('title_len',)
+
+
+def settings_repr(tasks) -> str:
+  """The dataclass repr of `tasks` without later-added fields at their default."""
+  shown = [f for f in dataclasses.fields(tasks)
+           if not (f.name in _LATER_FIELDS and getattr(tasks, f.name) == f.default)]
+  return (f'{type(tasks).__name__}('
+          + ', '.join(f'{f.name}={getattr(tasks, f.name)!r}' for f in shown) + ')')
+
+
 def title_codes(tc: TokenizedCollection, title_len: int) -> tuple[np.ndarray, np.ndarray]:
   """(int32 [num_docs, title_len]: each document's first `title_len` title
   tokens, EOS-padded; bool [num_docs]: whether it has a title)."""
@@ -489,6 +502,7 @@ def train_and_evaluate(
           'and give that file to this run as pseudo_queries.QueryGeneration.queries_file.')
     if not isinstance(tc.sp, text_encoder.WordPieceVocabulary):
       tc = TokenizedCollection.build(c, text_encoder.WordPieceVocabulary(checkpoint))
+      fm = None  # the caller's FM-index is over the other tokens: SEAL builds its own
   loop.make_workdir(workdir)
   v = tc.text_vocab_size
   pseudo, t_gen = None, time.time()
@@ -503,6 +517,10 @@ def train_and_evaluate(
   if method == 'seal':
     if fm is None:
       fm = fm_index.FMIndex.build(tc.doc_tokens, v)
+    elif fm.vocab_size != v or fm.num_tokens != sum(map(len, tc.doc_tokens)):
+      raise ValueError(f'The FM-index given ({fm.num_tokens} tokens, vocab {fm.vocab_size}) '
+                       f'is not over {c.name} in these tokens ({tc.tokens}): build it from '
+                       'tc.doc_tokens, or pass fm=None.')
     arrays = seal_examples(tc, seal_tasks, train_split, input_len, seed, pseudo)
     used, ids, shift, trie = v, None, 0, None
   else:
@@ -550,7 +568,7 @@ def train_and_evaluate(
   settings = {'method': method, 'collection': c.name, 'input_len': input_len,
               'train_split': train_split, 'examples': n,
               **({'init': init} if pretrained else {}),
-              'tasks': repr(seal_tasks if method == 'seal' else dsi_tasks),
+              'tasks': settings_repr(seal_tasks if method == 'seal' else dsi_tasks),
               **({'pseudo_queries': repr(query_generation)} if pseudo else {}),
               **({'queries_file_digest': pseudo_queries.file_digest(query_generation.queries_file)}
                  if query_generation.queries_file else {})}
