@@ -407,7 +407,7 @@ def test_identifier_views_sum_each_documents_probability():
   ranked, _ = docgen.fuse_identifier_views([docid_view, title_view], k=2)
   assert ranked == [[0, 1]]
   # Far-down beams (log-probs of -1000) still order, without underflow.
-  deep = ([[[0], [1]]], np.array([[-1000.0, -1001.0]]))
+  deep = ([[[0], [1], [2]]], np.array([[-1000.0, -1001.0, -np.inf]]))
   ranked, scores = docgen.fuse_identifier_views([deep])
   assert ranked == [[0, 1]] and np.isfinite(scores[0]).all()
 

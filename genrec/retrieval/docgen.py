@@ -277,7 +277,9 @@ def fuse_identifier_views(views: Sequence[tuple[list[list[int]], np.ndarray]], k
     log_mass: dict[int, float] = {}  # summed in log space: beams far down do not underflow
     for docs, logp in views:
       for rows, lp in zip(docs[q], logp[q]):
-        share = float(lp) - np.log(len(rows)) if rows else -np.inf
+        if not rows or not np.isfinite(lp):  # no document, or a beam that found nothing
+          continue
+        share = float(lp) - np.log(len(rows))
         for r in rows:
           log_mass[r] = float(np.logaddexp(log_mass.get(r, -np.inf), share))
     top = sorted(log_mass, key=lambda r: (-log_mass[r], r))[:k]
