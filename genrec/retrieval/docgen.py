@@ -217,7 +217,7 @@ def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTa
   examples."""
   rng = np.random.default_rng(seed)
   table = ids.token_table() + shift  # row i + 1: tokens of document i
-  inputs, targets = [], []
+  inputs, targets, doc_rows = [], [], []  # doc_rows: each example's document
   for i, toks in enumerate(tc.doc_tokens):
     docid = table[i + 1]
     pieces = [toks[:input_len]] + _random_spans(toks, input_len, tasks.num_spans, rng)
@@ -226,16 +226,16 @@ def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTa
     pieces += pseudo[i] if pseudo else []
     inputs += pieces
     targets += [docid] * len(pieces)
+    doc_rows += [i] * len(pieces)
   index = tc.collection.doc_index()
   for q, docs in tc.collection.qrels[split].items():
     for d in sorted(docs):
       inputs += [tc.query_tokens[q]] * tasks.retrieval_repeats
       targets += [table[index[d] + 1]] * tasks.retrieval_repeats
+      doc_rows += [index[d]] * tasks.retrieval_repeats
   if tasks.title_len:  # every docid example's twin targets the title prefix
     titles, has_title = title_codes(tc, tasks.title_len)
-    row_of = {tuple(t): i for i, t in enumerate(table[1:])}
-    twins = [(x, titles[row_of[tuple(t)]]) for x, t in zip(inputs, targets)
-             if has_title[row_of[tuple(t)]]]
+    twins = [(x, titles[i]) for x, i in zip(inputs, doc_rows) if has_title[i]]
     inputs += [x for x, _ in twins]
     targets += [t for _, t in twins]
   return seq2seq.arrays(inputs, targets, input_len, max(ids.num_levels, tasks.title_len))
