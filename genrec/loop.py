@@ -30,7 +30,7 @@ import gin
 import jax
 import numpy as np
 
-from genrec import checkpoints, partitioning
+from genrec import checkpoints, partitioning, tables
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def _utc() -> str:
 def record_start(workdir: str, step: int) -> None:
   """One start of a run: the gin config of this start in config/ (one file per
   start, never overwritten; config.gin is the latest) and a manifest line
-  (versions, devices, time, step) in run_manifest.jsonl."""
+  (versions, devices, host, command, time, step) in run_manifest.jsonl."""
   if jax.process_index() > 0:
     return
   import gin
@@ -306,7 +306,8 @@ def record_start(workdir: str, step: int) -> None:
   append_jsonl(os.path.join(workdir, 'run_manifest.jsonl'), {
       'event': 'start', 'time': _utc(), 'step': step, 'genrec': genrec.__version__,
       'jax': jax.__version__, 'devices': partitioning.device_summary(),
-      'processes': jax.process_count(), 'config': f'config/start_{n:03d}_step{step}.gin'})
+      'processes': jax.process_count(), 'host': tables.host_summary(),
+      'command': tables.command_line(), 'config': f'config/start_{n:03d}_step{step}.gin'})
 
 
 def record_end(workdir: str, step: int) -> None:

@@ -5,6 +5,8 @@ import csv
 import json
 import os
 import platform
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 
 
@@ -28,6 +30,30 @@ def host_summary() -> str:
   return f'{os.cpu_count()} cores, {model}'
 
 
+def _shell_quote(arg: str) -> str:
+  """`arg` as a shell reads it back, in double quotes where that suffices
+  (gin bindings hold single quotes)."""
+  if shlex.quote(arg) == arg or any(ch in arg for ch in '"$`\\!'):
+    return shlex.quote(arg)
+  return f'"{arg}"'
+
+
+def command_line(argv: list[str] | None = None) -> str:
+  """This process's command as a user would type it again: `python main.py ...`
+  or `python -m genrec.benchmarks.<name> ...` for a module run by -m."""
+  argv = sys.argv if argv is None else argv
+  path = os.path.normpath(argv[0]) if argv else ''
+  parts = path.split(os.sep)
+  if os.path.basename(path) == 'main.py':
+    program = 'python main.py'
+  elif 'genrec' in parts and path.endswith('.py'):
+    module = parts[len(parts) - 1 - parts[::-1].index('genrec'):]
+    program = 'python -m ' + '.'.join(module)[:-len('.py')]
+  else:
+    program = shlex.quote(argv[0]) if argv else 'python'
+  return ' '.join([program, *map(_shell_quote, argv[1:])])
+
+
 def markdown(rows: list[dict], cols: list[str] | None = None,
              cell: Callable[[str, object], str] = lambda col, value: str(value)) -> str:
   """A markdown table of `rows` (columns: `cols`, default every key of the rows
@@ -36,6 +62,33 @@ def markdown(rows: list[dict], cols: list[str] | None = None,
   lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   lines += ['| ' + ' | '.join(cell(c, r.get(c, '')) for c in cols) + ' |' for r in rows]
   return '\n'.join(lines)
+
+
+def _number(value: str):
+  for kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  return value
+
+
+def read_csv(path: str, key: str, flag: str = '--table_keep') -> list[dict]:
+  """The rows of a table that `write` wrote (<stem>.csv): empty cells dropped,
+  numbers read back as numbers. Every row must have `key` (the table's first
+  column), else the file is refused as another kind of table; `flag` names the
+  option that gave the path in the errors."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{flag}: no table at {path!r} (a <stem>.csv written by the '
+                            'benchmark).')
+  with open(path, newline='') as f:
+    rows = [{k: _number(v) for k, v in r.items() if v not in ('', None)}
+            for r in csv.DictReader(f)]
+  bad = [n for n, r in enumerate(rows, 2) if key not in r]
+  if bad:
+    raise ValueError(f'{flag}: {path!r} is not this kind of table: line(s) {bad[:5]} have '
+                     f'no {key!r}.')
+  return rows
 
 
 def write(markdown: str, rows: list[dict], directory: str, stem: str) -> None:

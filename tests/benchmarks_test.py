@@ -55,16 +55,58 @@ def test_ablation_table_from_run_directories(tmp_path):
 def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   _fake_run(tmp_path, 'tiger_beauty', 0.03)
   results = json.loads((tmp_path / 'tiger_beauty' / 'results.json').read_text())
-  results['dataset'] = 'beauty'
-  results['test_slices'] = {'tail': {'ndcg@10': 0.01}, 'unseen': {'ndcg@10': 0.0}}
+  results.update(dataset='beauty', id_content='text', host='2 cores, Some CPU',
+                 evaluated_at='2026-12-02T10:00:00Z', epochs=5.8,
+                 command="python main.py --gin_file=gin/experiments/tiger_beauty.gin",
+                 test_slices={s: {'ndcg@10': v} for s, v in
+                              (('head', 0.05), ('torso', 0.02), ('tail', 0.01), ('unseen', 0.0))})
   (tmp_path / 'tiger_beauty' / 'results.json').write_text(json.dumps(results))
   md = tiger_table.markdown(tiger_table.collect([str(tmp_path)]))
   beauty = md.split('### beauty')[1].split('###')[0]
-  assert '| tiger_beauty | genrec encoder_decoder / tiger_beauty | 0.1 | 0.05 | 0.2 | 0.03 |' in beauty
-  assert '| 0.03 | 0.0 | 0.01 | 0.0 | 100 x 8 |' in beauty  # invalid rate, tail, unseen
-  assert '| - | TIGER (paper) | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
+  assert ('| tiger_beauty | genrec encoder_decoder | tiger_beauty | text | 0.1 | 0.05 | 0.2 | '
+          '0.03 | 0.0 | 0.05 | 0.02 | 0.01 | 0.0 |') in beauty  # invalid rate, the four slices
+  assert ('| 100 x 8 (5.8 epochs) | 100 | 1.0 | 1 x cpu (2 cores, Some CPU) | 2026-12-02 | '
+          'python main.py --gin_file=gin/experiments/tiger_beauty.gin |') in beauty
+  assert '| - | TIGER (paper) |  |  | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
   assert 'SASRec (TIGER paper)' in beauty and '### toys' in md
 
+
+def test_tiger_table_keeps_the_rows_of_record_and_renews_rerun_ones(tmp_path):
+  """--table_keep: the committed CSV's rows stay (their run folders are gone),
+  a run folder of the same run and command replaces its kept row, and the
+  published rows are not doubled."""
+  runs = tmp_path / 'runs'
+  runs.mkdir()
+  _fake_run(runs, 'sports_sasrec', 0.02)
+  _fake_run(runs, 'toys_sasrec', 0.03)
+  for name, dataset in (('sports_sasrec', 'sports'), ('toys_sasrec', 'toys')):
+    path = runs / name / 'results.json'
+    path.write_text(json.dumps({**json.loads(path.read_text()), 'dataset': dataset}))
+  cmd = [sys.executable, '-m', 'genrec.benchmarks.tiger_table', f'--runs={runs}',
+         f'--table_dir={tmp_path / "docs"}', '--table_stem=tiger_toy']
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  first = (tmp_path / 'docs' / 'tiger_toy.csv').read_text()
+  (runs / 'toys_sasrec' / 'results.json').unlink()  # its folder is gone next time
+  _fake_run(runs, 'sports_rqkmeans', 0.01)
+  path = runs / 'sports_rqkmeans' / 'results.json'
+  path.write_text(json.dumps({**json.loads(path.read_text()), 'dataset': 'sports'}))
+  proc = subprocess.run(cmd + [f'--table_keep={tmp_path / "docs" / "tiger_toy.csv"}'],
+                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  md = (tmp_path / 'docs' / 'tiger_toy.md').read_text()
+  toys, sports = md.split('### toys')[1], md.split('### sports')[1].split('###')[0]
+  rows = lambda text, run: [line for line in text.splitlines() if line.startswith(f'| {run} |')]
+  assert len(rows(toys, 'toys_sasrec')) == 1 and toys.count('TIGER (paper)') == 1
+  assert len(rows(sports, 'sports_sasrec')) == 1 and rows(sports, 'sports_rqkmeans')
+  assert md.count('| run | model | id_scheme |') == 3  # the same columns in every table
+  assert len((tmp_path / 'docs' / 'tiger_toy.csv').read_text().splitlines()) == len(
+      first.splitlines()) + 1
+  bad = tmp_path / 'other.csv'
+  bad.write_text('method,ndcg@10\nbm25,0.3\n')
+  proc = subprocess.run(cmd + [f'--table_keep={bad}'], capture_output=True, text=True,
+                        cwd=REPO_ROOT, timeout=300)
+  assert proc.returncode != 0 and "have no 'dataset'" in proc.stderr
 
 
 def test_time_to_quality_curves_table_and_plot(tmp_path):

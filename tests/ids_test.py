@@ -206,3 +206,17 @@ def test_collaborative_ids_group_items_consumed_together():
   assert len(set(first[:60])) == 1 and len(set(first[60:])) == 1 and first[0] != first[60]
   assert item_ids.num_collisions == 0
   np.testing.assert_array_equal(scheme.fit(data).codes, item_ids.codes)
+
+
+def test_content_is_described_by_what_it_reads():
+  """results.json's id_content: the default content is text where a data set
+  has item text, else attributes; a named content function says itself."""
+  import functools
+  from genrec.ids import content
+  without = dataclasses.replace(sequences.make_synthetic(num_users=5, num_items=6, seed=0),
+                                item_text=None)
+  with_text = dataclasses.replace(without, item_text=(None,) + ({'title': 't'},) * 6)
+  assert content.describe(content.item_content, with_text) == 'text'
+  assert content.describe(content.item_content, without) == 'attributes'
+  assert content.describe(functools.partial(content.attribute_tfidf, dim=8), with_text) == (
+      'attributes')

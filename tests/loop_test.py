@@ -90,3 +90,17 @@ def test_settings_added_to_genrec_since_a_run_started_are_no_change_at_their_def
   with pytest.raises(ValueError, match=r'model.d: 8 -> 16'):
     loop.check_run_settings(str(tmp_path), {'model': {'d': 16, 'new_field': ''}, 'lr': 0.1},
                             defaults=defaults)
+
+
+def test_command_line_reads_back_as_typed():
+  """The command recorded with results: main.py and `python -m` modules by
+  name, gin bindings quoted so a shell gives the same arguments back."""
+  import shlex
+  from genrec import tables
+  argv = ['/repo/main.py', "--gin_bindings=DATA_DIR='../shared/data'", '--workdir=runs/a b']
+  line = tables.command_line(argv)
+  assert line == ('python main.py "--gin_bindings=DATA_DIR=\'../shared/data\'" '
+                  '"--workdir=runs/a b"')
+  assert shlex.split(line)[2:] == argv[1:]
+  assert tables.command_line(['/x/site-packages/genrec/benchmarks/tiger_table.py', '--stem=t']
+                             ) == 'python -m genrec.benchmarks.tiger_table --stem=t'

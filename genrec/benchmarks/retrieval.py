@@ -19,12 +19,12 @@ an earlier table whose run folders are gone, and adds the new ones after
 them). Writes retrieval.md/.csv.
 """
 
-import csv
+
 import json
 import os
 
 from absl import app, flags
-from genrec import gin_utils
+from genrec import gin_utils, tables
 from genrec.retrieval import run as retrieval_run
 
 flags.DEFINE_string('collection', 'cranfield', 'Collection folder under the data dir.')
@@ -64,31 +64,6 @@ def _drop_repeated_bm25(rows: list[dict]) -> list[dict]:
   return out
 
 
-def _number(value: str):
-  for kind in (int, float):
-    try:
-      return kind(value)
-    except ValueError:
-      pass
-  return value
-
-
-def read_table_csv(path: str) -> list[dict]:
-  """The rows of a table written by `write_table` (<stem>.csv): empty cells
-  dropped, numbers read back as numbers."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'--table_keep: no table at {path!r} (a <stem>.csv that '
-                            '--table_only wrote).')
-  with open(path, newline='') as f:
-    rows = [{k: _number(v) for k, v in r.items() if v not in ('', None)}
-            for r in csv.DictReader(f)]
-  bad = [n for n, r in enumerate(rows, 2) if 'method' not in r]
-  if bad:
-    raise ValueError(f'--table_keep: {path!r} is not a retrieval table: line(s) {bad[:5]} '
-                     "have no 'method'.")
-  return rows
-
-
 def main(argv):
   del argv
   unknown = set(FLAGS.methods) - set(retrieval_run.METHODS)
@@ -98,7 +73,7 @@ def main(argv):
   if FLAGS.table_only:
     paths = [retrieval_run.row_path(d, m) for d in (FLAGS.table_from or [FLAGS.output_dir])
              for m in FLAGS.methods]
-    rows = read_table_csv(FLAGS.table_keep) if FLAGS.table_keep else []
+    rows = tables.read_csv(FLAGS.table_keep, 'method') if FLAGS.table_keep else []
     for p in filter(os.path.exists, paths):
       with open(p) as f:
         saved = json.load(f)

@@ -1,22 +1,34 @@
 r"""Our test metrics beside the published TIGER and SASRec rows.
 
-  python -m genrec.benchmarks.tiger_table --runs=runs/tiger [--runs=runs/ablation]
+  python -m genrec.benchmarks.tiger_table --runs=runs/tiger [--runs=runs/ablation] \
+    [--table_dir=docs/results --table_stem=tiger_table_cpu --table_keep=docs/results/tiger_table_cpu.csv]
 
 Reads every run directory (with results.json) under each --runs and writes
-one table per data set to <first --runs>/tiger_table.md and .csv: our rows with
-their budget (steps x batch), best step, training time and machine, then the
-published figures (Rajput et al., 2023, Table 2).
+one table per data set to <table_dir>/<table_stem>.md and .csv (default: the first
+--runs, `tiger_table`): our rows with what their identifiers were built from,
+the popularity slices, their budget (steps x batch, epochs), best step,
+training time, machine, date and command, then the published figures (Rajput
+et al., 2023, Table 2, and later papers' Beauty NDCG@10). `--table_keep` keeps
+the rows of an earlier CSV (a table of record whose run folders are gone); a
+run of the same data set, name and command is taken from its folder instead.
 """
 
-from absl import app, flags
+import json
+import os
+
+from absl import app, flags, logging
 
 from genrec import tables
 
 flags.DEFINE_multi_string('runs', ['runs/tiger'], 'Folders of run directories.')
+flags.DEFINE_string('table_dir', None, 'Where the table goes (default: the first --runs).')
+flags.DEFINE_string('table_stem', 'tiger_table', 'The table\'s file name (<stem>.md and .csv).')
+flags.DEFINE_string('table_keep', None, 'The CSV of an earlier table whose rows of our runs '
+                    'are kept (in their order, before the new ones).')
 FLAGS = flags.FLAGS
 
 METRICS = ('recall@5', 'ndcg@5', 'recall@10', 'ndcg@10')
-SLICES = ('tail', 'unseen')
+SLICES = ('head', 'torso', 'tail', 'unseen')
 # (data set, model) -> R@5, N@5, R@10, N@10 as published: the TIGER paper's
 # Table 2, then later papers' Beauty rows (NDCG@10 only; same leave-one-out
 # full-ranking protocol).
@@ -25,34 +37,69 @@ PUBLISHED = {
     ('sports', 'TIGER (paper)'): (0.0264, 0.0181, 0.0400, 0.0225),
     ('toys', 'TIGER (paper)'): (0.0521, 0.0371, 0.0712, 0.0432),
     ('beauty', 'SASRec (TIGER paper)'): (0.0387, 0.0249, 0.0605, 0.0318),
+    ('sports', 'SASRec (TIGER paper)'): (0.0233, 0.0154, 0.0350, 0.0192),
+    ('toys', 'SASRec (TIGER paper)'): (0.0463, 0.0306, 0.0675, 0.0374),
     ('beauty', 'ActionPiece (Hou et al., 2025)'): (None, None, None, 0.0424),
     ('beauty', 'EAGER-LLM (2025)'): (None, None, None, 0.0459),
     ('beauty', 'eSASRec (2025)'): (None, None, None, 0.053),
 }
 
 
-def collect(roots: list[str]) -> list[dict]:
-  rows = []
-  for root in roots:
-    for name, r in tables.finished_runs(root):
-      rows.append({
-          'dataset': r['dataset'], 'run': name,
-          'model': f"genrec {r.get('model', 'encoder_decoder')} / {r['id_scheme']}",
-          **{k: round(r['test'][k], 4) for k in METRICS},
-          'invalid_rate': round(r['test']['invalid_rate'], 4),
-          # NDCG@10 of the test users whose target is a tail item / an item
-          # never seen as a training target (metrics.popularity_slices).
-          **{f'{s} N@10': round(r['test_slices'][s]['ndcg@10'], 4)
-             for s in SLICES if s in r.get('test_slices', {})},
-          'budget': _budget(r), 'best_step': r['best_step'],
-          # Runs from before the cumulative count have this invocation's time only.
-          'train_time_s': r.get('train_seconds', r['train_time_s_this_invocation']),
-          'machine': r['device']})
+def run_row(name: str, r: dict, workdir: str) -> dict:
+  """One table row of a finished run's results.json."""
+  model = r.get('model', 'encoder_decoder')
+  if (r.get('packed') or {}).get('examples'):
+    model += ', packed prefixes'
+  device = r['device']
+  return {
+      'dataset': r['dataset'], 'run': name, 'model': f'genrec {model}',
+      'id_scheme': r['id_scheme'], 'ids_from': r.get('id_content') or '',
+      **{k: round(r['test'][k], 4) for k in METRICS},
+      'invalid_rate': round(r['test']['invalid_rate'], 4),
+      # NDCG@10 of the test users whose target is a head / torso / tail item, or an
+      # item never seen as a training target (metrics.popularity_slices).
+      **{f'{s} N@10': round(r['test_slices'][s]['ndcg@10'], 4)
+         for s in SLICES if s in r.get('test_slices', {})},
+      'test_users': r.get('final_eval_users') or r.get('num_users', ''),
+      'budget': _budget(r), 'best_step': r['best_step'],
+      # Runs from before the cumulative count have this invocation's time only.
+      'train_time_s': r.get('train_seconds', r['train_time_s_this_invocation']),
+      'machine': f"{device} ({r['host']})" if 'host' in r and 'cpu' in device else device,
+      'date': (r.get('evaluated_at') or '')[:10],
+      'command': r.get('command') or _first_command(workdir)}
+
+
+def _first_command(workdir: str) -> str:
+  """The command of the run's first recorded start (run_manifest.jsonl), ''
+  if none was recorded (runs from before the field)."""
+  path = os.path.join(workdir, 'run_manifest.jsonl')
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      try:
+        event = json.loads(line)
+      except json.JSONDecodeError:
+        logging.warning('%s line %d is not JSON; skipped.', path, n)
+        continue
+      if event.get('event') == 'start' and event.get('command'):
+        return event['command']
+  return ''
+
+
+def collect(roots: list[str], keep: list[dict] | None = None) -> list[dict]:
+  """Our runs' rows (`keep`'s first, unless a run folder gives the same row
+  again), then the published rows."""
+  fresh = [run_row(name, r, os.path.join(root, name))
+           for root in roots for name, r in tables.finished_runs(root)]
+  key = lambda row: (row['dataset'], row['run'], row.get('command', ''))
+  renewed = {key(row) for row in fresh}
+  rows = [row for row in keep or [] if row.get('budget') != 'paper' and key(row) not in renewed]
+  rows += fresh
   for (dataset, model), values in PUBLISHED.items():
     rows.append({'dataset': dataset, 'run': '-', 'model': model,
                  **{k: '' if v is None else v for k, v in zip(METRICS, values)},
-                 'invalid_rate': '', 'budget': 'paper',
-                 'best_step': '', 'train_time_s': '', 'machine': ''})
+                 'budget': 'paper'})
   return rows
 
 
@@ -62,11 +109,21 @@ def _budget(r: dict) -> str:
   text = f"{r['num_train_steps']} x {r['batch_size']}"
   if r.get('stopped_early'):
     text += f" (stopped at {r['last_step']}, {r['epochs']} epochs)"
+  elif 'epochs' in r:
+    text += f" ({r['epochs']} epochs)"
   return text
 
 
+COLUMNS = ('run', 'model', 'id_scheme', 'ids_from', *METRICS, 'invalid_rate',
+           *(f'{s} N@10' for s in SLICES), 'test_users', 'budget', 'best_step',
+           'train_time_s', 'machine', 'date', 'command')
+
+
 def markdown(rows: list[dict]) -> str:
-  cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != 'dataset']
+  # The columns in their order (rows read back from a CSV lack their empty cells).
+  present = set(k for r in rows for k in r)
+  cols = [c for c in COLUMNS if c in present] + [
+      c for c in dict.fromkeys(k for r in rows for k in r) if c not in COLUMNS + ('dataset',)]
   out = []
   for dataset in sorted({r['dataset'] for r in rows}):
     out += [f'### {dataset}', '',
@@ -76,10 +133,11 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
-  rows = collect(FLAGS.runs)
+  keep = tables.read_csv(FLAGS.table_keep, 'dataset') if FLAGS.table_keep else None
+  rows = collect(FLAGS.runs, keep)
   md = markdown(rows)
   print(md, flush=True)
-  tables.write(md, rows, FLAGS.runs[0], 'tiger_table')
+  tables.write(md, rows, FLAGS.table_dir or FLAGS.runs[0], FLAGS.table_stem)
 
 
 if __name__ == '__main__':

@@ -65,12 +65,26 @@ def text_embeddings(data, cache_dir: str | None = None) -> np.ndarray:
   return out
 
 
+def _name(content_fn) -> str:
+  """The content function's name (through functools.partial)."""
+  return getattr(content_fn, '__name__', None) or getattr(
+      getattr(content_fn, 'func', None), '__name__', 'custom')
+
+
 def tag(content_fn) -> str:
   """A suffix for scheme names: '' for the default `item_content`, else the
   content function's name ('-attribute_tfidf', '-text_embeddings', ...)."""
-  name = getattr(content_fn, '__name__', None) or getattr(
-      getattr(content_fn, 'func', None), '__name__', 'custom')
+  name = _name(content_fn)
   return '' if name == 'item_content' else f'-{name}'
+
+
+def describe(content_fn, data) -> str:
+  """What `content_fn` reads on `data`, for results tables: 'text',
+  'attributes', or the function's name for another content function."""
+  name = _name(content_fn)
+  if name == 'item_content':
+    name = 'text_embeddings' if getattr(data, 'item_text', None) is not None else 'attribute_tfidf'
+  return {'text_embeddings': 'text', 'attribute_tfidf': 'attributes'}.get(name, name)
 
 
 def item_content(data) -> np.ndarray:

@@ -26,10 +26,10 @@ import jax
 import numpy as np
 
 from genrec import (checkpoints, config_check, constraints, loop, metrics, models,
-                    partitioning, predictor, trainer)
+                    partitioning, predictor, tables, trainer)
 from genrec.data import sequences
 from genrec.recommendation import features
-from genrec.ids import AtomicIds, IdScheme, ItemIds
+from genrec.ids import AtomicIds, IdScheme, ItemIds, content
 
 
 # ---------------------------------------------------------------------------
@@ -531,6 +531,10 @@ def train(
   manager.close()
   results = {
       'dataset': data.name, 'id_scheme': ids.scheme, 'num_users': data.num_users,
+      # What content-based identifiers were built from ('text', 'attributes'); None
+      # for schemes without content (atomic, random, collaborative, precomputed).
+      'id_content': (content.describe(id_scheme.content_fn, data)
+                     if hasattr(id_scheme, 'content_fn') else None),
       'model': config.architecture + (' + projection head' if config.num_items and
                                        config.architecture != 'sasrec' else ''),
       'training_examples': model_cls.training_examples,
@@ -540,7 +544,10 @@ def train(
       'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'resumed_from_step': start or None,
       'train_time_s_this_invocation': round(train_time, 1),
-      'device': partitioning.device_summary(),
+      'device': partitioning.device_summary(), 'host': tables.host_summary(),
+      # The invocation that wrote these results (a run continued with a larger
+      # budget records the continuing command).
+      'command': tables.command_line(),
       'last_step': step, 'stopped_early': step < num_train_steps,
       'epochs': round(step / batcher.steps_per_epoch, 2),
       'train_seconds': round(train_seconds, 1),

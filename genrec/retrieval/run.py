@@ -13,8 +13,6 @@ checkpoint is evaluated without training again. Writes
 
 import json
 import os
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 
@@ -46,23 +44,11 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
   return md
 
 
-def _shell_quote(arg: str) -> str:
-  """`arg` as a shell reads it back, in double quotes where that suffices
-  (gin bindings hold single quotes)."""
-  if shlex.quote(arg) == arg or any(ch in arg for ch in '"$`\\!'):
-    return shlex.quote(arg)
-  return f'"{arg}"'
-
-
 def provenance() -> dict:
   """The machine, date and command of a row measured now."""
-  program = ('python main.py' if os.path.basename(sys.argv[0]) == 'main.py' else
-             'python -m genrec.benchmarks.retrieval' if 'benchmarks' in sys.argv[0] else
-             shlex.quote(sys.argv[0]))
-  command = ' '.join([program, *map(_shell_quote, sys.argv[1:])])
   return {'machine': tables.host_summary() if jax.default_backend() == 'cpu'
           else partitioning.device_summary(),
-          'date': time.strftime('%Y-%m-%d'), 'command': command}
+          'date': time.strftime('%Y-%m-%d'), 'command': tables.command_line()}
 
 
 def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]) -> list[dict]:
