@@ -82,6 +82,37 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
   return seqs, scores
 
 
+def sample(tokens_to_logits: TokensToLogits, cache: Cache, batch_size: int,
+           num_samples: int, num_steps: int, rng: jax.Array, top_k: int = 10,
+           temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Draws `num_samples` independent sequences per query by top-k sampling
+  (each token from the `top_k` most likely, renormalized, at `temperature`).
+
+  The samples of a query are rows of the same per-beam cache layout as
+  `beam_search` (`beam_size` = `num_samples`), so any model's
+  `beam_search_inputs` serves. Different samples of a query may coincide.
+
+  Returns:
+    sequences int32 [batch, num_samples, num_steps] and each one's total
+    log-probability under the model (untruncated, temperature 1) float32
+    [batch, num_samples], in the order drawn.
+  """
+  if top_k < 1 or temperature <= 0:
+    raise ValueError(f'sample: top_k must be >= 1 and temperature > 0, got top_k={top_k}, '
+                     f'temperature={temperature}.')
+  seqs = jnp.zeros((batch_size, num_samples, num_steps), jnp.int32)
+  scores = jnp.zeros((batch_size, num_samples), jnp.float32)
+  for step in range(num_steps):
+    logits, cache = tokens_to_logits(_previous(seqs, step), cache, step)
+    log_probs = _log_probs(logits, batch_size, num_samples)
+    kth = jax.lax.top_k(log_probs, min(top_k, log_probs.shape[-1]))[0][..., -1:]
+    kept = jnp.where(log_probs >= kth, log_probs / temperature, -jnp.inf)
+    token = jax.random.categorical(jax.random.fold_in(rng, step), kept).astype(jnp.int32)
+    scores += jnp.take_along_axis(log_probs, token[..., None], axis=-1)[..., 0]
+    seqs = seqs.at[:, :, step].set(token)
+  return seqs, scores
+
+
 def _init(batch_size: int, beam_size: int, num_steps: int) -> tuple[jax.Array, jax.Array]:
   seqs = jnp.zeros((batch_size, beam_size, num_steps), jnp.int32)
   # Only beam 0 is live at the start, so the first step does not pick the same

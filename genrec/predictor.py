@@ -29,7 +29,7 @@ class Predictor:
     self.abstract_params = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nnx.to_pure_dict(abstract), self.param_shardings)
-    self._predict, self._rank, self._host_decode = {}, {}, {}
+    self._predict, self._rank, self._host_decode, self._sample = {}, {}, {}, {}
 
   def restore_params(self, checkpoint_dir: str, step: int | None = None):
     """The parameters of a genrec checkpoint (its optimizer state is not read).
@@ -71,6 +71,25 @@ class Predictor:
                                                        num_steps)
     return decoding.beam_search(tokens_to_logits, cache, encoder_input_tokens.shape[0],
                                 beam_size, num_steps, None if trie is None else trie.constrain)
+
+  def sample(self, params, encoder_input_tokens: jax.Array, num_samples: int,
+             num_steps: int, rng: jax.Array, top_k: int = 10, temperature: float = 1.0):
+    """Top-k sampling (`decoding.sample`): [batch, s] -> (tokens [batch,
+    num_samples, num_steps], their log-probabilities [batch, num_samples]).
+    The same `rng` gives the same samples."""
+    key = (num_samples, num_steps, top_k, temperature)
+    if key not in self._sample:
+      def fn(params, inputs, rng):
+        model = nnx.merge(self.graphdef, params)
+        tokens_to_logits, cache = model.beam_search_inputs(inputs, num_samples, num_steps)
+        return decoding.sample(tokens_to_logits, cache, inputs.shape[0], num_samples,
+                               num_steps, rng, top_k, temperature)
+      self._sample[key] = jax.jit(
+          fn, in_shardings=(self.param_shardings, partitioning.batch_sharding(self.mesh),
+                            partitioning.replicated(self.mesh)),
+          out_shardings=(partitioning.batch_sharding(self.mesh, 3),
+                         partitioning.batch_sharding(self.mesh, 1)))
+    return self._sample[key](params, encoder_input_tokens, rng)
 
   def predict_host_constrained(self, params, encoder_input_tokens: jax.Array, beam_size: int,
                                num_steps: int, allowed_fn: decoding.HostAllowedFn

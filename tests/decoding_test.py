@@ -99,3 +99,30 @@ def test_sort_top_k_equals_lax_top_k_with_ties_and_infinities():
     got = decoding.sort_top_k(jnp.asarray(x), k)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_top_k_sampling_draws_within_the_top_k_and_scores_under_the_model():
+  """decoding.sample: every drawn token is among the k most likely at its
+  step, scores are the samples' log-probabilities, the same key draws the
+  same samples, and top-1 sampling is greedy decoding (beam 1)."""
+  table, n = _table(0), 64
+  logp = np.asarray(jax.nn.log_softmax(table, -1))
+
+  def draw(k, key):
+    cache = jnp.zeros(2 * n, jnp.int32)
+    return jax.jit(lambda: decoding.sample(_tokens_to_logits(table), cache, 2, n, T,
+                                           jax.random.key(key), top_k=k))()
+  seqs, scores = map(np.asarray, draw(2, 0))
+  for q in range(2):
+    for seq, score in zip(seqs[q], scores[q]):
+      total, key = 0.0, 0
+      for i, tok in enumerate(seq):
+        row = logp[q, key]
+        assert tok in np.argsort(-row)[:2]
+        total += row[tok]
+        key += int(tok) * V ** (T - 1 - i)
+      np.testing.assert_allclose(score, total, rtol=1e-5)
+  assert len({tuple(s) for s in seqs[0]}) > 1  # samples differ
+  np.testing.assert_array_equal(seqs, np.asarray(draw(2, 0)[0]))
+  greedy = np.asarray(draw(1, 3)[0])
+  np.testing.assert_array_equal(greedy, np.repeat(np.asarray(_search(table, 1)[0]), n, axis=1))

@@ -277,6 +277,18 @@ def test_pseudo_queries_are_generated_once_and_index_every_document(tc, tmp_path
   read = pseudo_queries.read(tc, dataclasses.replace(qg, queries_file=str(path)))
   assert [pseudo_queries.decode(tc, q) for q in read] == [pseudo_queries.decode(tc, q)
                                                           for q in pq]
+  # Sampled queries come from the same generator (no second training), in files
+  # of their own, distinct within a document.
+  sampled = dataclasses.replace(qg, decoding='sample', top_k=5)
+  pq_sampled = pseudo_queries.generate(tc, sampled, *args[2:], log_every_steps=30)
+  assert len(list(tmp_path.glob('query_generator-*'))) == 1  # one generator folder
+  assert len(list(tmp_path.glob('query_generator-*/queries-sample-k5-t1.npz'))) == 1
+  assert len(list(tmp_path.glob('query_generator-*/queries-sample-k5-t1.jsonl'))) == 1
+  assert all(len({q.tobytes() for q in queries}) == len(queries) <= 2 for queries in pq_sampled)
+  assert any(pq_sampled) and all(((q > pseudo_queries.EOS) & (q < tc.text_vocab_size)).all()
+                                 for queries in pq_sampled for q in queries)
+  with pytest.raises(ValueError, match="decoding must be one of"):
+    pseudo_queries.QueryGeneration(decoding='greedy')
   # Every document's queries are indexing inputs of DSI (-> its docid) and SEAL.
   ids = docgen.docids('dsi_atomic', tc, docgen.DsiTasks(), None)
   tasks = docgen.DsiTasks(num_spans=2)

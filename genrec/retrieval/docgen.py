@@ -571,7 +571,7 @@ def train_and_evaluate(
               'train_split': train_split, 'examples': n,
               **({'init': init} if pretrained else {}),
               'tasks': settings_repr(seal_tasks if method == 'seal' else dsi_tasks),
-              **({'pseudo_queries': repr(query_generation)} if pseudo else {}),
+              **({'pseudo_queries': query_generation.settings_repr()} if pseudo else {}),
               **({'queries_file_digest': pseudo_queries.file_digest(query_generation.queries_file)}
                  if query_generation.queries_file else {})}
 
@@ -666,9 +666,16 @@ def train_and_evaluate(
   row = {'method': method, 'tokens': tc.tokens, 'init': init, 'identifiers': identifiers,
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),
-         # Per document: the beams generated, or the file's average.
+         # Per document: the beams generated, or the average of a file's queries or
+         # of the distinct samples.
          'pseudo_queries': (round(sum(map(len, pseudo)) / len(pseudo), 1)
-                            if query_generation.queries_file else query_generation.num_queries),
+                            if query_generation.queries_file or
+                            query_generation.decoding == 'sample'
+                            else query_generation.num_queries),
+         **({'query_decoding': f'sample (top-{query_generation.top_k}, '
+                               f't {query_generation.temperature:g})'}
+            if pseudo and query_generation.decoding == 'sample'
+            and not query_generation.queries_file else {}),
          **({'query_generation_s': round(generation_s, 1)} if pseudo else {}),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',
          'train_s': None if train_s is None else round(train_s, 1),

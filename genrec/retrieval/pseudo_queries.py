@@ -4,7 +4,9 @@ A query generator, an encoder-decoder of its own, reads a document's first
 tokens and writes a query. It is trained on the training qrels (document ->
 each of its queries) and on the collection itself (a document's text after
 its title -> the title), then writes `num_queries` queries per document: the
-beams of one beam search over the text vocabulary. DSI and SEAL add them to
+beams of one beam search over the text vocabulary, or (`decoding = 'sample'`)
+independent top-k samples, as DSI-QG draws them (beams of a small generator
+mostly repeat its training queries; samples are more diverse). DSI and SEAL add them to
 their indexing examples (`docgen.dsi_examples`, `docgen.seal_examples`), so
 that the retrieval model sees query-like inputs for every document, not
 only for the few with training queries.
@@ -51,7 +53,8 @@ class QueryGeneration:
   """What pseudo-queries the indexing examples get.
 
   Attributes:
-    num_queries: queries per document (0: none); the beams of one search.
+    num_queries: queries per document (0: none): the beams of one search, or
+      samples.
     query_len: tokens of a generated query, EOS included.
     num_train_steps: the generator's training budget (steps of batch_size).
     batch_size: the generator's batch.
@@ -59,6 +62,12 @@ class QueryGeneration:
     queries_file: JSON lines {"doc_id": ..., "text": ...}, read instead of
       generating (num_queries > 0 then caps the queries per document, 0 keeps
       them all); documents without a line get none.
+    decoding: 'beam' (the num_queries best beams) or 'sample' (num_queries
+      top-k samples; repeats within a document are dropped). Both read the
+      same trained generator (of the same other settings, num_queries
+      included: to try several N, sample the largest once and cap it through
+      queries_file).
+    top_k, temperature: of 'sample' (DSI-QG: top-k 10).
   """
   num_queries: int = 0
   query_len: int = 24
@@ -66,6 +75,41 @@ class QueryGeneration:
   batch_size: int = 64
   beam_batch_size: int = 32
   queries_file: str = ''
+  decoding: str = 'beam'
+  top_k: int = 10
+  temperature: float = 1.0
+
+  def __post_init__(self):
+    if self.decoding not in DECODINGS:
+      raise ValueError(f'QueryGeneration.decoding must be one of {DECODINGS}, got '
+                       f'{self.decoding!r}.')
+    if self.top_k < 1 or self.temperature <= 0:
+      raise ValueError(f'QueryGeneration: top_k must be >= 1 and temperature > 0, got '
+                       f'top_k={self.top_k}, temperature={self.temperature}.')
+
+  def generator_repr(self) -> str:
+    """What defines the trained generator (its cache digest): the settings
+    without how its queries are decoded, so that beams and samples share one
+    generator and caches from before `decoding` keep their folder."""
+    fields = [f for f in dataclasses.fields(self) if f.name not in _DECODING_FIELDS]
+    return f'{type(self).__name__}(' + ', '.join(
+        f'{f.name}={getattr(self, f.name)!r}' for f in fields) + ')'
+
+  def settings_repr(self) -> str:
+    """These settings in a retriever's run settings: without the decoding
+    fields for beams (as before they existed, so earlier run folders resume)."""
+    return self.generator_repr() if self.decoding == 'beam' else repr(self)
+
+  def queries_stem(self) -> str:
+    """The file name (no extension) of the generated queries in the
+    generator's folder: 'queries' for beams, 'queries-sample-k<k>-t<t>'."""
+    if self.decoding == 'beam':
+      return 'queries'
+    return f'queries-sample-k{self.top_k}-t{self.temperature:g}'
+
+
+DECODINGS = ('beam', 'sample')
+_DECODING_FIELDS = ('decoding', 'top_k', 'temperature')
 
 
 def generator_examples(tc: 'TokenizedCollection', split: str, input_len: int,
@@ -111,10 +155,10 @@ def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
                      f'{qg.num_queries}.')
   vocab = tc.text_vocab_size
   config = dataclasses.replace(model_config, vocab_size=-(-vocab // 128) * 128)
-  settings = {'generator': repr(qg), 'collection': tc.collection.name, 'input_len': input_len,
-              'train_split': train_split}
+  settings = {'generator': qg.generator_repr(), 'collection': tc.collection.name,
+              'input_len': input_len, 'train_split': train_split}
   workdir = os.path.join(directory, f'query_generator-{_digest(tc, train_split, settings)}')
-  saved = os.path.join(workdir, 'queries.npz')
+  saved = os.path.join(workdir, f'{qg.queries_stem()}.npz')
   if os.path.exists(saved):
     with np.load(saved) as z:
       tokens = z['tokens']
@@ -126,40 +170,51 @@ def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
         {**settings, 'examples': len(arrays['encoder_input_tokens'])})
     inputs = seq2seq.pad(tc.doc_tokens, input_len)
 
+    rng, batches = jax.random.key(seed + 2), iter(range(len(inputs)))
+
     def run(batch, rows):
-      tokens, _ = tr.predict(state.params, batch['x'], qg.num_queries, qg.query_len)
+      if qg.decoding == 'sample':  # each batch of documents its own stream
+        tokens, _ = tr.sample(state.params, batch['x'], qg.num_queries, qg.query_len,
+                              jax.random.fold_in(rng, next(batches)), qg.top_k,
+                              qg.temperature)
+      else:
+        tokens, _ = tr.predict(state.params, batch['x'], qg.num_queries, qg.query_len)
       return partitioning.gather(tokens, rows)
     outs = partitioning.map_batches({'x': inputs}, qg.beam_batch_size, mesh, run)
     tokens = np.concatenate(outs)  # [docs, num_queries, query_len]
     if jax.process_index() == 0:
       np.savez(saved + '.tmp.npz', tokens=tokens)
       os.replace(saved + '.tmp.npz', saved)
-    logging.info('Pseudo-queries: %d per document for %d documents in %s', qg.num_queries,
-                 len(tokens), workdir)
-  text = os.path.join(workdir, 'queries.jsonl')
+    logging.info('Pseudo-queries (%s): %d per document for %d documents in %s', qg.decoding,
+                 qg.num_queries, len(tokens), workdir)
+  text = os.path.join(workdir, f'{qg.queries_stem()}.jsonl')
+  unique = qg.decoding == 'sample'  # samples may repeat; beams differ (before EOS)
   if jax.process_index() == 0 and not os.path.exists(text):  # also for older caches
-    _write_text(tc, tokens, vocab, text)
-  return [_cut(beams, vocab) for beams in tokens]
+    _write_text(tc, tokens, vocab, text, unique)
+  return [_cut(beams, vocab, unique) for beams in tokens]
 
 
-def _cut(beams: np.ndarray, vocab: int) -> list[np.ndarray]:
-  """A document's beams as queries: cut at EOS, text pieces only, empty ones dropped."""
-  queries = []
+def _cut(beams: np.ndarray, vocab: int, unique: bool = False) -> list[np.ndarray]:
+  """A document's beams or samples as queries: cut at EOS, text pieces only,
+  empty ones dropped, and with `unique` repeats too (the first kept)."""
+  queries, seen = [], set()
   for seq in beams:
     end = np.flatnonzero(seq == EOS)
     seq = seq[:end[0]] if len(end) else seq
-    seq = seq[(seq > EOS) & (seq < vocab)]
-    if len(seq):
-      queries.append(seq.astype(np.int32))
+    seq = seq[(seq > EOS) & (seq < vocab)].astype(np.int32)
+    if len(seq) and not (unique and seq.tobytes() in seen):
+      seen.add(seq.tobytes())
+      queries.append(seq)
   return queries
 
 
-def _write_text(tc: 'TokenizedCollection', tokens: np.ndarray, vocab: int, path: str) -> None:
+def _write_text(tc: 'TokenizedCollection', tokens: np.ndarray, vocab: int, path: str,
+                unique: bool) -> None:
   """The generated queries as text (`queries_file` format), for reading and
   for retrievers with another tokenizer."""
   with open(path + '.tmp', 'w') as f:
     for doc_id, beams in zip(tc.collection.doc_ids, tokens):
-      for text in decode(tc, _cut(beams, vocab)):
+      for text in decode(tc, _cut(beams, vocab, unique)):
         f.write(json.dumps({'doc_id': doc_id, 'text': text}) + '\n')
   os.replace(path + '.tmp', path)
 
