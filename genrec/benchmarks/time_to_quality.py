@@ -90,6 +90,9 @@ def summary(root: str, runs: dict[str, list[dict]], marks: list[float]) -> list[
       row[f'test {k}'] = round(r['test'][k], 4) if 'test' in r else '(not finished)'
     row['test users'] = (r.get('final_eval_users') or 'all') if 'test' in r else ''
     row['machine'] = r.get('device', '')
+    # Of the invocation that wrote the results (runs from before the fields: blank).
+    row['date'] = (r.get('evaluated_at') or '')[:10]
+    row['command'] = r.get('command', '')
     rows.append(row)
   return rows
 

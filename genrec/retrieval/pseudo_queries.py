@@ -28,6 +28,7 @@ reach the generator.
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -170,7 +171,7 @@ def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
         {**settings, 'examples': len(arrays['encoder_input_tokens'])})
     inputs = seq2seq.pad(tc.doc_tokens, input_len)
 
-    rng, batches = jax.random.key(seed + 2), iter(range(len(inputs)))
+    rng, batches = jax.random.key(seed + 2), itertools.count()
 
     def run(batch, rows):
       if qg.decoding == 'sample':  # each batch of documents its own stream
