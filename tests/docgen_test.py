@@ -287,6 +287,11 @@ def test_pseudo_queries_are_generated_once_and_index_every_document(tc, tmp_path
   assert all(len({q.tobytes() for q in queries}) == len(queries) <= 2 for queries in pq_sampled)
   assert any(pq_sampled) and all(((q > pseudo_queries.EOS) & (q < tc.text_vocab_size)).all()
                                  for queries in pq_sampled for q in queries)
+  share = pseudo_queries.diversity(tc, pq_sampled)
+  assert 0 < share['pseudo_distinct'] <= 1 and 0 <= share['pseudo_train_copies'] <= 1
+  copies = [[tc.query_tokens[q] for q in sorted(tc.collection.qrels['train'])[:1]] * 2]
+  assert pseudo_queries.diversity(tc, copies) == {'pseudo_distinct': 0.5,
+                                                   'pseudo_train_copies': 1.0}
   with pytest.raises(ValueError, match="decoding must be one of"):
     pseudo_queries.QueryGeneration(decoding='greedy')
   # Every document's queries are indexing inputs of DSI (-> its docid) and SEAL.

@@ -676,7 +676,8 @@ def train_and_evaluate(
                                f't {query_generation.temperature:g})'}
             if pseudo and query_generation.decoding == 'sample'
             and not query_generation.queries_file else {}),
-         **({'query_generation_s': round(generation_s, 1)} if pseudo else {}),
+         **({'query_generation_s': round(generation_s, 1),
+             **pseudo_queries.diversity(tc, pseudo, train_split)} if pseudo else {}),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',
          'train_s': None if train_s is None else round(train_s, 1),
          'prep_s': round(prep_s, 1), 'ms_per_query': round(eval_s / len(qids) * 1e3, 1),

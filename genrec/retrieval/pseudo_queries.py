@@ -259,6 +259,20 @@ def read(tc: 'TokenizedCollection', qg: QueryGeneration) -> list[list[np.ndarray
   return out
 
 
+def diversity(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
+              train_split: str = 'train') -> dict[str, float]:
+  """How varied the pseudo-queries are: the share of distinct token sequences
+  among all of them (over the collection), and the share that copy a
+  `train_split` query verbatim (a generator that memorized its training
+  queries writes few new ones)."""
+  every = [q.tobytes() for queries in pseudo for q in queries]
+  train = {np.asarray(tc.query_tokens[q], np.int32).tobytes()
+           for q in tc.collection.qrels[train_split]}
+  n = max(len(every), 1)
+  return {'pseudo_distinct': round(len(set(every)) / n, 4),
+          'pseudo_train_copies': round(sum(q in train for q in every) / n, 4)}
+
+
 def decode(tc: 'TokenizedCollection', queries: list[np.ndarray]) -> list[str]:
   """The text of token arrays (to read what the generator wrote)."""
   return [tc.sp.decode(q.tolist()) for q in queries]
