@@ -19,7 +19,6 @@ an earlier table whose run folders are gone, and adds the new ones after
 them). Writes retrieval.md/.csv.
 """
 
-
 import json
 import os
 
