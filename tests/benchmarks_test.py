@@ -158,9 +158,13 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   md = (tmp_path / 'docs' / 'retrieval_toy.md').read_text()
-  assert md.count('| dsi_atomic |') == 2 and md.count('| hybrid: BM25 + dsi_atomic') == 2
-  assert md.count('| BM25 (k1 0.9, b 0.4) |') == 1  # the same BM25 figures once
-  assert [line.split(' | ')[4] for line in md.splitlines() if '| dsi_atomic |' in line] == [
+  summary, full = md.split('### Every figure, with its command')
+  for part in (summary, full):
+    assert part.count('| dsi_atomic |') == 2 and part.count('| hybrid: BM25 + dsi_atomic') == 2
+    assert part.count('| BM25 (k1 0.9, b 0.4) |') == 1  # the same BM25 figures once
+  assert [line.split(' | ')[4] for line in full.splitlines() if '| dsi_atomic |' in line] == [
+      '0.3', '0.4']
+  assert [line.split(' | ')[6] for line in summary.splitlines() if '| dsi_atomic |' in line] == [
       '0.3', '0.4']
   # A later table keeps these rows from the CSV (their folders gone) and adds new ones.
   csv_text = (tmp_path / 'docs' / 'retrieval_toy.csv').read_text()
@@ -175,9 +179,32 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
       capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   later = (tmp_path / 'docs' / 'retrieval_toy.md').read_text()
-  assert later.startswith(md.rstrip('\n')) and later.count('| dsi_naive | ') == 1
+  assert later.startswith(summary.rstrip('\n')) and later.count('| dsi_naive | ') == 2
+  assert full.rstrip('\n') in later
   assert (tmp_path / 'docs' / 'retrieval_toy.csv').read_text().startswith(
       csv_text.split('\n')[0].rstrip('\r'))
+
+
+def test_retrieval_summary_says_what_each_row_is():
+  """The summary's init, identifiers and pseudo-query cells: rows from before
+  those columns (default architecture, random init), and pseudo-queries from
+  a generation or from a file (also named only by an older row's command)."""
+  from genrec.retrieval import run as retrieval_run
+  old = {'method': 'hybrid: BM25 + seal, RRF (k 60)', 'training': '10 x 8', 'ndcg@10': 0.1,
+         'pseudo_queries': 10, 'command': "main.py --gin_bindings=a.queries_file='c/queries.jsonl'"}
+  sampled = {'method': 'dsi_atomic', 'training': '10 x 8', 'init': 'MiniLM',
+             'identifiers': 'docid + title prefix (8 tokens)', 'pseudo_queries': 5.7,
+             'query_decoding': 'sample (top-10, t 1)', 'pseudo_distinct': 0.9512}
+  from_file = {'method': 'dsi_atomic', 'training': '10 x 8', 'pseudo_queries': 3.0,
+               'query_source': 'queries-sample-k10-t1.jsonl'}
+  bm25 = {'method': 'BM25 (k1 0.9, b 0.4)', 'training': 'none', 'ndcg@10': 0.3}
+  rows = retrieval_run.summary_rows([old, sampled, from_file, bm25])
+  assert [(r['init'], r['identifiers'], r['pseudo-queries']) for r in rows] == [
+      ('random', 'n-grams', '10/doc, queries.jsonl'),
+      ('MiniLM', 'docid + title prefix (8 tokens)', '5.7/doc, sample (top-10, t 1), 95% distinct'),
+      ('random', 'docid', '3.0/doc, queries-sample-k10-t1.jsonl'),
+      ('', '', '')]
+  assert rows[0]['ndcg@10'] == 0.1 and list(rows[0]) == list(retrieval_run.SUMMARY_COLUMNS)
 
 
 def test_packed_throughput_and_epoch_cost_count_every_example():

@@ -676,6 +676,8 @@ def train_and_evaluate(
                                f't {query_generation.temperature:g})'}
             if pseudo and query_generation.decoding == 'sample'
             and not query_generation.queries_file else {}),
+         **({'query_source': os.path.basename(query_generation.queries_file)}
+            if pseudo and query_generation.queries_file else {}),
          **({'query_generation_s': round(generation_s, 1),
              **pseudo_queries.diversity(tc, pseudo, train_split)} if pseudo else {}),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',

@@ -13,6 +13,7 @@ checkpoint is evaluated without training again. Writes
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -36,9 +37,45 @@ def row_path(workdir: str, method: str) -> str:
   return os.path.join(workdir, method, 'row.json')
 
 
+# The summary above the full table: what a row is and its main figures.
+SUMMARY_COLUMNS = ('method', 'init', 'identifiers', 'pseudo-queries', 'params_m', 'training',
+                   'ndcg@10', 'recall@100', 'ms_per_query')
+
+
+def _pseudo_queries_cell(row: dict) -> str:
+  """Pseudo-queries per document, how they were decoded or which file gave
+  them (rows from before `query_source`: the file named in their command)."""
+  per_doc = row.get('pseudo_queries')
+  if not per_doc:
+    return ''
+  source = row.get('query_decoding') or row.get('query_source')
+  if not source:
+    named = re.search(r"queries_file='([^']+)'", str(row.get('command', '')))
+    source = os.path.basename(named.group(1)) if named else ''
+  distinct = row.get('pseudo_distinct')
+  return (f'{per_doc}/doc' + (f', {source}' if source else '') +
+          (f', {distinct:.0%} distinct' if isinstance(distinct, float) else ''))
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+  """The summary's rows: SUMMARY_COLUMNS of every row. Trained rows from
+  before the `init` and `identifiers` columns were all of the default
+  architecture from random weights, with docids or SEAL's n-grams."""
+  out = []
+  for r in rows:
+    s = {c: r.get(c, '') for c in SUMMARY_COLUMNS}
+    if r.get('training', 'none') != 'none':
+      s['init'] = s['init'] or 'random'
+      s['identifiers'] = s['identifiers'] or ('n-grams' if 'seal' in r['method'] else 'docid')
+    out.append({**s, 'pseudo-queries': _pseudo_queries_cell(r)})
+  return out
+
+
 def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retrieval') -> str:
-  """Writes <workdir>/<stem>.md/.csv (process 0) and returns the markdown."""
-  md = f'## {title}\n\n' + tables.markdown(rows, COLUMNS)
+  """Writes <workdir>/<stem>.md/.csv (process 0) and returns the markdown: a
+  summary (SUMMARY_COLUMNS), then every column with the row's command."""
+  md = (f'## {title}\n\n### Summary\n\n' + tables.markdown(summary_rows(rows), SUMMARY_COLUMNS) +
+        '\n\n### Every figure, with its command\n\n' + tables.markdown(rows, COLUMNS))
   if jax.process_index() == 0:
     tables.write(md, rows, workdir, stem)
   return md
