@@ -325,6 +325,30 @@ def test_queries_file_is_tokenized_by_the_retriever_and_checked(tc, tmp_path):
     pseudo_queries.read(tc, dataclasses.replace(qg, queries_file=str(tmp_path / 'none')))
 
 
+def test_round_trip_filter_keeps_the_queries_that_find_their_document(tc, tmp_path):
+  """filter_top_k: a pseudo-query stays if BM25 ranks its document within the
+  top k for it (another document's title, as a memorizing generator writes
+  it, does not); the setting is part of a retriever's settings, not of the
+  generator's, and a filter that keeps nothing is refused by name."""
+  words = [t.split() for t in tc.collection.texts]  # each document's own words
+  path = tmp_path / 'queries.jsonl'
+  path.write_text(''.join(json.dumps({'doc_id': d, 'text': ' '.join(w)}) + '\n' for d, w in [
+      ('1', words[0]), ('1', words[5]), ('2', words[1]), ('3', words[7])]))
+  qg = pseudo_queries.QueryGeneration(queries_file=str(path), filter_top_k=1)
+  kept = pseudo_queries.round_trip_filter(tc, pseudo_queries.read(tc, qg), 1)
+  assert [[tc.sp.decode(q.tolist()) for q in queries] for queries in kept[:3]] == [
+      [' '.join(words[0])], [' '.join(words[1])], []]
+  assert not any(kept[3:])
+  plain = dataclasses.replace(qg, filter_top_k=0)
+  assert qg.generator_repr() == plain.generator_repr()
+  assert qg.settings_repr() == plain.settings_repr() + ' + filter_top_k=1'
+  with pytest.raises(ValueError, match='filter_top_k must be >= 0'):
+    pseudo_queries.QueryGeneration(filter_top_k=-1)
+  path.write_text(json.dumps({'doc_id': '1', 'text': ' '.join(words[5])}) + '\n')
+  with pytest.raises(ValueError, match='filter_top_k = 1 keeps none of the 1 pseudo-queries'):
+    docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path / 'run'), query_generation=qg)
+
+
 def test_bad_method_or_split_is_named(tc, tmp_path):
   with pytest.raises(ValueError, match='Unknown method'):
     docgen.train_and_evaluate('dsi_bogus', tc, str(tmp_path))

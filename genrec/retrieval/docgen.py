@@ -514,6 +514,12 @@ def train_and_evaluate(
     pseudo = pseudo_queries.generate(tc, query_generation, cache_dir or workdir, model_config,
                                      optimizer_fn, mesh_fn, input_len, train_split, seed,
                                      log_every_steps)
+  pseudo_before = sum(map(len, pseudo)) if pseudo else 0
+  if pseudo and query_generation.filter_top_k:
+    pseudo = pseudo_queries.round_trip_filter(tc, pseudo, query_generation.filter_top_k)
+    if not any(pseudo):
+      raise ValueError(f'QueryGeneration.filter_top_k = {query_generation.filter_top_k} keeps '
+                       f'none of the {pseudo_before} pseudo-queries: raise it, or set 0.')
   generation_s = time.time() - t_gen
   t_prep = time.time()
   if method == 'seal':
@@ -667,10 +673,10 @@ def train_and_evaluate(
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),
          # Per document: the beams generated, or the average of a file's queries or
-         # of the distinct samples.
+         # of the distinct samples, or of those the round-trip filter kept.
          'pseudo_queries': (round(sum(map(len, pseudo)) / len(pseudo), 1)
                             if query_generation.queries_file or
-                            query_generation.decoding == 'sample'
+                            query_generation.decoding == 'sample' or query_generation.filter_top_k
                             else query_generation.num_queries),
          **({'query_decoding': f'sample (top-{query_generation.top_k}, '
                                f't {query_generation.temperature:g})'}
@@ -678,6 +684,9 @@ def train_and_evaluate(
             and not query_generation.queries_file else {}),
          **({'query_source': os.path.basename(query_generation.queries_file)}
             if pseudo and query_generation.queries_file else {}),
+         **({'query_filter': f'BM25 top-{query_generation.filter_top_k} round trip, kept '
+                             f'{sum(map(len, pseudo))} of {pseudo_before}'}
+            if pseudo and query_generation.filter_top_k else {}),
          **({'query_generation_s': round(generation_s, 1),
              **pseudo_queries.diversity(tc, pseudo, train_split)} if pseudo else {}),
          'training': f'{num_train_steps} x {batch_size} ({n} examples), {device}',

@@ -69,6 +69,11 @@ class QueryGeneration:
       included: to try several N, sample the largest once and cap it through
       queries_file).
     top_k, temperature: of 'sample' (DSI-QG: top-k 10).
+    filter_top_k: with > 0, round-trip filtering (Promptagator): a
+      pseudo-query is kept only if BM25 over the collection ranks its own
+      document within the top `filter_top_k` for it. A generator that
+      memorized its training queries writes them for other documents too;
+      those rarely find their document and are dropped. 0 keeps every query.
   """
   num_queries: int = 0
   query_len: int = 24
@@ -79,6 +84,7 @@ class QueryGeneration:
   decoding: str = 'beam'
   top_k: int = 10
   temperature: float = 1.0
+  filter_top_k: int = 0
 
   def __post_init__(self):
     if self.decoding not in DECODINGS:
@@ -87,19 +93,28 @@ class QueryGeneration:
     if self.top_k < 1 or self.temperature <= 0:
       raise ValueError(f'QueryGeneration: top_k must be >= 1 and temperature > 0, got '
                        f'top_k={self.top_k}, temperature={self.temperature}.')
+    if self.filter_top_k < 0:
+      raise ValueError(f'QueryGeneration.filter_top_k must be >= 0 (0: no filter), got '
+                       f'{self.filter_top_k}.')
 
   def generator_repr(self) -> str:
     """What defines the trained generator (its cache digest): the settings
     without how its queries are decoded, so that beams and samples share one
     generator and caches from before `decoding` keep their folder."""
-    fields = [f for f in dataclasses.fields(self) if f.name not in _DECODING_FIELDS]
+    fields = [f for f in dataclasses.fields(self)
+              if f.name not in _DECODING_FIELDS + ('filter_top_k',)]
     return f'{type(self).__name__}(' + ', '.join(
         f'{f.name}={getattr(self, f.name)!r}' for f in fields) + ')'
 
   def settings_repr(self) -> str:
     """These settings in a retriever's run settings: without the decoding
-    fields for beams (as before they existed, so earlier run folders resume)."""
-    return self.generator_repr() if self.decoding == 'beam' else repr(self)
+    fields for beams and without an unset filter (as before they existed, so
+    earlier run folders resume)."""
+    if self.decoding == 'beam':
+      base = self.generator_repr()
+    else:
+      base = repr(dataclasses.replace(self, filter_top_k=0)).replace(', filter_top_k=0', '')
+    return base + (f' + filter_top_k={self.filter_top_k}' if self.filter_top_k else '')
 
   def queries_stem(self) -> str:
     """The file name (no extension) of the generated queries in the
@@ -271,6 +286,17 @@ def diversity(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
   n = max(len(every), 1)
   return {'pseudo_distinct': round(len(set(every)) / n, 4),
           'pseudo_train_copies': round(sum(q in train for q in every) / n, 4)}
+
+
+def round_trip_filter(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
+                      top_k: int) -> list[list[np.ndarray]]:
+  """The pseudo-queries for which BM25 over `tc`'s documents (in its own
+  tokens) ranks their document within the top `top_k` (QueryGeneration
+  .filter_top_k)."""
+  from genrec.retrieval import corpus  # pylint: disable=g-import-not-at-top
+  index = corpus.BM25(tc.doc_tokens, tc.text_vocab_size)
+  return [[q for q in queries if i in index.search(q.tolist(), top_k)]
+          for i, queries in enumerate(pseudo)]
 
 
 def decode(tc: 'TokenizedCollection', queries: list[np.ndarray]) -> list[str]:

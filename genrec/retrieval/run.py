@@ -52,9 +52,10 @@ def _pseudo_queries_cell(row: dict) -> str:
   if not source:
     named = re.search(r"queries_file='([^']+)'", str(row.get('command', '')))
     source = os.path.basename(named.group(1)) if named else ''
-  distinct = row.get('pseudo_distinct')
+  distinct, kept = row.get('pseudo_distinct'), row.get('query_filter')
   return (f'{per_doc}/doc' + (f', {source}' if source else '') +
-          (f', {distinct:.0%} distinct' if isinstance(distinct, float) else ''))
+          (f', {distinct:.0%} distinct' if isinstance(distinct, float) else '') +
+          (f', {kept}' if kept else ''))
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
