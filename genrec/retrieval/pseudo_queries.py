@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from genrec import models, partitioning
-from genrec.retrieval import seq2seq
+from genrec.retrieval import corpus, seq2seq
 
 if TYPE_CHECKING:
   from genrec.retrieval.docgen import TokenizedCollection
@@ -293,7 +293,6 @@ def round_trip_filter(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
   """The pseudo-queries for which BM25 over `tc`'s documents (in its own
   tokens) ranks their document within the top `top_k` (QueryGeneration
   .filter_top_k)."""
-  from genrec.retrieval import corpus  # pylint: disable=g-import-not-at-top
   index = corpus.BM25(tc.doc_tokens, tc.text_vocab_size)
   return [[q for q in queries if i in index.search(q.tolist(), top_k)]
           for i, queries in enumerate(pseudo)]
