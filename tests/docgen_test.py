@@ -327,7 +327,7 @@ def test_queries_file_is_tokenized_by_the_retriever_and_checked(tc, tmp_path):
 
 def test_round_trip_filter_keeps_the_queries_that_find_their_document(tc, tmp_path):
   """filter_top_k: a pseudo-query stays if BM25 ranks its document within the
-  top k for it (another document's title, as a memorizing generator writes
+  top k for it (another document's text, as a memorizing generator writes
   it, does not); the setting is part of a retriever's settings, not of the
   generator's, and a filter that keeps nothing is refused by name."""
   words = [t.split() for t in tc.collection.texts]  # each document's own words

@@ -97,23 +97,23 @@ class QueryGeneration:
       raise ValueError(f'QueryGeneration.filter_top_k must be >= 0 (0: no filter), got '
                        f'{self.filter_top_k}.')
 
-  def generator_repr(self) -> str:
-    """What defines the trained generator (its cache digest): the settings
-    without how its queries are decoded, so that beams and samples share one
-    generator and caches from before `decoding` keep their folder."""
-    fields = [f for f in dataclasses.fields(self)
-              if f.name not in _DECODING_FIELDS + ('filter_top_k',)]
+  def _repr(self, leave_out: tuple[str, ...]) -> str:
+    """The dataclass repr without the fields `leave_out`."""
+    fields = [f for f in dataclasses.fields(self) if f.name not in leave_out]
     return f'{type(self).__name__}(' + ', '.join(
         f'{f.name}={getattr(self, f.name)!r}' for f in fields) + ')'
+
+  def generator_repr(self) -> str:
+    """What defines the trained generator (its cache digest): the settings
+    without how its queries are decoded or filtered, so that beams and samples
+    share one generator and caches from before `decoding` keep their folder."""
+    return self._repr(_DECODING_FIELDS + ('filter_top_k',))
 
   def settings_repr(self) -> str:
     """These settings in a retriever's run settings: without the decoding
     fields for beams and without an unset filter (as before they existed, so
     earlier run folders resume)."""
-    if self.decoding == 'beam':
-      base = self.generator_repr()
-    else:
-      base = repr(dataclasses.replace(self, filter_top_k=0)).replace(', filter_top_k=0', '')
+    base = self.generator_repr() if self.decoding == 'beam' else self._repr(('filter_top_k',))
     return base + (f' + filter_top_k={self.filter_top_k}' if self.filter_top_k else '')
 
   def queries_stem(self) -> str:
