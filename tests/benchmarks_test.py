@@ -183,26 +183,49 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
   assert full.rstrip('\n') in later
   assert (tmp_path / 'docs' / 'retrieval_toy.csv').read_text().startswith(
       csv_text.split('\n')[0].rstrip('\r'))
+  # Kept rows whose folder is read again are replaced in place, not repeated.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'genrec.benchmarks.retrieval', '--table_only',
+       f'--table_from={tmp_path / "plain"},{tmp_path / "later"}',
+       '--methods=bm25,dsi_atomic,dsi_naive,hybrid',
+       f'--table_keep={tmp_path / "docs" / "retrieval_toy.csv"}',
+       f'--table_dir={tmp_path / "docs"}', '--table_stem=retrieval_toy'],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / 'docs' / 'retrieval_toy.md').read_text() == later
 
 
 def test_retrieval_summary_says_what_each_row_is():
   """The summary's init, identifiers and pseudo-query cells: rows from before
-  those columns (default architecture, random init), and pseudo-queries from
-  a generation or from a file (also named only by an older row's command)."""
+  those columns (default architecture, random init; the DSI scheme from the
+  method and the command's bindings), pseudo-queries from a generation or
+  from a file (also named only by an older row's command), and a hybrid row
+  from before it repeated its generative row's pseudo-query fields."""
   from genrec.retrieval import run as retrieval_run
   old = {'method': 'hybrid: BM25 + seal, RRF (k 60)', 'training': '10 x 8', 'ndcg@10': 0.1,
          'pseudo_queries': 10, 'command': "main.py --gin_bindings=a.queries_file='c/queries.jsonl'"}
-  sampled = {'method': 'dsi_atomic', 'training': '10 x 8', 'init': 'MiniLM',
+  sampled = {'method': 'dsi_semantic', 'training': '10 x 8', 'init': 'MiniLM',
              'identifiers': 'docid + title prefix (8 tokens)', 'pseudo_queries': 5.7,
-             'query_decoding': 'sample (top-10, t 1)', 'pseudo_distinct': 0.9512}
+             'query_decoding': 'sample (top-10, t 1)', 'pseudo_distinct': 0.9512,
+             'command': "main.py \"--gin_bindings=docgen.DsiTasks.semantic_scheme = 'residual'\" "
+                        '--gin_bindings=docgen.DsiTasks.semantic_branching=128'}
+  hybrid = {'method': 'hybrid: BM25 + dsi_semantic, alpha 0.3 tuned on dev', 'training': '10 x 8',
+            'identifiers': 'docid + title prefix (8 tokens)', 'pseudo_queries': 5.7,
+            'command': sampled['command']}
   from_file = {'method': 'dsi_atomic', 'training': '10 x 8', 'pseudo_queries': 3.0,
                'query_source': 'queries-sample-k10-t1.jsonl'}
+  naive = {'method': 'dsi_naive', 'training': '10 x 8', 'identifiers': 'docid'}
+  now = {'method': 'dsi_semantic', 'training': '10 x 8', 'identifiers': 'semantic docid, x'}
   bm25 = {'method': 'BM25 (k1 0.9, b 0.4)', 'training': 'none', 'ndcg@10': 0.3}
-  rows = retrieval_run.summary_rows([old, sampled, from_file, bm25])
+  rows = retrieval_run.summary_rows([old, sampled, hybrid, from_file, naive, now, bm25])
+  residual = 'semantic docid, residual k-means 3 x 128 + title prefix (8 tokens)'
   assert [(r['init'], r['identifiers'], r['pseudo-queries']) for r in rows] == [
       ('random', 'n-grams', '10/doc, queries.jsonl'),
-      ('MiniLM', 'docid + title prefix (8 tokens)', '5.7/doc, sample (top-10, t 1), 95% distinct'),
-      ('random', 'docid', '3.0/doc, queries-sample-k10-t1.jsonl'),
+      ('MiniLM', residual, '5.7/doc, sample (top-10, t 1), 95% distinct'),
+      ('random', residual, '5.7/doc, sample (top-10, t 1), 95% distinct'),
+      ('random', 'atomic docid', '3.0/doc, queries-sample-k10-t1.jsonl'),
+      ('random', 'naive docid (digits)', ''),
+      ('random', 'semantic docid, x', ''),
       ('', '', '')]
   assert rows[0]['ndcg@10'] == 0.1 and list(rows[0]) == list(retrieval_run.SUMMARY_COLUMNS)
 

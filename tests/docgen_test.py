@@ -478,7 +478,7 @@ def test_dsi_with_title_identifiers(tc, tmp_path):
             dsi_beam_size=16, log_every_steps=100, dsi_tasks=tasks,
             mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
   row = docgen.train_and_evaluate('dsi_atomic', tc, str(tmp_path), **kw)
-  assert row['identifiers'] == 'docid + title prefix (4 tokens)'
+  assert row['identifiers'] == 'atomic docid + title prefix (4 tokens)'
   assert row['recall@10'] >= 0.75, row
   run = ranx.Run.from_file(str(tmp_path / 'test.trec'), kind='trec')
   assert all(set(docs) <= set(tc.collection.doc_ids) and len(docs) <= 16

@@ -16,7 +16,8 @@ a final checkpoint is evaluated without training again; `--table_only`
 re-tabulates the saved rows (`--table_dir=docs/results --table_stem=...` for
 the tables of record; `--table_keep=docs/results/<stem>.csv` keeps the rows of
 an earlier table whose run folders are gone, and adds the new ones after
-them). Writes retrieval.md/.csv.
+them; a kept row that a folder gives again is replaced by it, in place).
+Writes retrieval.md/.csv.
 """
 
 import json
@@ -63,6 +64,16 @@ def _drop_repeated_bm25(rows: list[dict]) -> list[dict]:
   return out
 
 
+def _replace_kept(kept: list[dict], fresh: list[dict]) -> list[dict]:
+  """The kept rows, each replaced in place by the fresh row of the same
+  method and command (its run folder read again), then the other fresh rows:
+  a table regenerated from the same folders lists each row once."""
+  key = lambda r: (r['method'], r.get('command'))  # noqa: E731
+  again = {key(r): r for r in fresh}
+  out = [again.pop(key(r), r) for r in kept]
+  return out + [r for r in fresh if key(r) in again]
+
+
 def main(argv):
   del argv
   unknown = set(FLAGS.methods) - set(retrieval_run.METHODS)
@@ -72,12 +83,13 @@ def main(argv):
   if FLAGS.table_only:
     paths = [retrieval_run.row_path(d, m) for d in (FLAGS.table_from or [FLAGS.output_dir])
              for m in FLAGS.methods]
-    rows = tables.read_csv(FLAGS.table_keep, 'method') if FLAGS.table_keep else []
+    kept = tables.read_csv(FLAGS.table_keep, 'method') if FLAGS.table_keep else []
+    fresh = []
     for p in filter(os.path.exists, paths):
       with open(p) as f:
         saved = json.load(f)
-      rows += saved if isinstance(saved, list) else [saved]  # hybrid/: a list of rows
-    rows = _drop_repeated_bm25(rows)
+      fresh += saved if isinstance(saved, list) else [saved]  # hybrid/: a list of rows
+    rows = _drop_repeated_bm25(_replace_kept(kept, fresh))
     print(retrieval_run.write_table(rows, FLAGS.table_dir or FLAGS.output_dir,
                                     f'{FLAGS.collection}, {FLAGS.split} queries',
                                     FLAGS.table_stem))

@@ -142,6 +142,18 @@ class DsiTasks:
   title_len: int = 0
 
 
+def identifiers_label(method: str, tasks: DsiTasks, ngram_len: int = 0) -> str:
+  """What a method's identifiers are, for its row: 'atomic docid', 'naive
+  docid (digits)', 'semantic docid, residual k-means 2 x 128', 'n-grams (10
+  tokens)'; '+ title prefix (n tokens)' with `tasks.title_len`."""
+  if method == 'seal':
+    return f'n-grams ({ngram_len} tokens)'
+  kind = {'dsi_atomic': 'atomic docid', 'dsi_naive': 'naive docid (digits)'}.get(
+      method, f'semantic docid, {tasks.semantic_scheme} k-means '
+              f'{tasks.semantic_levels} x {tasks.semantic_branching}')
+  return kind + (f' + title prefix ({tasks.title_len} tokens)' if tasks.title_len else '')
+
+
 def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
            cache_dir: str | None = None, model_dir: str | None = None) -> ItemIds:
   """The docids of a DSI method; item id i + 1 is document i. Semantic docids
@@ -667,8 +679,7 @@ def train_and_evaluate(
   eval_s = time.time() - t0
   m = corpus.retrieval_metrics(ranked, qrels, grades=c.grades.get(eval_split))
   device = partitioning.device_summary()
-  identifiers = (f'n-grams ({seal_tasks.ngram_len} tokens)' if method == 'seal' else
-                 'docid' + (f' + title prefix ({title_len} tokens)' if title_len else ''))
+  identifiers = identifiers_label(method, dsi_tasks, seal_tasks.ngram_len)
   row = {'method': method, 'tokens': tc.tokens, 'init': init, 'identifiers': identifiers,
          **{k: round(val, 4) for k, val in m.items()}, 'queries': len(qrels),
          'train_queries': len(c.qrels[train_split]),

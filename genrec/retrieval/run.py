@@ -11,6 +11,7 @@ checkpoint is evaluated without training again. Writes
 <workdir>/retrieval.md and .csv after every method.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -58,17 +59,54 @@ def _pseudo_queries_cell(row: dict) -> str:
           (f', {kept}' if kept else ''))
 
 
+# What a hybrid row repeats of its generative row's pseudo-queries.
+QUERY_FIELDS = ('query_decoding', 'query_source', 'query_filter', 'pseudo_distinct',
+                'pseudo_train_copies')
+
+
+def _generative_method(row: dict) -> str:
+  """The generative method of a row ('dsi_atomic' of 'hybrid: BM25 +
+  dsi_atomic, RRF (k 60)'), or '' for BM25."""
+  named = re.match(r'(?:hybrid: BM25 \+ )?(\w+)', row['method'])
+  return named.group(1) if named and named.group(1) in docgen.METHODS else ''
+
+
+def _identifiers_cell(row: dict) -> str:
+  """The row's identifiers. Rows from before `identifiers` named the DSI
+  scheme: 'docid' for all three (or nothing, with SEAL's n-grams); the
+  scheme comes from the method and the DsiTasks bindings in the command."""
+  method, ident = _generative_method(row), row.get('identifiers') or ''
+  if not method or row.get('training', 'none') == 'none':
+    return ident
+  if method == 'seal' or (ident and not ident.startswith('docid')):
+    return ident or 'n-grams'
+  fields = {f.name: f.default for f in dataclasses.fields(docgen.DsiTasks)}
+  for name in ('semantic_scheme', 'semantic_levels', 'semantic_branching'):
+    bound = re.search(rf"DsiTasks\.{name}\s*=\s*'?(\w+)", str(row.get('command', '')))
+    if bound:
+      fields[name] = type(fields[name])(bound.group(1))
+  return (docgen.identifiers_label(method, docgen.DsiTasks(**fields)) +
+          (ident[len('docid'):] if ident.startswith('docid') else ''))
+
+
 def summary_rows(rows: list[dict]) -> list[dict]:
   """The summary's rows: SUMMARY_COLUMNS of every row. Trained rows from
   before the `init` and `identifiers` columns were all of the default
-  architecture from random weights, with docids or SEAL's n-grams."""
+  architecture from random weights; hybrid rows from before they repeated
+  their generative row's pseudo-query fields take them from it (same
+  method and command)."""
   out = []
   for r in rows:
+    if r['method'].startswith('hybrid') and r.get('pseudo_queries') and not any(
+        r.get(k) for k in QUERY_FIELDS):
+      gen = [g for g in rows if g['method'] == _generative_method(r)
+             and g.get('command') == r.get('command')]
+      r = {**r, **({k: gen[0][k] for k in QUERY_FIELDS if gen[0].get(k)} if gen else {})}
     s = {c: r.get(c, '') for c in SUMMARY_COLUMNS}
     if r.get('training', 'none') != 'none':
       s['init'] = s['init'] or 'random'
-      s['identifiers'] = s['identifiers'] or ('n-grams' if 'seal' in r['method'] else 'docid')
-    out.append({**s, 'pseudo-queries': _pseudo_queries_cell(r)})
+    out.append({**s, 'identifiers': _identifiers_cell(r),
+                'pseudo-queries': _pseudo_queries_cell(r)})
   return out
 
 
@@ -130,6 +168,7 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
       out.append({'method': name, **{k: round(v, 4) for k, v in m.items()},
                   'queries': len(qrels), 'train_queries': g.get('train_queries'),
                   'pseudo_queries': g.get('pseudo_queries'),
+                  **{k: g[k] for k in QUERY_FIELDS if g.get(k)},
                   'training': g.get('training'), 'train_s': g.get('train_s'),
                   'ms_per_query': round(base.get('ms_per_query', 0) + g['ms_per_query'], 2),
                   'params_m': g.get('params_m'), 'tokens': g.get('tokens'),
