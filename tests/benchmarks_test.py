@@ -179,7 +179,9 @@ def test_retrieval_table_of_record_from_several_run_folders(tmp_path):
       capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   later = (tmp_path / 'docs' / 'retrieval_toy.md').read_text()
-  assert later.startswith(summary.rstrip('\n')) and later.count('| dsi_naive | ') == 2
+  summary_table = summary.split('\n\n### nDCG@10')[0]  # then the grid, which gains a row
+  assert later.startswith(summary_table) and later.count('| dsi_naive | ') == 2
+  assert '| DSI naive | 0.2000 |' in later and '| DSI atomic | 0.3000<br>0.4000* |' in later
   assert full.rstrip('\n') in later
   assert (tmp_path / 'docs' / 'retrieval_toy.csv').read_text().startswith(
       csv_text.split('\n')[0].rstrip('\r'))
@@ -228,6 +230,41 @@ def test_retrieval_summary_says_what_each_row_is():
       ('random', 'semantic docid, x', ''),
       ('', '', '')]
   assert rows[0]['ndcg@10'] == 0.1 and list(rows[0]) == list(retrieval_run.SUMMARY_COLUMNS)
+
+
+def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
+  """The grid: a generative row goes in its method's row, in the column of its
+  init (random or pretrained) and pseudo-queries, with its budget, non-plain
+  identifiers, queries per document and the alpha hybrid of the same run
+  (not another run's); '*' marks nDCG@10 above BM25; '-' a cell not run."""
+  from genrec.retrieval import run as retrieval_run
+  cmd_a, cmd_b = 'main.py --workdir=a', 'main.py --workdir=b'
+  rows = [
+      {'method': 'BM25 (k1 0.9, b 0.4)', 'training': 'none', 'ndcg@10': 0.5, 'command': cmd_a},
+      {'method': 'dsi_atomic', 'training': '8000 x 64 (9 examples), 1 x cpu', 'ndcg@10': 0.4,
+       'command': cmd_a},
+      {'method': 'hybrid: BM25 + dsi_atomic, RRF (k 60)', 'ndcg@10': 0.55, 'command': cmd_a},
+      {'method': 'hybrid: BM25 + dsi_atomic, alpha 0.5 tuned on dev', 'ndcg@10': 0.6,
+       'command': cmd_a},
+      {'method': 'dsi_atomic', 'training': '600 x 32 (9 examples), 1 x cpu', 'ndcg@10': 0.7,
+       'init': 'MiniLM', 'pseudo_queries': 10.0, 'command': cmd_b},
+      {'method': 'dsi_semantic', 'training': '600 x 32', 'ndcg@10': 0.3, 'init': 'MiniLM',
+       'identifiers': 'semantic docid, residual k-means 2 x 128', 'command': cmd_b},
+      {'method': 'hybrid: BM25 + dsi_atomic, alpha 0.2 tuned on dev', 'ndcg@10': 0.8,
+       'command': cmd_b},
+  ]
+  grid, bm25 = retrieval_run.grid_rows(rows)
+  assert bm25 == 0.5
+  assert grid == [
+      {'method': 'DSI atomic', 'random init': '0.4000 (8000 x 64); hybrid (alpha 0.5) 0.6000*',
+       'random init + pseudo-queries': '-', 'pretrained init': '-',
+       'pretrained init + pseudo-queries':
+           '0.7000* (600 x 32, 10/doc); hybrid (alpha 0.2) 0.8000*'},
+      {'method': 'DSI semantic', 'random init': '-', 'random init + pseudo-queries': '-',
+       'pretrained init': '0.3000 (600 x 32, residual k-means 2 x 128)',
+       'pretrained init + pseudo-queries': '-'}]
+  md = retrieval_run.write_table(rows, str(tmp_path), 'toy')
+  assert '\\* above BM25 (0.5000)' in md and '| DSI semantic | - | - | 0.3000 (600' in md
 
 
 def test_packed_throughput_and_epoch_cost_count_every_example():

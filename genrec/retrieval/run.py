@@ -110,11 +110,68 @@ def summary_rows(rows: list[dict]) -> list[dict]:
   return out
 
 
+# The grid: each generative method by initialization and pseudo-queries.
+GRID_COLUMNS = ('method', 'random init', 'random init + pseudo-queries', 'pretrained init',
+                'pretrained init + pseudo-queries')
+GRID_NAMES = {'dsi_atomic': 'DSI atomic', 'dsi_naive': 'DSI naive', 'dsi_semantic': 'DSI semantic',
+              'seal': 'SEAL'}
+
+
+def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | None) -> str:
+  """One run in a grid cell: nDCG@10 ('*' above BM25), budget, identifiers
+  beyond the method's plain ones, pseudo-queries per document, and the
+  hybrid tuned on dev queries (alpha) of the same run."""
+  def mark(ndcg) -> str:
+    return f'{float(ndcg):.4f}' + ('*' if bm25 is not None and float(ndcg) > bm25 else '')
+
+  budget = re.match(r'\d+ x \d+', str(row.get('training', '')))
+  ident = re.sub(r'^(atomic docid|naive docid \(digits\)|semantic docid, |n-grams.*)', '',
+                 summary['identifiers']).strip()
+  per_doc = row.get('pseudo_queries')
+  details = [d for d in (budget and budget.group(0), ident,
+                         per_doc and f'{float(per_doc):g}/doc') if d]
+  entry = mark(row['ndcg@10']) + (f" ({', '.join(details)})" if details else '')
+  for h in hybrids:
+    alpha = re.search(r'alpha ([\d.]+)', h['method'])
+    if alpha:
+      entry += f'; hybrid (alpha {alpha.group(1)}) {mark(h["ndcg@10"])}'
+  return entry
+
+
+def grid_rows(rows: list[dict]) -> tuple[list[dict], float | None]:
+  """The grid under the summary: one row per generative method, one column
+  per initialization (random, pretrained) with and without pseudo-queries;
+  each cell lists the table's runs of that kind (`_grid_entry`), in table
+  order. Returns the rows and the first BM25 row's nDCG@10 (the '*' mark)."""
+  bm25 = next((float(r['ndcg@10']) for r in rows if r['method'].startswith('BM25')
+               and r.get('ndcg@10') not in (None, '')), None)
+  cells = {m: {} for m in docgen.METHODS}
+  for r, s in zip(rows, summary_rows(rows)):
+    if r['method'] not in docgen.METHODS or r.get('ndcg@10') in (None, ''):
+      continue
+    column = (('random init' if s['init'] in ('', 'random') else 'pretrained init') +
+              (' + pseudo-queries' if r.get('pseudo_queries') else ''))
+    hybrids = [h for h in rows if h['method'].startswith('hybrid')
+               and _generative_method(h) == r['method'] and h.get('command') == r.get('command')]
+    cells[r['method']].setdefault(column, []).append(_grid_entry(r, s, hybrids, bm25))
+  return [{'method': GRID_NAMES[m],
+           **{c: '<br>'.join(cells[m].get(c, ['-'])) for c in GRID_COLUMNS[1:]}}
+          for m in docgen.METHODS if cells[m]], bm25
+
+
 def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retrieval') -> str:
   """Writes <workdir>/<stem>.md/.csv (process 0) and returns the markdown: a
-  summary (SUMMARY_COLUMNS), then every column with the row's command."""
-  md = (f'## {title}\n\n### Summary\n\n' + tables.markdown(summary_rows(rows), SUMMARY_COLUMNS) +
-        '\n\n### Every figure, with its command\n\n' + tables.markdown(rows, COLUMNS))
+  summary (SUMMARY_COLUMNS), the grid (`grid_rows`), then every column with
+  the row's command."""
+  grid, bm25 = grid_rows(rows)
+  md = f'## {title}\n\n### Summary\n\n' + tables.markdown(summary_rows(rows), SUMMARY_COLUMNS)
+  if grid:
+    md += ('\n\n### nDCG@10 by initialization and pseudo-queries\n\n' +
+           (f'\\* above BM25 ({bm25:.4f}). ' if bm25 is not None else '') +
+           'Each run: (steps x batch, identifiers, pseudo-queries per document); '
+           'hybrid: fused with BM25, alpha tuned on dev queries; - not run.\n\n' +
+           tables.markdown(grid, GRID_COLUMNS))
+  md += '\n\n### Every figure, with its command\n\n' + tables.markdown(rows, COLUMNS)
   if jax.process_index() == 0:
     tables.write(md, rows, workdir, stem)
   return md
