@@ -236,7 +236,8 @@ def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
   """The grid: a generative row goes in its method's row, in the column of its
   init (random or pretrained) and pseudo-queries, with its budget, non-plain
   identifiers, queries per document and the alpha hybrid of the same run
-  (not another run's); '*' marks nDCG@10 above BM25; '-' a cell not run."""
+  (not another run's, also when a later invocation fused that run again);
+  '*' marks nDCG@10 above BM25; '-' a cell not run."""
   from genrec.retrieval import run as retrieval_run
   cmd_a, cmd_b = 'main.py --workdir=a', 'main.py --workdir=b'
   rows = [
@@ -252,6 +253,9 @@ def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
        'identifiers': 'semantic docid, residual k-means 2 x 128', 'command': cmd_b},
       {'method': 'hybrid: BM25 + dsi_atomic, alpha 0.2 tuned on dev', 'ndcg@10': 0.8,
        'command': cmd_b},
+      # Run a's semantic row (none here) fused again by a later invocation: not run b's.
+      {'method': 'hybrid: BM25 + dsi_semantic, alpha 0.9 tuned on dev', 'ndcg@10': 0.1,
+       'command': cmd_b, 'generative_command': cmd_a},
   ]
   grid, bm25 = retrieval_run.grid_rows(rows)
   assert bm25 == 0.5
@@ -265,6 +269,17 @@ def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
        'pretrained init + pseudo-queries': '-'}]
   md = retrieval_run.write_table(rows, str(tmp_path), 'toy')
   assert '\\* above BM25 (0.5000)' in md and '| DSI semantic | - | - | 0.3000 (600' in md
+  # Regenerating a table: a hybrid row fused again later replaces the kept one of its run.
+  code = f"""
+from genrec.benchmarks import retrieval
+kept = {rows[1:4]!r}
+again = {{**kept[2], 'ndcg@10': 0.61, 'command': 'later', 'generative_command': {cmd_a!r}}}
+other = {{**kept[2], 'command': 'later'}}  # no generative_command: a run of its own
+assert retrieval._replace_kept(kept, [again, other]) == [kept[0], kept[1], again, other]
+"""
+  proc = subprocess.run([sys.executable, '-c', code + "print('ok')"], capture_output=True,
+                        text=True, cwd=REPO_ROOT)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
 
 
 def test_packed_throughput_and_epoch_cost_count_every_example():

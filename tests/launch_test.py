@@ -104,6 +104,7 @@ def test_retrieval_run_mode(tmp_path):
   assert hybrid[1]['dev_queries'] == 1 and hybrid[0]['pseudo_queries'] == 2
   assert hybrid[0]['pseudo_distinct'] == rows[1]['pseudo_distinct']  # as its generative row
   assert rows[1]['identifiers'] == hybrid[0]['identifiers'] == 'atomic docid'
+  assert hybrid[0]['generative_command'] == rows[1]['command']  # the run it fuses
   assert '| hybrid: BM25 + dsi_atomic, RRF (k 60) |' in proc.stdout
   assert all((work / m / 'dev.trec').exists() for m in ('bm25', 'dsi_atomic'))
   # infer: new queries against the trained checkpoint, nothing trained again.

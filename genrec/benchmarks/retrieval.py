@@ -66,9 +66,10 @@ def _drop_repeated_bm25(rows: list[dict]) -> list[dict]:
 
 def _replace_kept(kept: list[dict], fresh: list[dict]) -> list[dict]:
   """The kept rows, each replaced in place by the fresh row of the same
-  method and command (its run folder read again), then the other fresh rows:
-  a table regenerated from the same folders lists each row once."""
-  key = lambda r: (r['method'], r.get('command'))  # noqa: E731
+  method and run (command; for a hybrid, its generative row's: a later
+  invocation may fuse it again), then the other fresh rows: a table
+  regenerated from the same folders lists each row once."""
+  key = lambda r: (r['method'], retrieval_run.run_command(r))  # noqa: E731
   again = {key(r): r for r in fresh}
   out = [again.pop(key(r), r) for r in kept]
   return out + [r for r in fresh if key(r) in again]

@@ -71,6 +71,13 @@ def _generative_method(row: dict) -> str:
   return named.group(1) if named and named.group(1) in docgen.METHODS else ''
 
 
+def run_command(row: dict) -> str | None:
+  """The command of the run a row belongs to: a hybrid row's generative
+  row's command (`generative_command`: a later invocation may fuse a saved
+  generative run again), else the row's own."""
+  return row.get('generative_command') or row.get('command')
+
+
 def _identifiers_cell(row: dict) -> str:
   """The row's identifiers. Rows from before `identifiers` named the DSI
   scheme: 'docid' for all three (or nothing, with SEAL's n-grams); the
@@ -100,7 +107,7 @@ def summary_rows(rows: list[dict]) -> list[dict]:
     if r['method'].startswith('hybrid') and r.get('pseudo_queries') and not any(
         r.get(k) for k in QUERY_FIELDS):
       gen = [g for g in rows if g['method'] == _generative_method(r)
-             and g.get('command') == r.get('command')]
+             and g.get('command') == run_command(r)]
       r = {**r, **({k: gen[0][k] for k in QUERY_FIELDS if gen[0].get(k)} if gen else {})}
     s = {c: r.get(c, '') for c in SUMMARY_COLUMNS}
     if r.get('training', 'none') != 'none':
@@ -152,7 +159,7 @@ def grid_rows(rows: list[dict]) -> tuple[list[dict], float | None]:
     column = (('random init' if s['init'] in ('', 'random') else 'pretrained init') +
               (' + pseudo-queries' if r.get('pseudo_queries') else ''))
     hybrids = [h for h in rows if h['method'].startswith('hybrid')
-               and _generative_method(h) == r['method'] and h.get('command') == r.get('command')]
+               and _generative_method(h) == r['method'] and run_command(h) == r.get('command')]
     cells[r['method']].setdefault(column, []).append(_grid_entry(r, s, hybrids, bm25))
   return [{'method': GRID_NAMES[m],
            **{c: '<br>'.join(cells[m].get(c, ['-'])) for c in GRID_COLUMNS[1:]}}
@@ -230,6 +237,7 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
                   'ms_per_query': round(base.get('ms_per_query', 0) + g['ms_per_query'], 2),
                   'params_m': g.get('params_m'), 'tokens': g.get('tokens'),
                   'init': g.get('init'), 'identifiers': g.get('identifiers'),
+                  **({'generative_command': g['command']} if g.get('command') else {}),
                   **({'alpha': alpha, 'dev_queries': len(c.qrels[DEV]), 'alpha_curve': curve}
                      if tag == 'hybrid_alpha' else {})})
   if not out:
