@@ -250,6 +250,7 @@ def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
       {'method': 'dsi_atomic', 'training': '600 x 32 (9 examples), 1 x cpu', 'ndcg@10': 0.7,
        'init': 'MiniLM', 'pseudo_queries': 10.0, 'command': cmd_b},
       {'method': 'dsi_semantic', 'training': '600 x 32', 'ndcg@10': 0.3, 'init': 'MiniLM',
+       'params_m': 25.81,
        'identifiers': 'semantic docid, residual k-means 2 x 128', 'command': cmd_b},
       {'method': 'hybrid: BM25 + dsi_atomic, alpha 0.2 tuned on dev', 'ndcg@10': 0.8,
        'command': cmd_b},
@@ -265,7 +266,7 @@ def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
        'pretrained init + pseudo-queries':
            '0.7000* (600 x 32, 10/doc); hybrid (alpha 0.2) 0.8000*'},
       {'method': 'DSI semantic', 'random init': '-', 'random init + pseudo-queries': '-',
-       'pretrained init': '0.3000 (600 x 32, residual k-means 2 x 128)',
+       'pretrained init': '0.3000 (600 x 32, 25.8M, residual k-means 2 x 128)',
        'pretrained init + pseudo-queries': '-'}]
   md = retrieval_run.write_table(rows, str(tmp_path), 'toy')
   assert '\\* above BM25 (0.5000)' in md and '| DSI semantic | - | - | 0.3000 (600' in md

@@ -125,17 +125,17 @@ GRID_NAMES = {'dsi_atomic': 'DSI atomic', 'dsi_naive': 'DSI naive', 'dsi_semanti
 
 
 def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | None) -> str:
-  """One run in a grid cell: nDCG@10 ('*' above BM25), budget, identifiers
-  beyond the method's plain ones, pseudo-queries per document, and the
-  hybrid tuned on dev queries (alpha) of the same run."""
+  """One run in a grid cell: nDCG@10 ('*' above BM25), budget, parameters,
+  identifiers beyond the method's plain ones, pseudo-queries per document,
+  and the hybrid tuned on dev queries (alpha) of the same run."""
   def mark(ndcg) -> str:
     return f'{float(ndcg):.4f}' + ('*' if bm25 is not None and float(ndcg) > bm25 else '')
 
   budget = re.match(r'\d+ x \d+', str(row.get('training', '')))
   ident = re.sub(r'^(atomic docid|naive docid \(digits\)|semantic docid, |n-grams.*)', '',
                  summary['identifiers']).strip()
-  per_doc = row.get('pseudo_queries')
-  details = [d for d in (budget and budget.group(0), ident,
+  per_doc, params = row.get('pseudo_queries'), row.get('params_m')
+  details = [d for d in (budget and budget.group(0), params and f'{float(params):.1f}M', ident,
                          per_doc and f'{float(per_doc):g}/doc') if d]
   entry = mark(row['ndcg@10']) + (f" ({', '.join(details)})" if details else '')
   for h in hybrids:
@@ -175,7 +175,7 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
   if grid:
     md += ('\n\n### nDCG@10 by initialization and pseudo-queries\n\n' +
            (f'\\* above BM25 ({bm25:.4f}). ' if bm25 is not None else '') +
-           'Each run: (steps x batch, identifiers, pseudo-queries per document); '
+           'Each run: (steps x batch, parameters, identifiers, pseudo-queries per document); '
            'hybrid: fused with BM25, alpha tuned on dev queries; - not run.\n\n' +
            tables.markdown(grid, GRID_COLUMNS))
   md += '\n\n### Every figure, with its command\n\n' + tables.markdown(rows, COLUMNS)
