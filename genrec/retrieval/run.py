@@ -78,6 +78,12 @@ def run_command(row: dict) -> str | None:
   return row.get('generative_command') or row.get('command')
 
 
+def _fuses(hybrid: dict, row: dict) -> bool:
+  """Whether `hybrid` is a hybrid row fusing BM25 with the run of `row`."""
+  return (hybrid['method'].startswith('hybrid') and _generative_method(hybrid) == row['method']
+          and run_command(hybrid) == row.get('command'))
+
+
 def _identifiers_cell(row: dict) -> str:
   """The row's identifiers. Rows from before `identifiers` named the DSI
   scheme: 'docid' for all three (or nothing, with SEAL's n-grams); the
@@ -106,8 +112,7 @@ def summary_rows(rows: list[dict]) -> list[dict]:
   for r in rows:
     if r['method'].startswith('hybrid') and r.get('pseudo_queries') and not any(
         r.get(k) for k in QUERY_FIELDS):
-      gen = [g for g in rows if g['method'] == _generative_method(r)
-             and g.get('command') == run_command(r)]
+      gen = [g for g in rows if _fuses(r, g)]
       r = {**r, **({k: gen[0][k] for k in QUERY_FIELDS if gen[0].get(k)} if gen else {})}
     s = {c: r.get(c, '') for c in SUMMARY_COLUMNS}
     if r.get('training', 'none') != 'none':
@@ -145,21 +150,22 @@ def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | Non
   return entry
 
 
-def grid_rows(rows: list[dict]) -> tuple[list[dict], float | None]:
+def grid_rows(rows: list[dict], summary: list[dict] | None = None
+              ) -> tuple[list[dict], float | None]:
   """The grid under the summary: one row per generative method, one column
   per initialization (random, pretrained) with and without pseudo-queries;
   each cell lists the table's runs of that kind (`_grid_entry`), in table
-  order. Returns the rows and the first BM25 row's nDCG@10 (the '*' mark)."""
+  order. `summary`: summary_rows(rows), if the caller has it. Returns the
+  rows and the first BM25 row's nDCG@10 (the '*' mark)."""
   bm25 = next((float(r['ndcg@10']) for r in rows if r['method'].startswith('BM25')
                and r.get('ndcg@10') not in (None, '')), None)
   cells = {m: {} for m in docgen.METHODS}
-  for r, s in zip(rows, summary_rows(rows)):
+  for r, s in zip(rows, summary if summary is not None else summary_rows(rows)):
     if r['method'] not in docgen.METHODS or r.get('ndcg@10') in (None, ''):
       continue
     column = (('random init' if s['init'] in ('', 'random') else 'pretrained init') +
               (' + pseudo-queries' if r.get('pseudo_queries') else ''))
-    hybrids = [h for h in rows if h['method'].startswith('hybrid')
-               and _generative_method(h) == r['method'] and run_command(h) == r.get('command')]
+    hybrids = [h for h in rows if _fuses(h, r)]
     cells[r['method']].setdefault(column, []).append(_grid_entry(r, s, hybrids, bm25))
   return [{'method': GRID_NAMES[m],
            **{c: '<br>'.join(cells[m].get(c, ['-'])) for c in GRID_COLUMNS[1:]}}
@@ -170,8 +176,9 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
   """Writes <workdir>/<stem>.md/.csv (process 0) and returns the markdown: a
   summary (SUMMARY_COLUMNS), the grid (`grid_rows`), then every column with
   the row's command."""
-  grid, bm25 = grid_rows(rows)
-  md = f'## {title}\n\n### Summary\n\n' + tables.markdown(summary_rows(rows), SUMMARY_COLUMNS)
+  summary = summary_rows(rows)
+  grid, bm25 = grid_rows(rows, summary)
+  md = f'## {title}\n\n### Summary\n\n' + tables.markdown(summary, SUMMARY_COLUMNS)
   if grid:
     md += ('\n\n### nDCG@10 by initialization and pseudo-queries\n\n' +
            (f'\\* above BM25 ({bm25:.4f}). ' if bm25 is not None else '') +
