@@ -142,16 +142,23 @@ class DsiTasks:
   title_len: int = 0
 
 
+# Each method's plain identifiers, as its rows name them; `identifiers_label`
+# adds a run's settings, and the retrieval grid shows only those additions.
+PLAIN_IDENTIFIERS = {'dsi_atomic': 'atomic docid', 'dsi_naive': 'naive docid (digits)',
+                     'dsi_semantic': 'semantic docid', 'seal': 'n-grams'}
+
+
 def identifiers_label(method: str, tasks: DsiTasks, ngram_len: int = 0) -> str:
   """What a method's identifiers are, for its row: 'atomic docid', 'naive
   docid (digits)', 'semantic docid, residual k-means 2 x 128', 'n-grams (10
   tokens)'; '+ title prefix (n tokens)' with `tasks.title_len`."""
+  plain = PLAIN_IDENTIFIERS[method]
   if method == 'seal':
-    return f'n-grams ({ngram_len} tokens)'
-  kind = {'dsi_atomic': 'atomic docid', 'dsi_naive': 'naive docid (digits)'}.get(
-      method, f'semantic docid, {tasks.semantic_scheme} k-means '
+    return f'{plain} ({ngram_len} tokens)'
+  if method == 'dsi_semantic':
+    plain += (f', {tasks.semantic_scheme} k-means '
               f'{tasks.semantic_levels} x {tasks.semantic_branching}')
-  return kind + (f' + title prefix ({tasks.title_len} tokens)' if tasks.title_len else '')
+  return plain + (f' + title prefix ({tasks.title_len} tokens)' if tasks.title_len else '')
 
 
 def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,

@@ -137,8 +137,10 @@ def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | Non
     return f'{float(ndcg):.4f}' + ('*' if bm25 is not None and float(ndcg) > bm25 else '')
 
   budget = re.match(r'\d+ x \d+', str(row.get('training', '')))
-  ident = re.sub(r'^(atomic docid|naive docid \(digits\)|semantic docid, |n-grams.*)', '',
-                 summary['identifiers']).strip()
+  ident, plain = summary['identifiers'], docgen.PLAIN_IDENTIFIERS[row['method']]
+  # SEAL's n-gram length is its method's setting, not an addition of the run.
+  ident = '' if row['method'] == 'seal' else (
+      ident[len(plain):].lstrip(', ') if ident.startswith(plain) else ident)
   per_doc, params = row.get('pseudo_queries'), row.get('params_m')
   details = [d for d in (budget and budget.group(0), params and f'{float(params):.1f}M', ident,
                          per_doc and f'{float(per_doc):g}/doc') if d]
