@@ -92,7 +92,7 @@ def _identifiers_cell(row: dict) -> str:
   if not method or row.get('training', 'none') == 'none':
     return ident
   if method == 'seal' or (ident and not ident.startswith('docid')):
-    return ident or 'n-grams'
+    return ident or docgen.PLAIN_IDENTIFIERS['seal']
   fields = {f.name: f.default for f in dataclasses.fields(docgen.DsiTasks)}
   for name in ('semantic_scheme', 'semantic_levels', 'semantic_branching'):
     bound = re.search(rf"DsiTasks\.{name}\s*=\s*'?(\w+)", str(row.get('command', '')))
