@@ -269,7 +269,8 @@ def test_retrieval_grid_places_each_run_by_init_and_pseudo_queries(tmp_path):
        'pretrained init': '0.3000 (600 x 32, 25.8M, residual k-means 2 x 128)',
        'pretrained init + pseudo-queries': '-'}]
   md = retrieval_run.write_table(rows, str(tmp_path), 'toy')
-  assert '\\* above BM25 (0.5000)' in md and '| DSI semantic | - | - | 0.3000 (600' in md
+  assert '\\* above BM25 (0.5000); \u2020 different from BM25 at p < 0.05' in md
+  assert '| DSI semantic | - | - | 0.3000 (600' in md
   # Regenerating a table: a hybrid row fused again later replaces the kept one of its run.
   code = f"""
 from genrec.benchmarks import retrieval
@@ -311,3 +312,32 @@ assert row['packed_examples_per_s'] > 0, row
     proc = subprocess.run([sys.executable, '-c', code + "print('ok')"], capture_output=True,
                           text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
+
+
+def test_retrieval_rows_carry_p_vs_bm25_from_their_run_files(tmp_path):
+  """A generative or hybrid row gets its paired test against BM25 from the run
+  files of its folder; BM25's row, a row whose files are missing and a row
+  that has one already are left as they are; the grid marks p < 0.05."""
+  from genrec.retrieval import corpus
+  from genrec.retrieval import run as retrieval_run
+  qrels = {f'q{i}': {f'd{i}'} for i in range(40)}
+  runs = {'bm25/test.trec': {q: ['x', f'd{q[1:]}'] for q in qrels},  # found second
+          'dsi_atomic/test.trec': {q: [f'd{q[1:]}'] for q in qrels},  # found first
+          'hybrid/dsi_atomic/hybrid_rrf_test.trec': {q: ['x', f'd{q[1:]}'] for q in qrels}}
+  for name, ranked in runs.items():
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_trec_run(str(tmp_path / name), ranked,
+                          {q: [1.0 - 0.1 * i for i in range(len(d))] for q, d in ranked.items()},
+                          'x')
+  bm25 = {'method': 'BM25 (k1 0.9, b 0.4)', 'ndcg@10': 0.63, 'training': 'none'}
+  gen = {'method': 'dsi_atomic', 'ndcg@10': 1.0, 'training': '10 x 8'}
+  rrf = {'method': 'hybrid: BM25 + dsi_atomic, RRF (k 60)', 'ndcg@10': 0.63}
+  alpha = {'method': 'hybrid: BM25 + dsi_atomic, alpha 0.5 tuned on dev', 'ndcg@10': 0.7}
+  done = {**gen, 'p_vs_bm25': 0.5}
+  out = [retrieval_run.with_p_vs_bm25(str(tmp_path), r, qrels, 'test')
+         for r in (bm25, gen, rrf, alpha, done)]
+  assert out[0] == bm25 and out[3] == alpha and out[4] == done
+  assert out[1]['p_vs_bm25'] == pytest.approx(1 / 10_001, abs=1e-4)
+  assert out[2]['p_vs_bm25'] == 1.0  # the same ranking as BM25's
+  grid, _ = retrieval_run.grid_rows([bm25, out[1], {**alpha, 'p_vs_bm25': 0.2}])
+  assert grid[0]['random init'] == '1.0000*\u2020 (10 x 8); hybrid (alpha 0.5) 0.7000*'

@@ -107,6 +107,9 @@ def test_retrieval_run_mode(tmp_path):
   assert hybrid[0]['generative_command'] == rows[1]['command']  # the run it fuses
   assert '| hybrid: BM25 + dsi_atomic, RRF (k 60) |' in proc.stdout
   assert all((work / m / 'dev.trec').exists() for m in ('bm25', 'dsi_atomic'))
+  # Each generative and hybrid row's paired test against BM25 (6 test queries).
+  assert 'p_vs_bm25' not in rows[0] and all(
+      0 < r['p_vs_bm25'] <= 1 for r in (rows[1], *hybrid))
   # infer: new queries against the trained checkpoint, nothing trained again.
   (tmp_path / 'mine.jsonl').write_text(json.dumps({'_id': 'new1', 'text': 'topic3 subject3'})
                                        + '\n' + json.dumps({'_id': 'new2', 'text': 'w1 w2'}))

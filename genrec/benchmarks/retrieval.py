@@ -9,7 +9,10 @@ Trains the collection's SentencePiece vocabulary, then one row per method,
 all scored on the same test queries: BM25 over that tokenization (the
 reference), the three DSI docid schemes and SEAL-style n-gram identifiers
 (`genrec.retrieval.docgen`), each trained with the gin file's budget. Metrics:
-Recall@1/10/100, nDCG@10 (binary and graded), MRR@10; with `hybrid`,
+Recall@1/10/100, nDCG@10 (binary and graded), MRR@10, and each generative
+row's p-value against BM25 (paired randomization test on per-query nDCG@10,
+genrec.retrieval.significance; `--table_only` adds it to saved rows from
+their folders' run files); with `hybrid`,
 BM25 fused with each generative method (genrec.retrieval.fusion). Each method's row is
 also saved as <output_dir>/<method>/row.json, and a method whose folder holds
 a final checkpoint is evaluated without training again; `--table_only`
@@ -25,6 +28,7 @@ import os
 
 from absl import app, flags
 from genrec import gin_utils, tables
+from genrec.retrieval import corpus
 from genrec.retrieval import run as retrieval_run
 
 flags.DEFINE_string('collection', 'cranfield', 'Collection folder under the data dir.')
@@ -82,14 +86,21 @@ def main(argv):
     raise app.UsageError(f'Unknown methods {sorted(unknown)}; choose from '
                          f'{", ".join(retrieval_run.METHODS)}.')
   if FLAGS.table_only:
-    paths = [retrieval_run.row_path(d, m) for d in (FLAGS.table_from or [FLAGS.output_dir])
+    paths = [(d, retrieval_run.row_path(d, m)) for d in (FLAGS.table_from or [FLAGS.output_dir])
              for m in FLAGS.methods]
     kept = tables.read_csv(FLAGS.table_keep, 'method') if FLAGS.table_keep else []
-    fresh = []
-    for p in filter(os.path.exists, paths):
+    fresh, qrels = [], None
+    for d, p in paths:
+      if not os.path.exists(p):
+        continue
       with open(p) as f:
         saved = json.load(f)
-      fresh += saved if isinstance(saved, list) else [saved]  # hybrid/: a list of rows
+      for row in saved if isinstance(saved, list) else [saved]:  # hybrid/: a list of rows
+        if retrieval_run.p_vs_bm25_files(d, row, FLAGS.split):
+          # Rows saved before p_vs_bm25: the test from their folder's run files.
+          qrels = qrels or corpus.load_beir(FLAGS.collection, FLAGS.data_dir).qrels[FLAGS.split]
+          row = retrieval_run.with_p_vs_bm25(d, row, qrels, FLAGS.split)
+        fresh.append(row)
     rows = _drop_repeated_bm25(_replace_kept(kept, fresh))
     print(retrieval_run.write_table(rows, FLAGS.table_dir or FLAGS.output_dir,
                                     f'{FLAGS.collection}, {FLAGS.split} queries',

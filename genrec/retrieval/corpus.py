@@ -293,26 +293,37 @@ def write_trec_run(path: str, ranked: dict[str, list[str]], scores: dict[str, li
 # ---------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------
-def retrieval_metrics(ranked: dict[str, list[str]], qrels: dict[str, set[str]],
+def per_query_metrics(ranked: dict[str, list[str]], qrels: dict[str, set[str]],
                       ks=RETRIEVAL_KS, grades: dict[str, dict[str, int]] | None = None
-                      ) -> dict[str, float]:
-  """Recall@k, nDCG@10 and MRR@10 (binary relevance) averaged over the qrels'
-  queries, and with `grades` (query -> doc -> score) graded nDCG@10 (the
-  score as the gain, linear, as trec_eval, pytrec_eval and ranx); a query
-  missing from `ranked` scores 0."""
-  out = collections.defaultdict(float)
+                      ) -> dict[str, dict[str, float]]:
+  """Each qrels query's Recall@k, nDCG@10 and MRR@10 (binary relevance), and
+  with `grades` (query -> doc -> score) graded nDCG@10 (the score as the
+  gain, linear, as trec_eval, pytrec_eval and ranx); a query missing from
+  `ranked` scores 0. For paired tests (genrec.retrieval.significance)."""
+  out = {}
   for qid, relevant in qrels.items():
     run = list(dict.fromkeys(ranked.get(qid, [])))  # a document counts once
     hits = [d in relevant for d in run]
-    for k in ks:
-      out[f'recall@{k}'] += sum(hits[:k]) / len(relevant)
-    out['ndcg@10'] += _ndcg([float(h) for h in hits[:10]], [1.0] * len(relevant))
+    m = {f'recall@{k}': sum(hits[:k]) / len(relevant) for k in ks}
+    m['ndcg@10'] = _ndcg([float(h) for h in hits[:10]], [1.0] * len(relevant))
     first = next((i for i, h in enumerate(hits[:10]) if h), None)
-    out['mrr@10'] += 0.0 if first is None else 1 / (first + 1)
+    m['mrr@10'] = 0.0 if first is None else 1 / (first + 1)
     if grades is not None:
       gain = {d: g for d, g in grades.get(qid, {}).items() if g > 0}
-      out['ndcg@10_graded'] += _ndcg([float(gain.get(d, 0)) for d in run[:10]],
-                                     list(gain.values()))
+      m['ndcg@10_graded'] = _ndcg([float(gain.get(d, 0)) for d in run[:10]],
+                                  list(gain.values()))
+    out[qid] = m
+  return out
+
+
+def retrieval_metrics(ranked: dict[str, list[str]], qrels: dict[str, set[str]],
+                      ks=RETRIEVAL_KS, grades: dict[str, dict[str, int]] | None = None
+                      ) -> dict[str, float]:
+  """`per_query_metrics` averaged over the qrels' queries."""
+  out = collections.defaultdict(float)
+  for m in per_query_metrics(ranked, qrels, ks, grades).values():
+    for k, v in m.items():
+      out[k] += v
   n = max(len(qrels), 1)
   return {k: v / n for k, v in out.items()}
 

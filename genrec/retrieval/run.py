@@ -5,7 +5,9 @@ Trains the collection's SentencePiece vocabulary, then one row per method,
 all scored on the same queries: BM25 over that tokenization (the reference),
 the three DSI docid schemes and SEAL-style n-gram identifiers
 (`genrec.retrieval.docgen`), each trained with the gin files' budget.
-Metrics: Recall@1/10/100, nDCG@10, MRR@10. Each method's row is saved as
+Metrics: Recall@1/10/100, nDCG@10, MRR@10, and p_vs_bm25 (a paired
+randomization test of each generative or hybrid row's per-query nDCG@10
+against BM25's, `significance`). Each method's row is saved as
 <workdir>/<method>/row.json, and a method whose folder holds a final
 checkpoint is evaluated without training again. Writes
 <workdir>/retrieval.md and .csv after every method.
@@ -24,13 +26,13 @@ import jax
 import sentencepiece as spm
 
 from genrec import fm_index, loop, partitioning, tables
-from genrec.retrieval import corpus, docgen, fusion
+from genrec.retrieval import corpus, docgen, fusion, significance
 
 METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
-           'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s', 'ms_per_query',
-           'first_batch_s', 'params_m', 'tokens', 'init', 'identifiers', 'machine', 'date',
-           'command')
+           'p_vs_bm25', 'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s',
+           'ms_per_query', 'first_batch_s', 'params_m', 'tokens', 'init', 'identifiers', 'machine',
+           'date', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
@@ -40,7 +42,7 @@ def row_path(workdir: str, method: str) -> str:
 
 # The summary above the full table: what a row is and its main figures.
 SUMMARY_COLUMNS = ('method', 'init', 'identifiers', 'pseudo-queries', 'params_m', 'training',
-                   'ndcg@10', 'recall@100', 'ms_per_query')
+                   'ndcg@10', 'p_vs_bm25', 'recall@100', 'ms_per_query')
 
 
 def _pseudo_queries_cell(row: dict) -> str:
@@ -82,6 +84,40 @@ def _fuses(hybrid: dict, row: dict) -> bool:
   """Whether `hybrid` is a hybrid row fusing BM25 with the run of `row`."""
   return (hybrid['method'].startswith('hybrid') and _generative_method(hybrid) == row['method']
           and run_command(hybrid) == row.get('command'))
+
+
+def trec_path(workdir: str, row: dict, split: str) -> str | None:
+  """The run file behind a generative or hybrid row of `workdir`'s table
+  (None for BM25's): <method>/<split>.trec, or
+  hybrid/<method>/hybrid_{rrf,alpha}_<split>.trec."""
+  method = _generative_method(row)
+  if not method:
+    return None
+  if row['method'].startswith('hybrid'):
+    tag = 'hybrid_rrf' if ', RRF' in row['method'] else 'hybrid_alpha'
+    return os.path.join(workdir, 'hybrid', method, f'{tag}_{split}.trec')
+  return os.path.join(workdir, method, f'{split}.trec')
+
+
+def p_vs_bm25_files(workdir: str, row: dict, split: str) -> tuple[str, str] | None:
+  """The run files of `row` and of BM25 in `workdir` when `row` lacks
+  `p_vs_bm25` and both exist, else None."""
+  mine, bm25 = trec_path(workdir, row, split), os.path.join(workdir, 'bm25', f'{split}.trec')
+  if row.get('p_vs_bm25') not in (None, '') or not mine or not all(
+      map(os.path.exists, (mine, bm25))):
+    return None
+  return mine, bm25
+
+
+def with_p_vs_bm25(workdir: str, row: dict, qrels: dict[str, set[str]], split: str) -> dict:
+  """`row` with `p_vs_bm25`: the paired randomization test's p-value of its
+  per-query nDCG@10 against BM25's of the same folder (`significance`), from
+  the run files (`p_vs_bm25_files`; else `row` unchanged)."""
+  files = p_vs_bm25_files(workdir, row, split)
+  if not files:
+    return row
+  mine, bm25 = (fusion.read_trec_run(f)[0] for f in files)
+  return {**row, 'p_vs_bm25': round(significance.p_value(mine, bm25, qrels), 4)}
 
 
 def _identifiers_cell(row: dict) -> str:
@@ -130,11 +166,14 @@ GRID_NAMES = {'dsi_atomic': 'DSI atomic', 'dsi_naive': 'DSI naive', 'dsi_semanti
 
 
 def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | None) -> str:
-  """One run in a grid cell: nDCG@10 ('*' above BM25), budget, parameters,
-  identifiers beyond the method's plain ones, pseudo-queries per document,
-  and the hybrid tuned on dev queries (alpha) of the same run."""
-  def mark(ndcg) -> str:
-    return f'{float(ndcg):.4f}' + ('*' if bm25 is not None and float(ndcg) > bm25 else '')
+  """One run in a grid cell: nDCG@10 ('*' above BM25, '†' different from it
+  at p < significance.ALPHA), budget, parameters, identifiers beyond the
+  method's plain ones, pseudo-queries per document, and the hybrid tuned on
+  dev queries (alpha) of the same run."""
+  def mark(r: dict) -> str:
+    ndcg, p = float(r['ndcg@10']), r.get('p_vs_bm25')
+    return (f'{ndcg:.4f}' + ('*' if bm25 is not None and ndcg > bm25 else '') +
+            ('†' if p not in (None, '') and float(p) < significance.ALPHA else ''))
 
   budget = re.match(r'\d+ x \d+', str(row.get('training', '')))
   ident, plain = summary['identifiers'], docgen.PLAIN_IDENTIFIERS[row['method']]
@@ -144,11 +183,11 @@ def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | Non
   per_doc, params = row.get('pseudo_queries'), row.get('params_m')
   details = [d for d in (budget and budget.group(0), params and f'{float(params):.1f}M', ident,
                          per_doc and f'{float(per_doc):g}/doc') if d]
-  entry = mark(row['ndcg@10']) + (f" ({', '.join(details)})" if details else '')
+  entry = mark(row) + (f" ({', '.join(details)})" if details else '')
   for h in hybrids:
     alpha = re.search(r'alpha ([\d.]+)', h['method'])
     if alpha:
-      entry += f'; hybrid (alpha {alpha.group(1)}) {mark(h["ndcg@10"])}'
+      entry += f'; hybrid (alpha {alpha.group(1)}) {mark(h)}'
   return entry
 
 
@@ -183,7 +222,9 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
   md = f'## {title}\n\n### Summary\n\n' + tables.markdown(summary, SUMMARY_COLUMNS)
   if grid:
     md += ('\n\n### nDCG@10 by initialization and pseudo-queries\n\n' +
-           (f'\\* above BM25 ({bm25:.4f}). ' if bm25 is not None else '') +
+           (f'\\* above BM25 ({bm25:.4f}); † different from BM25 at p < {significance.ALPHA:g} '
+            '(paired randomization test on per-query nDCG@10, p_vs_bm25). '
+            if bm25 is not None else '') +
            'Each run: (steps x batch, parameters, identifiers, pseudo-queries per document); '
            'hybrid: fused with BM25, alpha tuned on dev queries; - not run.\n\n' +
            tables.markdown(grid, GRID_COLUMNS))
@@ -292,10 +333,14 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
   tc = docgen.TokenizedCollection.build(c, sp)
   fm = fm_index.FMIndex.build(tc.doc_tokens, sp.get_piece_size())
   rows, title = [], f'{collection}, {split} queries'
+
+  def tested(row: dict) -> dict:  # on process 0, which writes the run files and tables
+    return with_p_vs_bm25(workdir, row, c.qrels[split], split) if jax.process_index() == 0 else row
+
   for i, method in enumerate(methods):
     logging.info('[%d/%d] %s', i + 1, len(methods), method)
     if method == 'hybrid':
-      hybrid = [{**r, **provenance()} for r in hybrid_rows(workdir, c, split, rows)]
+      hybrid = [tested({**r, **provenance()}) for r in hybrid_rows(workdir, c, split, rows)]
       if jax.process_index() == 0:
         with open(row_path(workdir, method), 'w') as f:
           json.dump(hybrid, f, indent=1)
@@ -309,7 +354,7 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
                                       eval_split=split, fm=fm,
                                       cache_dir=os.path.join(workdir, 'cache'),
                                       queries_file=queries_file, run_splits=dev)
-    row.update(provenance())
+    row = tested({**row, **provenance()})
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
