@@ -341,3 +341,31 @@ def test_retrieval_rows_carry_p_vs_bm25_from_their_run_files(tmp_path):
   assert out[2]['p_vs_bm25'] == 1.0  # the same ranking as BM25's
   grid, _ = retrieval_run.grid_rows([bm25, out[1], {**alpha, 'p_vs_bm25': 0.2}])
   assert grid[0]['random init'] == '1.0000*\u2020 (10 x 8); hybrid (alpha 0.5) 0.7000*'
+
+
+def test_retrieval_compare_two_run_folders(tmp_path):
+  """`--compare=BASE,OTHER`: each method (and dev-tuned hybrid) with a run file
+  in both folders, its nDCG@10 in each and the paired test's p-value."""
+  from genrec.retrieval import corpus
+  from genrec.retrieval import run as retrieval_run
+  qrels = {f'q{i}': {f'd{i}'} for i in range(40)}
+  first, second = {q: ['x', f'd{q[1:]}'] for q in qrels}, {q: [f'd{q[1:]}'] for q in qrels}
+  for folder, name, ranked in (('a', 'dsi_atomic/test.trec', second),
+                               ('b', 'dsi_atomic/test.trec', first),
+                               ('a', 'hybrid/dsi_atomic/hybrid_alpha_test.trec', first),
+                               ('b', 'hybrid/dsi_atomic/hybrid_alpha_test.trec', first),
+                               ('b', 'seal/test.trec', first)):  # not in both: no row
+    (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_trec_run(str(tmp_path / folder / name), ranked,
+                          {q: [1.0 - 0.1 * i for i in range(len(d))] for q, d in ranked.items()},
+                          'x')
+  rows = retrieval_run.compare_runs(str(tmp_path / 'a'), str(tmp_path / 'b'), qrels)
+  assert rows == [
+      {'method': 'dsi_atomic', 'ndcg@10 base': 1.0, 'ndcg@10 other': 0.6309,
+       'p': pytest.approx(1 / 10_001, abs=1e-4)},
+      {'method': 'hybrid: BM25 + dsi_atomic, alpha tuned on dev', 'ndcg@10 base': 0.6309,
+       'ndcg@10 other': 0.6309, 'p': 1.0}]
+  proc = subprocess.run(
+      [sys.executable, '-m', 'genrec.benchmarks.retrieval', f'--compare={tmp_path / "a"}'],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert proc.returncode != 0 and 'two run folders BASE,OTHER' in proc.stderr

@@ -12,7 +12,8 @@ reference), the three DSI docid schemes and SEAL-style n-gram identifiers
 Recall@1/10/100, nDCG@10 (binary and graded), MRR@10, and each generative
 row's p-value against BM25 (paired randomization test on per-query nDCG@10,
 genrec.retrieval.significance; `--table_only` adds it to saved rows from
-their folders' run files); with `hybrid`,
+their folders' run files; `--compare=BASE,OTHER` tests two run folders
+method by method); with `hybrid`,
 BM25 fused with each generative method (genrec.retrieval.fusion). Each method's row is
 also saved as <output_dir>/<method>/row.json, and a method whose folder holds
 a final checkpoint is evaluated without training again; `--table_only`
@@ -48,6 +49,9 @@ flags.DEFINE_string('table_dir', None, 'With --table_only: where the table goes 
 flags.DEFINE_string('table_keep', None, 'With --table_only: the CSV of an earlier table (e.g. '
                     'the committed docs/results one) whose rows come first, as written; for '
                     'rows whose run folders are gone.')
+flags.DEFINE_list('compare', None, 'Two run folders BASE,OTHER of one collection: prints each '
+                  'method\'s nDCG@10 in both and the paired test\'s p-value (e.g. with '
+                  'pseudo-queries against without); nothing is trained.')
 flags.DEFINE_string('table_stem', 'retrieval', 'With --table_only: the table\'s file name '
                     '(<stem>.md and .csv).')
 FLAGS = flags.FLAGS
@@ -85,6 +89,17 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown methods {sorted(unknown)}; choose from '
                          f'{", ".join(retrieval_run.METHODS)}.')
+  if FLAGS.compare:
+    if len(FLAGS.compare) != 2:
+      raise app.UsageError(f'--compare takes two run folders BASE,OTHER, got {FLAGS.compare}.')
+    qrels = corpus.load_beir(FLAGS.collection, FLAGS.data_dir).qrels[FLAGS.split]
+    rows = retrieval_run.compare_runs(*FLAGS.compare, qrels, FLAGS.split)
+    if not rows:
+      raise app.UsageError(f'No method has a {FLAGS.split}.trec in both {FLAGS.compare}.')
+    print(f'{FLAGS.collection}, {FLAGS.split} queries: base {FLAGS.compare[0]}, other '
+          f'{FLAGS.compare[1]}; p: paired randomization test on per-query nDCG@10\n\n' +
+          tables.markdown(rows))
+    return
   if FLAGS.table_only:
     paths = [(d, retrieval_run.row_path(d, m)) for d in (FLAGS.table_from or [FLAGS.output_dir])
              for m in FLAGS.methods]

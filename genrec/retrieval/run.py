@@ -120,6 +120,28 @@ def with_p_vs_bm25(workdir: str, row: dict, qrels: dict[str, set[str]], split: s
   return {**row, 'p_vs_bm25': round(significance.p_value(mine, bm25, qrels), 4)}
 
 
+def compare_runs(base: str, other: str, qrels: dict[str, set[str]], split: str = 'test'
+                 ) -> list[dict]:
+  """Run folder `other` against `base`, method by method (each generative
+  method and its dev-tuned hybrid, where both folders hold its run file):
+  nDCG@10 of both on `qrels` and the paired randomization test's p-value
+  (`significance`), e.g. a run with pseudo-queries against one without."""
+  out = []
+  for method in docgen.METHODS:
+    for label, name in ((method, os.path.join(method, f'{split}.trec')),
+                        (f'hybrid: BM25 + {method}, alpha tuned on {DEV}',
+                         os.path.join('hybrid', method, f'hybrid_alpha_{split}.trec'))):
+      files = [os.path.join(d, name) for d in (base, other)]
+      if not all(map(os.path.exists, files)):
+        continue
+      a, b = (fusion.read_trec_run(f)[0] for f in files)
+      out.append({'method': label,
+                  **{f'ndcg@10 {which}': round(corpus.retrieval_metrics(r, qrels)['ndcg@10'], 4)
+                     for which, r in (('base', a), ('other', b))},
+                  'p': round(significance.p_value(b, a, qrels), 4)})
+  return out
+
+
 def _identifiers_cell(row: dict) -> str:
   """The row's identifiers. Rows from before `identifiers` named the DSI
   scheme: 'docid' for all three (or nothing, with SEAL's n-grams); the
