@@ -278,6 +278,9 @@ kept = {rows[1:4]!r}
 again = {{**kept[2], 'ndcg@10': 0.61, 'command': 'later', 'generative_command': {cmd_a!r}}}
 other = {{**kept[2], 'command': 'later'}}  # no generative_command: a run of its own
 assert retrieval._replace_kept(kept, [again, other]) == [kept[0], kept[1], again, other]
+# The same run again, whose dev queries tuned another alpha: replaces the row, not beside it.
+retuned = {{**kept[2], 'method': 'hybrid: BM25 + dsi_atomic, alpha 0.15 tuned on dev'}}
+assert retrieval._replace_kept(kept, [retuned]) == [kept[0], kept[1], retuned]
 """
   proc = subprocess.run([sys.executable, '-c', code + "print('ok')"], capture_output=True,
                         text=True, cwd=REPO_ROOT)
