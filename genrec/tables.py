@@ -92,13 +92,20 @@ def read_csv(path: str, key: str, flag: str = '--table_keep') -> list[dict]:
 
 
 def write(markdown: str, rows: list[dict], directory: str, stem: str) -> None:
-  """Writes <directory>/<stem>.md and, if there are rows, <stem>.csv."""
+  """Writes <directory>/<stem>.md and, if there are rows, <stem>.csv. A CSV
+  written again keeps its earlier columns' order (new columns after them), so
+  its diff shows only the values that changed."""
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, f'{stem}.md'), 'w') as f:
     f.write(markdown + '\n')
   if rows:
-    with open(os.path.join(directory, f'{stem}.csv'), 'w', newline='') as f:
-      fields = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ in keys
+    path = os.path.join(directory, f'{stem}.csv')
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ in keys
+    if os.path.exists(path):
+      with open(path, newline='') as f:
+        before = next(csv.reader(f), [])
+      fields = [k for k in before if k in fields] + [k for k in fields if k not in before]
+    with open(path, 'w', newline='') as f:
       w = csv.DictWriter(f, fieldnames=fields)
       w.writeheader()
       w.writerows(rows)

@@ -104,3 +104,15 @@ def test_command_line_reads_back_as_typed():
   assert shlex.split(line)[2:] == argv[1:]
   assert tables.command_line(['/x/site-packages/genrec/benchmarks/tiger_table.py', '--stem=t']
                              ) == 'python -m genrec.benchmarks.tiger_table --stem=t'
+
+
+def test_rewritten_csv_keeps_its_column_order(tmp_path):
+  """A table written again (e.g. --table_keep with a rerun row first) keeps the
+  CSV's earlier column order; columns no row has any more are dropped, new
+  ones come last."""
+  import csv
+  from genrec import tables
+  tables.write('', [{'method': 'a', 'x': 1, 'gone': 2}], str(tmp_path), 't')
+  tables.write('', [{'y': 3, 'x': 4, 'method': 'b'}, {'method': 'c'}], str(tmp_path), 't')
+  with open(tmp_path / 't.csv', newline='') as f:
+    assert list(csv.reader(f)) == [['method', 'x', 'y'], ['b', '4', '3'], ['c', '', '']]
