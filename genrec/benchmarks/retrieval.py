@@ -26,7 +26,6 @@ Writes retrieval.md/.csv.
 
 import json
 import os
-import re
 
 from absl import app, flags
 from genrec import gin_utils, tables
@@ -73,16 +72,14 @@ def _drop_repeated_bm25(rows: list[dict]) -> list[dict]:
   return out
 
 
-_ALPHA = re.compile(r'alpha [\d.]+(?= tuned)')  # a hybrid's tuned alpha
-
-
 def _replace_kept(kept: list[dict], fresh: list[dict]) -> list[dict]:
   """The kept rows, each replaced in place by the fresh row of the same
   method and run (command; for a hybrid, its generative row's: a later
   invocation may fuse it again; a dev-tuned hybrid whatever alpha the dev
   queries chose: a rerun may tune another), then the other fresh rows: a
   table regenerated from the same folders lists each row once."""
-  key = lambda r: (_ALPHA.sub('alpha', r['method']), retrieval_run.run_command(r))  # noqa: E731
+  key = lambda r: (retrieval_run.TUNED_ALPHA.sub('alpha', r['method']),  # noqa: E731
+                   retrieval_run.run_command(r))
   again = {key(r): r for r in fresh}
   out = [again.pop(key(r), r) for r in kept]
   return out + [r for r in fresh if key(r) in again]

@@ -86,6 +86,10 @@ def _fuses(hybrid: dict, row: dict) -> bool:
           and run_command(hybrid) == row.get('command'))
 
 
+# The alpha in a dev-tuned hybrid's label ('hybrid: BM25 + M, alpha 0.3 tuned on dev').
+TUNED_ALPHA = re.compile(r'alpha ([\d.]+)(?= tuned)')
+
+
 def trec_path(workdir: str, row: dict, split: str) -> str | None:
   """The run file behind a generative or hybrid row of `workdir`'s table
   (None for BM25's): <method>/<split>.trec, or
@@ -207,7 +211,7 @@ def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | Non
                          per_doc and f'{float(per_doc):g}/doc') if d]
   entry = mark(row) + (f" ({', '.join(details)})" if details else '')
   for h in hybrids:
-    alpha = re.search(r'alpha ([\d.]+)', h['method'])
+    alpha = TUNED_ALPHA.search(h['method'])
     if alpha:
       entry += f'; hybrid (alpha {alpha.group(1)}) {mark(h)}'
   return entry
