@@ -6,9 +6,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+import numpy as np
 import optax
 
 from genrec import config_check, layers, text_encoder
+from genrec.ids.base import NUM_RESERVED_TOKENS
 
 Array = jax.Array
 
@@ -68,6 +70,11 @@ class TransformerConfig:
   def from_json(cls, fields: dict) -> 'TransformerConfig':
     """A config saved as JSON (`dataclasses.asdict`; lists back to tuples)."""
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+  @property
+  def scores_items(self) -> bool:
+    """Whether the model ranks the catalog in one pass (`score_items`)."""
+    return self.num_items > 0
 
   @property
   def compute_dtype(self):
@@ -724,7 +731,317 @@ def _attend_history_and_own(attn: layers.MultiHeadAttention, q, hk, hv, hist_mas
   return attn.out(y)
 
 
-def model_class(cfg: TransformerConfig) -> type[nnx.Module]:
+# ---------------------------------------------------------------------------
+# Item-level Semantic-ID recommender
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ItemSidConfig:
+  """The item-level Semantic-ID recommender (`ItemSidRec`): binding this config
+  (`train.train.model_config = @models.ItemSidConfig()`) selects the model.
+
+  Sizes as SASRec's (`gin/models/item_sid.gin`). The fields from `vocab_size`
+  on are filled in by the training run from the identifiers and the data.
+
+  Attributes:
+    head: 'parallel' (one classifier per code level, all levels predicted at
+      once with a multi-token loss, as RPG; items are ranked by the sum of
+      their codes' log-probabilities over the whole catalog, exactly) or
+      'autoregressive' (a small causal decoder over the next item's codes,
+      conditioned on the position's state; trie-constrained beam search).
+    head_layers: layers of the autoregressive head's decoder.
+    item_id_buckets: rows of a hashed item-id embedding added to each history
+      item's code embeddings (0: codes only; >= num_items + 1: an exact item-id
+      embedding, as SASRec's).
+  """
+  d_model: int = 128
+  num_heads: int = 2
+  head_dim: int = 64
+  d_ff: int = 512
+  num_layers: int = 2
+  dropout_rate: float = 0.5
+  activation: str = 'gelu'
+  gated_mlp: bool = False
+  head: str = 'parallel'
+  head_layers: int = 1
+  item_id_buckets: int = 0
+  dtype: str = 'auto'
+  vocab_size: int = 0
+  level_sizes: tuple[int, ...] = ()
+  num_items: int = 0
+  max_len: int = 0
+
+  def __post_init__(self):
+    config_check.check_fields(self)
+    for name in ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers', 'head_layers'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'ItemSidConfig.{name} must be positive, not {getattr(self, name)}.')
+    if self.head not in ('parallel', 'autoregressive'):
+      raise ValueError(f"ItemSidConfig.head must be 'parallel' or 'autoregressive', not "
+                       f'{self.head!r}.')
+    if not 0 <= self.dropout_rate < 1:
+      raise ValueError(f'ItemSidConfig.dropout_rate must be in [0, 1), not '
+                       f'{self.dropout_rate}.')
+    if self.dtype not in ('float32', 'bfloat16', 'auto'):
+      raise ValueError(f"ItemSidConfig.dtype must be 'float32', 'bfloat16' or 'auto', not "
+                       f'{self.dtype!r}.')
+
+  compute_dtype = TransformerConfig.compute_dtype
+
+  @property
+  def architecture(self) -> str:
+    return f'item_sid ({self.head} head)'
+
+  @property
+  def scores_items(self) -> bool:
+    """Whether it ranks the catalog in one pass (`ItemSidRec.score_items`)."""
+    return self.head == 'parallel'
+
+  @property
+  def module_class(self) -> type[nnx.Module]:
+    return ItemSidRec
+
+  def resolve(self, ids, num_items: int, max_history: int) -> 'ItemSidConfig':
+    """The config with the sizes that come from the identifiers and the data."""
+    return dataclasses.replace(self, vocab_size=ids.vocab_size, level_sizes=tuple(
+        int(s) for s in ids.level_sizes), num_items=num_items, max_len=max_history,
+                               dtype=str(self.compute_dtype))
+
+  @classmethod
+  def from_json(cls, fields: dict) -> 'ItemSidConfig':
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _level_tokens(level_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """(token id of code c at level l [L, K], whether that code exists [L, K]),
+  K = the largest level; tokens as `ItemIds.token_table` numbers them."""
+  sizes = np.asarray(level_sizes)
+  k = int(sizes.max())
+  offsets = NUM_RESERVED_TOKENS + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  exists = np.arange(k)[None, :] < sizes[:, None]
+  return np.where(exists, offsets[:, None] + np.arange(k)[None, :], 0).astype(np.int32), exists
+
+
+class ItemSidRec(nnx.Module):
+  """A generative recommender with one position per history item.
+
+  Each history item enters as the mean of its Semantic-ID code embeddings
+  (optionally plus a hashed item-id embedding) plus a learned position, as an
+  item embedding enters SASRec; a causal Transformer of SASRec's shape runs
+  over the items, and a Semantic-ID head predicts the next item's codes from
+  every position's state, so every position of every user window trains in
+  one pass (`training_examples = 'sequence'`), at SASRec's cost per epoch
+  rather than one example per history prefix of L tokens per item.
+
+  Inputs: int32 [b, t, 1 + L] per history position, oldest first, 0-padded
+  at the end: channel 0 the item id, channels 1..L its tokens
+  (`history_features`). Heads (`ItemSidConfig.head`):
+    parallel: per level l, a projection of the state dotted with level l's
+      code embeddings (tied to the input's); loss: mean over levels of the
+      cross-entropy of the next item's code (RPG's multi-token loss). An
+      item's score is the sum of its codes' log-probabilities; `score_items`
+      computes it for the whole catalog (exact top-k).
+    autoregressive: a `head_layers`-layer causal decoder over [state, codes
+      of the next item so far] predicts the next code; trained for all
+      positions at once (teacher forcing), decoded by trie-constrained beam
+      search (`beam_search_inputs`).
+  """
+  training_examples = 'sequence'
+  left_padded_inputs = False
+
+  def __init__(self, cfg: ItemSidConfig, *, rngs: nnx.Rngs):
+    if cfg.vocab_size <= 0 or not cfg.level_sizes or cfg.max_len <= 0:
+      raise ValueError('ItemSidRec needs vocab_size, level_sizes and max_len (filled in by '
+                       'train.train from the identifiers and max_history).')
+    dt = cfg.compute_dtype
+    self.cfg = cfg
+    levels = len(cfg.level_sizes)
+    small = nnx.initializers.normal(0.02)
+    self.code_embed = layers._param(rngs, small, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    self.id_embed = (layers._param(rngs, small, (cfg.item_id_buckets, cfg.d_model),
+                                   ('table_rows', 'embed')) if cfg.item_id_buckets else None)
+    self.pos_embed = layers._param(rngs, small, (cfg.max_len, cfg.d_model), ('length', 'embed'))
+    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
+    if cfg.head == 'parallel':
+      self.level_proj = layers.Dense((cfg.d_model,), (levels, cfg.d_model),
+                                     ('embed', None, 'mlp'), dtype=dt, rngs=rngs)
+    else:
+      self.head_start = layers.Dense((cfg.d_model,), (cfg.d_model,), ('embed', 'mlp'),
+                                     dtype=dt, rngs=rngs)
+      self.head_pos = layers._param(rngs, small, (levels, cfg.d_model), (None, 'embed'))
+      self.head_blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.head_layers)])
+      self.head_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+
+  # -- input conversion (host side, numpy) ---------------------------------------
+  @staticmethod
+  def history_features(items, token_table):
+    """[..., t] item ids -> int32 [..., t, 1 + L] model inputs (numpy or jax)."""
+    xp = jnp if isinstance(items, jax.Array) else np
+    return xp.concatenate([items[..., None], token_table[items]], axis=-1).astype(xp.int32)
+
+  @classmethod
+  def training_arrays(cls, windows: dict[str, np.ndarray], ids) -> dict[str, np.ndarray]:
+    """Packed user windows (`features.sequence_train_arrays(item_ids=True)`) ->
+    'inputs' [n, t, 1 + L], 'next_codes' [n, t, L] (level-local codes of the
+    next item, -1 where there is none), 'segment_ids', 'positions'."""
+    table = ids.token_table()
+    nxt = np.where(windows['next_items'][..., None] > 0, ids.codes[windows['next_items']], -1)
+    out = {'inputs': cls.history_features(windows['items'], table),
+           'next_codes': nxt.astype(np.int32)}
+    return out | {k: windows[k] for k in ('segment_ids', 'positions') if k in windows}
+
+  @classmethod
+  def eval_inputs(cls, history_tokens: np.ndarray, ids) -> np.ndarray:
+    """Leave-one-out history tokens [n, t * L] (0-padded at the end) -> inputs."""
+    items = ids.tokens_to_items(history_tokens.reshape(len(history_tokens), -1, ids.num_levels))
+    return cls.history_features(items, ids.token_table())
+
+  # -- the sequence model ----------------------------------------------------------
+  def states(self, inputs: Array, segment_ids: Array | None = None,
+             positions: Array | None = None, *, deterministic: bool = True,
+             rngs: nnx.Rngs | None = None) -> Array:
+    """[b, t, 1 + L] inputs -> the causal states [b, t, d] after each item
+    (packed windows: attention within a segment, positions per window)."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    items, tokens = inputs[..., 0], inputs[..., 1:]
+    t = items.shape[1]
+    valid = items > 0
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), items.shape)
+    x = jnp.take(self.code_embed[...], tokens, axis=0).mean(axis=2)  # [b, t, d]
+    if self.id_embed is not None:
+      rows = (items.astype(jnp.uint32) * jnp.uint32(2654435761)) % self.cfg.item_id_buckets
+      rows = jnp.where(self.cfg.item_id_buckets > self.cfg.num_items, items, rows)
+      x = x + jnp.take(self.id_embed[...], rows, axis=0)
+    x = x * jnp.sqrt(self.cfg.d_model) + jnp.take(self.pos_embed[...], positions, axis=0)
+    x = self.dropout(x.astype(self.cfg.compute_dtype), **kw)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & valid[:, None, None, :]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    for block in self.blocks:
+      x = block(x, mask, None, **kw)
+    return self.norm(x)
+
+  def _last_state(self, inputs: Array) -> Array:
+    """The state after each history's most recent item: [b, d]."""
+    x = self.states(inputs)
+    last = jnp.maximum((inputs[..., 0] > 0).sum(axis=1) - 1, 0)
+    return x[jnp.arange(inputs.shape[0]), last]
+
+  # -- parallel head -------------------------------------------------------------
+  def level_log_probs(self, h: Array) -> Array:
+    """[..., d] states -> float32 log-probabilities [..., L, K] of every level's
+    codes (codes a level lacks: -inf)."""
+    tokens, exists = _level_tokens(self.cfg.level_sizes)
+    table = jnp.take(self.code_embed[...], jnp.asarray(tokens), axis=0)  # [L, K, d]
+    q = self.level_proj(h)  # [..., L, d]
+    logits = jnp.einsum('...ld,lkd->...lk', q, table.astype(q.dtype)).astype(jnp.float32)
+    logits = jnp.where(jnp.asarray(exists), logits, -jnp.inf)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+  def score_items(self, inputs: Array, catalog: Array) -> Array:
+    """[b, t, 1 + L] inputs, the catalog's tokens [rows, L] (`ItemIds.token_table`,
+    row 0 padding) -> float32 [b, rows]: each item's summed code
+    log-probabilities (row 0: -inf). Exact over the whole catalog."""
+    logp = self.level_log_probs(self._last_state(inputs))  # [b, L, K]
+    codes = catalog - jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])[None]  # [rows, L]
+    codes = jnp.clip(codes, 0, logp.shape[-1] - 1)
+
+    def add_level(total, level):
+      lp, c = level  # [b, K], [rows]
+      return total + jnp.take(lp, c, axis=1), None
+    scores, _ = jax.lax.scan(add_level, jnp.zeros((logp.shape[0], catalog.shape[0])),
+                             (jnp.moveaxis(logp, 1, 0), codes.T))
+    return jnp.where(jnp.arange(catalog.shape[0]) > 0, scores, -jnp.inf)
+
+  # -- autoregressive head -------------------------------------------------------
+  def _allowed_tokens(self) -> Array:
+    """bool [L, vocab]: the tokens of each level."""
+    tokens, exists = _level_tokens(self.cfg.level_sizes)
+    allowed = np.zeros((len(self.cfg.level_sizes), self.cfg.vocab_size), bool)
+    for level in range(len(allowed)):
+      allowed[level, tokens[level][exists[level]]] = True
+    return jnp.asarray(allowed)
+
+  def _head_logits(self, h: Array, prefix: Array, *, deterministic: bool = True,
+                   rngs: nnx.Rngs | None = None) -> Array:
+    """[n, d] states, [n, j] the next item's tokens so far (j < L) -> float32
+    logits [n, j + 1, vocab] of the code after each prefix length (level
+    l's logits cover level l's tokens only)."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    y = jnp.concatenate([self.head_start(h)[:, None],
+                         jnp.take(self.code_embed[...], prefix, axis=0).astype(h.dtype)
+                         * jnp.sqrt(self.cfg.d_model).astype(h.dtype)], axis=1)
+    j = y.shape[1]
+    y = self.dropout(y + self.head_pos[...][:j].astype(y.dtype), **kw)
+    mask = jnp.tril(jnp.ones((j, j), bool))[None, None]
+    for block in self.head_blocks:
+      y = block(y, mask, None, **kw)
+    y = self.head_norm(y)
+    logits = jnp.einsum('njd,vd->njv', y, self.code_embed[...].astype(y.dtype))
+    return jnp.where(self._allowed_tokens()[:j], logits.astype(jnp.float32), -jnp.inf)
+
+  def beam_search_inputs(self, inputs: Array, beam_size: int, num_steps: int):
+    """(tokens_to_logits, cache) of `decoding.beam_search` over the next
+    item's L tokens (autoregressive head); the cache holds each beam's tokens
+    so far [n, L]."""
+    h = jnp.repeat(self._last_state(inputs), beam_size, axis=0)  # [n, d]
+
+    def tokens_to_logits(prev, cache, step):
+      if step:
+        cache = cache.at[:, step - 1].set(prev)
+      return self._head_logits(h, cache[:, :step])[:, step], cache
+    return tokens_to_logits, jnp.zeros((h.shape[0], num_steps), jnp.int32)
+
+  # -- training --------------------------------------------------------------------
+  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
+    """Cross-entropy of the next item's codes at every position (batch
+    'inputs' [b, t, 1 + L], 'next_codes' [b, t, L] with -1 where there is no
+    next item; packed rows also 'segment_ids' and 'positions'). Metric
+    'accuracy': the share of positions whose every code is predicted."""
+    x = self.states(batch['inputs'], batch.get('segment_ids'), batch.get('positions'),
+                    deterministic=deterministic, rngs=rngs)
+    b, t, d = x.shape
+    codes = batch['next_codes'].reshape(b * t, -1)  # [n, L]
+    weights = (codes[:, 0] >= 0).astype(jnp.float32)
+    target = jnp.maximum(codes, 0)
+    h = x.reshape(b * t, d)
+    if self.cfg.head == 'parallel':
+      logp = self.level_log_probs(h)  # [n, L, K]
+      picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+      correct = (logp.argmax(-1) == target).all(-1)
+    else:
+      first = jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])
+      target_tokens = first[None] + target  # [n, L]
+      logp = jax.nn.log_softmax(self._head_logits(
+          h, target_tokens[:, :-1], deterministic=deterministic, rngs=rngs), axis=-1)
+      picked = jnp.take_along_axis(logp, target_tokens[..., None], axis=-1)[..., 0]
+      correct = (logp.argmax(-1) == target_tokens).all(-1)
+    ce = -picked.mean(-1)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    return ((ce * weights).sum() / denom,
+            {'accuracy': (correct.astype(jnp.float32) * weights).sum() / denom})
+
+
+ModelConfig = TransformerConfig | ItemSidConfig
+
+
+def config_from_json(fields: dict, name: str = 'TransformerConfig') -> ModelConfig:
+  """A model config saved as JSON with its class name (run_config.json)."""
+  classes = {c.__name__: c for c in (TransformerConfig, ItemSidConfig)}
+  if name not in classes:
+    raise ValueError(f'Unknown model config class {name!r}; genrec knows {sorted(classes)}.')
+  return classes[name].from_json(fields)
+
+
+def model_class(cfg: ModelConfig) -> type[nnx.Module]:
+  """The module of a config: a config class that names its module
+  (`module_class`, e.g. ItemSidConfig) selects it; TransformerConfig selects
+  by its `architecture`."""
+  if not isinstance(cfg, TransformerConfig):
+    return cfg.module_class
   classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec, 'decoder_only': DecoderOnly,
              'bert_encoder_decoder': BertEncoderDecoder}
   if cfg.architecture not in classes:

@@ -118,20 +118,27 @@ class Predictor:
   def scores_items(self) -> bool:
     """Whether the model ranks the catalog in one pass (`rank_items`) rather
     than decoding identifiers (`predict`)."""
-    return self.config.num_items > 0
+    return self.config.scores_items
 
-  def rank_items(self, params, inputs: jax.Array, k: int, with_scores: bool = False):
-    """Item-scoring models: [batch, s] -> the top-k item ids [batch, k], best
-    first (and their logits [batch, k] with `with_scores`)."""
-    if k not in self._rank:
-      def fn(params, inputs):
+  def rank_items(self, params, inputs: jax.Array, k: int, with_scores: bool = False,
+                 catalog: jax.Array | None = None):
+    """Item-scoring models: [batch, s, ...] -> the top-k item ids [batch, k],
+    best first (and their scores [batch, k] with `with_scores`). `catalog`:
+    what models that score items from their identifiers read of every item
+    (`ItemSidRec`: the token table [items + 1, L])."""
+    key = (k, catalog is None)
+    if key not in self._rank:
+      def fn(params, inputs, catalog):
         model = nnx.merge(self.graphdef, params)
-        scores, items = jax.lax.top_k(model.score_items(inputs), k)
+        scores = model.score_items(inputs) if catalog is None else model.score_items(
+            inputs, catalog)
+        scores, items = jax.lax.top_k(scores, k)
         return items.astype(jnp.int32), scores.astype(jnp.float32)
       rows = partitioning.batch_sharding(self.mesh)
-      self._rank[k] = jax.jit(fn, in_shardings=(self.param_shardings, rows),
-                              out_shardings=(rows, rows))
-    items, scores = self._rank[k](params, inputs)
+      self._rank[key] = jax.jit(
+          fn, in_shardings=(self.param_shardings, rows, partitioning.replicated(self.mesh)),
+          out_shardings=(rows, rows))
+    items, scores = self._rank[key](params, inputs, catalog)
     return (items, scores) if with_scores else items
 
 

@@ -55,7 +55,8 @@ def load_run(workdir: str, step: int | None = None, mesh_fn=partitioning.make_me
                      'or checkpointed training run (python main.py --gin_file=gin/runs/...).')
   with open(path) as f:
     run = json.load(f)
-  config = models.TransformerConfig.from_json(run['model_config'])
+  config = models.config_from_json(run['model_config'],
+                                   run.get('model_class', 'TransformerConfig'))
   ids = ItemIds.load(os.path.join(workdir, 'ids'))
   if step is None and os.path.exists(os.path.join(workdir, 'results.json')):
     with open(os.path.join(workdir, 'results.json')) as f:

@@ -49,10 +49,14 @@ def predict_items(pred: predictor.Predictor, params, inputs: np.ndarray, ids: It
     names no item; their scores float32 [n, beam_size]: beam log-probs, or
     the item logits).
   """
+  # Models that score items from their identifiers read every item's tokens.
+  catalog = (ids.token_table() if getattr(models.model_class(pred.config), 'eval_inputs', None)
+             and pred.scores_items else None)
+
   def run(batch, rows):
     x = batch['x']
     if pred.scores_items:  # one pass over the catalog: exact top-k items
-      items, scores = pred.rank_items(params, x, beam_size, with_scores=True)
+      items, scores = pred.rank_items(params, x, beam_size, with_scores=True, catalog=catalog)
       return partitioning.gather(items, rows), partitioning.gather(scores, rows)
     tokens, scores = pred.predict(params, x, beam_size, ids.num_levels, trie)
     return ids.tokens_to_items(partitioning.gather(tokens, rows)), partitioning.gather(
@@ -131,10 +135,16 @@ def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: boo
 
 
 def model_inputs(arrays: dict[str, np.ndarray], ids: ItemIds,
-                 config: models.TransformerConfig) -> dict[str, np.ndarray]:
+                 config: models.ModelConfig) -> dict[str, np.ndarray]:
   """Leave-one-out features (`features.eval_arrays`, or the prefix training
   arrays) in the form the configured model reads: item ids for item-scoring
-  models, histories 0-padded at the start for decoder-only models."""
+  models, histories 0-padded at the start for decoder-only models; models with their
+  own conversion (`eval_inputs`, e.g. `models.ItemSidRec`) make theirs."""
+  model_cls = models.model_class(config)
+  if hasattr(model_cls, 'eval_inputs'):
+    return {**arrays, 'encoder_input_tokens': model_cls.eval_inputs(
+        arrays['encoder_input_tokens'], ids), 'target_item': item_scoring_arrays(
+            arrays, ids, False)['target_item']}
   if config.num_items:
     arrays = item_scoring_arrays(arrays, ids, config.architecture == 'sasrec')
   if models.model_class(config).left_padded_inputs:
@@ -149,7 +159,11 @@ def training_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int
   """What the configured model trains on: one example per history prefix
   (`prefix_arrays`, from `load_arrays`) or, for sequence-level models, one
   per user window (`features.sequence_train_arrays`)."""
-  if models.model_class(config).training_examples == 'sequence':
+  model_cls = models.model_class(config)
+  if hasattr(model_cls, 'training_arrays'):  # the model converts item windows itself
+    return model_cls.training_arrays(features.sequence_train_arrays(
+        data.train_sequences(), ids, max_history, item_ids=True), ids)
+  if model_cls.training_examples == 'sequence':
     return features.sequence_train_arrays(data.train_sequences(), ids, max_history,
                                           item_ids=bool(config.num_items))
   return model_inputs(prefix_arrays, ids, config)
@@ -208,7 +222,7 @@ def train(
     dataset: str | sequences.SequenceData = 'synthetic',
     data_dir: str | None = None,
     id_scheme: IdScheme = AtomicIds(),
-    model_config: models.TransformerConfig = models.TransformerConfig(),
+    model_config: models.ModelConfig = models.TransformerConfig(),
     optimizer_fn: Callable = trainer.make_optimizer,
     mesh_fn: Callable = partitioning.make_mesh,
     num_train_steps: int = 1000,
@@ -246,7 +260,10 @@ def train(
       own bindings, e.g. `sequences.make_synthetic.num_users = 500`).
     data_dir: folder holding amazon-2014/; defaults to $GENREC_DATA_DIR.
     id_scheme: how items become tokens.
-    model_config: model sizes (vocab_size is filled in from the identifiers).
+    model_config: the model: its config class selects it (TransformerConfig:
+      by its `architecture`; `models.ItemSidConfig`: the item-level
+      Semantic-ID model) and holds its sizes (vocab_size and the other sizes
+      that come from the data are filled in).
     optimizer_fn: num_train_steps -> (optax optimizer, learning-rate schedule).
     mesh_fn: () -> the device mesh.
     num_train_steps: total optimizer steps.
@@ -338,11 +355,15 @@ def train(
     sequences.write_external_ids(keys_file, data.item_keys[1:])  # for export
   # dtype 'auto' is resolved here, so the run records (and infer rebuilds) the
   # dtype it trained with.
-  config = dataclasses.replace(model_config, vocab_size=ids.vocab_size,
-                               dtype=str(model_config.compute_dtype))
+  if hasattr(model_config, 'resolve'):  # a config that fills in its own sizes
+    config = model_config.resolve(ids, data.num_items, max_history)
+  else:
+    config = dataclasses.replace(model_config, vocab_size=ids.vocab_size,
+                                 dtype=str(model_config.compute_dtype))
   if head not in ('beam', 'projection'):
     raise ValueError(f"head must be 'beam' or 'projection', not {head!r}.")
-  if head == 'projection' or config.architecture == 'sasrec':
+  if isinstance(config, models.TransformerConfig) and (
+      head == 'projection' or config.architecture == 'sasrec'):
     config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history)
   model_cls = models.model_class(config)
   if head == 'projection' and not hasattr(model_cls, 'score_items'):
@@ -354,7 +375,7 @@ def train(
   train_arrays = training_arrays(data, ids, max_history, config, prefix_arrays)
   pack_info = None
   if pack_examples:
-    if model_cls is not models.EncoderDecoder or config.num_items:
+    if model_cls is not models.EncoderDecoder or config.scores_items:
       raise ValueError(
           'pack_examples packs the prefix examples of the encoder-decoder with a beam '
           f'head; {config.architecture!r} with head {head!r} trains on '
@@ -363,7 +384,7 @@ def train(
     train_arrays, pack_info = features.pack_prefix_arrays(train_arrays, seed=seed)
   valid_arrays, test_arrays = (model_inputs(a, ids, config) for a in (valid_arrays, test_arrays))
   trie = (constraints.PrefixTrie.from_ids(ids)
-          if constrained_decoding and not config.num_items else None)
+          if constrained_decoding and not config.scores_items else None)
   if trie is not None:
     logging.info('Prefix trie: %s nodes per level, %.2f MiB on each device',
                  trie.num_nodes(), trie.memory_bytes() / 2**20)
@@ -402,8 +423,9 @@ def train(
                 'pack_examples': False})
   # After the settings check: a refused start must not touch the run's record.
   loop.write_json(os.path.join(workdir, RUN_CONFIG), {
-      'model_config': dataclasses.asdict(config), 'max_history': max_history,
-      'beam_size': beam_size, 'item_scoring': bool(config.num_items),
+      'model_config': dataclasses.asdict(config), 'model_class': type(config).__name__,
+      'max_history': max_history,
+      'beam_size': beam_size, 'item_scoring': config.scores_items,
       'constrained_decoding': constrained_decoding,
       'dataset': data.name, 'num_items': data.num_items})
   manager, start, state, data_state = checkpoints.open_and_restore(
@@ -535,8 +557,8 @@ def train(
       # for schemes without content (atomic, random, collaborative, precomputed).
       'id_content': (content.describe(id_scheme.content_fn, data)
                      if hasattr(id_scheme, 'content_fn') else None),
-      'model': config.architecture + (' + projection head' if config.num_items and
-                                       config.architecture != 'sasrec' else ''),
+      'model': config.architecture + (' + projection head' if config.num_items and isinstance(
+          config, models.TransformerConfig) and config.architecture != 'sasrec' else ''),
       'training_examples': model_cls.training_examples,
       'num_items': data.num_items,
       'num_train_examples': num_train_examples,
