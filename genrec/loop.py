@@ -118,20 +118,35 @@ def fmt_metrics(m: dict[str, float]) -> str:
 
 
 class Progress:
-  """The one progress line of every run: step, metrics, steps/s and ETA."""
+  """The one progress line of every run: step, metrics, steps/s and ETA.
 
-  def __init__(self, total_steps: int, start_step: int = 0, name: str = ''):
-    self.total, self.name = total_steps, name
+  A line is due every `log_every_steps` steps (the caller's period) and also
+  once `every_seconds` have passed since the last one (`due`), so a slow run
+  shows its rate and ETA within a minute of its start."""
+
+  def __init__(self, total_steps: int, start_step: int = 0, name: str = '',
+               every_seconds: float = 30.0):
+    self.total, self.name, self.every_seconds = total_steps, name, every_seconds
     self._t, self._step = time.time(), start_step
 
-  def log(self, step: int, values: dict[str, float]) -> float:
-    """Logs the line for `step`; returns the steps/s since the last line."""
+  def due(self) -> bool:
+    """Whether `every_seconds` have passed since the last line."""
+    return 0 < self.every_seconds <= time.time() - self._t
+
+  def log(self, step: int, values: dict[str, float], seconds_left: float | None = None
+          ) -> float:
+    """Logs the line for `step`; returns the steps/s since the last line.
+    `seconds_left`: a time budget's remaining seconds, which caps the ETA."""
     now = time.time()
     rate = (step - self._step) / max(now - self._t, 1e-9)
     self._t, self._step = now, step
     prefix = f'{self.name} ' if self.name else ''
-    logging.info('%sstep %d/%d %s | %.2f steps/s | ETA %s', prefix, step, self.total,
-                 fmt_metrics(values), rate, fmt_time((self.total - step) / max(rate, 1e-9)))
+    eta = (self.total - step) / max(rate, 1e-9)
+    budget = ''
+    if seconds_left is not None and seconds_left < eta:
+      eta, budget = max(seconds_left, 0.0), ' (time budget)'
+    logging.info('%sstep %d/%d %s | %.2f steps/s | ETA %s%s', prefix, step, self.total,
+                 fmt_metrics(values), rate, fmt_time(eta), budget)
     return rate
 
 

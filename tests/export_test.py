@@ -27,6 +27,11 @@ CASES = {
     'projection': dict(id_scheme=RandomCodeIds(num_levels=2), head='projection'),
     'sasrec': dict(id_scheme=AtomicIds(), head='projection', model_config=dataclasses.replace(
         TINY, architecture='sasrec', num_decoder_layers=0)),
+    **{f'item_sid_{head}': dict(
+        id_scheme=ResidualKMeansIds(num_levels=2, codebook_size=8),
+        model_config=models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                          num_layers=1, dropout_rate=0.0, head=head))
+       for head in ('parallel', 'autoregressive')},
 }
 
 
@@ -52,12 +57,12 @@ def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
   assert manifest['platforms'] == (['cpu', 'cuda', 'tpu'] if kind == 'encoder_decoder'
                                   else ['cpu'])
   assert manifest['checkpoint_step'] == 5 and manifest['constrained_decoding'] == (
-      kind in ('encoder_decoder', 'decoder_only'))
+      kind in ('encoder_decoder', 'decoder_only', 'item_sid_autoregressive'))
   # In-framework inference of the same checkpoint (what infer and evaluation run).
   _, config, ids, pred, params, _ = infer.load_run(run, mesh_fn=args['mesh_fn'])
   eval_arrays = train.load_arrays(data, ids, 20, 'numpy', with_train=False)[2]
   inputs = train.model_inputs(eval_arrays, ids, config)['encoder_input_tokens']
-  trie = constraints.PrefixTrie.from_ids(ids) if not config.num_items else None
+  trie = constraints.PrefixTrie.from_ids(ids) if not config.scores_items else None
   want_items, want_scores = train.predict_items(pred, params, inputs, ids, 10, 64, trie)
   served = artifact.Artifact(out)
   history = sequences.leave_one_out(data, 20)['test'].history

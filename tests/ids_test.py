@@ -220,3 +220,28 @@ def test_content_is_described_by_what_it_reads():
   assert content.describe(content.item_content, without) == 'attributes'
   assert content.describe(functools.partial(content.attribute_tfidf, dim=8), with_text) == (
       'attributes')
+
+
+def test_product_quantization_ids_are_long_unique_and_opq_lowers_the_error(tmp_path):
+  """PQ codes: num_levels unordered codes per item (plus the collision level),
+  deterministic, round-trippable; OPQ's rotation never raises the
+  quantization error of plain PQ on the same content, and its codes still
+  follow the content's groups."""
+  data, group = _clustered_data()
+  pq = ids.ProductQuantizationIds(num_levels=8, codebook_size=16, opq_iters=0).fit(data)
+  opq_scheme = ids.ProductQuantizationIds(num_levels=8, codebook_size=16, opq_iters=3)
+  opq = opq_scheme.fit(data)
+  assert opq.num_levels == 9 and opq.level_sizes[:8] == (16,) * 8
+  assert opq.scheme.startswith('opq-8x16') and pq.scheme.startswith('pq-8x16')
+  np.testing.assert_array_equal(opq_scheme.fit(data).codes, opq.codes)
+  tokens = opq.items_to_tokens(np.arange(1, 301))
+  np.testing.assert_array_equal(opq.tokens_to_items(tokens), np.arange(1, 301))
+  assert opq.info['quantization_mse'] <= pq.info['quantization_mse'] * 1.001
+  assert opq.info['quantization_mse'] < opq.info['content_variance']
+  # Items of one latent group share more codes than items of different groups.
+  body = opq.codes[1:, :8]
+  same = (body[:, None] == body[None]).mean(-1)
+  together = group[:, None] == group[None]
+  assert same[together].mean() > 2 * same[~together].mean()
+  with pytest.raises(ValueError, match='exceeds the'):
+    ids.ProductQuantizationIds(num_levels=10_000).fit(data)

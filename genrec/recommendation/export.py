@@ -51,7 +51,7 @@ def _left_pad(tokens: jax.Array) -> jax.Array:
   return jnp.take_along_axis(tokens, index, axis=1)
 
 
-def serving_function(graphdef, config: models.TransformerConfig, k: int, beam_size: int,
+def serving_function(graphdef, config: models.ModelConfig, k: int, beam_size: int,
                      constrained: bool, top_k: decoding.TopK = jax.lax.top_k):
   """fn(arrays: dict, history int32 [b, max_history]) -> (items int32 [b, k],
   scores float32 [b, k]): the whole recommendation on the device. History
@@ -63,7 +63,13 @@ def serving_function(graphdef, config: models.TransformerConfig, k: int, beam_si
   def fn(arrays, history):
     model = nnx.merge(graphdef, arrays['params'])
     b = history.shape[0]
-    if config.architecture == 'sasrec':
+    if hasattr(model_cls, 'history_features'):  # reads item ids and their tokens
+      inputs = model_cls.history_features(history, arrays['token_table'])
+      if not config.scores_items:
+        return predictor.decode_items(model, inputs, arrays['trie'], arrays['leaf_item'],
+                                      beam_size, k, constrained, top_k)
+      scores = model.score_items(inputs, arrays['token_table'])
+    elif config.architecture == 'sasrec':
       scores = model.score_items(history)
     else:
       tokens = arrays['token_table'][history].reshape(b, -1)
@@ -98,9 +104,9 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   run, config, ids, pred, params, step = infer.load_run(workdir, step)
   beam, width = run['beam_size'], run['max_history']
   k = infer.resolve_k(run, k)
-  constrained = run['constrained_decoding'] and not config.num_items
+  constrained = run['constrained_decoding'] and not config.scores_items
   arrays = {'params': jax.device_get(params), 'token_table': ids.token_table().astype(np.int32)}
-  if not config.num_items:  # the trie maps identifiers to items (and constrains)
+  if not config.scores_items:  # the trie maps identifiers to items (and constrains)
     arrays['trie'] = jax.device_get(constraints.PrefixTrie.from_ids(ids))
     arrays['leaf_item'] = constraints.leaf_items(ids)
   fn, portable_fn = (serving_function(pred.graphdef, config, k, beam, constrained, top_k)
@@ -122,7 +128,7 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
                      'first, 0-padded at the end (longer histories: keep the most recent)'},
           'outputs': {'items': f'int32 [batch, {k}] best first (0: none)',
                       'scores': f'float32 [batch, {k}]: ' + (
-                          'item logits' if config.num_items else 'beam log-probabilities')},
+                          _score_kind(config))},
           'k': k, 'beam_size': beam, 'max_history': width,
           'constrained_decoding': constrained, 'num_items': ids.num_items,
           'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
@@ -133,6 +139,14 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
       item_keys=os.path.join(workdir, 'ids', 'item_keys.txt'))
   logging.info('export: step %d of %s -> %s', step, workdir, out)
   return out
+
+
+def _score_kind(config: models.ModelConfig) -> str:
+  if not config.scores_items:
+    return 'beam log-probabilities'
+  if hasattr(models.model_class(config), 'history_features'):
+    return "the sum of the item's code log-probabilities"
+  return 'item logits'
 
 
 def _example_histories(batch: int, width: int, num_items: int) -> np.ndarray:

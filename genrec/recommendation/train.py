@@ -505,12 +505,17 @@ def train(
     if step % eval_every_steps == 0 or final:
       window.drain()
       train_seconds += time.time() - t_steps
-    if step % log_every_steps == 0 or final:
+    logged = step % log_every_steps == 0 or final
+    if logged or progress.due():  # by step, and at least every 30 s by time
       values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
-      rate = progress.log(step, values)
-      writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
-                           | {'train/steps_per_sec': rate})
-      loop.append_jsonl(train_log, {'step': step, **values})
+      so_far = train_seconds + (0.0 if step % eval_every_steps == 0 or final
+                                else time.time() - t_steps)
+      rate = progress.log(step, values, (max_train_seconds - so_far) if max_train_seconds
+                          else None)
+      if logged:
+        writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
+                             | {'train/steps_per_sec': rate})
+        loop.append_jsonl(train_log, {'step': step, **values})
     eval_metrics = None
     if step % eval_every_steps == 0 or final:
       t0 = time.time()
