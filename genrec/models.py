@@ -752,6 +752,10 @@ class ItemSidConfig:
     item_id_buckets: rows of a hashed item-id embedding added to each history
       item's code embeddings (0: codes only; >= num_items + 1: an exact item-id
       embedding, as SASRec's).
+    temperature: > 0: the parallel head's logits are cosine similarities of
+      the projected state and the code embeddings divided by it (RPG: 0.07),
+      which keeps every level's softmax sharp from the first step; 0: raw
+      dot products.
   """
   d_model: int = 128
   num_heads: int = 2
@@ -764,6 +768,7 @@ class ItemSidConfig:
   head: str = 'parallel'
   head_layers: int = 1
   item_id_buckets: int = 0
+  temperature: float = 0.0
   dtype: str = 'auto'
   vocab_size: int = 0
   level_sizes: tuple[int, ...] = ()
@@ -936,6 +941,9 @@ class ItemSidRec(nnx.Module):
     tokens, exists = _level_tokens(self.cfg.level_sizes)
     table = jnp.take(self.code_embed[...], jnp.asarray(tokens), axis=0)  # [L, K, d]
     q = self.level_proj(h)  # [..., L, d]
+    if self.cfg.temperature > 0:  # cosine similarities / temperature
+      unit = lambda v: v * jax.lax.rsqrt(jnp.maximum((v * v).sum(-1, keepdims=True), 1e-12))
+      q, table = unit(q.astype(jnp.float32)) / self.cfg.temperature, unit(table)
     logits = jnp.einsum('...ld,lkd->...lk', q, table.astype(q.dtype)).astype(jnp.float32)
     logits = jnp.where(jnp.asarray(exists), logits, -jnp.inf)
     return jax.nn.log_softmax(logits, axis=-1)

@@ -245,3 +245,21 @@ def test_product_quantization_ids_are_long_unique_and_opq_lowers_the_error(tmp_p
   assert same[together].mean() > 2 * same[~together].mean()
   with pytest.raises(ValueError, match='exceeds the'):
     ids.ProductQuantizationIds(num_levels=10_000).fit(data)
+
+
+def test_long_ids_map_back_to_their_items_without_integer_overflow():
+  """32 codes of 256 have no int64 mixed-radix key; tokens still map back to
+  the one item that carries them, and unknown tuples to 0."""
+  rng = np.random.default_rng(0)
+  codes = np.full((2001, 33), -1, np.int32)
+  codes[1:, :32] = rng.integers(0, 256, (2000, 32))
+  codes[1:, 32] = 0
+  codes[7, :32], codes[7, 32] = codes[3, :32], 1  # same content, told apart by the last level
+  item_ids = ids.ItemIds(codes=codes, level_sizes=(256,) * 32 + (2,), scheme='long')
+  assert item_ids.num_collisions == 0
+  table = item_ids.token_table()
+  np.testing.assert_array_equal(item_ids.tokens_to_items(table[1:]), np.arange(1, 2001))
+  other = table[[5]].copy()
+  other[0, 4] = table[6, 4] if table[6, 4] != other[0, 4] else other[0, 4] + 1
+  assert item_ids.tokens_to_items(other)[0] == 0
+  np.testing.assert_array_equal(item_ids.tokens_to_items(table[[[1, 7], [3, 0]]]), [[1, 7], [3, 0]])

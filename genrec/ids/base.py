@@ -81,11 +81,18 @@ class ItemIds:
 
   # -- mapping ---------------------------------------------------------------
   def _keys(self, codes: np.ndarray) -> np.ndarray:
-    """Mixed-radix integer of each code tuple ([..., L] -> [...])."""
-    keys = np.zeros(codes.shape[:-1], np.int64)
-    for level, size in enumerate(self.level_sizes):
-      keys = keys * size + codes[..., level]
-    return keys
+    """A sortable key of each code tuple ([..., L] -> [...]): its mixed-radix
+    integer while that fits in int64, else its big-endian bytes (long IDs,
+    e.g. 32 codes of 256, whose integer would overflow), which sort in the
+    same order."""
+    codes = np.asarray(codes)
+    if math.prod(self.level_sizes) < 2**62:
+      keys = np.zeros(codes.shape[:-1], np.int64)
+      for level, size in enumerate(self.level_sizes):
+        keys = keys * size + codes[..., level]
+      return keys
+    rows = np.ascontiguousarray(codes.astype('>u4'))
+    return rows.view(np.dtype((np.void, 4 * codes.shape[-1])))[..., 0]
 
   def token_table(self) -> np.ndarray:
     """int32 [num_items + 1, L]: the tokens of every item id; row 0 is padding."""

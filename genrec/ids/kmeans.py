@@ -320,18 +320,22 @@ class ProductQuantizationIds(IdScheme):
     num_levels: codes per item (subspaces); 8 to 64 in RPG.
     codebook_size: codes per subspace.
     opq_iters: rotation updates (0: plain PQ on the content's own axes).
+    whiten: first project the content on its principal axes scaled to unit
+      variance (as RPG does before OPQ), so that no subspace is left with
+      the low-variance directions only.
     content_fn, dedup, seed: as in ResidualKMeansIds.
   """
   num_levels: int = 32
   codebook_size: int = 256
   opq_iters: int = 4
+  whiten: bool = False
   content_fn: ContentFn = content.item_content
   dedup: bool = True
   seed: int = 0
 
   @property
   def name(self) -> str:
-    kind = 'opq' if self.opq_iters else 'pq'
+    kind = ('w' if self.whiten else '') + ('opq' if self.opq_iters else 'pq')
     return (f'{kind}-{self.num_levels}x{self.codebook_size}-s{self.seed}'
             f'{content.tag(self.content_fn)}')
 
@@ -341,6 +345,13 @@ class ProductQuantizationIds(IdScheme):
       raise ValueError(f'ProductQuantizationIds.num_levels = {self.num_levels} exceeds the '
                        f'{x.shape[1]} content dimensions; use at most that many codes.')
     x = x - x.mean(0)
+    if self.whiten:
+      _, sv, vt = np.linalg.svd(x, full_matrices=False)
+      keep = sv > sv[0] * 1e-6
+      x = x @ vt[keep].T / (sv[keep] / np.sqrt(len(x)))
+      if x.shape[1] < self.num_levels:
+        raise ValueError(f'ProductQuantizationIds: the content has {x.shape[1]} independent '
+                         f'directions, fewer than num_levels = {self.num_levels}.')
     rotation = np.eye(x.shape[1])
     errors = []
     for _ in range(self.opq_iters):
