@@ -34,8 +34,10 @@ flags.DEFINE_integer('levels', 4, 'Identifier tokens per item (TIGER: 3 codes + 
 flags.DEFINE_integer('max_history', 20, 'History items per example.')
 flags.DEFINE_integer('batch_size', 256, 'Examples per step.')
 flags.DEFINE_integer('steps', 5, 'Timed steps per model (after 2 untimed ones).')
+flags.DEFINE_integer('long_levels', 32, 'Codes per item of the item-level model with the '
+                     'parallel head (RPG-style long IDs).')
 flags.DEFINE_list('models', ['encoder_decoder', 'encoder_decoder_packed', 'decoder_only',
-                            'sasrec'], 'Models to time.')
+                            'sasrec', 'item_sid', 'item_sid_ar'], 'Models to time.')
 flags.DEFINE_string('output_dir', None, 'Where to write epoch_cost.md/.csv.')
 FLAGS = flags.FLAGS
 
@@ -44,10 +46,32 @@ TIGER = models.TransformerConfig(d_model=128, num_heads=6, head_dim=64, d_ff=102
                                  num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.1)
 
 
-def model_setup(name: str, data: sequences.SequenceData, max_history: int, levels: int):
+def long_random_ids(data: sequences.SequenceData, levels: int, seed: int = 0) -> ids_lib.ItemIds:
+  """`levels` random codes of 256 per item (long IDs; cost depends on the
+  lengths only)."""
+  codes = np.full((data.num_items + 1, levels), -1, np.int32)
+  codes[1:] = np.random.default_rng(seed).integers(0, 256, (data.num_items, levels))
+  return ids_lib.ItemIds(codes=codes, level_sizes=(256,) * levels, scheme=f'random-{levels}x256')
+
+
+def model_setup(name: str, data: sequences.SequenceData, max_history: int, levels: int,
+                long_levels: int = 32):
   """(config, training arrays, target items per row) of a model;
   'encoder_decoder_packed' is the encoder-decoder with its prefixes packed
-  several to a row (train.train.pack_examples)."""
+  several to a row (train.train.pack_examples); 'item_sid' is the item-level
+  Semantic-ID model with the parallel head over `long_levels` codes,
+  'item_sid_ar' with the autoregressive head (one layer) over `levels`, both
+  with 8 blocks at TIGER's width like SASRec here."""
+  if name.startswith('item_sid'):
+    ar = name == 'item_sid_ar'
+    sid = (ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data) if ar
+           else long_random_ids(data, long_levels))
+    config = models.ItemSidConfig(
+        d_model=TIGER.d_model, num_heads=TIGER.num_heads, head_dim=TIGER.head_dim,
+        d_ff=TIGER.d_ff, num_layers=8, dropout_rate=TIGER.dropout_rate,
+        head='autoregressive' if ar else 'parallel').resolve(sid, data.num_items, max_history)
+    arrays = train.training_arrays(data, sid, max_history, config, None)
+    return config, arrays, (arrays['next_codes'][..., 0] >= 0).sum(1)
   packed = name == 'encoder_decoder_packed'
   name = 'encoder_decoder' if packed else name
   codes = ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data)
@@ -75,7 +99,7 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
 
 def measure(name: str, data, max_history: int, levels: int, batch_size: int, steps: int
             ) -> dict:
-  config, arrays, targets = model_setup(name, data, max_history, levels)
+  config, arrays, targets = model_setup(name, data, max_history, levels, FLAGS.long_levels)
   if 'decoder_segment_ids' in arrays:  # packed: rows holding about batch_size examples
     batch_size = features.packed_rows_per_batch(
         batch_size, {'rows': len(targets), 'examples': targets.sum()})
