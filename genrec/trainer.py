@@ -82,8 +82,11 @@ def opt_state_specs(abstract_params, param_specs, tx: optax.GradientTransformati
   """(abstract optimizer state, its PartitionSpecs) for pure-dict parameters
   with `param_specs`: a parameter's moments shard like it, counters replicate."""
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  # Adafactor's factored moments are a parameter's row and column statistics
+  # (not its shape): those replicate.
   opt_specs = optax.tree_map_params(
-      tx, lambda _, spec: spec, abstract_opt, param_specs,
+      tx, lambda leaf, spec, param: spec if leaf.shape == param.shape else
+      partitioning.logical_to_mesh_spec(None), abstract_opt, param_specs, abstract_params,
       transform_non_params=lambda _: partitioning.logical_to_mesh_spec(None),
       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   return abstract_opt, opt_specs

@@ -84,3 +84,27 @@ def test_hash_dropout_trains_like_threefry_dropout(monkeypatch):
   old = _first_losses(monkeypatch, nnx.Dropout)  # the dropout before (threefry bits)
   assert new[-1] < new[0] - 0.5  # it learns
   np.testing.assert_allclose(new, old, rtol=0.03)
+
+
+def test_adafactor_trains_under_tensor_and_fsdp_sharding():
+  """Adafactor's factored moments (a parameter's row and column statistics,
+  of lower rank) get a sharding of their own rank, so TIGER's recipe
+  (gin/experiments/tiger_*.gin) starts and steps on any mesh."""
+  cfg = models.TransformerConfig(vocab_size=256, d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+  tx, lr = trainer.make_optimizer(4, name='adafactor', learning_rate=1e-2, warmup_steps=1,
+                                  weight_decay=0.0)
+  rng = np.random.default_rng(0)
+  tgt = rng.integers(2, 256, (16, 4)).astype(np.int32)
+  batch = {'encoder_input_tokens': rng.integers(2, 256, (16, 12)).astype(np.int32),
+           'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+           'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}
+  for mesh in (partitioning.make_mesh(1, 2, 2, devices=jax.devices()[:4]),
+               partitioning.make_mesh(devices=jax.devices()[:1])):
+    tr = trainer.Trainer(cfg, tx, mesh, lr)
+    state = tr.init_state(0)
+    losses = []
+    for _ in range(4):
+      state, m = tr.train_step(state, partitioning.shard_batch(batch, mesh), jax.random.key(1))
+      losses.append(float(m['loss']))
+    assert losses[-1] < losses[0]

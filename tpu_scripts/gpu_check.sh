@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one GPU check, at most ~10 minutes on one H100/H200, every figure as a
+# table under OUT_DIR (copy the tables into docs/results/ with their rows):
+#   1. TIGER's Beauty recipe (gin/experiments/tiger_beauty.gin: RQ-VAE IDs, the
+#      paper's model, batch 256) for TIGER_SECONDS of training: its published
+#      budget (200k steps) does not fit in the check, so the row says how far
+#      it got (steps, epochs) and where its curve stands;
+#   2. the item-level Semantic-ID recipe (gin/experiments/beauty_item_sid.gin)
+#      for ITEM_SECONDS;
+#      (1 and 2 share tiger_table_gpu.md with their test metrics on all users)
+#   3. the train step's model FLOP utilization (scaling --tables=mfu);
+#   4. trie-constrained beam search over a 1M-item catalog (decoding).
+# Usage: tpu_scripts/gpu_check.sh [--dry_run] [--smoke] OUT_DIR
+#   --smoke: tiny budgets, the synthetic catalog and a 2,000-item decoding
+#   row, for a CPU (the test runs it); DATA_DIR (env) defaults to ../shared/data.
+set -euo pipefail
+# shellcheck source=tpu_scripts/common.sh
+source "$(dirname "$0")/common.sh"
+
+SMOKE=0
+if [ "${1:-}" = "--smoke" ]; then
+  SMOKE=1
+  shift
+fi
+[ $# -eq 1 ] || usage_lines 2 15
+OUT=$1
+DATA_DIR=${DATA_DIR:-../shared/data}
+cd "$(dirname "$0")/.."
+
+if [ "$SMOKE" = 1 ]; then
+  TIGER_SECONDS=3 ITEM_SECONDS=3 CATALOG=2000 MFU_BATCHES=8
+  DATA=(--gin_file=gin/budgets/smoke.gin)
+else
+  TIGER_SECONDS=240 ITEM_SECONDS=120 CATALOG=1000000 MFU_BATCHES=256,1024
+  DATA=(--gin_bindings="DATA_DIR='$DATA_DIR'" --gin_bindings="train.train.eval_every_steps=1000"
+        --gin_bindings="train.train.checkpoint_every_steps=1000")
+fi
+COMMON=(--gin_bindings="train.train.report_unconstrained=False")
+
+run mkdir -p "$OUT/runs"
+run python main.py --gin_file=gin/experiments/tiger_beauty.gin "${DATA[@]}" "${COMMON[@]}" \
+  --gin_bindings="train.train.max_train_seconds=$TIGER_SECONDS" --workdir="$OUT/runs/tiger_beauty"
+run python main.py --gin_file=gin/experiments/beauty_item_sid.gin "${DATA[@]}" "${COMMON[@]}" \
+  --gin_bindings="train.train.max_train_seconds=$ITEM_SECONDS" --workdir="$OUT/runs/item_sid"
+run python -m genrec.benchmarks.tiger_table --runs="$OUT/runs" --table_dir="$OUT" \
+  --table_stem=tiger_table_gpu
+run python -m genrec.benchmarks.scaling --tables=mfu --mfu_batch_sizes="$MFU_BATCHES" \
+  --output_dir="$OUT"
+run python -m genrec.benchmarks.decoding --catalog_sizes="$CATALOG" --beams=10 --reps=3 \
+  --output_dir="$OUT"
