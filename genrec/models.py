@@ -753,9 +753,16 @@ class ItemSidConfig:
       item's code embeddings (0: codes only; >= num_items + 1: an exact item-id
       embedding, as SASRec's).
     temperature: > 0: the parallel head's logits are cosine similarities of
-      the projected state and the code embeddings divided by it (RPG: 0.07),
-      which keeps every level's softmax sharp from the first step; 0: raw
-      dot products.
+      the projected state and the code embeddings divided by it (RPG: 0.07);
+      0: raw dot products.
+    loss: the parallel head's training loss. 'codes': the mean over levels of
+      each code's cross-entropy (RPG's multi-token loss; its cost does not
+      grow with the catalog). 'catalog': the cross-entropy of the next item's
+      whole ID against every ID that exists, i.e. the summed code logits
+      normalized over the catalog (the distribution constrained decoding
+      ranks by), computed as one [positions, items] product like SASRec's
+      softmax (needs temperature 0). 'both': their sum. The item ranking is
+      the same function of the codes either way.
   """
   d_model: int = 128
   num_heads: int = 2
@@ -769,6 +776,7 @@ class ItemSidConfig:
   head_layers: int = 1
   item_id_buckets: int = 0
   temperature: float = 0.0
+  loss: str = 'codes'
   dtype: str = 'auto'
   vocab_size: int = 0
   level_sizes: tuple[int, ...] = ()
@@ -783,6 +791,12 @@ class ItemSidConfig:
     if self.head not in ('parallel', 'autoregressive'):
       raise ValueError(f"ItemSidConfig.head must be 'parallel' or 'autoregressive', not "
                        f'{self.head!r}.')
+    if self.loss not in ('codes', 'catalog', 'both'):
+      raise ValueError(f"ItemSidConfig.loss must be 'codes', 'catalog' or 'both', not "
+                       f'{self.loss!r}.')
+    if self.loss != 'codes' and (self.head != 'parallel' or self.temperature > 0):
+      raise ValueError(f"ItemSidConfig.loss = {self.loss!r} needs head = 'parallel' and "
+                       f'temperature = 0 (got {self.head!r}, {self.temperature}).')
     if not 0 <= self.dropout_rate < 1:
       raise ValueError(f'ItemSidConfig.dropout_rate must be in [0, 1), not '
                        f'{self.dropout_rate}.')
@@ -893,8 +907,14 @@ class ItemSidRec(nnx.Module):
     table = ids.token_table()
     nxt = np.where(windows['next_items'][..., None] > 0, ids.codes[windows['next_items']], -1)
     out = {'inputs': cls.history_features(windows['items'], table),
-           'next_codes': nxt.astype(np.int32)}
+           'next_codes': nxt.astype(np.int32), 'next_items': windows['next_items']}
     return out | {k: windows[k] for k in ('segment_ids', 'positions') if k in windows}
+
+  @staticmethod
+  def training_constants(cfg: ItemSidConfig, ids) -> dict[str, np.ndarray]:
+    """What every training step reads besides its batch: the catalog's tokens
+    for the catalog loss."""
+    return {'catalog': ids.token_table()} if cfg.loss != 'codes' else {}
 
   @classmethod
   def eval_inputs(cls, history_tokens: np.ndarray, ids) -> np.ndarray:
@@ -947,6 +967,24 @@ class ItemSidRec(nnx.Module):
     logits = jnp.einsum('...ld,lkd->...lk', q, table.astype(q.dtype)).astype(jnp.float32)
     logits = jnp.where(jnp.asarray(exists), logits, -jnp.inf)
     return jax.nn.log_softmax(logits, axis=-1)
+
+  def item_vectors(self, catalog: Array) -> Array:
+    """[rows, L] the catalog's tokens -> [rows, d] vectors whose dot product
+    with a state is the sum of the item's code logits (temperature 0): the
+    per-level projections folded into the code embeddings, summed over an
+    item's codes level by level (never a [rows, L, d] array)."""
+    tokens, _ = _level_tokens(self.cfg.level_sizes)
+    table = jnp.take(self.code_embed[...], jnp.asarray(tokens), axis=0)  # [L, K, d]
+    kernel = self.level_proj.kernel[...]  # [d, L, d]
+    folded = jnp.einsum('lke,dle->lkd', table, kernel)  # [L, K, d]
+    codes = jnp.clip(catalog - jnp.asarray(tokens[:, 0])[None], 0, tokens.shape[1] - 1)
+
+    def add_level(total, level):
+      vectors, c = level  # [K, d], [rows]
+      return total + jnp.take(vectors, c, axis=0), None
+    out, _ = jax.lax.scan(add_level, jnp.zeros((catalog.shape[0], folded.shape[-1])),
+                          (folded, codes.T))
+    return out
 
   def score_items(self, inputs: Array, catalog: Array) -> Array:
     """[b, t, 1 + L] inputs, the catalog's tokens [rows, L] (`ItemIds.token_table`,
@@ -1020,6 +1058,16 @@ class ItemSidRec(nnx.Module):
       logp = self.level_log_probs(h)  # [n, L, K]
       picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
       correct = (logp.argmax(-1) == target).all(-1)
+      if self.cfg.loss != 'codes':  # the whole ID against every existing ID
+        scores = jnp.einsum('nd,id->ni', h.astype(jnp.float32), self.item_vectors(batch['catalog']))
+        scores = jnp.where(jnp.arange(scores.shape[1]) > 0, scores, jnp.finfo(jnp.float32).min)
+        items = batch['next_items'].reshape(-1)
+        catalog_ce = optax.softmax_cross_entropy_with_integer_labels(scores, items)
+        correct = scores.argmax(-1) == items
+        if self.cfg.loss == 'catalog':
+          picked = -catalog_ce[:, None]
+        else:
+          picked = picked - catalog_ce[:, None]  # mean code CE + catalog CE
     else:
       first = jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])
       target_tokens = first[None] + target  # [n, L]

@@ -92,11 +92,31 @@ def opt_state_specs(abstract_params, param_specs, tx: optax.GradientTransformati
   return abstract_opt, opt_specs
 
 
-class Trainer(Predictor):
-  """A `Predictor` with the optimizer and the jitted, sharded train step."""
+class _WithConstants:
+  """A jitted step with the trainer's constants bound as its last argument
+  (called and lowered like the jitted function without it)."""
 
-  def __init__(self, config: models.TransformerConfig, tx: optax.GradientTransformation,
-               mesh: Mesh, learning_rate_fn: optax.Schedule | None = None):
+  def __init__(self, fn, constants):
+    self.fn, self.constants = fn, constants
+
+  def __call__(self, *args):
+    return self.fn(*args, self.constants)
+
+  def lower(self, *args):
+    return self.fn.lower(*args, self.constants)
+
+
+class Trainer(Predictor):
+  """A `Predictor` with the optimizer and the jitted, sharded train step.
+
+  `constants`: arrays every step's loss reads besides its batch (replicated
+  on the mesh, merged into each batch inside the step), e.g. the catalog's
+  identifier tokens for `models.ItemSidRec`'s catalog loss.
+  """
+
+  def __init__(self, config: models.ModelConfig, tx: optax.GradientTransformation,
+               mesh: Mesh, learning_rate_fn: optax.Schedule | None = None,
+               constants: dict | None = None):
     super().__init__(config, mesh)
     self.tx = tx
     self.lr_fn = learning_rate_fn
@@ -113,15 +133,17 @@ class Trainer(Predictor):
     self.batch_shardings = partitioning.batch_sharding(mesh, 1)
     repl = partitioning.replicated(mesh)
     self._init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
-    self.train_step = jax.jit(
-        self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl),
-        out_shardings=(self.state_shardings, repl), donate_argnums=0)
+    constants = jax.device_put(dict(constants or {}), repl)
+    self.train_step = _WithConstants(jax.jit(
+        self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, repl, repl),
+        out_shardings=(self.state_shardings, repl), donate_argnums=0), constants)
     # Several steps in one call (a scan over stacked batches), for small models
     # whose steps are shorter than the host's dispatch of one.
-    self.train_steps = jax.jit(
+    self.train_steps = _WithConstants(jax.jit(
         self._train_steps,
-        in_shardings=(self.state_shardings, partitioning.stacked_batch_sharding(mesh), repl),
-        out_shardings=(self.state_shardings, repl), donate_argnums=0)
+        in_shardings=(self.state_shardings, partitioning.stacked_batch_sharding(mesh), repl,
+                      repl),
+        out_shardings=(self.state_shardings, repl), donate_argnums=0), constants)
 
   # -- init -----------------------------------------------------------------
   def _init_fn(self, rng):
@@ -141,10 +163,10 @@ class Trainer(Predictor):
     model = nnx.merge(self.graphdef, params)
     return model.loss(batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=dropout_rng))
 
-  def _train_step(self, state: TrainState, batch, rng):
+  def _train_step(self, state: TrainState, batch, rng, constants=None):
     dropout_rng = jax.random.fold_in(rng, state.step)
     (loss, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-        state.params, batch, dropout_rng)
+        state.params, {**batch, **(constants or {})}, dropout_rng)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **aux}
@@ -152,10 +174,11 @@ class Trainer(Predictor):
       metrics['learning_rate'] = jnp.asarray(self.lr_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  def _train_steps(self, state: TrainState, batches, rng):
+  def _train_steps(self, state: TrainState, batches, rng, constants=None):
     """`_train_step` over batches stacked [steps, batch, ...]: the same states
     (dropout keys fold in each step's count), the last step's metrics."""
-    state, metrics = jax.lax.scan(lambda s, b: self._train_step(s, b, rng), state, batches)
+    state, metrics = jax.lax.scan(lambda s, b: self._train_step(s, b, rng, constants), state,
+                                  batches)
     return state, jax.tree.map(lambda m: m[-1], metrics)
 
 

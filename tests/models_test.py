@@ -347,3 +347,25 @@ def test_item_sid_autoregressive_beam_search_is_exact_and_valid():
   exact = np.take_along_axis(np.asarray(logp), table[:, :, None], axis=-1)[..., 0].sum(-1)
   np.testing.assert_allclose(np.asarray(scores[0]), exact[items - 1], rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(np.sort(exact)[::-1], exact[items - 1])
+
+
+def test_item_sid_catalog_loss_is_the_softmax_of_summed_code_logits_over_existing_ids():
+  """loss='catalog': the cross-entropy of the next item under
+  exp(sum of its code logits) normalized over the catalog, which is what
+  score_items ranks by (the per-level normalizers are constant per query)."""
+  model, ids = _item_sid_model('parallel', seed=5, loss='catalog'), _item_sid_ids()
+  from genrec.recommendation import features
+  arrays = models.ItemSidRec.training_arrays(features.sequence_train_arrays(
+      [np.array([5, 9, 7, 3])], ids, 8, item_ids=True, packed=False), ids)
+  batch = jax.tree.map(jnp.asarray, {**arrays, **models.ItemSidRec.training_constants(
+      model.cfg, ids)})
+  loss, _ = model.loss(batch, deterministic=True)
+  table = jnp.asarray(ids.token_table())
+  want = []
+  for t, nxt in enumerate((9, 7, 3)):
+    inputs = jnp.asarray(arrays['inputs'][:, :t + 1])
+    scores = np.asarray(model.score_items(inputs, table))[0]  # summed code log-probs
+    want.append(-(scores[nxt] - jax.nn.logsumexp(scores[1:])))
+  np.testing.assert_allclose(loss, np.mean(want), rtol=1e-4)
+  with pytest.raises(ValueError, match="needs head = 'parallel' and temperature = 0"):
+    models.ItemSidConfig(loss='catalog', temperature=0.07)

@@ -404,7 +404,9 @@ def train(
                  100 * pack_info['token_fill'], pack_info['max_per_row'], rows_per_batch,
                  round(rows_per_batch * per_row))
   tx, lr_fn = optimizer_fn(num_train_steps)
-  tr = trainer.Trainer(config, tx, mesh, lr_fn)
+  constants_fn = getattr(model_cls, 'training_constants', None)
+  tr = trainer.Trainer(config, tx, mesh, lr_fn,
+                       constants=constants_fn(config, ids) if constants_fn else None)
   batcher = loop.EpochBatcher(len(next(iter(train_arrays.values()))), rows_per_batch, seed)
   num_train_examples = pack_info['examples'] if pack_info else batcher.num_examples
   logging.info('Model: %s, %.2fM parameters; %d train examples (%s level), %d steps/epoch; '
