@@ -71,6 +71,24 @@ def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   assert 'SASRec (TIGER paper)' in beauty and '### toys' in md
 
 
+def test_tiger_table_gives_the_mean_and_deviation_of_seed_runs(tmp_path):
+  """Runs named <name>_s<seed> also give one row of their mean and sample
+  standard deviation per metric; a lone seed gives none."""
+  for seed, ndcg in ((0, 0.03), (1, 0.04), (2, 0.05)):
+    _fake_run(tmp_path, f'item_sid_60m_s{seed}', ndcg)
+  _fake_run(tmp_path, 'other_s0', 0.01)
+  for run in tmp_path.iterdir():
+    results = json.loads((run / 'results.json').read_text())
+    results.update(dataset='beauty', train_seconds=100.0 + len(run.name))
+    (run / 'results.json').write_text(json.dumps(results))
+  rows = tiger_table.collect([str(tmp_path)])
+  mean, = [r for r in rows if r['run'].endswith('seeds)')]
+  assert mean['run'] == 'item_sid_60m (3 seeds)' and mean['seeds'] == '0 1 2'
+  assert mean['ndcg@10'] == 0.04 and mean['ndcg@10_std'] == 0.01
+  assert mean['recall@10'] == 0.2 and mean['recall@10_std'] == 0.0
+  assert 'item_sid_60m (3 seeds)' in tiger_table.markdown(rows)
+
+
 def test_tiger_table_keeps_the_rows_of_record_and_renews_rerun_ones(tmp_path):
   """--table_keep: the committed CSV's rows stay (their run folders are gone),
   a run folder of the same run and command replaces its kept row, and the

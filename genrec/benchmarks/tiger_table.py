@@ -11,7 +11,16 @@ training time, machine, date and command, then the published figures (Rajput
 et al., 2023, Table 2, and later papers' Beauty NDCG@10). `--table_keep` keeps
 the rows of an earlier CSV (a table of record whose run folders are gone); a
 run of the same data set, name and command is taken from its folder instead.
+
+Seeds: run folders named `<name>_s<seed>` (e.g. `item_sid_60m_s0`, `_s1`,
+`_s2`: the same command with `train.train.seed` and ID_SCHEME's seed
+changed) also give one row `<name> (N seeds)` with the mean of every metric
+and its standard deviation (`<metric>_std`, sample standard deviation), as
+ActionPiece and RPG report.
 """
+
+import re
+import statistics
 
 import json
 import os
@@ -94,13 +103,52 @@ def collect(roots: list[str], keep: list[dict] | None = None) -> list[dict]:
            for root in roots for name, r in tables.finished_runs(root)]
   key = lambda row: (row['dataset'], row['run'], row.get('command', ''))
   renewed = {key(row) for row in fresh}
-  rows = [row for row in keep or [] if row.get('budget') != 'paper' and key(row) not in renewed]
+  rows = [row for row in keep or [] if row.get('budget') != 'paper' and key(row) not in renewed
+          and not str(row.get('run', '')).endswith(' seeds)')]
   rows += fresh
+  rows += seed_means(rows)
   for (dataset, model), values in PUBLISHED.items():
     rows.append({'dataset': dataset, 'run': '-', 'model': model,
                  **{k: '' if v is None else v for k, v in zip(METRICS, values)},
                  'budget': 'paper'})
   return rows
+
+
+SEED_SUFFIX = re.compile(r'^(?P<name>.+)_s(?P<seed>\d+)$')
+STD_METRICS = (*METRICS, *(f'{s} N@10' for s in SLICES))
+
+
+def seed_means(rows: list[dict]) -> list[dict]:
+  """One row per group of two or more `<name>_s<seed>` runs of a data set:
+  metric means (4 decimals) and sample standard deviations (`<metric>_std`),
+  the seeds, the mean training time; budget, machine, date and command of
+  the first seed's row."""
+  groups = {}
+  for row in rows:
+    m = SEED_SUFFIX.match(str(row.get('run', '')))
+    if m and row.get('budget') != 'paper':
+      groups.setdefault((row['dataset'], m['name']), []).append((int(m['seed']), row))
+  out = []
+  for (dataset, name), members in groups.items():
+    if len(members) < 2:
+      continue
+    members.sort(key=lambda x: x[0])
+    first = members[0][1]
+    agg = {'dataset': dataset, 'run': f'{name} ({len(members)} seeds)',
+           **{k: first[k] for k in ('model', 'id_scheme', 'ids_from') if k in first}}
+    for k in STD_METRICS:
+      values = [float(r[k]) for _, r in members if r.get(k, '') != '']
+      if len(values) == len(members):
+        agg[k] = round(statistics.mean(values), 4)
+        agg[f'{k}_std'] = round(statistics.stdev(values), 4)
+    agg['seeds'] = ' '.join(str(seed) for seed, _ in members)
+    times = [float(r['train_time_s']) for _, r in members if r.get('train_time_s', '') != '']
+    if times:
+      agg['train_time_s'] = round(statistics.mean(times), 1)
+    agg.update({k: first[k] for k in ('test_users', 'budget', 'machine', 'date', 'command')
+                if k in first})
+    out.append(agg)
+  return out
 
 
 def _budget(r: dict) -> str:
@@ -115,7 +163,8 @@ def _budget(r: dict) -> str:
 
 
 COLUMNS = ('run', 'model', 'id_scheme', 'ids_from', *METRICS, 'invalid_rate',
-           *(f'{s} N@10' for s in SLICES), 'test_users', 'budget', 'best_step',
+           *(f'{s} N@10' for s in SLICES), 'seeds', *(f'{k}_std' for k in STD_METRICS),
+           'test_users', 'budget', 'best_step',
            'train_time_s', 'machine', 'date', 'command')
 
 

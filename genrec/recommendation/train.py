@@ -581,7 +581,7 @@ def train(
       'epochs': round(step / batcher.steps_per_epoch, 2),
       'train_seconds': round(train_seconds, 1),
       'best_step': best_step, 'identifier_collisions': ids.num_collisions,
-      'final_eval_users': final_eval_users,
+      'final_eval_users': final_eval_users, 'seed': seed,
   }
   item_slices = metrics.popularity_slices(data.item_target_counts(), *slice_fractions)
   popular = metrics.popularity_ranking(data.item_train_counts(), beam_size)
