@@ -143,6 +143,15 @@ def test_time_to_quality_curves_table_and_plot(tmp_path):
   csv_rows = (tmp_path / 'time_to_quality.csv').read_text().splitlines()
   assert csv_rows[0] == 'run,step,epoch,train_seconds,val_ndcg@10' and len(csv_rows) == 4
   assert (tmp_path / 'time_to_quality.png').stat().st_size > 1000
+  # An earlier table's curve of a run whose folder is gone joins the plot and
+  # the table; a run still here keeps its own points.
+  old = tmp_path / 'old.csv'
+  old.write_text('run,step,epoch,train_seconds,val_ndcg@10\npacked,40,0.1,500.0,0.01\n'
+                 'packed,80,0.2,1000.0,0.02\nsasrec,100,1.0,600.0,0.5\n')
+  md = time_to_quality.write(str(tmp_path), [900, 3600], [str(old)])
+  assert '| packed |  |  | 0.01 | 0.02 | 0.02 | 1000 | 0.2 | 1000 | 0.2 | (kept curve) |' in md, md
+  assert row in md
+  assert len((tmp_path / 'time_to_quality.csv').read_text().splitlines()) == 6
 
 
 def test_scaling_memory_table():

@@ -20,7 +20,9 @@ summed over restarts), and writes under --root:
                        of --marks seconds, the best overall and when, and the
                        test metrics of the best checkpoint; machine and date
 
-`--table_only` rebuilds the three from the run directories. For comparisons
+`--table_only` rebuilds the three from the run directories;
+`--keep_curves=<an earlier time_to_quality.csv>` adds the curves of runs
+whose folders are gone (their rows say so; no test metrics). For comparisons
 at equal wall-clock give every run the same `train.train.max_train_seconds`
 (it stops at the first evaluation past it); the runs' evaluation period sets
 the resolution of the curves.
@@ -41,6 +43,8 @@ FLAGS = flags.FLAGS
 FLAGS.set_default('root', 'runs/time_to_quality')
 flags.DEFINE_list('marks', ['900', '3600', '10800'], 'Seconds of training at which the '
                   'table reports the best validation NDCG@10 reached so far.')
+flags.DEFINE_multi_string('keep_curves', [], 'CSV files of earlier time_to_quality tables '
+                          'whose runs (absent from --root) are drawn and summarized too.')
 
 KEY = 'validation/ndcg@10'
 
@@ -62,6 +66,16 @@ def curves(root: str) -> dict[str, list[dict]]:
       continue
     out[name] = [{'run': name, 'step': p['step'], 'epoch': p['epoch'],
                   'train_seconds': p['train_seconds'], 'val_ndcg@10': p[KEY]} for p in points]
+  return out
+
+
+def kept_curves(paths: list[str], present: set[str]) -> dict[str, list[dict]]:
+  """The curves of earlier tables' runs that are not in `present`."""
+  out = {}
+  for path in paths:
+    for p in tables.read_csv(path, 'run', '--keep_curves'):
+      if p['run'] not in present:
+        out.setdefault(p['run'], []).append(p)
   return out
 
 
@@ -88,6 +102,8 @@ def summary(root: str, runs: dict[str, list[dict]], marks: list[float]) -> list[
             'trained s': round(points[-1]['train_seconds']), 'epochs': points[-1]['epoch']}
     for k in ('recall@10', 'ndcg@10'):
       row[f'test {k}'] = round(r['test'][k], 4) if 'test' in r else '(not finished)'
+    if not os.path.isdir(os.path.join(root, name)):  # a kept curve
+      row['test recall@10'] = row['test ndcg@10'] = '(kept curve)'
     row['test users'] = (r.get('final_eval_users') or 'all') if 'test' in r else ''
     row['machine'] = r.get('device', '')
     # Of the invocation that wrote the results (runs from before the fields: blank).
@@ -128,8 +144,9 @@ def plot(runs: dict[str, list[dict]], path: str, title: str) -> bool:
   return True
 
 
-def write(root: str, marks: list[float]) -> str:
+def write(root: str, marks: list[float], keep: list[str] = ()) -> str:
   runs = curves(root)
+  runs |= kept_curves(list(keep), set(runs))
   rows = summary(root, runs, marks)
   machines = sorted({r['machine'] for r in rows if r['machine']})
   host = tables.host_summary()
@@ -157,7 +174,7 @@ def main(argv):
       raise app.UsageError('Name at least one --gin_file (or pass --table_only).')
     ablation.run_all(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.root, FLAGS.parallel,
                      FLAGS.common_gin_file)
-  print(write(FLAGS.root, marks), flush=True)
+  print(write(FLAGS.root, marks, FLAGS.keep_curves), flush=True)
 
 
 if __name__ == '__main__':
