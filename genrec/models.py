@@ -15,6 +15,21 @@ from genrec.ids.base import NUM_RESERVED_TOKENS
 Array = jax.Array
 
 
+def check_config(cfg, positive: tuple[str, ...]) -> None:
+  """The checks every model config shares: field types, the `positive`
+  sizes, the dropout rate and the compute dtype."""
+  config_check.check_fields(cfg)
+  name = type(cfg).__name__
+  for field in positive:
+    if getattr(cfg, field) <= 0:
+      raise ValueError(f'{name}.{field} must be positive, not {getattr(cfg, field)}.')
+  if not 0 <= cfg.dropout_rate < 1:
+    raise ValueError(f'{name}.dropout_rate must be in [0, 1), not {cfg.dropout_rate}.')
+  if cfg.dtype not in ('float32', 'bfloat16', 'auto'):
+    raise ValueError(f"{name}.dtype must be 'float32', 'bfloat16' or 'auto', not "
+                     f'{cfg.dtype!r}.')
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Sizes of the encoder-decoder; gin files in gin/models/ set them.
@@ -55,16 +70,7 @@ class TransformerConfig:
   encoder_checkpoint: str = ''
 
   def __post_init__(self):
-    config_check.check_fields(self)
-    for name in ('d_model', 'num_heads', 'head_dim', 'd_ff'):
-      if getattr(self, name) <= 0:
-        raise ValueError(f'TransformerConfig.{name} must be positive, not {getattr(self, name)}.')
-    if not 0 <= self.dropout_rate < 1:
-      raise ValueError(f'TransformerConfig.dropout_rate must be in [0, 1), not '
-                       f'{self.dropout_rate}.')
-    if self.dtype not in ('float32', 'bfloat16', 'auto'):
-      raise ValueError(f"TransformerConfig.dtype must be 'float32', 'bfloat16' or 'auto', "
-                       f'not {self.dtype!r}.')
+    check_config(self, ('d_model', 'num_heads', 'head_dim', 'd_ff'))
 
   @classmethod
   def from_json(cls, fields: dict) -> 'TransformerConfig':
@@ -750,8 +756,9 @@ class ItemSidConfig:
       conditioned on the position's state; trie-constrained beam search).
     head_layers: layers of the autoregressive head's decoder.
     item_id_buckets: rows of a hashed item-id embedding added to each history
-      item's code embeddings (0: codes only; >= num_items + 1: an exact item-id
-      embedding, as SASRec's).
+      item's code embeddings (0: codes only; -1: one row per item, an exact
+      item-id embedding as SASRec's, sized from the data; a row count below
+      the catalog hashes items into it).
     temperature: > 0: the parallel head's logits are cosine similarities of
       the projected state and the code embeddings divided by it (RPG: 0.07);
       0: raw dot products.
@@ -784,10 +791,10 @@ class ItemSidConfig:
   max_len: int = 0
 
   def __post_init__(self):
-    config_check.check_fields(self)
-    for name in ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers', 'head_layers'):
-      if getattr(self, name) <= 0:
-        raise ValueError(f'ItemSidConfig.{name} must be positive, not {getattr(self, name)}.')
+    check_config(self, ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers', 'head_layers'))
+    if self.item_id_buckets < -1:
+      raise ValueError(f'ItemSidConfig.item_id_buckets must be -1 (one row per item), 0 (none) '
+                       f'or a row count, not {self.item_id_buckets}.')
     if self.head not in ('parallel', 'autoregressive'):
       raise ValueError(f"ItemSidConfig.head must be 'parallel' or 'autoregressive', not "
                        f'{self.head!r}.')
@@ -797,12 +804,6 @@ class ItemSidConfig:
     if self.loss != 'codes' and (self.head != 'parallel' or self.temperature > 0):
       raise ValueError(f"ItemSidConfig.loss = {self.loss!r} needs head = 'parallel' and "
                        f'temperature = 0 (got {self.head!r}, {self.temperature}).')
-    if not 0 <= self.dropout_rate < 1:
-      raise ValueError(f'ItemSidConfig.dropout_rate must be in [0, 1), not '
-                       f'{self.dropout_rate}.')
-    if self.dtype not in ('float32', 'bfloat16', 'auto'):
-      raise ValueError(f"ItemSidConfig.dtype must be 'float32', 'bfloat16' or 'auto', not "
-                       f'{self.dtype!r}.')
 
   compute_dtype = TransformerConfig.compute_dtype
 
@@ -821,9 +822,10 @@ class ItemSidConfig:
 
   def resolve(self, ids, num_items: int, max_history: int) -> 'ItemSidConfig':
     """The config with the sizes that come from the identifiers and the data."""
+    buckets = num_items + 1 if self.item_id_buckets == -1 else self.item_id_buckets
     return dataclasses.replace(self, vocab_size=ids.vocab_size, level_sizes=tuple(
         int(s) for s in ids.level_sizes), num_items=num_items, max_len=max_history,
-                               dtype=str(self.compute_dtype))
+                               dtype=str(self.compute_dtype), item_id_buckets=buckets)
 
   @classmethod
   def from_json(cls, fields: dict) -> 'ItemSidConfig':
@@ -868,9 +870,11 @@ class ItemSidRec(nnx.Module):
   left_padded_inputs = False
 
   def __init__(self, cfg: ItemSidConfig, *, rngs: nnx.Rngs):
-    if cfg.vocab_size <= 0 or not cfg.level_sizes or cfg.max_len <= 0:
-      raise ValueError('ItemSidRec needs vocab_size, level_sizes and max_len (filled in by '
-                       'train.train from the identifiers and max_history).')
+    if cfg.vocab_size <= 0 or not cfg.level_sizes or cfg.max_len <= 0 or (
+        cfg.item_id_buckets < 0):
+      raise ValueError('ItemSidRec needs vocab_size, level_sizes, max_len and a row count for '
+                       'item_id_buckets (filled in by ItemSidConfig.resolve from the '
+                       'identifiers and the data).')
     dt = cfg.compute_dtype
     self.cfg = cfg
     levels = len(cfg.level_sizes)

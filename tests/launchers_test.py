@@ -60,8 +60,27 @@ def test_gpu_cluster_dry_runs_print_the_job():
   assert command[5].endswith('main.py') and '--workdir=/shared/runs/x' in command
 
 
+def test_gpu_check_dry_run_prints_each_figure_s_command():
+  """The one GPU check: both Beauty recipes on time budgets, their table,
+  the epoch cost (MFU) and the 1M-item decoding row, all under OUT; --smoke
+  swaps in the synthetic catalog and tiny budgets (run by hand on a CPU:
+  `bash tpu_scripts/gpu_check.sh --smoke /tmp/gpu_smoke`, ~3 minutes)."""
+  lines = [shlex.split(line) for line in _dry_run('gpu_check.sh', '/out')]
+  assert [c[:3] for c in lines] == [
+      ['mkdir', '-p', '/out/runs'], ['python', 'main.py', '--gin_file=gin/experiments/tiger_beauty.gin'],
+      ['python', 'main.py', '--gin_file=gin/experiments/beauty_item_sid.gin'],
+      ['python', '-m', 'genrec.benchmarks.tiger_table'], ['python', '-m', 'genrec.benchmarks.epoch_cost'],
+      ['python', '-m', 'genrec.benchmarks.decoding']]
+  assert '--gin_bindings=train.train.max_train_seconds=240' in lines[1]
+  assert '--workdir=/out/runs/item_sid' in lines[2] and '--catalog_sizes=1000000' in lines[5]
+  assert "--gin_bindings=DATA_DIR='../shared/data'" in lines[2]
+  smoke = [shlex.split(line) for line in _dry_run('gpu_check.sh', '--smoke', '/out')]
+  assert '--gin_file=gin/budgets/smoke.gin' in smoke[1] and '--catalog_sizes=2000' in smoke[5]
+  assert '--dataset=synthetic' in smoke[4]
+
+
 def test_launchers_say_how_to_call_them():
-  for script in ('pod.sh', 'gpu_cluster.sh'):
+  for script in ('pod.sh', 'gpu_cluster.sh', 'gpu_check.sh'):
     out = subprocess.run(['bash', os.path.join(REPO_ROOT, 'tpu_scripts', script)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and '--dry_run' in out.stderr

@@ -53,6 +53,21 @@ def _losses(workdir):
     return {r['step']: r['loss'] for r in map(json.loads, f)}
 
 
+def _infer_gives_the_test_predictions(workdir) -> list[dict]:
+  """infer from a finished synthetic run's checkpoint on its test histories
+  writes the run's own test predictions; returns them."""
+  test = sequences.leave_one_out(sequences.make_synthetic(seed=0), 20)['test']
+  inp = workdir / 'histories.jsonl'
+  inp.write_text(''.join(json.dumps({'user': i, 'history': h[h > 0].tolist()}) + '\n'
+                         for i, h in enumerate(test.history)))
+  out = infer.infer(str(workdir), str(inp),
+                    mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+  got = [json.loads(line) for line in open(out)]
+  want = [json.loads(line) for line in open(workdir / 'predictions' / 'test.jsonl')]
+  assert [g['items'] for g in got] == [w['items'] for w in want]
+  return got
+
+
 def test_train_evaluate_and_beat_popularity(tmp_path):
   results = _run(tmp_path, num_train_steps=150, eval_every_steps=75,
                  checkpoint_every_steps=75, id_scheme=RandomCodeIds(num_levels=2))
@@ -239,15 +254,7 @@ def test_decoder_only_model_trains_on_whole_sequences_and_decodes_valid_ids(tmp_
     assert results[split]['invalid_rate'] == 0
     assert results[split]['recall@10'] > results[f'popularity_{split}']['recall@10']
   # infer from the checkpoint (histories continue in place: 0-padded at the start).
-  test = sequences.leave_one_out(sequences.make_synthetic(seed=0), 20)['test']
-  inp = tmp_path / 'histories.jsonl'
-  inp.write_text(''.join(json.dumps({'user': i, 'history': h[h > 0].tolist()}) + '\n'
-                         for i, h in enumerate(test.history)))
-  out = infer.infer(str(tmp_path), str(inp),
-                    mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
-  got = [json.loads(line) for line in open(out)]
-  want = [json.loads(line) for line in open(tmp_path / 'predictions' / 'test.jsonl')]
-  assert [g['items'] for g in got] == [w['items'] for w in want]
+  _infer_gives_the_test_predictions(tmp_path)
   with pytest.raises(ValueError, match="head='projection' needs a model that scores items"):
     _run(tmp_path / 'p', num_train_steps=1, head='projection',
          model_config=dataclasses.replace(TINY, architecture='decoder_only'))
@@ -271,15 +278,7 @@ def test_item_level_sid_model_trains_on_windows_and_ranks_existing_items(tmp_pat
     assert results[split]['invalid_rate'] == 0
     assert results[split]['recall@10'] > 1.5 * results[f'popularity_{split}']['recall@10']
   assert ('test_unconstrained' in results) == (head == 'autoregressive')
-  test = sequences.leave_one_out(sequences.make_synthetic(seed=0), 20)['test']
-  inp = tmp_path / 'histories.jsonl'
-  inp.write_text(''.join(json.dumps({'user': i, 'history': h[h > 0].tolist()}) + '\n'
-                         for i, h in enumerate(test.history)))
-  out = infer.infer(str(tmp_path), str(inp),
-                    mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
-  got = [json.loads(line) for line in open(out)]
-  want = [json.loads(line) for line in open(tmp_path / 'predictions' / 'test.jsonl')]
-  assert [g['items'] for g in got] == [w['items'] for w in want]
+  got = _infer_gives_the_test_predictions(tmp_path)
   assert all(len(set(g['items'])) == len(g['items']) == 10 for g in got)
 
 

@@ -8,7 +8,8 @@
 #   2. the item-level Semantic-ID recipe (gin/experiments/beauty_item_sid.gin)
 #      for ITEM_SECONDS;
 #      (1 and 2 share tiger_table_gpu.md with their test metrics on all users)
-#   3. the train step's model FLOP utilization (scaling --tables=mfu);
+#   3. one epoch's cost and the train step's model FLOP utilization of the
+#      packed encoder-decoder, SASRec and the item-level model (epoch_cost);
 #   4. trie-constrained beam search over a 1M-item catalog (decoding).
 # Usage: tpu_scripts/gpu_check.sh [--dry_run] [--smoke] OUT_DIR
 #   --smoke: tiny budgets, the synthetic catalog and a 2,000-item decoding
@@ -28,10 +29,10 @@ DATA_DIR=${DATA_DIR:-../shared/data}
 cd "$(dirname "$0")/.."
 
 if [ "$SMOKE" = 1 ]; then
-  TIGER_SECONDS=3 ITEM_SECONDS=3 CATALOG=2000 MFU_BATCHES=8
+  TIGER_SECONDS=3 ITEM_SECONDS=3 CATALOG=2000 DATASET=synthetic STEPS=1
   DATA=(--gin_file=gin/budgets/smoke.gin)
 else
-  TIGER_SECONDS=240 ITEM_SECONDS=120 CATALOG=1000000 MFU_BATCHES=256,1024
+  TIGER_SECONDS=240 ITEM_SECONDS=120 CATALOG=1000000 DATASET=beauty STEPS=5
   DATA=(--gin_bindings="DATA_DIR='$DATA_DIR'" --gin_bindings="train.train.eval_every_steps=1000"
         --gin_bindings="train.train.checkpoint_every_steps=1000")
 fi
@@ -44,7 +45,7 @@ run python main.py --gin_file=gin/experiments/beauty_item_sid.gin "${DATA[@]}" "
   --gin_bindings="train.train.max_train_seconds=$ITEM_SECONDS" --workdir="$OUT/runs/item_sid"
 run python -m genrec.benchmarks.tiger_table --runs="$OUT/runs" --table_dir="$OUT" \
   --table_stem=tiger_table_gpu
-run python -m genrec.benchmarks.scaling --tables=mfu --mfu_batch_sizes="$MFU_BATCHES" \
-  --output_dir="$OUT"
+run python -m genrec.benchmarks.epoch_cost --data_dir="$DATA_DIR" --dataset="$DATASET" \
+  --models=encoder_decoder_packed,sasrec,item_sid --steps="$STEPS" --output_dir="$OUT"
 run python -m genrec.benchmarks.decoding --catalog_sizes="$CATALOG" --beams=10 --reps=3 \
   --output_dir="$OUT"

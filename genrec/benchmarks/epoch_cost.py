@@ -12,7 +12,9 @@ window (`features.sequence_windows`), every target at once. Identifiers are
 `--levels`-token random codes (the cost depends on lengths only, not on which
 codes). Per model: examples and steps per epoch, XLA's FLOP count of one
 step (`cost_analysis`), the median step time over `--steps` steps on real
-batches, and from them FLOPs and wall time per epoch and target items/s.
+batches, and from them FLOPs and wall time per epoch and target items/s; on
+an accelerator whose bf16 peak is known (`scaling.PEAK_TFLOPS`), the step's
+model FLOP utilization (`mfu`).
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ import numpy as np
 from genrec import models, partitioning, tables, trainer
 from genrec.data import sequences
 from genrec import ids as ids_lib
+from genrec.benchmarks.scaling import PEAK_TFLOPS
 from genrec.recommendation import features, train
 
 flags.DEFINE_string('data_dir', None, 'Data folder (default $GENREC_DATA_DIR).')
@@ -126,6 +129,8 @@ def measure(name: str, data, max_history: int, levels: int, batch_size: int, ste
       step_targets.append(targets[idx].sum())
   step_s = float(np.median(times))
   steps_per_epoch = -(-n // batch_size)
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
   return {
       'model': name, 'training_examples': models.model_class(config).training_examples,
       'rows_per_step': batch_size,
@@ -138,6 +143,7 @@ def measure(name: str, data, max_history: int, levels: int, batch_size: int, ste
       'median_step_s': round(step_s, 3),
       'epoch_minutes': round(step_s * steps_per_epoch / 60, 1),
       'target_items_per_s': round(float(np.median(step_targets)) / step_s, 1),
+      'mfu': '' if peak is None else round(flops / step_s / 1e12 / (peak * jax.device_count()), 4),
       'device': partitioning.device_summary(),
   }
 

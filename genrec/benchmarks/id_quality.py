@@ -24,7 +24,9 @@ from genrec.ids import content as item_content
 
 CONTENT_FNS = {'auto': item_content.item_content, 'text': item_content.text_embeddings,
                'attributes': item_content.attribute_tfidf}
-CONTENT_SCHEMES = ('hkmeans', 'rqkmeans', 'rqkmeans_sinkhorn', 'rqvae')
+LONG_IDS = {'pq32': (32, 0), 'opq8': (8, 4), 'opq16': (16, 4), 'opq32': (32, 4),
+            'opq64': (64, 4)}  # name -> (codes per item, OPQ rotation updates)
+CONTENT_SCHEMES = ('hkmeans', 'rqkmeans', 'rqkmeans_sinkhorn', 'rqvae', *LONG_IDS)
 
 flags.DEFINE_string('data_dir', None, 'Folder holding amazon-2014/ (default $GENREC_DATA_DIR).')
 flags.DEFINE_list('datasets', ['beauty', 'sports', 'toys', 'synthetic'], 'Data sets.')
@@ -56,6 +58,9 @@ def make_schemes(names, data_dir: str | None, dataset: str, rqvae_steps: int,
       'rqvae': lambda: ids.RQVAEIds(num_levels=3, codebook_size=256, num_steps=rqvae_steps,
                                     content_fn=c),
       'lcrec': lambda: ids.PrecomputedIds(path=lcrec, data_dir=data_dir),
+      **{name: (lambda m=m, it=it: ids.ProductQuantizationIds(
+          num_levels=m, codebook_size=256, opq_iters=it, content_fn=c))
+         for name, (m, it) in LONG_IDS.items()},
   }
   unknown = set(names) - set(table)
   if unknown:
@@ -82,15 +87,24 @@ def quality_row(dataset: str, name: str, item_ids: ids.ItemIds, seconds: float,
   usage = []
   for level, size in enumerate(item_ids.level_sizes):
     used, ppl = code_usage(item_ids.codes[1:, level], size)
-    usage.append(f'{used}/{size} (ppl {ppl:.0f})')
+    usage.append((used, size, ppl))
   info = item_ids.info
+  if len(usage) > 6:  # long IDs: the range over levels
+    used, ppl = [u for u, _, _ in usage], [p for _, _, p in usage]
+    text = (f'{len(usage)} levels: used {min(used)}-{max(used)} of {usage[0][1]}, '
+            f'ppl {min(ppl):.0f}-{max(ppl):.0f}')
+  else:
+    text = '; '.join(f'{u}/{size} (ppl {p:.0f})' for u, size, p in usage)
   return {
       'dataset': dataset, 'scheme': name, 'content': content, 'levels': item_ids.num_levels,
       'collisions_before': info.get('collisions_before_dedup', item_ids.num_collisions),
       'collisions_after': item_ids.num_collisions,
-      'utilization_per_level': '; '.join(usage),
+      'utilization_per_level': text,
       'rqvae_recon_mse': (f"{info['reconstruction_mse']:.4f}"
                           if 'reconstruction_mse' in info else ''),
+      # Product quantization: the squared error left, as a share of the content's variance.
+      'pq_relative_mse': (f"{info['quantization_mse'] / info['content_variance']:.3f}"
+                          if 'quantization_mse' in info else ''),
       'fit_seconds': round(seconds, 1),
   }
 
