@@ -1034,9 +1034,25 @@ class ItemSidRec(nnx.Module):
 
   def beam_search_inputs(self, inputs: Array, beam_size: int, num_steps: int):
     """(tokens_to_logits, cache) of `decoding.beam_search` over the next
-    item's L tokens (autoregressive head); the cache holds each beam's tokens
-    so far [n, L]."""
-    h = jnp.repeat(self._last_state(inputs), beam_size, axis=0)  # [n, d]
+    item's L tokens. Autoregressive head: the cache holds each beam's tokens
+    so far [n, L]. Parallel head: level l's log-probabilities whatever the
+    prefix, so a trie-constrained beam search approximates the exact top-k of
+    `score_items` for catalogs too large to score at once (beams are pruned
+    level by level; `benchmarks.parallel_decoding` measures its recall)."""
+    state = self._last_state(inputs)  # [b, d]
+    h = jnp.repeat(state, beam_size, axis=0)  # [n, d]
+    if self.cfg.head == 'parallel':
+      tokens, exists = _level_tokens(self.cfg.level_sizes)
+      logp = self.level_log_probs(state)  # [b, L, K]
+      # [b, L, vocab]: each level's log-probabilities at its tokens' ids.
+      dense = jnp.full((*logp.shape[:2], self.cfg.vocab_size), -jnp.inf).at[
+          :, jnp.arange(len(tokens))[:, None], jnp.asarray(tokens)].set(
+              jnp.where(jnp.asarray(exists), logp, -jnp.inf))
+
+      def level_logits(prev, cache, step):
+        del prev
+        return jnp.repeat(dense[:, step], beam_size, axis=0), cache
+      return level_logits, jnp.zeros((h.shape[0], 1), jnp.int32)
 
     def tokens_to_logits(prev, cache, step):
       if step:
