@@ -322,7 +322,8 @@ def record_start(workdir: str, step: int) -> None:
       'event': 'start', 'time': _utc(), 'step': step, 'genrec': genrec.__version__,
       'jax': jax.__version__, 'devices': partitioning.device_summary(),
       'processes': jax.process_count(), 'host': tables.host_summary(),
-      'command': tables.command_line(), 'config': f'config/start_{n:03d}_step{step}.gin'})
+      'command': tables.command_line(), 'commit': tables.source_commit(),
+      'config': f'config/start_{n:03d}_step{step}.gin'})
 
 
 def record_end(workdir: str, step: int) -> None:

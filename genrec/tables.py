@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
@@ -36,6 +37,27 @@ def _shell_quote(arg: str) -> str:
   if shlex.quote(arg) == arg or any(ch in arg for ch in '"$`\\!'):
     return shlex.quote(arg)
   return f'"{arg}"'
+
+
+_COMMIT = []
+
+
+def source_commit() -> str:
+  """The git commit of the genrec source this process runs ('<sha>', with
+  '-dirty' when tracked files differ from it; '' outside a git checkout),
+  read once per process so that a result names the code that produced it
+  even if the checkout changes meanwhile."""
+  if not _COMMIT:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+      run = lambda *a: subprocess.run(['git', '-C', root, *a], capture_output=True, text=True,
+                                      timeout=10, check=True).stdout.strip()
+      sha = run('rev-parse', '--short=12', 'HEAD')
+      dirty = run('status', '--porcelain', '--untracked-files=no')
+      _COMMIT.append(sha + ('-dirty' if dirty else ''))
+    except (OSError, subprocess.SubprocessError):
+      _COMMIT.append('')
+  return _COMMIT[0]
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -75,6 +75,7 @@ def run_row(name: str, r: dict, workdir: str) -> dict:
       'train_time_s': r.get('train_seconds', r['train_time_s_this_invocation']),
       'machine': f"{device} ({r['host']})" if 'host' in r and 'cpu' in device else device,
       'date': (r.get('evaluated_at') or '')[:10],
+      'commit': r.get('commit', ''),
       'command': r.get('command') or _first_command(workdir)}
 
 
@@ -145,7 +146,8 @@ def seed_means(rows: list[dict]) -> list[dict]:
     times = [float(r['train_time_s']) for _, r in members if r.get('train_time_s', '') != '']
     if times:
       agg['train_time_s'] = round(statistics.mean(times), 1)
-    agg.update({k: first[k] for k in ('test_users', 'budget', 'machine', 'date', 'command')
+    agg.update({k: first[k] for k in ('test_users', 'budget', 'machine', 'date', 'commit',
+                                      'command')
                 if k in first})
     out.append(agg)
   return out
@@ -165,7 +167,7 @@ def _budget(r: dict) -> str:
 COLUMNS = ('run', 'model', 'id_scheme', 'ids_from', *METRICS, 'invalid_rate',
            *(f'{s} N@10' for s in SLICES), 'seeds', *(f'{k}_std' for k in STD_METRICS),
            'test_users', 'budget', 'best_step',
-           'train_time_s', 'machine', 'date', 'command')
+           'train_time_s', 'machine', 'date', 'commit', 'command')
 
 
 def markdown(rows: list[dict]) -> str:

@@ -108,6 +108,7 @@ def summary(root: str, runs: dict[str, list[dict]], marks: list[float]) -> list[
     row['machine'] = r.get('device', '')
     # Of the invocation that wrote the results (runs from before the fields: blank).
     row['date'] = (r.get('evaluated_at') or '')[:10]
+    row['commit'] = r.get('commit', '')
     row['command'] = r.get('command', '')
     rows.append(row)
   return rows

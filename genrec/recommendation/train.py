@@ -576,7 +576,7 @@ def train(
       'device': partitioning.device_summary(), 'host': tables.host_summary(),
       # The invocation that wrote these results (a run continued with a larger
       # budget records the continuing command).
-      'command': tables.command_line(),
+      'command': tables.command_line(), 'commit': tables.source_commit(),
       'last_step': step, 'stopped_early': step < num_train_steps,
       'epochs': round(step / batcher.steps_per_epoch, 2),
       'train_seconds': round(train_seconds, 1),
