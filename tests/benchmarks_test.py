@@ -152,6 +152,8 @@ def test_time_to_quality_curves_table_and_plot(tmp_path):
   assert '| packed |  |  | 0.01 | 0.02 | 0.02 | 1000 | 0.2 | 1000 | 0.2 | (kept curve) |' in md, md
   assert row in md
   assert len((tmp_path / 'time_to_quality.csv').read_text().splitlines()) == 6
+  md = time_to_quality.write(str(tmp_path), [900], [f'{old}:other'])
+  assert 'packed' not in md
 
 
 def test_scaling_memory_table():

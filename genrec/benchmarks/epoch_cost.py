@@ -41,7 +41,8 @@ flags.DEFINE_integer('long_levels', 32, 'Codes per item of the item-level model 
                      'parallel head (RPG-style long IDs).')
 flags.DEFINE_list('models', ['encoder_decoder', 'encoder_decoder_packed', 'decoder_only',
                             'sasrec', 'item_sid', 'item_sid_ar'], 'Models to time.')
-flags.DEFINE_string('output_dir', None, 'Where to write epoch_cost.md/.csv.')
+flags.DEFINE_string('output_dir', None, 'Where to write <table_stem>.md/.csv.')
+flags.DEFINE_string('table_stem', 'epoch_cost', "The table's file name.")
 FLAGS = flags.FLAGS
 
 # TIGER's width and depth (gin/models/tiger.gin); SASRec at the same width.
@@ -169,7 +170,7 @@ def main(argv):
     tables.write(f'# One training epoch on {data.name}: prefix-expanded vs sequence-level\n\n'
                  f'`{command}` ({date}, {rows[0]["device"]}; batch {FLAGS.batch_size}, median '
                  f'of {FLAGS.steps} steps per model)\n\n{text}\n', rows, FLAGS.output_dir,
-                 'epoch_cost')
+                 FLAGS.table_stem)
 
 
 if __name__ == '__main__':

@@ -44,7 +44,8 @@ FLAGS.set_default('root', 'runs/time_to_quality')
 flags.DEFINE_list('marks', ['900', '3600', '10800'], 'Seconds of training at which the '
                   'table reports the best validation NDCG@10 reached so far.')
 flags.DEFINE_multi_string('keep_curves', [], 'CSV files of earlier time_to_quality tables '
-                          'whose runs (absent from --root) are drawn and summarized too.')
+                          'whose runs (absent from --root) are drawn and summarized too; '
+                          'PATH:RUN,RUN keeps those runs only.')
 
 KEY = 'validation/ndcg@10'
 
@@ -72,9 +73,11 @@ def curves(root: str) -> dict[str, list[dict]]:
 def kept_curves(paths: list[str], present: set[str]) -> dict[str, list[dict]]:
   """The curves of earlier tables' runs that are not in `present`."""
   out = {}
-  for path in paths:
+  for spec in paths:
+    path, _, names = spec.partition(':')
+    wanted = set(names.split(',')) if names else None
     for p in tables.read_csv(path, 'run', '--keep_curves'):
-      if p['run'] not in present:
+      if p['run'] not in present and (wanted is None or p['run'] in wanted):
         out.setdefault(p['run'], []).append(p)
   return out
 
