@@ -857,10 +857,12 @@ class ItemSidRec(nnx.Module):
   at the end: channel 0 the item id, channels 1..L its tokens
   (`history_features`). Heads (`ItemSidConfig.head`):
     parallel: per level l, a projection of the state dotted with level l's
-      code embeddings (tied to the input's); loss: mean over levels of the
-      cross-entropy of the next item's code (RPG's multi-token loss). An
-      item's score is the sum of its codes' log-probabilities; `score_items`
-      computes it for the whole catalog (exact top-k).
+      code embeddings (tied to the input's). An item's score is the sum of
+      its codes' log-probabilities; `score_items` computes it for the whole
+      catalog (exact top-k). Trained with the mean over levels of each code's
+      cross-entropy (RPG's multi-token loss) or with the catalog loss, the
+      softmax of the summed code logits over every existing ID
+      (`ItemSidConfig.loss`).
     autoregressive: a `head_layers`-layer causal decoder over [state, codes
       of the next item so far] predicts the next code; trained for all
       positions at once (teacher forcing), decoded by trie-constrained beam
@@ -1065,8 +1067,10 @@ class ItemSidRec(nnx.Module):
            rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
     """Cross-entropy of the next item's codes at every position (batch
     'inputs' [b, t, 1 + L], 'next_codes' [b, t, L] with -1 where there is no
-    next item; packed rows also 'segment_ids' and 'positions'). Metric
-    'accuracy': the share of positions whose every code is predicted."""
+    next item; 'next_items' [b, t] and the constant 'catalog' for the catalog
+    loss; packed rows also 'segment_ids' and 'positions'). Metric
+    'accuracy': the share of positions whose every code is predicted (the
+    catalog loss: whose top-scored item is the next one)."""
     x = self.states(batch['inputs'], batch.get('segment_ids'), batch.get('positions'),
                     deterministic=deterministic, rngs=rngs)
     b, t, d = x.shape
