@@ -49,7 +49,8 @@ def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
               num_train_steps=10, stop_after_step=5, log_every_steps=5, input_pipeline='numpy')
   args.update(CASES[kind])
   train.train(**args)  # a checkpoint at step 5, no evaluation
-  with_saved_model = kind in ('encoder_decoder', 'sasrec')  # beam search; one-pass scores
+  # beam search; one-pass scores (SASRec's and the item-level model's)
+  with_saved_model = kind in ('encoder_decoder', 'sasrec', 'item_sid_parallel')
   # The default platforms (CPU, CUDA, TPU) once; the other cases CPU only.
   out = export.export(run, **({} if kind == 'encoder_decoder' else {'platforms': ('cpu',)}),
                       saved_model=with_saved_model)
