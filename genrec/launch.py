@@ -150,7 +150,8 @@ def main(argv):
   import jax
   initialize_distributed(jax)
   import gin
-  from genrec import gin_utils, loop
+  from genrec import gin_utils, loop, tables
+  tables.source_commit()  # now, while the checkout holds the code this process imports
   try:
     loop.make_workdir(FLAGS.workdir)
   except ValueError as e:

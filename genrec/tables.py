@@ -45,8 +45,9 @@ _COMMIT = []
 def source_commit() -> str:
   """The git commit of the genrec source this process runs ('<sha>', with
   '-dirty' when tracked files differ from it; '' outside a git checkout),
-  read once per process so that a result names the code that produced it
-  even if the checkout changes meanwhile."""
+  read once per process (`launch.main` reads it at start, while the checkout
+  holds the code the process imports) so that a result names the code that
+  produced it even if the checkout changes meanwhile."""
   if not _COMMIT:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
