@@ -89,10 +89,14 @@ def quality_row(dataset: str, name: str, item_ids: ids.ItemIds, seconds: float,
     used, ppl = code_usage(item_ids.codes[1:, level], size)
     usage.append((used, size, ppl))
   info = item_ids.info
-  if len(usage) > 6:  # long IDs: the range over levels
-    used, ppl = [u for u, _, _ in usage], [p for _, _, p in usage]
-    text = (f'{len(usage)} levels: used {min(used)}-{max(used)} of {usage[0][1]}, '
+  if len(usage) > 6:  # long IDs: the range over the code levels, then the collision level
+    body = usage[:-1] if item_ids.info.get('collision_level') else usage
+    used, ppl = [u for u, _, _ in body], [p for _, _, p in body]
+    text = (f'{len(body)} levels: used {min(used)}-{max(used)} of {body[0][1]}, '
             f'ppl {min(ppl):.0f}-{max(ppl):.0f}')
+    if len(body) < len(usage):
+      u, size, p = usage[-1]
+      text += f'; collision level {u}/{size} (ppl {p:.0f})'
   else:
     text = '; '.join(f'{u}/{size} (ppl {p:.0f})' for u, size, p in usage)
   return {

@@ -170,7 +170,8 @@ def _finish(codes: np.ndarray, level_sizes: tuple[int, ...], scheme: str,
   full = np.full((codes.shape[0] + 1, codes.shape[1]), -1, np.int32)
   full[1:] = codes
   info = {**(info or {}),
-          'collisions_before_dedup': int(len(codes) - len(np.unique(codes, axis=0)))}
+          'collisions_before_dedup': int(len(codes) - len(np.unique(codes, axis=0))),
+          'collision_level': dedup}
   if dedup:
     full, level_sizes = add_collision_level(full, level_sizes)
   return ItemIds(codes=full, level_sizes=level_sizes, scheme=scheme, info=info)
