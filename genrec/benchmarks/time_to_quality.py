@@ -43,6 +43,8 @@ FLAGS = flags.FLAGS
 FLAGS.set_default('root', 'runs/time_to_quality')
 flags.DEFINE_list('marks', ['900', '3600', '10800'], 'Seconds of training at which the '
                   'table reports the best validation NDCG@10 reached so far.')
+flags.DEFINE_string('table_dir', None, 'Where the table and plot go (default: --root).')
+flags.DEFINE_string('table_stem', 'time_to_quality', 'Their file name (<stem>.md/.csv/.png).')
 flags.DEFINE_multi_string('keep_curves', [], 'CSV files of earlier time_to_quality tables '
                           'whose runs (absent from --root) are drawn and summarized too; '
                           'PATH:RUN,RUN keeps those runs only.')
@@ -148,7 +150,8 @@ def plot(runs: dict[str, list[dict]], path: str, title: str) -> bool:
   return True
 
 
-def write(root: str, marks: list[float], keep: list[str] = ()) -> str:
+def write(root: str, marks: list[float], keep: list[str] = (), out_dir: str | None = None,
+          stem: str = 'time_to_quality') -> str:
   runs = curves(root)
   runs |= kept_curves(list(keep), set(runs))
   rows = summary(root, runs, marks)
@@ -161,12 +164,13 @@ def write(root: str, marks: list[float], keep: list[str] = ()) -> str:
   md += ['', 'Seconds are wall seconds of training steps (evaluations and checkpoints '
          'excluded); validation NDCG@10 is on the runs\' sampled validation users, test '
          'metrics at the best checkpoint on every user or on the seeded sample that `test '
-         'users` gives (`train.train.final_eval_users`). Curves: time_to_quality.png, '
-         'points: time_to_quality.csv.']
+         f'users` gives (`train.train.final_eval_users`). Curves: {stem}.png, '
+         f'points: {stem}.csv.']
   text = '\n'.join(md)
-  tables.write(text, [p for points in runs.values() for p in points], root, 'time_to_quality')
-  if runs and plot(runs, os.path.join(root, 'time_to_quality.png'), title):
-    text += f"\n\nPlot: {os.path.join(root, 'time_to_quality.png')}"
+  out_dir = out_dir or root
+  tables.write(text, [p for points in runs.values() for p in points], out_dir, stem)
+  if runs and plot(runs, os.path.join(out_dir, f'{stem}.png'), title):
+    text += f"\n\nPlot: {os.path.join(out_dir, f'{stem}.png')}"
   return text
 
 
@@ -178,7 +182,8 @@ def main(argv):
       raise app.UsageError('Name at least one --gin_file (or pass --table_only).')
     ablation.run_all(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.root, FLAGS.parallel,
                      FLAGS.common_gin_file)
-  print(write(FLAGS.root, marks, FLAGS.keep_curves), flush=True)
+  print(write(FLAGS.root, marks, FLAGS.keep_curves, FLAGS.table_dir, FLAGS.table_stem),
+        flush=True)
 
 
 if __name__ == '__main__':
