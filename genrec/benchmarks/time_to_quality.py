@@ -43,8 +43,8 @@ FLAGS = flags.FLAGS
 FLAGS.set_default('root', 'runs/time_to_quality')
 flags.DEFINE_list('marks', ['900', '3600', '10800'], 'Seconds of training at which the '
                   'table reports the best validation NDCG@10 reached so far.')
-flags.DEFINE_string('table_dir', None, 'Where the table and plot go (default: --root).')
-flags.DEFINE_string('table_stem', 'time_to_quality', 'Their file name (<stem>.md/.csv/.png).')
+flags.DEFINE_string('curves_dir', None, 'Where the table and plot go (default: --root).')
+flags.DEFINE_string('curves_stem', 'time_to_quality', 'Their file name (<stem>.md/.csv/.png).')
 flags.DEFINE_multi_string('keep_curves', [], 'CSV files of earlier time_to_quality tables '
                           'whose runs (absent from --root) are drawn and summarized too; '
                           'PATH:RUN,RUN keeps those runs only.')
@@ -182,7 +182,7 @@ def main(argv):
       raise app.UsageError('Name at least one --gin_file (or pass --table_only).')
     ablation.run_all(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.root, FLAGS.parallel,
                      FLAGS.common_gin_file)
-  print(write(FLAGS.root, marks, FLAGS.keep_curves, FLAGS.table_dir, FLAGS.table_stem),
+  print(write(FLAGS.root, marks, FLAGS.keep_curves, FLAGS.curves_dir, FLAGS.curves_stem),
         flush=True)
 
 
