@@ -99,12 +99,11 @@ def test_adafactor_trains_under_tensor_and_fsdp_sharding():
   batch = {'encoder_input_tokens': rng.integers(2, 256, (16, 12)).astype(np.int32),
            'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
            'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt)}
-  for mesh in (partitioning.make_mesh(1, 2, 2, devices=jax.devices()[:4]),
-               partitioning.make_mesh(devices=jax.devices()[:1])):
-    tr = trainer.Trainer(cfg, tx, mesh, lr)
-    state = tr.init_state(0)
-    losses = []
-    for _ in range(4):
-      state, m = tr.train_step(state, partitioning.shard_batch(batch, mesh), jax.random.key(1))
-      losses.append(float(m['loss']))
-    assert losses[-1] < losses[0]
+  mesh = partitioning.make_mesh(1, 2, 2, devices=jax.devices()[:4])
+  tr = trainer.Trainer(cfg, tx, mesh, lr)
+  state = tr.init_state(0)
+  losses = []
+  for _ in range(4):
+    state, m = tr.train_step(state, partitioning.shard_batch(batch, mesh), jax.random.key(1))
+    losses.append(float(m['loss']))
+  assert losses[-1] < losses[0]
