@@ -94,7 +94,8 @@ def main(argv):
           f'{tables.host_summary()})\n\n{tables.markdown(rows)}\n')
   print(text, flush=True)
   if FLAGS.output_dir:
-    tables.write(text, [{**r, 'date': date, 'command': command} for r in rows],
+    tables.write(text, [{**r, 'date': date, 'commit': tables.source_commit(), 'command': command}
+                        for r in rows],
                  FLAGS.output_dir, 'parallel_decoding')
 
 
