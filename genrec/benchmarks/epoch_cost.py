@@ -28,7 +28,7 @@ import numpy as np
 from genrec import models, partitioning, tables, trainer
 from genrec.data import sequences
 from genrec import ids as ids_lib
-from genrec.benchmarks.scaling import PEAK_TFLOPS
+from genrec.benchmarks.scaling import peak_tflops
 from genrec.recommendation import features, train
 
 flags.DEFINE_string('data_dir', None, 'Data folder (default $GENREC_DATA_DIR).')
@@ -130,8 +130,7 @@ def measure(name: str, data, max_history: int, levels: int, batch_size: int, ste
       step_targets.append(targets[idx].sum())
   step_s = float(np.median(times))
   steps_per_epoch = -(-n // batch_size)
-  kind = jax.devices()[0].device_kind
-  peak = next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+  peak = peak_tflops(jax.devices()[0].device_kind)
   return {
       'model': name, 'training_examples': models.model_class(config).training_examples,
       'rows_per_step': batch_size,

@@ -89,6 +89,11 @@ PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0,
                'TPU v4': 275.0}
 
 
+def peak_tflops(device_kind: str) -> float | None:
+  """The bf16 peak of a device kind (`PEAK_TFLOPS`), None when unknown."""
+  return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device_kind.lower()), None)
+
+
 def step_config():
   import gin  # pylint: disable=g-import-not-at-top
   from genrec import models  # pylint: disable=g-import-not-at-top
@@ -285,8 +290,7 @@ def mfu_rows() -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   from genrec import partitioning, trainer  # pylint: disable=g-import-not-at-top
   kind = jax.devices()[0].device_kind
-  peak = FLAGS.peak_tflops or next(
-      (v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+  peak = FLAGS.peak_tflops or peak_tflops(kind)
   config = base_config(FLAGS.base_vocab_size)
   mesh = partitioning.make_mesh()
   rows = []
