@@ -983,13 +983,21 @@ class ItemSidRec(nnx.Module):
     table = jnp.take(self.code_embed[...], jnp.asarray(tokens), axis=0)  # [L, K, d]
     kernel = self.level_proj.kernel[...]  # [d, L, d]
     folded = jnp.einsum('lke,dle->lkd', table, kernel)  # [L, K, d]
-    codes = jnp.clip(catalog - jnp.asarray(tokens[:, 0])[None], 0, tokens.shape[1] - 1)
+    return self._sum_over_levels(folded, catalog, axis=0)  # [rows, d]
+
+  def _sum_over_levels(self, per_level: Array, catalog: Array, axis: int) -> Array:
+    """sum over levels l of `per_level[l]` taken at every catalog item's
+    level-l code along `axis` (per_level [L, ..., K, ...]; catalog tokens
+    [rows, L]), one level at a time (never a [rows, L, ...] array)."""
+    first = jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])
+    codes = jnp.clip(catalog - first[None], 0, per_level.shape[axis + 1] - 1)  # [rows, L]
 
     def add_level(total, level):
-      vectors, c = level  # [K, d], [rows]
-      return total + jnp.take(vectors, c, axis=0), None
-    out, _ = jax.lax.scan(add_level, jnp.zeros((catalog.shape[0], folded.shape[-1])),
-                          (folded, codes.T))
+      values, c = level
+      return total + jnp.take(values, c, axis=axis), None
+    shape = list(per_level.shape[1:])
+    shape[axis] = catalog.shape[0]
+    out, _ = jax.lax.scan(add_level, jnp.zeros(shape, per_level.dtype), (per_level, codes.T))
     return out
 
   def score_items(self, inputs: Array, catalog: Array) -> Array:
@@ -997,14 +1005,7 @@ class ItemSidRec(nnx.Module):
     row 0 padding) -> float32 [b, rows]: each item's summed code
     log-probabilities (row 0: -inf). Exact over the whole catalog."""
     logp = self.level_log_probs(self._last_state(inputs))  # [b, L, K]
-    codes = catalog - jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])[None]  # [rows, L]
-    codes = jnp.clip(codes, 0, logp.shape[-1] - 1)
-
-    def add_level(total, level):
-      lp, c = level  # [b, K], [rows]
-      return total + jnp.take(lp, c, axis=1), None
-    scores, _ = jax.lax.scan(add_level, jnp.zeros((logp.shape[0], catalog.shape[0])),
-                             (jnp.moveaxis(logp, 1, 0), codes.T))
+    scores = self._sum_over_levels(jnp.moveaxis(logp, 1, 0), catalog, axis=1)  # [b, rows]
     return jnp.where(jnp.arange(catalog.shape[0]) > 0, scores, -jnp.inf)
 
   # -- autoregressive head -------------------------------------------------------
