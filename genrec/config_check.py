@@ -48,7 +48,23 @@ def check_arguments(fn, arguments: dict) -> None:
     tp = hints.get(param)
     if tp is not None and not _accepts(value, tp):
       raise ValueError(f'{name}.{param} = {value!r} ({type(value).__name__}) is not a '
-                       f'{_describe(tp)}; fix that gin binding or argument.')
+                       f'{_describe(tp)}; fix that gin binding or argument.'
+                       + _choices(tp))
+
+
+def _choices(tp) -> str:
+  """' Choices: @ids.AtomicIds(), ...' for a genrec base class: its concrete
+  subclasses as gin references; '' for other types."""
+  if not isinstance(tp, type) or not tp.__module__.startswith('genrec'):
+    return ''
+  found, todo = [], list(tp.__subclasses__())
+  while todo:
+    cls = todo.pop()
+    todo.extend(cls.__subclasses__())
+    if not cls.__name__.startswith('_') and not getattr(cls, '__abstractmethods__', None):
+      package = cls.__module__.split('.')
+      found.append(f'@{package[1] if len(package) > 1 else package[0]}.{cls.__name__}()')
+  return f' Choices: {", ".join(sorted(set(found)))}.' if found else ''
 
 
 def check_fields(obj) -> None:

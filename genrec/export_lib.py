@@ -24,6 +24,7 @@ where they vary, e.g. the number of candidates), and calls `write` here:
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -73,9 +74,13 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
           saved_model_fn=None, signatures: tuple[str, ...] = (SIGNATURE,),
           warmup: tuple[tuple[np.ndarray, ...], ...] = (), files: dict | None = None,
           item_keys: str | None = None,
-          functions: dict[str, tuple] | None = None) -> str:
+          functions: dict[str, tuple] | None = None, replace: bool = False) -> str:
   """Writes a serving directory (see the module docstring) at `out`, replacing
-  it at the end (a failed export leaves the old one).
+  it at the end (a failed export leaves the old one). An existing serving
+  directory of another checkpoint step (or of another kind of model) is
+  replaced only with `replace`; a folder that is not a serving directory
+  never is. Two exports into one directory at once: the second is refused
+  (`loop.RunLock` on `<out>.lock`).
 
   Args:
     fn: (arrays, *inputs) -> tuple of outputs, pure and jittable.
@@ -98,10 +103,42 @@ def write(out: str, fn, arrays, inputs: tuple[Tensor, ...], outputs: tuple[Tenso
       outputs)}, each as StableHLO in <name>.stablehlo (not in the
       SavedModel), e.g. the decoding step a host loop calls
       (`Artifact.function`).
+    replace: replace a serving directory of another step or model.
 
   Returns:
     `out`.
   """
+  with loop.RunLock(out.rstrip('/') + '.lock', what='export directory (EXPORT_DIR)'):
+    check_replaceable(out, manifest, replace)
+    return _write(out, fn, arrays, inputs, outputs, manifest, version=version,
+                  platforms=platforms, saved_model_fn=saved_model_fn, signatures=signatures,
+                  warmup=warmup, files=files, item_keys=item_keys, functions=functions)
+
+
+def check_replaceable(out: str, manifest: dict, replace: bool = False) -> None:
+  """Refuses to replace `out` unless it is absent or empty, or a serving
+  directory of the same kind and checkpoint step as `manifest` (or `replace`
+  and a serving directory)."""
+  if not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out)):
+    return
+  try:
+    with open(os.path.join(out, MANIFEST)) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    raise ValueError(f'{out} exists and is not a genrec serving directory (no readable '
+                     f'{MANIFEST}); export never replaces it. Choose another EXPORT_DIR or '
+                     'move that folder away.') from None
+  same = all(old.get(k) == manifest.get(k) for k in ('kind', 'checkpoint_step'))
+  if not same and not replace:
+    raise ValueError(
+        f'{out} holds the export of {old.get("kind")} step {old.get("checkpoint_step")} '
+        f'(exported {old.get("exported_at")}); this export is of {manifest.get("kind")} step '
+        f'{manifest.get("checkpoint_step")}. Export to another directory (EXPORT_DIR=...), '
+        'or pass REPLACE=True (export_lib.write.replace = True) to replace it.')
+
+
+def _write(out: str, fn, arrays, inputs, outputs, manifest: dict, *, version, platforms,
+           saved_model_fn, signatures, warmup, files, item_keys, functions) -> str:
   leaves, treedef = jax.tree.flatten(arrays)
   specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
 

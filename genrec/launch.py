@@ -9,9 +9,14 @@ from a checkpoint), and experiments include one of them.
 """
 
 from collections.abc import Callable
+import difflib
+import errno
+import importlib
 import importlib.util
 import logging as py_logging
 import os
+import re
+import sys
 
 try:
   from absl import app, flags, logging
@@ -50,6 +55,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('heartbeat_timeout_s', 100,
                        'A multi-process job stops when a process has been silent this '
                        'long (e.g. it was killed), instead of waiting for it forever.')
+  flags.DEFINE_bool('debug', False,
+                    'Show the Python traceback of a data, config or run-directory error '
+                    '(by default the error prints as one message).')
   flags.DEFINE_bool('allow_config_change', False,
                     'Resume a run directory although settings that change what its saved '
                     'steps mean (model, optimizer, identifiers, data) differ; the change is '
@@ -61,16 +69,24 @@ RUNS_HELP = ('include one of gin/runs/*.gin (train.gin, quickstart.gin, infer.gi
              'launch.run_experiment.run')
 
 
-def run_experiment(workdir: str, run: Callable | None = None):
+def run_experiment(workdir: str, run: Callable | None = None, lock_workdir: bool = True):
   """Calls the configured run function with the run directory.
 
   Args:
     workdir: --workdir.
     run: the run function (gin: `launch.run_experiment.run = @train.train`).
+    lock_workdir: hold the run directory's lock (`loop.RunLock`) for the run,
+      so that a second start on the same folder is refused; the modes that
+      only read a run (infer, export: it locks its serving directory) say
+      False.
   """
   if run is None:
     raise app.UsageError(f'The gin files configure no run: {RUNS_HELP}.')
-  return run(workdir=workdir)
+  if not lock_workdir:
+    return run(workdir=workdir)
+  from genrec import loop  # pylint: disable=g-import-not-at-top
+  with loop.RunLock(os.path.join(workdir, loop.LOCK_FILE)):
+    return run(workdir=workdir)
 
 
 def _quiet_logs(record) -> bool:
@@ -134,6 +150,56 @@ def initialize_distributed(jax) -> None:
   jax.distributed.initialize(**settings, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
 
 
+# OSError numbers that are the machine's state, not a bug: the folder named
+# by the error is what to fix.
+_DISK_ERRORS = {errno.EROFS: 'the file system is read-only', errno.ENOSPC: 'the disk is full',
+                errno.EDQUOT: 'the disk quota is exceeded', errno.EACCES: 'permission denied'}
+
+
+def _suggest_configurable(message: str) -> str:
+  """For gin's "No configurable matching reference '@ids.NopeIds()'": the
+  names that module offers, closest first."""
+  found = re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message)
+  if not found or '.' not in found.group(1):
+    return ''
+  module, name = found.group(1).rsplit('.', 1)
+  candidates = []
+  for path in (f'genrec.{module}', f'genrec.{module.split(".")[-1]}', module):
+    try:
+      mod = importlib.import_module(path)
+    except ImportError:
+      continue
+    candidates = sorted(n for n, v in vars(mod).items()
+                        if not n.startswith('_') and callable(v) and not isinstance(v, type(os))
+                        and getattr(v, '__module__', '').startswith(mod.__name__))
+    break
+  if not candidates:
+    return ''
+  close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+  hint = f' Did you mean {module}.{close[0]}?' if close else ''
+  return f'{hint} {module} offers: {", ".join(candidates)}.'
+
+
+def readable_error(e: BaseException) -> str | None:
+  """One message for an error a person can fix (bad data, config, run
+  directory, checkpoint, disk); None for a bug (its traceback is shown)."""
+  if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+    where = e.filename or 'a file'
+    folder = os.path.dirname(os.path.abspath(where)) if e.filename else ''
+    return (f'Cannot write {where}: {_DISK_ERRORS[e.errno]}. ' + (
+        f'Make {folder} writable (or free space there), or use another --workdir.'
+        if folder else 'Free space or fix the permissions of the run directory.'))
+  if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+    return str(e)
+  if isinstance(e, (ValueError, SyntaxError)):
+    # gin adds where it was configured ("In call to configurable ..."): kept short.
+    lines = [ln for ln in str(e).splitlines()
+             if ln.strip() and not ln.strip().startswith('In call to configurable')]
+    text = '\n'.join(lines)
+    return text + _suggest_configurable(text)
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -149,6 +215,16 @@ def main(argv):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax
   initialize_distributed(jax)
+  try:
+    _run(jax)
+  except Exception as e:  # pylint: disable=broad-except
+    message = None if FLAGS.debug else readable_error(e)
+    if message is None:
+      raise
+    sys.exit(f'genrec: {message}\n(--debug shows the traceback.)')
+
+
+def _run(jax) -> None:
   import gin
   from genrec import gin_utils, loop, tables
   tables.source_commit()  # now, while the checkout holds the code this process imports

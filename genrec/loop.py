@@ -21,13 +21,16 @@ import collections
 import dataclasses
 import json
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 
 from absl import logging
 import gin
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from genrec import checkpoints, partitioning, tables
@@ -326,9 +329,250 @@ def record_start(workdir: str, step: int) -> None:
       'config': f'config/start_{n:03d}_step{step}.gin'})
 
 
-def record_end(workdir: str, step: int) -> None:
+def record_end(workdir: str, step: int, **fields) -> None:
+  """The `end` line of run_manifest.jsonl (`fields`: e.g. stopped_by='SIGTERM')."""
   append_jsonl(os.path.join(workdir, 'run_manifest.jsonl'),
-               {'event': 'end', 'time': _utc(), 'step': step})
+               {'event': 'end', 'time': _utc(), 'step': step, **fields})
+
+
+# ---------------------------------------------------------------------------
+# One writer per run directory
+# ---------------------------------------------------------------------------
+LOCK_FILE = 'run.lock'
+# A lock whose holder runs on another host is stale once its heartbeat (written
+# every HEARTBEAT_S by the holder) is older than this.
+STALE_AFTER_S = 600.0
+HEARTBEAT_S = 60.0
+
+
+class RunDirectoryBusy(ValueError):
+  """Another live process holds the run directory's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  return True
+
+
+def _read_lock(path: str) -> dict | None:
+  """The holder record of a lock file; {} when unreadable (a crash mid-write),
+  None when there is none."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}
+
+
+class RunLock:
+  """An exclusive lock on a run (or serving) directory for the life of a run.
+
+  The lock is a file (`run.lock` in the folder, or the path given) holding
+  its holder's host, pid, start time, command and a heartbeat that a thread
+  refreshes every HEARTBEAT_S. A second start is refused with the holder's
+  record; a stale lock (its pid dead on this host, or its heartbeat older
+  than STALE_AFTER_S from another host) is taken over with a warning.
+  Multi-process jobs: process 0 holds it; the others hold nothing.
+  """
+
+  def __init__(self, path: str, what: str = 'run directory'):
+    self.path, self.what = path, what
+    self._token = f'{socket.gethostname()}:{os.getpid()}:{time.time():.6f}'
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _record(self) -> dict:
+    return {'host': socket.gethostname(), 'pid': os.getpid(), 'started': _utc(),
+            'heartbeat': time.time(), 'command': tables.command_line(), 'token': self._token}
+
+  def _write(self, exclusive: bool) -> None:
+    data = json.dumps(self._record())
+    if exclusive:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with os.fdopen(fd, 'w') as f:
+        f.write(data)
+      return
+    tmp = f'{self.path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+      f.write(data)
+    os.replace(tmp, self.path)
+
+  def _stale_reason(self, holder: dict) -> str | None:
+    if not holder:
+      return 'its lock file is unreadable'
+    if holder.get('host') == socket.gethostname():
+      pid = int(holder.get('pid', -1))
+      return None if pid > 0 and _pid_alive(pid) else f'process {pid} is no longer running'
+    age = time.time() - float(holder.get('heartbeat', 0))
+    if age > STALE_AFTER_S:
+      return f'its heartbeat is {age / 60:.0f} minutes old'
+    return None
+
+  def acquire(self) -> 'RunLock':
+    if jax.process_index() > 0:
+      return self
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    for _ in range(3):
+      try:
+        self._write(exclusive=True)
+        break
+      except FileExistsError:
+        pass
+      holder = _read_lock(self.path)
+      if holder is None:
+        continue  # released meanwhile
+      reason = self._stale_reason(holder)
+      if reason is None:
+        raise RunDirectoryBusy(
+            f'{os.path.dirname(os.path.abspath(self.path))} is in use by another run: '
+            f'pid {holder.get("pid")} on host {holder.get("host")}, started '
+            f'{holder.get("started")} ({holder.get("command")}). Wait for it to end, stop '
+            f'it, or use another {self.what}. (Lock file: {self.path}.)')
+      logging.warning('Taking over the lock of %s from pid %s on %s, started %s: %s.',
+                      self.path, holder.get('pid'), holder.get('host'),
+                      holder.get('started'), reason)
+      self._write(exclusive=False)
+      time.sleep(0.05)  # two takers at once: the last replace wins, the other sees it
+      if (_read_lock(self.path) or {}).get('token') == self._token:
+        break
+    else:
+      raise RunDirectoryBusy(f'Could not take the lock {self.path}; another process keeps '
+                             'taking it. Use another ' + self.what + '.')
+    self._thread = threading.Thread(target=self._beat, daemon=True, name='genrec-lock')
+    self._thread.start()
+    return self
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_S):
+      holder = _read_lock(self.path)
+      if not holder or holder.get('token') != self._token:
+        logging.warning('The lock %s was taken by another process.', self.path)
+        return
+      try:
+        self._write(exclusive=False)
+      except OSError as e:  # a full disk must not kill the run
+        logging.warning('Could not refresh the lock %s: %s', self.path, e)
+
+  def release(self) -> None:
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join(timeout=5)
+    self._thread = None
+    if (_read_lock(self.path) or {}).get('token') == self._token:
+      os.remove(self.path)
+
+  def __enter__(self) -> 'RunLock':
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+# ---------------------------------------------------------------------------
+# Preemption: SIGTERM / SIGINT stop training at a step boundary
+# ---------------------------------------------------------------------------
+class Preempted(SystemExit):
+  """Training stopped on a signal after saving a checkpoint; the same
+  command resumes. Its exit status is 128 + the signal number."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(128 + signum)
+    self.message, self.signum = message, signum
+
+  def __str__(self) -> str:
+    return self.message
+
+
+class PreemptionWatch:
+  """Turns SIGTERM (a preemptible VM, a pod scheduler, `timeout`) and SIGINT
+  (Ctrl-C) into a request the training loop reads at its step boundaries
+  (`requested(step)`), instead of dying mid-step with nothing saved.
+
+  In a multi-process job every process must stop at the same step, so there
+  the processes agree every `sync_every` steps (an all-gather of their flags;
+  one process's signal stops them all), as JAX's preemption sync point does.
+  A second signal of the same kind exits at once. Outside the main thread
+  (no signal handlers possible) it watches nothing.
+  """
+
+  def __init__(self, sync_every: int = 10):
+    self.sync_every = sync_every
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self) -> 'PreemptionWatch':
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signum is not None:  # asked twice: stop now
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    self.signum = signum
+    logging.warning('Received %s: saving a checkpoint at the next step boundary, then '
+                    'stopping (send it again to stop at once, without saving).',
+                    signal.Signals(signum).name)
+
+  def requested(self, step: int) -> bool:
+    """Whether to stop after `step` (the same answer on every process)."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % self.sync_every:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and np.any(flags):
+      self.signum = int(np.max(flags))
+    return bool(np.any(flags))
+
+  def stop(self, workdir: str, step: int) -> Preempted:
+    """Records the stop (`end` line of run_manifest.jsonl) and returns the
+    exception to raise once the checkpoint of `step` is written."""
+    name = signal.Signals(self.signum).name
+    record_end(workdir, step, stopped_by=name)
+    message = (f'Stopped by {name} at step {step}; its checkpoint is saved in {workdir}. '
+               'Run the same command to resume.')
+    logging.warning('%s', message)
+    return Preempted(message, self.signum)
+
+
+def truncate_jsonl(path: str, max_step: int) -> int:
+  """Drops the lines of a step-keyed JSON-lines log past `max_step` (the
+  steps a resumed run will log again), so that every step appears once.
+  Returns how many were dropped. Process 0 only."""
+  if jax.process_index() > 0 or not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      step = json.loads(line).get('step')
+    except ValueError:  # a line cut by a crash
+      continue
+    if step is None or step <= max_step:
+      keep.append(line if line.endswith('\n') else line + '\n')
+  if len(keep) != len(lines):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return len(lines) - len(keep)
 
 
 # ---------------------------------------------------------------------------
@@ -337,13 +581,18 @@ def record_end(workdir: str, step: int) -> None:
 def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
                        abstract_state, init_fn: Callable[[], object],
                        step_fn: Callable[[object, int], tuple[object, jax.Array]],
-                       log_every_steps: int = 200, settings: dict | None = None
+                       log_every_steps: int = 200, settings: dict | None = None,
+                       checkpoint_every_seconds: float = 300.0
                        ) -> tuple[object, float | None, float | None]:
-  """Trains `num_train_steps` steps and checkpoints the final state in
-  workdir/checkpoints, or restores that state when it is already there.
+  """Trains `num_train_steps` steps, checkpointing in workdir/checkpoints
+  along the way and at the end; restores the final state when it is already
+  there.
 
   For fixed-budget studies (document retrieval, ranking): a second run with
-  the same workdir evaluates the saved model without training.
+  the same workdir evaluates the saved model without training, and a run
+  stopped before its end (killed, preempted: SIGTERM saves a checkpoint at the
+  next step) continues from its newest checkpoint, on the same batches the
+  uninterrupted run would have seen.
 
   Args:
     name: shown in the progress lines.
@@ -353,6 +602,8 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
     step_fn: (state, step) -> (state, loss).
     settings: what defines the trained model (see `check_run_settings`);
       a workdir trained with other settings is refused instead of restored.
+    checkpoint_every_seconds: a checkpoint at the first step this long after
+      the previous one (0: at the end only); the newest one is kept.
 
   Returns:
     (state, training seconds, final loss); the last two as saved, on restore.
@@ -360,27 +611,56 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
   make_workdir(workdir)
   if settings is not None:
     check_run_settings(workdir, settings | {'num_train_steps': num_train_steps})
-  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,
-                                     best_metric=None)
-  if manager.latest_step() == num_train_steps:
-    state, saved = checkpoints.restore(manager, num_train_steps, abstract_state)
-    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints'))
+  manager, start, state, saved = checkpoints.open_and_restore(
+      os.path.join(workdir, 'checkpoints'), abstract_state, keep=1, best_metric=None)
+  if start is not None:
+    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints', str(start)))
+    if start > num_train_steps:
+      manager.close()
+      raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond num_train_steps '
+                       f'= {num_train_steps}: use a new --workdir for a shorter run.')
+  if start == num_train_steps:
     manager.close()
     logging.info('%s: evaluating the checkpoint of %s', name, workdir)
     return state, saved.get('train_seconds'), saved.get('final_loss')
-  state, loss, t0 = init_fn(), None, time.time()
-  window, progress = DispatchWindow(), Progress(num_train_steps, name=name)
-  for step in range(num_train_steps):
-    state, loss_v = step_fn(state, step)
-    window.push(loss_v)
-    if (step + 1) % log_every_steps == 0 or step + 1 == num_train_steps:
-      loss = float(loss_v)
-      progress.log(step + 1, {'loss': loss})
-  window.drain()
-  train_s = time.time() - t0
-  checkpoints.save(manager, num_train_steps, state,
-                   batcher.state(num_train_steps) | {'train_seconds': train_s,
-                                                     'final_loss': loss})
-  manager.wait_until_finished()
-  manager.close()
+  if start is None:
+    start, state, train_s = 0, init_fn(), 0.0
+  else:
+    train_s = float(saved.get('train_seconds') or 0.0)
+    logging.info('%s: resuming at step %d of %d from %s', name, start, num_train_steps,
+                 os.path.join(workdir, 'checkpoints'))
+  loss, t0 = None, time.time()
+  window, progress = DispatchWindow(), Progress(num_train_steps, start, name=name)
+  last_save = time.time()
+
+  def save(step: int, final: bool = False) -> None:
+    seconds = train_s + time.time() - t0
+    checkpoints.save(manager, step, state, batcher.state(step) | {
+        'train_seconds': seconds, 'final_loss': loss if final else None})
+  try:
+    with PreemptionWatch() as watch:
+      for step in range(start, num_train_steps):
+        state, loss_v = step_fn(state, step)
+        window.push(loss_v)
+        done = step + 1
+        if done % log_every_steps == 0 or done == num_train_steps or progress.due():
+          loss = float(loss_v)
+          progress.log(done, {'loss': loss})
+        if done < num_train_steps and watch.requested(done):
+          window.drain()
+          save(done)
+          manager.wait_until_finished()
+          raise watch.stop(workdir, done)
+        if (done < num_train_steps and 0 < checkpoint_every_seconds
+            <= time.time() - last_save):
+          save(done)
+          last_save = time.time()
+    window.drain()
+    loss = float(loss_v) if num_train_steps > start else loss
+    train_s += time.time() - t0
+    t0 = time.time()  # save() adds nothing more
+    save(num_train_steps, final=True)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
   return state, train_s, loss

@@ -269,8 +269,9 @@ def parse_json(body: bytes, fields: dict[str, bool]) -> dict:
   """The request object; `fields`: name -> required."""
   try:
     request = json.loads(body)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise BadRequest(400, f'The body is not valid JSON: {e}.') from None
+  except (ValueError, RecursionError) as e:  # also too deep or too long a number
+    reason = 'nested too deeply' if isinstance(e, RecursionError) else e
+    raise BadRequest(400, f'The body is not valid JSON: {reason}.') from None
   if not isinstance(request, dict):
     raise BadRequest(422, 'The body must be a JSON object with the fields '
                      f'{sorted(fields)}.')

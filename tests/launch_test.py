@@ -297,3 +297,42 @@ def test_kill_9_while_checkpointing_then_resume(tmp_path):
   assert results['num_train_steps'] == 12 and results['resumed_from_step'] >= 3
   leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and 'unreadable' not in d]
   assert not leftovers, leftovers
+
+
+def test_errors_a_person_can_fix_print_as_one_message():
+  from genrec import launch
+  import errno
+  msg = launch.readable_error(ValueError("No configurable matching reference '@ids.NopeIds()'."))
+  assert 'ids offers: ' in msg and 'ResidualKMeansIds' in msg
+  msg = launch.readable_error(ValueError("No configurable matching reference "
+                                         "'@ids.ResidualKmeansIds()'."))
+  assert 'Did you mean ids.ResidualKMeansIds?' in msg
+  msg = launch.readable_error(OSError(errno.EROFS, 'Read-only file system', '/runs/a/ids'))
+  assert msg.startswith('Cannot write /runs/a/ids: the file system is read-only') and (
+      'Make /runs/a writable' in msg)
+  assert launch.readable_error(TypeError('a bug')) is None  # keeps its traceback
+  from genrec import config_check, ids
+
+  def takes_scheme(id_scheme: ids.IdScheme):
+    del id_scheme
+  with pytest.raises(ValueError, match=r'Choices: @ids.AtomicIds\(\), .*@ids.ResidualKMeansIds'):
+    config_check.check_arguments(takes_scheme, {'id_scheme': 'rqkmeans'})
+
+
+def test_infer_reads_and_writes_a_folders_own_item_ids(tmp_path):
+  from genrec.recommendation import infer
+  path = tmp_path / 'h.jsonl'
+  path.write_text('{"user": "ann", "history": ["sku-b", "sku-a"]}\n')
+  users, hist = infer.read_histories(str(path), 3, ['', 'sku-a', 'sku-b', 'sku-c'])
+  assert users == ['ann'] and hist[0].tolist() == [2, 1]
+  path.write_text('{"user": "ann", "history": ["sku-z"]}\n')
+  with pytest.raises(sequences.DataError, match=r"h.jsonl:1: unknown item 'sku-z'"):
+    infer.read_histories(str(path), 3, ['', 'sku-a', 'sku-b', 'sku-c'])
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_serving_directory(tmp_path):
+  from genrec import export_lib
+  (tmp_path / 'notes.txt').write_text('mine')
+  with pytest.raises(ValueError, match='not a genrec serving directory'):
+    export_lib.check_replaceable(str(tmp_path), {'kind': 'recommender', 'checkpoint_step': 3})
+  export_lib.check_replaceable(str(tmp_path / 'new'), {'kind': 'recommender'})

@@ -116,3 +116,84 @@ def test_rewritten_csv_keeps_its_column_order(tmp_path):
   tables.write('', [{'y': 3, 'x': 4, 'method': 'b'}, {'method': 'c'}], str(tmp_path), 't')
   with open(tmp_path / 't.csv', newline='') as f:
     assert list(csv.reader(f)) == [['method', 'x', 'y'], ['b', '4', '3'], ['c', '', '']]
+
+
+def _toy_budget(tmp_path, step_fn, steps=20, **kw):
+  repl = NamedSharding(jax.make_mesh((1,), ('data',), devices=jax.devices()[:1]), P())
+  abstract = {'w': jax.ShapeDtypeStruct((4,), jnp.float32, sharding=repl)}
+  init = lambda: {'w': jax.device_put(jnp.zeros(4, jnp.float32), repl)}
+  return loop.train_fixed_budget(str(tmp_path), 'toy', steps, loop.EpochBatcher(40, 4, 0),
+                                 abstract, init, step_fn, log_every_steps=5, **kw)
+
+
+def test_fixed_budget_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
+  """Retrieval and ranking training checkpoint along the way (here: every
+  step) and a second start continues from the newest checkpoint with the
+  same steps, instead of starting over."""
+  add = jax.jit(lambda w, s: {'w': w['w'] * 0.9 + s})
+  calls = []
+
+  def step(w, s):
+    calls.append(s)
+    if s == 13 and len(calls) == 14:
+      raise KeyboardInterrupt('killed')
+    return add(w, s), jnp.float32(s)
+  with pytest.raises(KeyboardInterrupt):
+    _toy_budget(tmp_path / 'a', step, checkpoint_every_seconds=1e-9)
+  calls.clear()
+  state, _, _ = _toy_budget(tmp_path / 'a', step, checkpoint_every_seconds=1e-9)
+  assert calls[0] >= 10 and calls[-1] == 19  # resumed, not restarted
+  want, _, _ = _toy_budget(tmp_path / 'b', lambda w, s: (add(w, s), jnp.float32(s)))
+  np.testing.assert_allclose(np.asarray(state['w']), np.asarray(want['w']), rtol=1e-6)
+
+
+def test_sigterm_saves_a_fixed_budget_run_at_a_step_boundary(tmp_path):
+  import os
+  import signal
+  add = jax.jit(lambda w, s: {'w': w['w'] + s})
+
+  def step(w, s):
+    if s == 6:
+      os.kill(os.getpid(), signal.SIGTERM)  # as a pod scheduler would
+    return add(w, s), jnp.float32(s)
+  with pytest.raises(loop.Preempted) as stopped:
+    _toy_budget(tmp_path, step, checkpoint_every_seconds=0)
+  assert stopped.value.code == 128 + signal.SIGTERM and 'same command' in str(stopped.value)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['7']
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+  state, _, _ = _toy_budget(tmp_path, lambda w, s: (add(w, s), jnp.float32(s)))
+  assert float(state['w'][0]) == sum(range(20))
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+  import json
+  import os
+  import socket
+  import subprocess
+  import time
+  path = str(tmp_path / 'run.lock')
+  with loop.RunLock(path):
+    with pytest.raises(loop.RunDirectoryBusy, match=f'pid {os.getpid()} on host'):
+      loop.RunLock(path).acquire()
+  assert not os.path.exists(path)  # released
+  dead = subprocess.Popen(['true'])
+  dead.wait()
+  with open(path, 'w') as f:  # a holder killed with -9 left its lock
+    json.dump({'host': socket.gethostname(), 'pid': dead.pid, 'heartbeat': 0}, f)
+  with loop.RunLock(path):
+    assert json.load(open(path))['pid'] == os.getpid()
+  with open(path, 'w') as f:  # another host, silent for an hour
+    json.dump({'host': 'elsewhere', 'pid': 1, 'heartbeat': 0}, f)
+  with loop.RunLock(path):
+    pass
+  with open(path, 'w') as f:  # another host, alive
+    json.dump({'host': 'elsewhere', 'pid': 1, 'heartbeat': time.time()}, f)
+  with pytest.raises(loop.RunDirectoryBusy, match='host elsewhere'):
+    loop.RunLock(path).acquire()
+
+
+def test_truncate_jsonl_keeps_each_step_once(tmp_path):
+  path = tmp_path / 'log.jsonl'
+  path.write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"step": 1')  # last line cut
+  assert loop.truncate_jsonl(str(path), 10) == 2
+  assert path.read_text() == '{"step": 5}\n{"step": 10}\n'

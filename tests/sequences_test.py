@@ -117,11 +117,28 @@ def test_interactions_tsv_folder_with_item_text(tmp_path):
   assert sequences.load_dataset('shop', str(tmp_path)).num_items == 4
 
 
+def test_interactions_tsv_counts_repeated_rows_once_and_reports_repeats(tmp_path, caplog):
+  folder = tmp_path / 'log'
+  folder.mkdir()
+  (folder / 'interactions.tsv').write_text(
+      'visitorid\titemid\ttimestamp\n'  # a header by its time column's name
+      'u\ta\t1\nu\tb\t2\nu\tb\t2\nu\tc\t3\nu\tc\t4\n'
+      'v\ta\t1\nv\tb\t2\nv\tc\t3\n')
+  with caplog.at_level('INFO'):
+    data = sequences.load_dataset(str(folder))
+  # The exported row u,b,2 twice is one event; u's c at 3 and 4 are two events.
+  assert [s.tolist() for s in data.sequences] == [[1, 2, 3, 3], [1, 2, 3]]
+  assert 'dropped 1 repeated (user, item, timestamp) rows' in caplog.text
+  assert '1 interactions repeat the item just before them' in caplog.text
+
+
 @pytest.mark.parametrize('files, match', [
     ({}, 'exactly one of sequences.txt'),
     ({'sequences.txt': '1 1 2 3\n', 'interactions.tsv': 'a\tb\t1\n'}, 'it holds both'),
     ({'interactions.tsv': 'a\tb\n'}, r'interactions.tsv:1: expected 3 tab-separated'),
-    ({'interactions.tsv': 'u\ti\tt\na\tb\tlater\n'}, r'interactions.tsv:2: timestamp'),
+    ({'interactions.tsv': 'user\titem\ttime\na\tb\tlater\n'}, r'interactions.tsv:2: timestamp'),
+    # Line 1 is a header only when it names the columns, not because it fails to parse.
+    ({'interactions.tsv': 'a\tb\tyesterday\na\tc\t2\n'}, r'interactions.tsv:1: timestamp'),
     ({'sequences.txt': '1 1 2 3\n', 'item_text.jsonl': '{"item": 9, "title": "x"}\n'},
      r'item_text.jsonl:1: unknown item 9'),
     ({'sequences.txt': '1 1 2 3\n', 'item_text.jsonl': '{"title": "x"}\n'},

@@ -173,6 +173,7 @@ BAD = [
     (b'{"history": ["A0001"]' + b' ' * 5000 + b'}', 413),
     (json.dumps({'history': ['A0001'] * 2000}).encode(), 413),
     (b'{"history": ["A0001"], "k": 1e999}', 422),
+    (b'{"history": ' + b'[' * 1500 + b']' * 1500 + b'}', 400),  # nested too deeply
 ]
 
 
@@ -292,3 +293,13 @@ def test_the_serve_install_has_what_the_server_imports_and_no_training_stack():
     if dists and not dists & closure:
       outside[module] = sorted(dists)
   assert not outside, f'the server imports modules the serve install lacks: {outside}'
+
+
+@pytest.mark.parametrize('body', [
+    b'{"history": ' + b'[' * 30000 + b']' * 30000 + b'}',  # nested too deeply
+    b'{"history": ["A0001"], "k": ' + b'9' * 5000 + b'}',  # over Python's int digits
+])
+def test_json_the_parser_cannot_hold_is_a_bad_request(body):
+  with pytest.raises(serve.BadRequest) as e:
+    serve.parse_json(body, {'history': True, 'k': False})
+  assert e.value.status == 400 and 'not valid JSON' in str(e.value)

@@ -10,7 +10,9 @@ data dir) holds:
 
   sequences.txt        `user item item ...` per line, item ids 1..N, time order
   or interactions.tsv  `user <TAB> item <TAB> timestamp` per line, any string
-                       ids (a header line is allowed); items are numbered 1..N
+                       ids (a header line naming the columns is allowed);
+                       repeated (user, item, timestamp) rows count once;
+                       items are numbered 1..N
                        in order of first appearance, each user's items sorted
                        by timestamp; users with fewer than 3 are dropped
   item_text.jsonl      optional: {"item": id, "title", "brand", "categories",
@@ -302,6 +304,7 @@ def read_interactions_tsv(path: str) -> tuple[list[np.ndarray], list[str]]:
   """
   events = collections.defaultdict(list)
   item_ids: dict[str, int] = {}
+  seen, duplicates = set(), 0
   for lineno, line in enumerate(read_lines(path), 1):
     where = f'{path}:{lineno}'
     if not line.strip():
@@ -311,34 +314,64 @@ def read_interactions_tsv(path: str) -> tuple[list[np.ndarray], list[str]]:
       raise DataError(f'{where}: expected 3 tab-separated fields "user<TAB>item<TAB>'
                       f'timestamp", got {len(fields)}: {line.strip()[:80]!r}.')
     user, item, ts = (x.strip() for x in fields)
+    if lineno == 1 and is_header(fields):
+      continue
     try:
       t = float(ts)
     except ValueError:
-      if lineno == 1:
-        continue  # a header line
       raise DataError(f'{where}: timestamp {ts!r} is not a number (seconds or any '
-                      'sortable number).') from None
+                      'sortable number). A header line must name the columns, e.g. '
+                      '"user<TAB>item<TAB>timestamp".') from None
     if not user or not item:
       raise DataError(f'{where}: empty user or item id.')
+    if (user, item, t) in seen:  # an exported log's repeated rows, not a new event
+      duplicates += 1
+      continue
+    seen.add((user, item, t))
     item_ids.setdefault(item, len(item_ids) + 1)
     events[user].append((t, lineno, item_ids[item]))
   if not events:
     raise DataError(f'{path}: no interactions; the file is empty.')
-  seqs, dropped = [], 0
+  if duplicates:
+    logging.warning('%s: dropped %d repeated (user, item, timestamp) rows; each counts once.',
+                    path, duplicates)
+  seqs, dropped, repeats = [], 0, 0
   for user, ev in events.items():
     if len(ev) < MIN_INTERACTIONS:
       dropped += 1
       continue
     ev.sort()
-    seqs.append(np.asarray([i for _, _, i in ev], np.int32))
+    seq = np.asarray([i for _, _, i in ev], np.int32)
+    repeats += int(np.sum(seq[1:] == seq[:-1]))
+    seqs.append(seq)
   if dropped:
     logging.info('%s: dropped %d of %d users with fewer than %d interactions', path, dropped,
                  len(events), MIN_INTERACTIONS)
+  if repeats:
+    logging.warning('%s: %d interactions repeat the item just before them (same user, '
+                    'other timestamp); they are kept as events. If they are duplicates, '
+                    'remove them from the file.', path, repeats)
   if not seqs:
     raise DataError(f'{path}: no user has {MIN_INTERACTIONS} or more interactions '
                     '(leave-one-out needs a training, a validation and a test item).')
   keys = [''] + sorted(item_ids, key=item_ids.get)
   return seqs, keys
+
+
+HEADER_NAMES = (('user', 'user_id', 'userid', 'uid', 'customer', 'customer_id', 'session',
+                 'session_id', 'visitor', 'visitorid', 'visitor_id'),
+                ('item', 'item_id', 'itemid', 'iid', 'product', 'product_id', 'asin'),
+                ('timestamp', 'time', 'ts', 'date', 'datetime', 'unixtime', 'unix_time',
+                 'event_time'))
+
+
+def is_header(fields: list[str]) -> bool:
+  """Whether the first line of interactions.tsv names its columns rather
+  than being an interaction: its time column has a name of HEADER_NAMES, or
+  both its user and item columns do (any case)."""
+  names = [f.strip().lower() for f in fields]
+  return len(names) == 3 and (names[2] in HEADER_NAMES[2] or (
+      names[0] in HEADER_NAMES[0] and names[1] in HEADER_NAMES[1]))
 
 
 def read_item_map(path: str, num_items: int) -> list[str]:

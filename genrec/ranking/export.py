@@ -59,7 +59,8 @@ def export(workdir: str, output_dir: str | None = None,
 
   Args:
     workdir: one trained run folder of the ranking run mode.
-    output_dir: where (default <workdir>/serving); replaced if it exists.
+    output_dir: where (default <workdir>/serving); an export of another step
+      there is replaced only with REPLACE (export_lib.write.replace).
     platforms: lowering platforms (default CPU, CUDA and TPU).
     saved_model: also write the TensorFlow SavedModel.
 

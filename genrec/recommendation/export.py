@@ -92,7 +92,8 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
 
   Args:
     workdir: the training run's directory.
-    output_dir: where (default <workdir>/serving); replaced if it exists.
+    output_dir: where (default <workdir>/serving); an export of another step
+      there is replaced only with REPLACE (export_lib.write.replace).
     k: items returned per history (default the run's beam size; at most that).
     step: checkpoint step (default the run's best, else the latest).
     platforms: lowering platforms (default CPU, CUDA and TPU).

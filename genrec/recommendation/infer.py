@@ -7,7 +7,9 @@ config), `ids/` (the identifiers) and `checkpoints/` (parameters only are
 read, no optimizer). Input: one JSON object per line, {"user": any id,
 "history": [item ids, oldest first]}. Output: one line per input line,
 {"user", "items" (best first), "scores"}, the same format as the training
-run's predictions/test.jsonl.
+run's predictions/test.jsonl. A run trained on a data-set folder with its own
+(string) item ids (interactions.tsv) takes and returns those ids, as the
+server does; other runs use item ids 1..N.
 """
 
 import json
@@ -22,15 +24,31 @@ from genrec.ids import ItemIds
 from genrec.recommendation import features, train
 
 
-def read_histories(path: str, num_items: int) -> tuple[list, list[np.ndarray]]:
-  """(users, histories) of a JSON-lines file; errors name the file and line."""
+def read_histories(path: str, num_items: int, external: list[str] | None = None
+                   ) -> tuple[list, list[np.ndarray]]:
+  """(users, histories) of a JSON-lines file; errors name the file and line.
+
+  With `external` (the run's item map: external id of item i at index i, from
+  a data-set folder with string ids) the histories hold those ids, as the
+  server takes them; otherwise item ids 1..num_items.
+  """
   users, histories = [], []
+  internal = None if external is None else {k: i for i, k in enumerate(external) if i}
+  kind = 'item ids (strings or integers of the data set)' if internal else 'integer item ids'
   for where, obj in sequences.json_objects(path, '{"user": ..., "history": [item ids]}'):
     hist = obj.get('history')
     if not isinstance(hist, list) or not hist or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in hist):
-      raise sequences.DataError(f'{where}: "history" must be a non-empty list of integer '
-                                f'item ids, got {str(hist)[:80]}.')
+        isinstance(i, (int, str) if internal else int) and not isinstance(i, bool)
+        for i in hist):
+      raise sequences.DataError(f'{where}: "history" must be a non-empty list of {kind}, '
+                                f'got {str(hist)[:80]}.')
+    if internal is not None:
+      unknown = [i for i in hist if str(i) not in internal]
+      if unknown:
+        raise sequences.DataError(f'{where}: unknown item {unknown[0]!r}: not in the items '
+                                  'the run was trained on (its ids/item_keys.txt); drop '
+                                  'unknown items from the history.')
+      hist = [internal[str(i)] for i in hist]
     bad = [i for i in hist if not 1 <= i <= num_items]
     if bad:
       raise sequences.DataError(f'{where}: unknown item {bad[0]}: the model knows items '
@@ -97,7 +115,12 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   beam = run['beam_size']
   k = resolve_k(run, k)
 
-  users, histories = read_histories(input_file, ids.num_items)
+  keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
+  external = None
+  if os.path.exists(keys_file):  # a folder with its own item ids: speak them, as the server
+    with open(keys_file) as f:
+      external = [''] + f.read().splitlines()
+  users, histories = read_histories(input_file, ids.num_items, external)
   split = sequences.pack_split([h[-run['max_history']:] for h in histories],
                                [0] * len(histories), run['max_history'])
   arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, run['max_history']))
@@ -109,7 +132,7 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   out = output_file or os.path.join(
       workdir, 'predictions',
       os.path.splitext(os.path.basename(input_file))[0] + '.predictions.jsonl')
-  train.write_predictions(out, users, items[:, :k], scores[:, :k])
+  train.write_predictions(out, users, items[:, :k], scores[:, :k], external)
   logging.info('infer: %d histories, step %d of %s -> %s', len(users), step, workdir, out)
   loop.append_jsonl(os.path.join(workdir, 'infer_log.jsonl'),
                     {'input': os.path.abspath(input_file), 'output': os.path.abspath(out),

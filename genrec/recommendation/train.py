@@ -85,16 +85,22 @@ def evaluate(pred: predictor.Predictor, params, arrays: dict[str, np.ndarray], i
 RUN_CONFIG = 'run_config.json'  # what `infer` needs besides the ids and the checkpoint
 
 
-def write_predictions(path: str, users, items: np.ndarray, scores: np.ndarray) -> None:
+def write_predictions(path: str, users, items: np.ndarray, scores: np.ndarray,
+                      external: list[str] | None = None) -> None:
   """One JSON line per user: {"user", "items" (best first), "scores"}; items
-  that name nothing (0, invalid identifiers) are left out. Process 0 only."""
+  that name nothing (0, invalid identifiers) are left out; with `external`
+  (item i's external id at index i) items are written as those ids. Process 0
+  only."""
   if jax.process_index() > 0:
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
     for user, row, sc in zip(users, items, scores):
       keep = row > 0
-      f.write(json.dumps({'user': user, 'items': row[keep].tolist(),
+      names = row[keep].tolist()
+      if external is not None:
+        names = [external[i] for i in names]
+      f.write(json.dumps({'user': user, 'items': names,
                           'scores': [round(float(v), 6) for v in sc[keep]]}) + '\n')
   os.replace(path + '.tmp', path)
 
@@ -245,6 +251,7 @@ def train(
     head: str = 'beam',
     checkpoint_fallback: bool = True,
     reevaluate: bool = False,
+    retrain: bool = False,
     allow_config_change: bool = False,
     early_stopping_evals: int = 0,
     max_train_seconds: float = 0.0,
@@ -308,6 +315,10 @@ def train(
       and resume from the newest readable one (else stop with the error).
     reevaluate: evaluate a finished run again (a new entry in
       results_history.jsonl); by default a finished run only prints its results.
+    retrain: train a finished run again although its checkpoints are gone
+      (deleted, or none readable): its records (results, logs) are first
+      moved to previous/<time>/ in the run directory. Without it such a run is
+      refused, so that results are never silently replaced.
     allow_config_change: resume although settings that change what the saved
       steps mean differ from the run's first start (the change is recorded in
       settings_changes.jsonl); also set by main.py --allow_config_change.
@@ -471,8 +482,23 @@ def train(
       print(results_table(results), flush=True)
     return results
   if start is None:
+    if os.path.exists(os.path.join(workdir, 'results.json')):
+      if not retrain:
+        manager.close()
+        raise ValueError(
+            f'{workdir} holds the results of a finished run but no readable checkpoint '
+            '(checkpoints/ was deleted or is unreadable), so it cannot be resumed or '
+            're-evaluated. Its results stay as they are. To train it again from step 0, '
+            'pass train.train.retrain=True (the old records move to previous/), or use a '
+            'new --workdir.')
+      _set_aside_records(workdir)
     start = 0
     state = tr.init_state(seed)
+  for log in ('train_log.jsonl', 'eval_history.jsonl'):  # steps the run logs again
+    dropped = loop.truncate_jsonl(os.path.join(workdir, log), start)
+    if dropped:
+      logging.info('%s: dropped %d lines past step %d (they are logged again).', log,
+                   dropped, start)
   loop.record_start(workdir, start)
 
   writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
@@ -486,71 +512,81 @@ def train(
   window, progress = loop.DispatchWindow(), loop.Progress(num_train_steps, start)
   # A run that stopped early and was started again goes straight to its results.
   stopped_early, t_steps = finished, time.time()
-  while step < num_train_steps and not stopped_early:
-    # Several steps per call from a step that is a multiple of steps_per_call
-    # (a checkpoint written with another setting may sit in between).
-    n = steps_per_call if step % steps_per_call == 0 else 1
-    rows = partitioning.host_slice(rows_per_batch, mesh)
-    if n == 1:
-      idx = batcher.indices(step)[rows]
-      batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
-      state, train_metrics = tr.train_step(state, batch, rng)
-    else:
-      idx = [batcher.indices(step + i)[rows] for i in range(n)]
-      batch = partitioning.shard_batch(
-          {k: np.stack([v[i] for i in idx]) for k, v in train_arrays.items()}, mesh,
-          stacked=True)
-      state, train_metrics = tr.train_steps(state, batch, rng)
-    window.push(train_metrics['loss'])
-    step += n
-    final = step == num_train_steps
-    if step % eval_every_steps == 0 or final:
-      window.drain()
-      train_seconds += time.time() - t_steps
-    logged = step % log_every_steps == 0 or final
-    if logged or progress.due():  # by step, and at least every 30 s by time
-      values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
-      so_far = train_seconds + (0.0 if step % eval_every_steps == 0 or final
-                                else time.time() - t_steps)
-      rate = progress.log(step, values, (max_train_seconds - so_far) if max_train_seconds
-                          else None)
-      if logged:
-        writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
-                             | {'train/steps_per_sec': rate})
-        loop.append_jsonl(train_log, {'step': step, **values})
-    eval_metrics = None
-    if step % eval_every_steps == 0 or final:
-      t0 = time.time()
-      m, _ = evaluate(tr, state.params, valid_sample, ids, beam_size, eval_batch_size,
-                      trie=trie)
-      eval_metrics = {f'validation/{k}': v for k, v in m.items()}
-      logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
-                   time.time() - t0, loop.fmt_metrics(m))
-      writer.write_scalars(step, eval_metrics)
-      loop.append_jsonl(history_path, {
-          'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
-          'train_seconds': round(train_seconds, 2), **eval_metrics})
-      reason = None if final else stop_reason(step, train_seconds)
-      if reason:
-        stopped_early = True
-        logging.info('Stopping at step %d: %s.', step, reason)
-    stopping = stop_after_step is not None and step >= stop_after_step and not final
-    if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
-      # Between evaluations the steps since the last one count too.
-      so_far = train_seconds + (0.0 if eval_metrics else time.time() - t_steps)
-      checkpoints.save(manager, step, state,
-                       {**batcher.state(step), 'train_seconds': round(so_far, 2)},
-                       eval_metrics)
-    if eval_metrics:
-      t_steps = time.time()
-    if stopped_early:
-      break
-    if stopping:
-      manager.wait_until_finished()
-      manager.close()
-      writer.flush()
-      logging.info('Stopped after step %d as asked; run again to resume.', step)
-      return {'stopped_at_step': step}
+  with loop.PreemptionWatch() as watch:
+    while step < num_train_steps and not stopped_early:
+      # Several steps per call from a step that is a multiple of steps_per_call
+      # (a checkpoint written with another setting may sit in between).
+      n = steps_per_call if step % steps_per_call == 0 else 1
+      rows = partitioning.host_slice(rows_per_batch, mesh)
+      if n == 1:
+        idx = batcher.indices(step)[rows]
+        batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
+        state, train_metrics = tr.train_step(state, batch, rng)
+      else:
+        idx = [batcher.indices(step + i)[rows] for i in range(n)]
+        batch = partitioning.shard_batch(
+            {k: np.stack([v[i] for i in idx]) for k, v in train_arrays.items()}, mesh,
+            stacked=True)
+        state, train_metrics = tr.train_steps(state, batch, rng)
+      window.push(train_metrics['loss'])
+      step += n
+      final = step == num_train_steps
+      if step % eval_every_steps == 0 or final:
+        window.drain()
+        train_seconds += time.time() - t_steps
+      logged = step % log_every_steps == 0 or final
+      if logged or progress.due():  # by step, and at least every 30 s by time
+        values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+        so_far = train_seconds + (0.0 if step % eval_every_steps == 0 or final
+                                  else time.time() - t_steps)
+        rate = progress.log(step, values, (max_train_seconds - so_far) if max_train_seconds
+                            else None)
+        if logged:
+          writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
+                               | {'train/steps_per_sec': rate})
+          loop.append_jsonl(train_log, {'step': step, **values})
+      eval_metrics = None
+      if step % eval_every_steps == 0 or final:
+        t0 = time.time()
+        m, _ = evaluate(tr, state.params, valid_sample, ids, beam_size, eval_batch_size,
+                        trie=trie)
+        eval_metrics = {f'validation/{k}': v for k, v in m.items()}
+        logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
+                     time.time() - t0, loop.fmt_metrics(m))
+        writer.write_scalars(step, eval_metrics)
+        loop.append_jsonl(history_path, {
+            'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
+            'train_seconds': round(train_seconds, 2), **eval_metrics})
+        reason = None if final else stop_reason(step, train_seconds)
+        if reason:
+          stopped_early = True
+          logging.info('Stopping at step %d: %s.', step, reason)
+      stopping = stop_after_step is not None and step >= stop_after_step and not final
+      if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
+        # Between evaluations the steps since the last one count too.
+        so_far = train_seconds + (0.0 if eval_metrics else time.time() - t_steps)
+        checkpoints.save(manager, step, state,
+                         {**batcher.state(step), 'train_seconds': round(so_far, 2)},
+                         eval_metrics)
+      if eval_metrics:
+        t_steps = time.time()
+      if stopped_early:
+        break
+      if not final and watch.requested(step):
+        window.drain()
+        so_far = train_seconds + (0.0 if eval_metrics else time.time() - t_steps)
+        checkpoints.save(manager, step, state,
+                         {**batcher.state(step), 'train_seconds': round(so_far, 2)})
+        manager.wait_until_finished()
+        manager.close()
+        writer.flush()
+        raise watch.stop(workdir, step)
+      if stopping:
+        manager.wait_until_finished()
+        manager.close()
+        writer.flush()
+        logging.info('Stopped after step %d as asked; run again to resume.', step)
+        return {'stopped_at_step': step}
   train_time = time.time() - t_start
   manager.wait_until_finished()
 
@@ -618,6 +654,19 @@ def train(
   if jax.process_index() == 0:
     print(results_table(results), flush=True)
   return results
+
+
+def _set_aside_records(workdir: str) -> None:
+  """Moves a finished run's records to previous/<time>/ before it trains again."""
+  if jax.process_index() > 0:
+    return
+  aside = os.path.join(workdir, 'previous', time.strftime('%Y%m%d-%H%M%S'))
+  os.makedirs(aside, exist_ok=True)
+  for name in ('results.json', 'results_history.jsonl', 'train_log.jsonl',
+               'eval_history.jsonl', 'predictions', 'tensorboard'):
+    if os.path.exists(os.path.join(workdir, name)):
+      os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+  logging.warning('retrain=True: the records of the finished run moved to %s.', aside)
 
 
 def read_eval_history(history_path: str) -> list[dict]:

@@ -79,7 +79,8 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
 
   Args:
     workdir: one method's folder of the retrieval run mode.
-    output_dir: where (default <workdir>/serving); replaced if it exists.
+    output_dir: where (default <workdir>/serving); an export of another step
+      there is replaced only with REPLACE (export_lib.write.replace).
     k: documents per query; DSI: default and at most the run's beam size;
       SEAL: default 100 (the depth of the run's evaluation).
     platforms: lowering platforms (default CPU, CUDA and TPU).
