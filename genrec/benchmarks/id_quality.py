@@ -110,6 +110,8 @@ def quality_row(dataset: str, name: str, item_ids: ids.ItemIds, seconds: float,
       'pq_relative_mse': (f"{info['quantization_mse'] / info['content_variance']:.3f}"
                           if 'quantization_mse' in info else ''),
       'fit_seconds': round(seconds, 1),
+      'machine': tables.host_summary(), 'date': time.strftime('%Y-%m-%d'),
+      'commit': tables.source_commit(), 'command': tables.command_line(),
   }
 
 
