@@ -578,6 +578,7 @@ def truncate_jsonl(path: str, max_step: int) -> int:
 # ---------------------------------------------------------------------------
 # Fixed-budget train-or-restore loop
 # ---------------------------------------------------------------------------
+@gin.configurable(allowlist=['checkpoint_every_seconds'])
 def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
                        abstract_state, init_fn: Callable[[], object],
                        step_fn: Callable[[object, int], tuple[object, jax.Array]],

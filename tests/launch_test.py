@@ -59,8 +59,8 @@ def test_quickstart_then_infer_gives_the_evaluation_predictions(tmp_path):
     np.testing.assert_allclose(g['scores'], w['scores'], rtol=1e-4, atol=1e-4)
 
 
-def test_retrieval_run_mode(tmp_path):
-  root = tmp_path / 'data'
+def _toy_collection(root) -> None:
+  """A 12-document BEIR folder <root>/toy: 6 training and 6 test queries."""
   folder = root / 'toy'
   (folder / 'qrels').mkdir(parents=True)
   rng = np.random.default_rng(0)
@@ -75,6 +75,11 @@ def test_retrieval_run_mode(tmp_path):
   (folder / 'queries.jsonl').write_text(''.join(json.dumps(q) + '\n' for q in queries))
   for split, body in qrels.items():
     (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
+
+
+def test_retrieval_run_mode(tmp_path):
+  root = tmp_path / 'data'
+  _toy_collection(root)
   work = tmp_path / 'retrieval'
   common = ["--gin_bindings=COLLECTION='toy'", f"--gin_bindings=DATA_DIR='{root}'",
             "--gin_bindings=METHODS=('bm25', 'dsi_atomic', 'hybrid')",
@@ -336,3 +341,37 @@ def test_export_never_replaces_a_folder_that_is_not_a_serving_directory(tmp_path
   with pytest.raises(ValueError, match='not a genrec serving directory'):
     export_lib.check_replaceable(str(tmp_path), {'kind': 'recommender', 'checkpoint_step': 3})
   export_lib.check_replaceable(str(tmp_path / 'new'), {'kind': 'recommender'})
+
+
+def test_retrieval_run_killed_mid_training_resumes_with_the_same_metrics(tmp_path):
+  """A retrieval run checkpoints while it trains (here: every step); killed
+  with SIGKILL, the same command continues from its newest checkpoint and
+  ends with the metrics of an uninterrupted run."""
+  root = tmp_path / 'data'
+  _toy_collection(root)
+  args = ['--gin_file=gin/runs/retrieval.gin', '--gin_file=gin/retrieval/cpu_smoke.gin',
+          "--gin_bindings=COLLECTION='toy'", f"--gin_bindings=DATA_DIR='{root}'",
+          "--gin_bindings=METHODS=('dsi_atomic',)", '--gin_bindings=run.run.vocab_size=100',
+          '--gin_bindings=run.run.dev_fraction=0',
+          '--gin_bindings=docgen.train_and_evaluate.num_train_steps=60',
+          '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
+          '--gin_bindings=docgen.train_and_evaluate.input_len=16',
+          '--gin_bindings=loop.train_fixed_budget.checkpoint_every_seconds=1e-9']
+  killed, whole = tmp_path / 'killed', tmp_path / 'whole'
+  env = {**os.environ, 'XLA_FLAGS': ''}
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args,
+                           f'--workdir={killed}'], cwd=REPO_ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt, deadline = killed / 'dsi_atomic' / 'checkpoints', time.time() + 600
+  while proc.poll() is None and time.time() < deadline:
+    if ckpt.exists() and any(d.isdigit() and int(d) >= 20 for d in os.listdir(ckpt)):
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
+  resumed = _main(*args, f'--workdir={killed}')
+  assert 'resuming at step' in resumed.stderr
+  _main(*args, f'--workdir={whole}')
+  got, want = (json.loads((d / 'dsi_atomic' / 'row.json').read_text()) for d in (killed, whole))
+  for key in ('recall@1', 'recall@10', 'mrr@10', 'ndcg@10'):
+    assert got[key] == want[key], (key, got, want)
