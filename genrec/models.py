@@ -1053,8 +1053,11 @@ class ItemSidRec(nnx.Module):
               jnp.where(jnp.asarray(exists), logp, -jnp.inf))
 
       def level_logits(prev, cache, step):
-        del prev
-        return jnp.repeat(dense[:, step], beam_size, axis=0), cache
+        # The barrier ties each level's per-beam copy to the step before it, so
+        # the (unrolled) search holds one [n, vocab] copy at a time instead of
+        # XLA scheduling every level's copy up front (L x as much memory).
+        level, _ = jax.lax.optimization_barrier((dense[:, step], prev))
+        return jnp.repeat(level, beam_size, axis=0), cache
       return level_logits, jnp.zeros((h.shape[0], 1), jnp.int32)
 
     def tokens_to_logits(prev, cache, step):

@@ -180,3 +180,36 @@ def test_retrieval_and_ranking_modes_run_with_two_processes(tmp_path):
     gin.clear_config()
   for key in ('final_loss', 'all/auc', 'all/logloss', 'all/recall@10'):
     assert row[key] == pytest.approx(one[key], abs=2e-4), key
+
+
+def test_sigterm_to_one_process_stops_the_job_at_one_saved_step(tmp_path):
+  """A pod scheduler's SIGTERM reaches one process of two: the processes
+  agree on the step (every 10 steps), save its checkpoint and exit 143; the
+  same command resumes from it and finishes."""
+  sent = {}
+
+  def term_process_1(procs):
+    def watch():
+      log = tmp_path / 'local_cluster' / 'process_1.log'
+      while procs[1].poll() is None:
+        if log.exists() and 'step 12/' in log.read_text():
+          sent['at'] = time.time()
+          procs[1].send_signal(signal.SIGTERM)
+          return
+        time.sleep(0.05)
+    threading.Thread(target=watch, daemon=True).start()
+
+  extra = ['--gin_bindings=train.train.num_train_steps=100',
+           '--gin_bindings=train.train.eval_every_steps=100',
+           '--gin_bindings=train.train.checkpoint_every_steps=100']
+  job = _job(tmp_path, 2, 1, extra, grace_s=120, started=term_process_1)
+  assert 'at' in sent, _log(tmp_path)[-3000:]
+  assert job.codes == [128 + signal.SIGTERM] * 2, (job.codes, _log(tmp_path, 1)[-3000:])
+  end = json.loads((tmp_path / 'run_manifest.jsonl').read_text().splitlines()[-1])
+  assert end['stopped_by'] == 'SIGTERM' and end['step'] % 10 == 0
+  assert os.listdir(tmp_path / 'checkpoints') == [str(end['step'])]
+  shutil.rmtree(tmp_path / 'local_cluster')
+  again = _job(tmp_path, 2, 1, extra)
+  assert again.codes == [0, 0], _log(tmp_path)[-3000:]
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['resumed_from_step'] == end['step'] and results['last_step'] == 100
