@@ -2,8 +2,10 @@
 residual k-means (RQ-KMeans) and hierarchical k-means (DSI semantic docids)."""
 
 import dataclasses
+import time
 from collections.abc import Callable
 
+from absl import logging
 import numpy as np
 
 from genrec.ids import content
@@ -354,11 +356,14 @@ class ProductQuantizationIds(IdScheme):
         raise ValueError(f'ProductQuantizationIds: the content has {x.shape[1]} independent '
                          f'directions, fewer than num_levels = {self.num_levels}.')
     rotation = np.eye(x.shape[1])
-    errors = []
-    for _ in range(self.opq_iters):
+    errors, t0 = [], time.time()
+    for i in range(self.opq_iters):
       codes, err = product_quantize(x @ rotation, self.num_levels, self.codebook_size,
                                     seed=self.seed, num_iters=10)
       errors.append(err)
+      logging.info('OPQ rotation update %d/%d: quantization MSE %.4g (%.0fs, about %.0fs left)',
+                   i + 1, self.opq_iters, err, time.time() - t0,
+                   (time.time() - t0) / (i + 1) * (self.opq_iters - i))
       target = _pq_reconstruct(x @ rotation, codes)
       u, _, vt = np.linalg.svd(x.T @ target)  # Procrustes: min ||x R - target||
       rotation = u @ vt
