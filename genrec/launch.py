@@ -173,6 +173,9 @@ def _suggest_configurable(message: str) -> str:
                         if not n.startswith('_') and callable(v) and not isinstance(v, type(os))
                         and getattr(v, '__module__', '').startswith(mod.__name__))
     break
+  if module == 'ids':  # the identifier schemes, not the module's helpers
+    from genrec import config_check, ids  # pylint: disable=g-import-not-at-top
+    candidates = re.findall(r'@ids\.(\w+)\(\)', config_check._choices(ids.IdScheme))
   if not candidates:
     return ''
   close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
@@ -183,6 +186,10 @@ def _suggest_configurable(message: str) -> str:
 def readable_error(e: BaseException) -> str | None:
   """One message for an error a person can fix (bad data, config, run
   directory, checkpoint, disk); None for a bug (its traceback is shown)."""
+  # gin re-raises an error of a configured call as a copy without the OSError
+  # fields (errno, filename); the original is its context.
+  while isinstance(e, OSError) and e.errno is None and isinstance(e.__context__, OSError):
+    e = e.__context__
   if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
     where = e.filename or 'a file'
     folder = os.path.dirname(os.path.abspath(where)) if e.filename else ''

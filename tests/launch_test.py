@@ -308,11 +308,19 @@ def test_errors_a_person_can_fix_print_as_one_message():
   from genrec import launch
   import errno
   msg = launch.readable_error(ValueError("No configurable matching reference '@ids.NopeIds()'."))
-  assert 'ids offers: ' in msg and 'ResidualKMeansIds' in msg
+  assert 'ids offers: ' in msg and 'ResidualKMeansIds' in msg and 'ItemIds,' not in msg
   msg = launch.readable_error(ValueError("No configurable matching reference "
                                          "'@ids.ResidualKmeansIds()'."))
   assert 'Did you mean ids.ResidualKMeansIds?' in msg
-  msg = launch.readable_error(OSError(errno.EROFS, 'Read-only file system', '/runs/a/ids'))
+  import gin
+
+  @gin.configurable
+  def make_folder():  # gin re-raises a configured call's OSError without its errno
+    raise OSError(errno.EROFS, 'Read-only file system', '/runs/a/ids')
+  try:
+    make_folder()
+  except OSError as e:
+    msg = launch.readable_error(e)
   assert msg.startswith('Cannot write /runs/a/ids: the file system is read-only') and (
       'Make /runs/a writable' in msg)
   assert launch.readable_error(TypeError('a bug')) is None  # keeps its traceback
