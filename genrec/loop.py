@@ -136,10 +136,12 @@ class Progress:
     """Whether `every_seconds` have passed since the last line."""
     return 0 < self.every_seconds <= time.time() - self._t
 
-  def log(self, step: int, values: dict[str, float], seconds_left: float | None = None
-          ) -> float:
+  def log(self, step: int, values: dict[str, float], seconds_left: float | None = None,
+          steps_to_stop: int = 0) -> float:
     """Logs the line for `step`; returns the steps/s since the last line.
-    `seconds_left`: a time budget's remaining seconds, which caps the ETA."""
+    `seconds_left`: a time budget's remaining seconds, which caps the ETA;
+    `steps_to_stop`: the steps a run must still take before it can stop
+    (it stops at an evaluation), which the capped ETA never undercuts."""
     now = time.time()
     rate = (step - self._step) / max(now - self._t, 1e-9)
     self._t, self._step = now, step
@@ -147,7 +149,8 @@ class Progress:
     eta = (self.total - step) / max(rate, 1e-9)
     budget = ''
     if seconds_left is not None and seconds_left < eta:
-      eta, budget = max(seconds_left, 0.0), ' (time budget)'
+      eta = max(seconds_left, 0.0, steps_to_stop / max(rate, 1e-9))
+      budget = ' (time budget)'
     logging.info('%sstep %d/%d %s | %.2f steps/s | ETA %s%s', prefix, step, self.total,
                  fmt_metrics(values), rate, fmt_time(eta), budget)
     return rate

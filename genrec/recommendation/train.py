@@ -540,7 +540,7 @@ def train(
         so_far = train_seconds + (0.0 if step % eval_every_steps == 0 or final
                                   else time.time() - t_steps)
         rate = progress.log(step, values, (max_train_seconds - so_far) if max_train_seconds
-                            else None)
+                            else None, steps_to_stop=-step % eval_every_steps)
         if logged:
           writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
                                | {'train/steps_per_sec': rate})
