@@ -196,6 +196,22 @@ def test_a_run_continued_past_its_time_budget_rewrites_its_results(tmp_path):
   assert len((tmp_path / 'results_history.jsonl').read_text().splitlines()) == 2
 
 
+def test_a_finished_run_without_checkpoints_is_refused_unless_retrain(tmp_path):
+  import shutil
+  common = dict(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4)
+  first = _run(tmp_path, **common)
+  shutil.rmtree(tmp_path / 'checkpoints')
+  with pytest.raises(ValueError, match='no readable checkpoint'):
+    _run(tmp_path, **common)
+  again = _run(tmp_path, retrain=True, **common)
+  assert again['resumed_from_step'] is None and again['test'] == first['test']
+  aside = list((tmp_path / 'previous').iterdir())
+  assert len(aside) == 1 and json.loads((aside[0] / 'results.json').read_text())['test'] == (
+      first['test'])
+  steps = [json.loads(line)['step'] for line in open(tmp_path / 'train_log.jsonl')]
+  assert steps == [1, 2, 3, 4]  # the new run's records only
+
+
 def test_ids_artifact_of_another_scheme_is_refused(tmp_path):
   _run(tmp_path, num_train_steps=1, eval_every_steps=100, checkpoint_every_steps=100,
        stop_after_step=0, id_scheme=AtomicIds())

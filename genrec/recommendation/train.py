@@ -441,9 +441,12 @@ def train(
       'beam_size': beam_size, 'item_scoring': config.scores_items,
       'constrained_decoding': constrained_decoding,
       'dataset': data.name, 'num_items': data.num_items})
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not retrain and os.path.exists(os.path.join(workdir, 'results.json')) and not (
+      os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))):
+    raise ValueError(_no_checkpoint_message(workdir))  # before orbax starts its threads
   manager, start, state, data_state = checkpoints.open_and_restore(
-      os.path.join(workdir, 'checkpoints'), tr.abstract_state, keep_checkpoints,
-      fallback=checkpoint_fallback)
+      ckpt_dir, tr.abstract_state, keep_checkpoints, fallback=checkpoint_fallback)
   try:
     if start is not None:
       batcher.check_resumable(data_state, os.path.join(workdir, 'checkpoints', str(start)))
@@ -485,12 +488,7 @@ def train(
     if os.path.exists(os.path.join(workdir, 'results.json')):
       if not retrain:
         manager.close()
-        raise ValueError(
-            f'{workdir} holds the results of a finished run but no readable checkpoint '
-            '(checkpoints/ was deleted or is unreadable), so it cannot be resumed or '
-            're-evaluated. Its results stay as they are. To train it again from step 0, '
-            'pass train.train.retrain=True (the old records move to previous/), or use a '
-            'new --workdir.')
+        raise ValueError(_no_checkpoint_message(workdir))
       _set_aside_records(workdir)
     start = 0
     state = tr.init_state(seed)
@@ -654,6 +652,14 @@ def train(
   if jax.process_index() == 0:
     print(results_table(results), flush=True)
   return results
+
+
+def _no_checkpoint_message(workdir: str) -> str:
+  return (f'{workdir} holds the results of a finished run but no readable checkpoint '
+          '(checkpoints/ was deleted or is unreadable), so it cannot be resumed or '
+          're-evaluated. Its results stay as they are. To train it again from step 0, pass '
+          'train.train.retrain=True (the old records move to previous/), or use a new '
+          '--workdir.')
 
 
 def _set_aside_records(workdir: str) -> None:
