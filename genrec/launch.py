@@ -179,8 +179,8 @@ def _suggest_configurable(message: str) -> str:
   if not candidates:
     return ''
   close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
-  hint = f' Did you mean {module}.{close[0]}?' if close else ''
-  return f'{hint} {module} offers: {", ".join(candidates)}.'
+  hint = f'Did you mean {module}.{close[0]}? ' if close else ''
+  return f'\n{hint}{module} offers: {", ".join(candidates)}.'
 
 
 def readable_error(e: BaseException) -> str | None:
