@@ -361,7 +361,7 @@ def test_retrieval_run_killed_mid_training_resumes_with_the_same_metrics(tmp_pat
           "--gin_bindings=COLLECTION='toy'", f"--gin_bindings=DATA_DIR='{root}'",
           "--gin_bindings=METHODS=('dsi_atomic',)", '--gin_bindings=run.run.vocab_size=100',
           '--gin_bindings=run.run.dev_fraction=0',
-          '--gin_bindings=docgen.train_and_evaluate.num_train_steps=60',
+          '--gin_bindings=docgen.train_and_evaluate.num_train_steps=30',
           '--gin_bindings=docgen.train_and_evaluate.batch_size=8',
           '--gin_bindings=docgen.train_and_evaluate.input_len=16',
           '--gin_bindings=loop.train_fixed_budget.checkpoint_every_seconds=1e-9']
@@ -372,7 +372,7 @@ def test_retrieval_run_killed_mid_training_resumes_with_the_same_metrics(tmp_pat
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt, deadline = killed / 'dsi_atomic' / 'checkpoints', time.time() + 600
   while proc.poll() is None and time.time() < deadline:
-    if ckpt.exists() and any(d.isdigit() and int(d) >= 20 for d in os.listdir(ckpt)):
+    if ckpt.exists() and any(d.isdigit() and int(d) >= 8 for d in os.listdir(ckpt)):
       break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)

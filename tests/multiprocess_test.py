@@ -199,9 +199,9 @@ def test_sigterm_to_one_process_stops_the_job_at_one_saved_step(tmp_path):
         time.sleep(0.05)
     threading.Thread(target=watch, daemon=True).start()
 
-  extra = ['--gin_bindings=train.train.num_train_steps=100',
-           '--gin_bindings=train.train.eval_every_steps=100',
-           '--gin_bindings=train.train.checkpoint_every_steps=100']
+  extra = ['--gin_bindings=train.train.num_train_steps=40',
+           '--gin_bindings=train.train.eval_every_steps=40',
+           '--gin_bindings=train.train.checkpoint_every_steps=40']
   job = _job(tmp_path, 2, 1, extra, grace_s=120, started=term_process_1)
   assert 'at' in sent, _log(tmp_path)[-3000:]
   assert job.codes == [128 + signal.SIGTERM] * 2, (job.codes, _log(tmp_path, 1)[-3000:])
@@ -212,4 +212,4 @@ def test_sigterm_to_one_process_stops_the_job_at_one_saved_step(tmp_path):
   again = _job(tmp_path, 2, 1, extra)
   assert again.codes == [0, 0], _log(tmp_path)[-3000:]
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert results['resumed_from_step'] == end['step'] and results['last_step'] == 100
+  assert results['resumed_from_step'] == end['step'] and results['last_step'] == 40
