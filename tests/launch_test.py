@@ -101,6 +101,7 @@ def test_retrieval_run_mode(tmp_path):
   assert rows[1]['pseudo_queries'] == 2 and list(work.glob('cache/query_generator-*/queries.npz'))
   assert rows[1]['command'].startswith('python main.py --gin_file=gin/runs/retrieval.gin')
   assert rows[0]['machine'] == tables.host_summary() and rows[0]['date'].startswith('20')
+  assert rows[0]['commit'] == tables.source_commit()
   assert (work / 'retrieval.md').exists() and (work / 'dsi_atomic' / 'test.trec').exists()
   hybrid = json.loads((work / 'hybrid' / 'row.json').read_text())
   assert [r['method'] for r in hybrid] == [

@@ -32,7 +32,7 @@ METHODS = ('bm25', *docgen.METHODS, 'hybrid')
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
            'p_vs_bm25', 'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s',
            'ms_per_query', 'first_batch_s', 'params_m', 'tokens', 'init', 'identifiers', 'machine',
-           'date', 'command')
+           'date', 'commit', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
@@ -261,10 +261,11 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
 
 
 def provenance() -> dict:
-  """The machine, date and command of a row measured now."""
+  """The machine, date, commit and command of a row measured now."""
   return {'machine': tables.host_summary() if jax.default_backend() == 'cpu'
           else partitioning.device_summary(),
-          'date': time.strftime('%Y-%m-%d'), 'command': tables.command_line()}
+          'date': time.strftime('%Y-%m-%d'), 'commit': tables.source_commit(),
+          'command': tables.command_line()}
 
 
 def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]) -> list[dict]:
