@@ -99,22 +99,29 @@ def test_a_failed_process_stops_the_job_with_its_name(tmp_path):
   assert job.codes[0] < 0  # killed after the grace period
 
 
+def _signal_process_1(workdir, text: str, sig: int, record: dict):
+  """A `local_cluster.run(started=...)` callback: sends `sig` to process 1 once
+  its log shows `text`, and records the time in record['at']."""
+  def started(procs):
+    def watch():
+      log = workdir / 'local_cluster' / 'process_1.log'
+      while procs[1].poll() is None:
+        if log.exists() and text in log.read_text():
+          record['at'] = time.time()
+          procs[1].send_signal(sig)
+          return
+        time.sleep(0.05)
+    threading.Thread(target=watch, daemon=True).start()
+  return started
+
+
 def test_a_killed_process_stops_the_others_within_the_heartbeat_timeout(tmp_path):
   """SIGKILL one of two training processes: the other is told by JAX's
   distributed runtime and exits with an error instead of hanging in a
   collective (the launcher's own grace period is longer than the test)."""
   killed = {}
-
-  def kill_process_1(procs):
-    def watch():  # once process 1 has built its model and is about to train
-      log = tmp_path / 'local_cluster' / 'process_1.log'
-      while procs[1].poll() is None:
-        if log.exists() and 'Model: ' in log.read_text():
-          killed['at'] = time.time()
-          procs[1].send_signal(signal.SIGKILL)
-          return
-        time.sleep(0.05)
-    threading.Thread(target=watch, daemon=True).start()
+  # Once process 1 has built its model and is about to train.
+  kill_process_1 = _signal_process_1(tmp_path, 'Model: ', signal.SIGKILL, killed)
 
   job = _job(tmp_path, 2, 1, ['--gin_bindings=train.train.num_train_steps=100000',
                               '--gin_bindings=train.train.checkpoint_every_steps=1',
@@ -187,17 +194,7 @@ def test_sigterm_to_one_process_stops_the_job_at_one_saved_step(tmp_path):
   agree on the step (every 10 steps), save its checkpoint and exit 143; the
   same command resumes from it and finishes."""
   sent = {}
-
-  def term_process_1(procs):
-    def watch():
-      log = tmp_path / 'local_cluster' / 'process_1.log'
-      while procs[1].poll() is None:
-        if log.exists() and 'step 12/' in log.read_text():
-          sent['at'] = time.time()
-          procs[1].send_signal(signal.SIGTERM)
-          return
-        time.sleep(0.05)
-    threading.Thread(target=watch, daemon=True).start()
+  term_process_1 = _signal_process_1(tmp_path, 'step 12/', signal.SIGTERM, sent)
 
   extra = ['--gin_bindings=train.train.num_train_steps=40',
            '--gin_bindings=train.train.eval_every_steps=40',
