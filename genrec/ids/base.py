@@ -23,6 +23,9 @@ EOS_ID = 1
 NUM_RESERVED_TOKENS = 2
 
 
+QUANTIZER = 'quantizer.npz'
+
+
 @dataclasses.dataclass(frozen=True)
 class ItemIds:
   """Fitted identifiers.
@@ -38,6 +41,9 @@ class ItemIds:
   level_sizes: tuple[int, ...]
   scheme: str
   info: dict = dataclasses.field(default_factory=dict)
+  # What assigns codes to new content without fitting again (product
+  # quantization: its mean, projection, rotation and centroids; `extend`).
+  quantizer: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
     codes = np.asarray(self.codes)
@@ -125,6 +131,8 @@ class ItemIds:
     with open(os.path.join(directory, 'ids.json'), 'w') as f:
       json.dump({'level_sizes': list(self.level_sizes), 'scheme': self.scheme,
                  'num_items': self.num_items, 'info': self.info}, f, indent=1)
+    if self.quantizer:
+      np.savez(os.path.join(directory, QUANTIZER), **self.quantizer)
 
   @classmethod
   def load(cls, directory: str) -> 'ItemIds':
@@ -137,8 +145,12 @@ class ItemIds:
     except (OSError, ValueError, json.JSONDecodeError) as e:
       raise ValueError(f'Cannot read item identifiers from {directory} ({e}); delete the '
                        'folder to fit the identifiers again.') from e
+    quantizer = None
+    if os.path.exists(os.path.join(directory, QUANTIZER)):
+      with np.load(os.path.join(directory, QUANTIZER)) as z:
+        quantizer = {k: z[k] for k in z.files}
     ids = cls(codes=codes, level_sizes=tuple(meta['level_sizes']), scheme=meta['scheme'],
-              info=meta.get('info', {}))
+              info=meta.get('info', {}), quantizer=quantizer)
     if ids.num_items != meta['num_items']:
       raise ValueError(f'{codes_path} has {ids.num_items} items but {meta_path} says '
                        f'{meta["num_items"]}; delete the folder to fit them again.')

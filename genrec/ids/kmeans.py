@@ -347,11 +347,14 @@ class ProductQuantizationIds(IdScheme):
     if x.shape[1] < self.num_levels:
       raise ValueError(f'ProductQuantizationIds.num_levels = {self.num_levels} exceeds the '
                        f'{x.shape[1]} content dimensions; use at most that many codes.')
-    x = x - x.mean(0)
+    mean = x.mean(0)
+    x = x - mean
+    projection = np.eye(x.shape[1])
     if self.whiten:
       _, sv, vt = np.linalg.svd(x, full_matrices=False)
       keep = sv > sv[0] * 1e-6
-      x = x @ vt[keep].T / (sv[keep] / np.sqrt(len(x)))
+      projection = vt[keep].T / (sv[keep] / np.sqrt(len(x)))
+      x = x @ projection
       if x.shape[1] < self.num_levels:
         raise ValueError(f'ProductQuantizationIds: the content has {x.shape[1]} independent '
                          f'directions, fewer than num_levels = {self.num_levels}.')
@@ -371,4 +374,14 @@ class ProductQuantizationIds(IdScheme):
                                   seed=self.seed)
     info = {'quantization_mse': err, 'opq_mse_by_iter': errors,
             'content_variance': float((x ** 2).sum(1).mean())}
-    return _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup, info)
+    ids = _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup, info)
+    # What codes new content the same way (`genrec.ids.extend`): each
+    # subspace's centroids as the means of their items.
+    rotated = x @ rotation
+    quantizer = {'mean': mean, 'projection': projection, 'rotation': rotation}
+    for m, cols in enumerate(np.array_split(np.arange(x.shape[1]), self.num_levels)):
+      sums = np.zeros((self.codebook_size, len(cols)))
+      np.add.at(sums, codes[:, m], rotated[:, cols])
+      quantizer[f'centroids_{m}'] = sums / np.maximum(
+          np.bincount(codes[:, m], minlength=self.codebook_size), 1)[:, None]
+    return dataclasses.replace(ids, quantizer=quantizer)

@@ -46,6 +46,7 @@ from genrec.data import sequences
 from genrec.retrieval import corpus, pseudo_queries, seq2seq
 from genrec.ids import (EOS_ID, HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOKENS,
                          ResidualKMeansIds)
+from genrec.ids.extend import residual_codebooks
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
 
@@ -189,22 +190,6 @@ def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
     return HierarchicalKMeansIds(tasks.semantic_levels, tasks.semantic_branching,
                                  content_fn=content_fn).fit(None)
   raise ValueError(f'Unknown DSI method {method!r}; use one of {METHODS[:3]}.')
-
-
-def residual_codebooks(ids: ItemIds, emb: np.ndarray, num_levels: int) -> list[np.ndarray]:
-  """Per semantic level of residual docids, the centroid [codes, d] of each
-  code: the mean of what earlier levels left of its documents' embeddings
-  `emb` [num_docs, d] (a code no document uses stays 0)."""
-  residual, out = emb.astype(np.float64), []
-  for level in range(num_levels):
-    codes = ids.codes[1:, level]
-    size = ids.level_sizes[level]
-    sums = np.zeros((size, emb.shape[1]))
-    np.add.at(sums, codes, residual)
-    centroids = sums / np.maximum(np.bincount(codes, minlength=size), 1)[:, None]
-    out.append(centroids.astype(np.float32))
-    residual = residual - centroids[codes]
-  return out
 
 
 def document_embeddings(c: corpus.Collection, cache_dir: str | None = None,
@@ -399,6 +384,35 @@ def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: Se
   return ranked, scores, {'ngrams_per_query': round(float(np.mean(num_ngrams)), 1),
                           'docs_per_query': round(float(np.mean([len(r) for r in
                                                                 ranked.values()])), 1)}
+
+
+# ---------------------------------------------------------------------------
+# Search (training's evaluation and the retrievers updated with new documents)
+# ---------------------------------------------------------------------------
+def dsi_search(pred, params, mesh, inputs: np.ndarray, trie: constraints.PrefixTrie,
+               beam_size: int, num_steps: int, batch_size: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Constrained beam search over identifiers of `num_steps` tokens for
+  padded queries `inputs` [q, input_len], `batch_size` queries at a time on
+  `mesh`: (tokens int [q, beam, num_steps], beam scores [q, beam])."""
+  def run(batch, rows):
+    tokens, scores = pred.predict(params, batch['x'], beam_size, num_steps, trie)
+    return partitioning.gather(tokens, rows), partitioning.gather(scores, rows)
+  outs = partitioning.map_batches({'x': inputs}, batch_size, mesh, run)
+  return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def seal_search(pred, params, mesh, inputs: np.ndarray, allowed: fm_index.NGramConstraint,
+                beam_size: int, ngram_len: int, batch_size: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """SEAL's beam search over n-grams that occur (`allowed`, on the host):
+  (sequences int [q, beam, ngram_len], per-token log-probs [q, beam, ngram_len])."""
+  def run(batch, rows):
+    beams = pred.predict_host_constrained(params, batch['x'], beam_size, ngram_len, allowed)
+    return (partitioning.gather(beams.sequences, rows),
+            partitioning.gather(beams.token_log_probs, rows))
+  outs = partitioning.map_batches({'x': inputs}, batch_size, mesh, run)
+  return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
 # ---------------------------------------------------------------------------
@@ -628,15 +642,8 @@ def train_and_evaluate(
     ranked = {}
     if method == 'seal':
       allowed = fm_index.NGramConstraint(fm, config.vocab_size)
-      L = seal_tasks.ngram_len
-
-      def run(batch, rows):
-        beams = tr.predict_host_constrained(state.params, batch['x'], seal_beam_size, L, allowed)
-        return (partitioning.gather(beams.sequences, rows),
-                partitioning.gather(beams.token_log_probs, rows))
-      outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
-      seqs = np.concatenate([o[0] for o in outs])
-      logp = np.concatenate([o[1] for o in outs])
+      seqs, logp = seal_search(tr, state.params, mesh, inputs, allowed, seal_beam_size,
+                               seal_tasks.ngram_len, eval_batch_size)
       # The decoded n-grams and their token log-probs, so that the scorer can be
       # studied again without the model (`rescore_seal`).
       if tag:
@@ -646,12 +653,8 @@ def train_and_evaluate(
       extra['constraint_ms_per_query'] = round(allowed.seconds / len(qids) * 1e3, 1)
     else:
       def search(num_steps, constraint):
-        def run(batch, rows):
-          tokens, beam_scores = tr.predict(state.params, batch['x'], dsi_beam_size, num_steps,
-                                           constraint)
-          return partitioning.gather(tokens, rows), partitioning.gather(beam_scores, rows)
-        outs = partitioning.map_batches({'x': inputs}, eval_batch_size, mesh, run)
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+        return dsi_search(tr, state.params, mesh, inputs, constraint, dsi_beam_size, num_steps,
+                          eval_batch_size)
       tokens, beam_scores = search(ids.num_levels, trie)
       items = ids.tokens_to_items(tokens - shift)  # 0: not a docid (never, with the trie)
       extra = {'docid_levels': ids.num_levels, 'docid_collisions_before_dedup':
