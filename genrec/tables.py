@@ -8,6 +8,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 
@@ -75,6 +76,17 @@ def command_line(argv: list[str] | None = None) -> str:
   else:
     program = shlex.quote(argv[0]) if argv else 'python'
   return ' '.join([program, *map(_shell_quote, argv[1:])])
+
+
+def provenance() -> dict:
+  """The machine (this host's CPU, or the accelerators), date, commit and
+  command of a result measured now."""
+  import jax  # only where a result is measured
+  from genrec import partitioning
+  return {'machine': host_summary() if jax.default_backend() == 'cpu'
+          else partitioning.device_summary(),
+          'date': time.strftime('%Y-%m-%d'), 'commit': source_commit(),
+          'command': command_line()}
 
 
 def markdown(rows: list[dict], cols: list[str] | None = None,

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from genrec import artifact, models, partitioning, predictor, serve, trainer
+from genrec import artifact, models, partitioning, serve, trainer
 from genrec.data import sequences
 from genrec.ids import ItemIds, ProductQuantizationIds, RandomCodeIds
 from genrec.recommendation import add_items, features, infer, train

@@ -374,8 +374,10 @@ def test_retrieval_rows_carry_p_vs_bm25_from_their_run_files(tmp_path):
   done = {**gen, 'p_vs_bm25': 0.5}
   out = [retrieval_run.with_p_vs_bm25(str(tmp_path), r, qrels, 'test')
          for r in (bm25, gen, rrf, alpha, done)]
-  assert out[0] == bm25 and out[3] == alpha and out[4] == done
+  assert out[0] == bm25 and out[3] == alpha
+  assert out[4]['p_vs_bm25'] == 0.5 and out[4]['p_r@1_vs_bm25'] == out[1]['p_r@1_vs_bm25']
   assert out[1]['p_vs_bm25'] == pytest.approx(1 / 10_001, abs=1e-4)
+  assert out[1]['p_r@1_vs_bm25'] == out[1]['p_mrr@10_vs_bm25'] == out[1]['p_vs_bm25']
   assert out[2]['p_vs_bm25'] == 1.0  # the same ranking as BM25's
   grid, _ = retrieval_run.grid_rows([bm25, out[1], {**alpha, 'p_vs_bm25': 0.2}])
   assert grid[0]['random init'] == '1.0000*\u2020 (10 x 8); hybrid (alpha 0.5) 0.7000*'

@@ -138,6 +138,16 @@ def test_bm25_row_on_cranfield(tmp_path):
   row = corpus.bm25_row(c, spm.SentencePieceProcessor(model_file=model), 'test')
   assert row['queries'] == 112 and 0.2 < row['ndcg@10'] < 1.0
   assert row['recall@1'] <= row['recall@10'] <= row['recall@100']
+  words = corpus.bm25_row(c, corpus.WordTokenizer(texts), 'test')
+  assert words['method'] == 'BM25 words (k1 0.9, b 0.4)' and words['tokens'].startswith('words')
+  assert 0.2 < words['ndcg@10'] < 1.0
+
+
+def test_word_tokens_are_lowercased_words_of_the_corpus():
+  words = corpus.WordTokenizer(['The Wing, the flow.', 'Flow-rate'])
+  assert words.encode('FLOW of the wing?') == [words.vocab['flow'], words.vocab['the'],
+                                              words.vocab['wing']]  # 'of' is not in the corpus
+  assert words.get_piece_size() == len(words.vocab) + 1 == 5
 
 
 def test_missing_and_malformed_collection_files_are_named(tmp_path):

@@ -26,6 +26,7 @@ ones (forgetting): R@1, R@10, MRR@10 and the time each way of indexing took.
 """
 
 import collections
+import glob
 import hashlib
 import json
 import os
@@ -33,10 +34,11 @@ import os
 from absl import app, flags, logging
 import numpy as np
 
+from genrec import tables
 from genrec.data import sequences
-from genrec.retrieval import corpus
+from genrec.retrieval import corpus, fusion
 
-flags.DEFINE_enum('step', 'table', ['prepare', 'table'], 'What to do (module docstring).')
+flags.DEFINE_enum('step', 'table', ['prepare', 'prepare_items', 'table'], 'What to do (module docstring).')
 flags.DEFINE_string('source', 'squad', 'The collection under the data dir (prepare).')
 flags.DEFINE_string('data_dir', None, 'The data dir (default $GENREC_DATA_DIR).')
 flags.DEFINE_string('out', None, 'The experiment folder.')
@@ -44,6 +46,12 @@ flags.DEFINE_float('fraction', 0.1, 'Share of the articles held out (prepare).')
 flags.DEFINE_integer('seed', 0, 'Chooses the held-out articles (prepare).')
 flags.DEFINE_string('embeddings', None, 'The source\'s cached MiniLM document embeddings '
                     '(.npy, rows in corpus order) to slice for the old collection (prepare).')
+flags.DEFINE_string('full', None, 'The dsi_atomic folder of the run trained on the whole '
+                    'collection (table).')
+flags.DEFINE_string('items_out', None, 'The recommendation experiment folder (prepare_items).')
+flags.DEFINE_string('items_full', None, 'A run trained with every item (table).')
+flags.DEFINE_string('table_dir', None, 'Where the table goes (default --out).')
+flags.DEFINE_string('table_stem', 'incremental_indexing', 'The table\'s file name.')
 FLAGS = flags.FLAGS
 
 ADDED = 'added.jsonl'
@@ -118,13 +126,217 @@ def prepare(source: str, out: str, fraction: float = 0.1, seed: int = 0,
   return info
 
 
+HISTORIES = 'test_histories.jsonl'
+ADDED_ITEMS = 'added_items.jsonl'
+
+
+def prepare_items(source: str, out: str, data_dir: str | None = None) -> dict:
+  """The recommendation experiment: from the Amazon-format folder `source`
+  (sequences.txt of item numbers, item_text.jsonl with ASINs) writes
+  <out>/data/<name>_old/ (interactions.tsv and item_text.jsonl keyed by ASIN,
+  without the items that first appear as a test target: the last item of a
+  user's sequence that no earlier position of any sequence holds),
+  <out>/added_items.jsonl (those items' text) and <out>/test_histories.jsonl
+  (every user's leave-one-out test history and target, in ASINs)."""
+  src = os.path.join(sequences.resolve_data_dir(data_dir), source)
+  texts = {}
+  for _, row in sequences.json_objects(os.path.join(src, 'item_text.jsonl'), 'item text'):
+    texts[int(row['item'])] = row
+  seqs = []
+  for line in sequences.read_lines(os.path.join(src, 'sequences.txt')):
+    user, *items = line.split()
+    seqs.append((user, [int(i) for i in items]))
+  earlier = {i for _, s in seqs for i in s[:-1]}
+  held = sorted({s[-1] for _, s in seqs} - earlier)
+  name = os.path.basename(os.path.normpath(source)) + '_old'
+  root = os.path.join(out, 'data', name)
+  os.makedirs(root, exist_ok=True)
+  asin = lambda i: texts[i]['asin']  # noqa: E731
+  fields = lambda i: {'item': asin(i), **{k: texts[i][k] for k in ('title', 'brand', 'categories')  # noqa: E731
+                                          if k in texts[i]}}
+  with open(os.path.join(root, 'interactions.tsv'), 'w') as f:
+    f.write('user\titem\ttimestamp\n')
+    for user, s in seqs:
+      for t, i in enumerate(s):
+        if i not in held:
+          f.write(f'u{user}\t{asin(i)}\t{1_400_000_000 + 86_400 * t}\n')
+  with open(os.path.join(root, 'item_text.jsonl'), 'w') as f:
+    f.writelines(json.dumps(fields(i)) + '\n' for i in sorted(texts) if i not in held)
+  with open(os.path.join(out, ADDED_ITEMS), 'w') as f:
+    f.writelines(json.dumps(fields(i)) + '\n' for i in held)
+  with open(os.path.join(out, HISTORIES), 'w') as f:
+    for user, s in seqs:
+      f.write(json.dumps({'user': f'u{user}', 'history': [asin(i) for i in s[:-1]],
+                          'target': asin(s[-1])}) + '\n')
+  info = {'source': source, 'items': len(texts), 'items_held_out': len(held),
+          'users': len(seqs), 'test_users_of_held_out_items': sum(s[-1] in held for _, s in seqs)}
+  with open(os.path.join(out, 'split.json'), 'w') as f:
+    json.dump({**info, 'held_out': [asin(i) for i in held]}, f, indent=1)
+  logging.info('prepare_items: %s', info)
+  return info
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+RETRIEVAL_METRICS = ('recall@1', 'recall@10', 'mrr@10')
+COLUMNS = ('data set', 'indexing', 'questions about', 'queries', *RETRIEVAL_METRICS,
+           'ndcg@10', 'seconds', 'what the seconds are', 'machine', 'date', 'commit', 'command')
+
+
+def _json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _subset_rows(label: str, ranked: dict, qrels: dict, groups: dict[str, set[str]],
+                 base: dict) -> list[dict]:
+  """One row per group of queries (and all) of a run's per-query metrics."""
+  per_query = corpus.per_query_metrics(ranked, qrels)
+  out = []
+  for group, queries in groups.items():
+    ms = [per_query[q] for q in queries]
+    out.append({**base, 'indexing': label, 'questions about': group, 'queries': len(ms),
+                **{k: round(float(np.mean([m[k] for m in ms])), 4)
+                   for k in (*RETRIEVAL_METRICS, 'ndcg@10')}})
+  return out
+
+
+def squad_rows(out: str, full: str, data_dir: str | None = None) -> list[dict]:
+  """The retrieval experiment's rows: each way of indexing the added
+  documents, on the test questions about them, about the old ones, and all.
+
+  `out`: the experiment folder (old/, added*/ of the add-documents run mode);
+  `full`: the dsi_atomic folder of the run trained on the whole collection
+  (its sibling bm25/ gives BM25 over the whole collection)."""
+  info = _json(os.path.join(out, 'split.json'))
+  c = corpus.load_beir(info['source'], data_dir)
+  added = {str(json.loads(line)['_id']) for line in sequences.read_lines(
+      os.path.join(out, ADDED))}
+  qrels = c.qrels['test']
+  groups = {'added documents': {q for q, d in qrels.items() if d & added},
+            'old documents': {q for q, d in qrels.items() if not d & added},
+            'all': set(qrels)}
+  runs = []
+  bm25 = os.path.join(os.path.dirname(os.path.normpath(full)), 'bm25')
+  if os.path.exists(os.path.join(bm25, 'row.json')):
+    row = _json(os.path.join(bm25, 'row.json'))
+    runs.append(('BM25, index built over all documents', bm25, row.get('index_s'),
+                 'BM25 index', row))
+  old = os.path.join(out, 'old', 'dsi_atomic')
+  if os.path.exists(os.path.join(old, 'row.json')):
+    row = _json(os.path.join(old, 'row.json'))
+    runs.append(('DSI atomic trained without the added documents, no update', old, 0.0,
+                 'none', row))
+  for folder in sorted(glob.glob(os.path.join(out, 'added*', 'row.json'))):
+    row = _json(folder)
+    how = ('new docids, rows mapped from MiniLM' if row.get('atomic_rows') == 'mapped' else
+           f"new docids, rows: {row.get('atomic_rows')}")
+    how += (f", {row['replay_steps']} replay steps ({row['replay_examples']['new']} new + "
+            f"{row['replay_examples']['old']} replayed examples)" if row['replay_steps']
+            else ', no training')
+    runs.append((f'DSI atomic + added documents: {how}', os.path.dirname(folder),
+                 row['total_s'], 'the update (encoding, docids, rows, replay, re-export)', row))
+  if os.path.exists(os.path.join(full, 'row.json')):
+    row = _json(os.path.join(full, 'row.json'))
+    runs.append(('DSI atomic retrained on all documents', full, row.get('train_s'),
+                 f"training ({row.get('training', '').split(' (')[0]})", row))
+  rows = []
+  for label, folder, seconds, what, row in runs:
+    ranked = fusion.read_trec_run(os.path.join(folder, 'test.trec'))[0]
+    base = {'data set': f"SQuAD ({info['documents_old']} + {info['documents_added']} "
+                        f"paragraphs, {info['articles_held_out']} articles held out)",
+            'seconds': seconds, 'what the seconds are': what,
+            **{k: row.get(k, '') for k in ('machine', 'date', 'commit', 'command')}}
+    rows += _subset_rows(label, ranked, qrels, groups, base)
+  return rows
+
+
+def _recommendations(run: str, histories: str) -> dict[str, list[str]]:
+  """The top-10 items (external ids) of every test history, by the infer run
+  mode (its predictions file is reused when present)."""
+  from genrec.recommendation import infer  # the training stack only for this table
+  path = os.path.join(run, 'predictions', 'cold_start_test.predictions.jsonl')
+  if not os.path.exists(path):
+    infer.infer(run, histories, path, k=10)
+  return {str(r['user']): [str(i) for i in r['items']]
+          for _, r in sequences.json_objects(path, 'predictions')}
+
+
+def items_rows(out: str, full: str | None) -> list[dict]:
+  """The recommendation experiment's rows (`prepare_items`): the run trained
+  without the held-out items, the same run with them added (add-items run
+  mode: <out>/old_run_added*), and `full`, a run trained with them, on the
+  test users whose target is a held-out item and on all test users."""
+  info = _json(os.path.join(out, 'split.json'))
+  held = set(info['held_out'])
+  histories = os.path.join(out, HISTORIES)
+  targets = {str(r['user']): r['target'] for _, r in sequences.json_objects(histories, 'h')}
+  qrels = {u: {t} for u, t in targets.items()}
+  groups = {'held-out (cold-start) items': {u for u, t in targets.items() if t in held},
+            'all': set(targets)}
+  runs = [('item-level model trained without the held-out items', os.path.join(out, 'old_run'),
+           0.0, 'none')]
+  for folder in sorted(glob.glob(os.path.join(out, 'old_run_added*', 'add_items.json'))):
+    a = _json(folder)
+    runs.append((f"the same + {a['items_added']} items added from their text (no training)",
+                 os.path.dirname(folder), a['total_s'],
+                 'the update (encoding, Semantic IDs, re-export)'))
+  if full:
+    runs.append(('item-level model trained with every item', full, None, 'training'))
+  rows = []
+  for label, folder, seconds, what in runs:
+    if not os.path.exists(os.path.join(folder, 'results.json')) and 'added' not in label:
+      continue
+    meta = (_json(os.path.join(folder, 'add_items.json')) if 'added' in label
+            else _json(os.path.join(folder, 'results.json')))
+    if seconds is None:
+      seconds = meta.get('train_seconds')
+    base = {'data set': f"Beauty ({info['items'] - info['items_held_out']} + "
+                        f"{info['items_held_out']} items)",
+            'seconds': seconds, 'what the seconds are': what,
+            'machine': meta.get('machine') or meta.get('host', ''),
+            'date': meta.get('date', ''), 'commit': meta.get('commit', ''),
+            'command': meta.get('command', '')}
+    rows += _subset_rows(label, _recommendations(folder, histories), qrels, groups, base)
+  return rows
+
+
+def table(out: str | None, full: str | None, items_out: str | None, items_full: str | None,
+          data_dir: str | None = None) -> tuple[str, list[dict]]:
+  """The markdown and rows of both experiments (those given)."""
+  md, rows = '## Adding documents and items without retraining\n', []
+  if out:
+    squad = squad_rows(out, full, data_dir)
+    rows += squad
+    md += ('\n### Documents: SQuAD, 10% of the articles added after training\n\n'
+           'Test questions against all paragraphs (old and added); a question about an '
+           'added paragraph is a miss for a retriever that does not know it.\n\n' +
+           tables.markdown(squad, COLUMNS[:-4]) + '\n')
+  if items_out:
+    items = items_rows(items_out, items_full)
+    rows += items
+    md += ('\n### Items: Beauty, the items that first appear as test targets added after '
+           'training\n\nTest users (leave-one-out) ranked over the whole catalog; R@1 and '
+           'MRR@10 of the top-10 recommendations.\n\n' + tables.markdown(items, COLUMNS[:-4]) +
+           '\n')
+  md += '\n### Every row, with its command\n\n' + tables.markdown(rows, COLUMNS)
+  return md, rows
+
+
 def main(argv):
   del argv
-  if not FLAGS.out:
+  if not (FLAGS.out or FLAGS.step == 'table' and FLAGS.items_out):
     raise app.UsageError('--out is required.')
   if FLAGS.step == 'prepare':
     print(json.dumps(prepare(FLAGS.source, FLAGS.out, FLAGS.fraction, FLAGS.seed,
                              FLAGS.data_dir, FLAGS.embeddings), indent=1))
+  elif FLAGS.step == 'prepare_items':
+    print(json.dumps(prepare_items(FLAGS.source, FLAGS.out, FLAGS.data_dir), indent=1))
+  else:
+    md, rows = table(FLAGS.out, FLAGS.full, FLAGS.items_out, FLAGS.items_full, FLAGS.data_dir)
+    tables.write(md, rows, FLAGS.table_dir or FLAGS.out or FLAGS.items_out, FLAGS.table_stem)
+    print(md)
 
 
 if __name__ == '__main__':

@@ -40,9 +40,9 @@ import gin
 import jax
 import numpy as np
 
-from genrec import checkpoints, config_check, loop, partitioning
+from genrec import checkpoints, config_check, loop, partitioning, tables
 from genrec.data import sequences
-from genrec.ids import ItemIds, content
+from genrec.ids import content
 from genrec.ids import extend as extend_ids
 from genrec.recommendation import export as recommendation_export
 from genrec.recommendation import infer, train
@@ -189,7 +189,7 @@ def add(workdir: str, recommender: str = gin.REQUIRED, items: str = gin.REQUIRED
           'items_added': len(keys), 'id_scheme': grown.scheme,
           'new_items_sharing_codes': int(grown.num_collisions),
           'encode_s': round(encode_s, 1), 'total_s': round(time.time() - t_start, 1),
-          'new_item_ids': {k: n_old + 1 + i for i, k in enumerate(keys)}}
+          'new_item_ids': {k: n_old + 1 + i for i, k in enumerate(keys)}, **tables.provenance()}
   loop.write_json(os.path.join(workdir, 'add_items.json'), info)
   if export and jax.process_index() == 0:
     info['serving'] = recommendation_export.export(workdir)

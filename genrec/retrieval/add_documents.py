@@ -35,9 +35,7 @@ with `EXPORT` its serving directory is written (<workdir>/serving,
 """
 
 import dataclasses
-import json
 import os
-import shutil
 import time
 
 from absl import logging
@@ -46,7 +44,7 @@ import jax
 import numpy as np
 import sentencepiece as spm
 
-from genrec import (config_check, constraints, fm_index, loop, models, partitioning,
+from genrec import (config_check, constraints, fm_index, loop, models, partitioning, tables,
                     text_encoder, trainer)
 from genrec.data import sequences
 from genrec.ids import NUM_RESERVED_TOKENS, ItemIds
@@ -248,6 +246,7 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
          **{k: round(v, 1) for k, v in timings.items()},
          'final_loss': None if loss is None else round(loss, 4)}
   row['total_s'] = round(time.time() - t_start, 1)
+  row.update(tables.provenance())
   if eval_collection:
     row.update(evaluate(workdir, tr, mesh, state.params, run, new_config, sp, ids, shift, fm,
                         both, eval_collection, data_dir, eval_split, eval_batch_size))

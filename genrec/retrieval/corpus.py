@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -241,11 +242,34 @@ class BM25:
     return top[np.lexsort((top, -s[top]))]  # by score, then doc index
 
 
+WORD = re.compile(r'\w+')
+
+
+class WordTokenizer:
+  """Lowercased word tokens (`\\w+`, no stemming) numbered over a corpus:
+  the tokens of the usual BM25 baselines, behind the interface `bm25_row`
+  uses of a SentencePiece model (`encode`, `get_piece_size`); a query word
+  the corpus lacks is dropped (it matches no document)."""
+
+  def __init__(self, texts: list[str]):
+    self.vocab: dict[str, int] = {}
+    for text in texts:
+      for w in WORD.findall(text.lower()):
+        self.vocab.setdefault(w, len(self.vocab) + 1)
+
+  def encode(self, text: str) -> list[int]:
+    return [self.vocab[w] for w in WORD.findall(text.lower()) if w in self.vocab]
+
+  def get_piece_size(self) -> int:
+    return len(self.vocab) + 1
+
+
 def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str,
              run_dir: str | None = None, run_splits: tuple[str, ...] = ()) -> dict:
-  """BM25 over `sp`'s tokens of title + text, evaluated on `split`: a table
-  row. With `run_dir`, also writes <run_dir>/<s>.trec for `split` and each of
-  `run_splits` (the runs a hybrid fuses)."""
+  """BM25 over `sp`'s tokens of title + text (a SentencePiece model, or a
+  `WordTokenizer`), evaluated on `split`: a table row. With `run_dir`, also
+  writes <run_dir>/<s>.trec for `split` and each of `run_splits` (the runs a
+  hybrid fuses)."""
   t0 = time.perf_counter()
   docs = [sp.encode(document_text(t, x)) for t, x in zip(c.titles, c.texts)]
   index = BM25(docs, sp.get_piece_size())
@@ -268,7 +292,10 @@ def bm25_row(c: Collection, sp: spm.SentencePieceProcessor, split: str,
     for other in run_splits:
       write_trec_run(os.path.join(run_dir, f'{other}.trec'), *search(c.qrels[other]), 'bm25')
   m = retrieval_metrics(ranked, qrels, grades=c.grades.get(split))
-  return {'method': 'BM25 (k1 0.9, b 0.4)', 'tokens': f'SentencePiece {sp.get_piece_size()}',
+  words = isinstance(sp, WordTokenizer)
+  return {'method': f'BM25{" words" if words else ""} (k1 0.9, b 0.4)',
+          'tokens': f'words {sp.get_piece_size()}' if words else
+                    f'SentencePiece {sp.get_piece_size()}',
           **{k: round(v, 4) for k, v in m.items()}, 'queries': len(qrels),
           'training': 'none', 'index_s': round(build_s, 2), 'ms_per_query': round(query_ms, 2)}
 

@@ -7,7 +7,9 @@ the three DSI docid schemes and SEAL-style n-gram identifiers
 (`genrec.retrieval.docgen`), each trained with the gin files' budget.
 Metrics: Recall@1/10/100, nDCG@10, MRR@10, and p_vs_bm25 (a paired
 randomization test of each generative or hybrid row's per-query nDCG@10
-against BM25's, `significance`). Each method's row is saved as
+against BM25's, `significance`; p_r@1_vs_bm25 and p_mrr@10_vs_bm25 the same
+on Recall@1 and MRR@10). 'bm25_words' is BM25 over lowercased words instead
+of the SentencePiece tokens (the usual baseline's tokens; no hybrid uses it). Each method's row is saved as
 <workdir>/<method>/row.json, and a method whose folder holds a final
 checkpoint is evaluated without training again. Writes
 <workdir>/retrieval.md and .csv after every method.
@@ -17,7 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import time
 from collections.abc import Sequence
 
 from absl import logging
@@ -25,12 +26,14 @@ import gin
 import jax
 import sentencepiece as spm
 
-from genrec import fm_index, loop, partitioning, tables
+from genrec import fm_index, loop, tables
 from genrec.retrieval import corpus, docgen, fusion, significance
 
-METHODS = ('bm25', *docgen.METHODS, 'hybrid')
+METHODS = ('bm25', 'bm25_words', *docgen.METHODS, 'hybrid')
+# The paired tests of a row against BM25: column -> per-query metric.
+P_COLUMNS = {'p_vs_bm25': 'ndcg@10', 'p_r@1_vs_bm25': 'recall@1', 'p_mrr@10_vs_bm25': 'mrr@10'}
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
-           'p_vs_bm25', 'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s',
+           *P_COLUMNS, 'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s',
            'ms_per_query', 'first_batch_s', 'params_m', 'tokens', 'init', 'identifiers', 'machine',
            'date', 'commit', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
@@ -42,7 +45,7 @@ def row_path(workdir: str, method: str) -> str:
 
 # The summary above the full table: what a row is and its main figures.
 SUMMARY_COLUMNS = ('method', 'init', 'identifiers', 'pseudo-queries', 'params_m', 'training',
-                   'ndcg@10', 'p_vs_bm25', 'recall@100', 'ms_per_query')
+                   'ndcg@10', 'p_vs_bm25', 'recall@1', 'mrr@10', 'recall@100', 'ms_per_query')
 
 
 def _pseudo_queries_cell(row: dict) -> str:
@@ -71,6 +74,9 @@ def _generative_method(row: dict) -> str:
   dsi_atomic, RRF (k 60)'), or '' for BM25."""
   named = re.match(r'(?:hybrid: BM25 \+ )?(\w+)', row['method'])
   return named.group(1) if named and named.group(1) in docgen.METHODS else ''
+
+
+BM25_LABEL = 'BM25 (k1 0.9, b 0.4)'  # the row of the run mode's 'bm25' (its hybrids' BM25)
 
 
 def run_command(row: dict) -> str | None:
@@ -104,24 +110,26 @@ def trec_path(workdir: str, row: dict, split: str) -> str | None:
 
 
 def p_vs_bm25_files(workdir: str, row: dict, split: str) -> tuple[str, str] | None:
-  """The run files of `row` and of BM25 in `workdir` when `row` lacks
-  `p_vs_bm25` and both exist, else None."""
+  """The run files of `row` and of BM25 in `workdir` when `row` lacks one
+  of the P_COLUMNS and both exist, else None."""
   mine, bm25 = trec_path(workdir, row, split), os.path.join(workdir, 'bm25', f'{split}.trec')
-  if row.get('p_vs_bm25') not in (None, '') or not mine or not all(
+  if all(row.get(c) not in (None, '') for c in P_COLUMNS) or not mine or not all(
       map(os.path.exists, (mine, bm25))):
     return None
   return mine, bm25
 
 
 def with_p_vs_bm25(workdir: str, row: dict, qrels: dict[str, set[str]], split: str) -> dict:
-  """`row` with `p_vs_bm25`: the paired randomization test's p-value of its
-  per-query nDCG@10 against BM25's of the same folder (`significance`), from
-  the run files (`p_vs_bm25_files`; else `row` unchanged)."""
+  """`row` with the P_COLUMNS it lacks: the paired randomization test's
+  p-value of its per-query nDCG@10 (p_vs_bm25), Recall@1 and MRR@10 against
+  BM25's of the same folder (`significance`), from the run files
+  (`p_vs_bm25_files`; else `row` unchanged)."""
   files = p_vs_bm25_files(workdir, row, split)
   if not files:
     return row
   mine, bm25 = (fusion.read_trec_run(f)[0] for f in files)
-  return {**row, 'p_vs_bm25': round(significance.p_value(mine, bm25, qrels), 4)}
+  return {**row, **{c: round(significance.p_value(mine, bm25, qrels, metric), 4)
+                    for c, metric in P_COLUMNS.items() if row.get(c) in (None, '')}}
 
 
 def compare_runs(base: str, other: str, qrels: dict[str, set[str]], split: str = 'test'
@@ -260,14 +268,6 @@ def write_table(rows: list[dict], workdir: str, title: str, stem: str = 'retriev
   return md
 
 
-def provenance() -> dict:
-  """The machine, date, commit and command of a row measured now."""
-  return {'machine': tables.host_summary() if jax.default_backend() == 'cpu'
-          else partitioning.device_summary(),
-          'date': time.strftime('%Y-%m-%d'), 'commit': tables.source_commit(),
-          'command': tables.command_line()}
-
-
 def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]) -> list[dict]:
   """BM25 fused with each generative method of `rows`, from their run files
   (<workdir>/<method>/<split or dev>.trec): a reciprocal-rank-fusion row and
@@ -284,7 +284,7 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
     if os.path.exists(saved):
       with open(saved) as f:
         by_method[m] = json.load(f)
-  by_method |= {('bm25' if r['method'].startswith('BM25') else r['method']): r for r in rows}
+  by_method |= {('bm25' if r['method'] == BM25_LABEL else r['method']): r for r in rows}
   base = by_method.get('bm25', {})
   qrels, out = c.qrels[split], []
   lex = {s: fusion.read_trec_run(f'{bm25}/{s}.trec') for s in (split, DEV)}
@@ -367,7 +367,7 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
   for i, method in enumerate(methods):
     logging.info('[%d/%d] %s', i + 1, len(methods), method)
     if method == 'hybrid':
-      hybrid = [tested({**r, **provenance()}) for r in hybrid_rows(workdir, c, split, rows)]
+      hybrid = [tested({**r, **tables.provenance()}) for r in hybrid_rows(workdir, c, split, rows)]
       if jax.process_index() == 0:
         with open(row_path(workdir, method), 'w') as f:
           json.dump(hybrid, f, indent=1)
@@ -376,12 +376,15 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
       continue
     if method == 'bm25':
       row = corpus.bm25_row(c, sp, split, os.path.join(workdir, method), dev)
+    elif method == 'bm25_words':
+      words = corpus.WordTokenizer([corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)])
+      row = corpus.bm25_row(c, words, split, os.path.join(workdir, method))
     else:
       row = docgen.train_and_evaluate(method, tc, os.path.join(workdir, method),
                                       eval_split=split, fm=fm,
                                       cache_dir=os.path.join(workdir, 'cache'),
                                       queries_file=queries_file, run_splits=dev)
-    row = tested({**row, **provenance()})
+    row = tested({**row, **tables.provenance()})
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
