@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 from collections.abc import Sequence
 
 from absl import logging
@@ -34,8 +35,8 @@ METHODS = ('bm25', 'bm25_words', *docgen.METHODS, 'hybrid')
 P_COLUMNS = {'p_vs_bm25': 'ndcg@10', 'p_r@1_vs_bm25': 'recall@1', 'p_mrr@10_vs_bm25': 'mrr@10'}
 COLUMNS = ('method', 'recall@1', 'recall@10', 'recall@100', 'ndcg@10', 'ndcg@10_graded', 'mrr@10',
            *P_COLUMNS, 'queries', 'train_queries', 'pseudo_queries', 'training', 'train_s',
-           'ms_per_query', 'first_batch_s', 'params_m', 'tokens', 'init', 'identifiers', 'machine',
-           'date', 'commit', 'command')
+           'ms_per_query', 'first_batch_s', 'params_m', 'peak_rss_gib', 'tokens', 'init',
+           'identifiers', 'machine', 'date', 'commit', 'command')
 DEV = 'dev'  # training queries held out of every method's training, to tune on
 
 
@@ -384,7 +385,9 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
                                       eval_split=split, fm=fm,
                                       cache_dir=os.path.join(workdir, 'cache'),
                                       queries_file=queries_file, run_splits=dev)
-    row = tested({**row, **tables.provenance()})
+    # The process's peak memory so far (this method and those before it).
+    row = tested({**row, 'peak_rss_gib': round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **tables.provenance()})
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
