@@ -409,3 +409,45 @@ def test_retrieval_compare_two_run_folders(tmp_path):
       [sys.executable, '-m', 'genrec.benchmarks.retrieval', f'--compare={tmp_path / "a"}'],
       capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
   assert proc.returncode != 0 and 'two run folders BASE,OTHER' in proc.stderr
+
+
+def test_incremental_indexing_table_splits_queries_by_old_and_added(tmp_path):
+  """The add-documents / add-items benchmark's table from run folders: each
+  way of indexing on the queries about added documents (items), about old
+  ones, and all."""
+  from genrec.benchmarks import incremental_indexing as inc
+  from genrec.retrieval import corpus
+  data = tmp_path / 'data' / 'col'
+  (data / 'qrels').mkdir(parents=True)
+  docs = [{'_id': f'd{i}', 'title': f'art{i // 2}', 'text': f'text {i}'} for i in range(6)]
+  (data / 'corpus.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs))
+  (data / 'queries.jsonl').write_text(''.join(
+      json.dumps({'_id': f'q{i}', 'text': f'q {i}'}) + '\n' for i in range(6)))
+  (data / 'qrels' / 'test.tsv').write_text('query-id\tcorpus-id\tscore\n' + ''.join(
+      f'q{i}\td{i}\t1\n' for i in range(6)))
+  info = inc.prepare('col', str(tmp_path / 'exp'), fraction=0.34, data_dir=str(tmp_path / 'data'))
+  assert info['articles_held_out'] == 1 and info['documents_added'] == 2
+  added = {json.loads(line)['_id'] for line in open(tmp_path / 'exp' / inc.ADDED)}
+  old = [d['_id'] for d in docs if d['_id'] not in added]
+  assert (tmp_path / 'exp' / 'data' / 'col_old' / 'corpus.jsonl').read_text().count('"_id"') == 4
+
+  def folder(path, ranked, row):
+    path.mkdir(parents=True)
+    corpus.write_trec_run(str(path / 'test.trec'), ranked,
+                          {q: [1.0] * len(d) for q, d in ranked.items()}, 'x')
+    (path / 'row.json').write_text(json.dumps(row))
+  everything = {f'q{i}': [f'd{i}'] for i in range(6)}
+  folder(tmp_path / 'exp' / 'old' / 'dsi_atomic',
+         {f'q{i}': [old[0]] for i in range(6)}, {'command': 'old'})
+  folder(tmp_path / 'exp' / 'added', everything,
+         {'total_s': 3.0, 'atomic_rows': 'mapped', 'replay_steps': 0, 'commit': 'abc'})
+  folder(tmp_path / 'full' / 'dsi_atomic', everything, {'train_s': 9.0, 'training': '5 x 2 (..)'})
+  rows = inc.squad_rows(str(tmp_path / 'exp'), str(tmp_path / 'full' / 'dsi_atomic'),
+                        str(tmp_path / 'data'))
+  by = {(r['indexing'].split(':')[0].split(',')[0], r['questions about']): r for r in rows}
+  assert by[('DSI atomic + added documents', 'added documents')]['recall@1'] == 1.0
+  assert by[('DSI atomic trained without the added documents', 'added documents')][
+      'recall@1'] == 0.0
+  assert by[('DSI atomic trained without the added documents', 'all')]['queries'] == 6
+  assert by[('DSI atomic retrained on all documents', 'old documents')]['seconds'] == 9.0
+  assert by[('DSI atomic + added documents', 'all')]['commit'] == 'abc'

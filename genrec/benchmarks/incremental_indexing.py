@@ -38,21 +38,28 @@ from genrec import tables
 from genrec.data import sequences
 from genrec.retrieval import corpus, fusion
 
-flags.DEFINE_enum('step', 'table', ['prepare', 'prepare_items', 'table'], 'What to do (module docstring).')
-flags.DEFINE_string('source', 'squad', 'The collection under the data dir (prepare).')
-flags.DEFINE_string('data_dir', None, 'The data dir (default $GENREC_DATA_DIR).')
-flags.DEFINE_string('out', None, 'The experiment folder.')
-flags.DEFINE_float('fraction', 0.1, 'Share of the articles held out (prepare).')
-flags.DEFINE_integer('seed', 0, 'Chooses the held-out articles (prepare).')
-flags.DEFINE_string('embeddings', None, 'The source\'s cached MiniLM document embeddings '
-                    '(.npy, rows in corpus order) to slice for the old collection (prepare).')
-flags.DEFINE_string('full', None, 'The dsi_atomic folder of the run trained on the whole '
-                    'collection (table).')
-flags.DEFINE_string('items_out', None, 'The recommendation experiment folder (prepare_items).')
-flags.DEFINE_string('items_full', None, 'A run trained with every item (table).')
-flags.DEFINE_string('table_dir', None, 'Where the table goes (default --out).')
-flags.DEFINE_string('table_stem', 'incremental_indexing', 'The table\'s file name.')
-FLAGS = flags.FLAGS
+
+def _define_flags() -> None:
+  """The command line's flags (defined when run as a script: other benchmarks
+  define flags of the same names)."""
+  flags.DEFINE_enum('step', 'table', ['prepare', 'prepare_items', 'table'],
+                    'What to do (module docstring).')
+  flags.DEFINE_string('source', 'squad', 'The collection under the data dir (prepare).')
+  flags.DEFINE_string('data_dir', None, 'The data dir (default $GENREC_DATA_DIR).')
+  flags.DEFINE_string('out', None, 'The experiment folder.')
+  flags.DEFINE_float('fraction', 0.1, 'Share of the articles held out (prepare).')
+  flags.DEFINE_integer('seed', 0, 'Chooses the held-out articles (prepare).')
+  flags.DEFINE_string('embeddings', None, 'The source\'s cached MiniLM document embeddings '
+                      '(.npy, rows in corpus order) to slice for the old collection '
+                      '(prepare).')
+  flags.DEFINE_string('full', None, 'The dsi_atomic folder of the run trained on the whole '
+                      'collection (table).')
+  flags.DEFINE_string('items_out', None, 'The recommendation experiment folder '
+                      '(prepare_items).')
+  flags.DEFINE_string('items_full', None, 'A run trained with every item (table).')
+  flags.DEFINE_string('table_dir', None, 'Where the table goes (default --out).')
+  flags.DEFINE_string('table_stem', 'incremental_indexing', 'The table\'s file name.')
+
 
 ADDED = 'added.jsonl'
 
@@ -151,9 +158,12 @@ def prepare_items(source: str, out: str, data_dir: str | None = None) -> dict:
   name = os.path.basename(os.path.normpath(source)) + '_old'
   root = os.path.join(out, 'data', name)
   os.makedirs(root, exist_ok=True)
-  asin = lambda i: texts[i]['asin']  # noqa: E731
-  fields = lambda i: {'item': asin(i), **{k: texts[i][k] for k in ('title', 'brand', 'categories')  # noqa: E731
-                                          if k in texts[i]}}
+  def asin(i):
+    return texts[i]['asin']
+
+  def fields(i):
+    return {'item': asin(i), **{k: texts[i][k] for k in ('title', 'brand', 'categories')
+                                if k in texts[i]}}
   with open(os.path.join(root, 'interactions.tsv'), 'w') as f:
     f.write('user\titem\ttimestamp\n')
     for user, s in seqs:
@@ -326,6 +336,7 @@ def table(out: str | None, full: str | None, items_out: str | None, items_full: 
 
 def main(argv):
   del argv
+  FLAGS = flags.FLAGS
   if not (FLAGS.out or FLAGS.step == 'table' and FLAGS.items_out):
     raise app.UsageError('--out is required.')
   if FLAGS.step == 'prepare':
@@ -340,4 +351,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

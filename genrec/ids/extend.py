@@ -159,8 +159,9 @@ def extend(ids: ItemIds, num_new: int, new_content: np.ndarray | None = None,
                        f'[{num_new}, d] (what the ids were fit on), got '
                        f'{None if new_content is None else np.shape(new_content)}.')
     if kind in ('rqkmeans', 'hkmeans') and (old_content is None or len(old_content) != n):
+      got = None if old_content is None else np.shape(old_content)
       raise ValueError(f'{ids.scheme} ids recover their centroids from the old items\' '
-                       f'content [{n}, d]; got {None if old_content is None else np.shape(old_content)}.')
+                       f'content [{n}, d]; got {got}.')
     codes, sizes = _with_collision_level(
         ids, _CONTENT_CODES[kind](ids, np.asarray(new_content), old_content))
   else:

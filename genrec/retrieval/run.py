@@ -9,8 +9,8 @@ Metrics: Recall@1/10/100, nDCG@10, MRR@10, and p_vs_bm25 (a paired
 randomization test of each generative or hybrid row's per-query nDCG@10
 against BM25's, `significance`; p_r@1_vs_bm25 and p_mrr@10_vs_bm25 the same
 on Recall@1 and MRR@10). 'bm25_words' is BM25 over lowercased words instead
-of the SentencePiece tokens (the usual baseline's tokens; no hybrid uses it). Each method's row is saved as
-<workdir>/<method>/row.json, and a method whose folder holds a final
+of the SentencePiece tokens (the usual baseline's tokens; no hybrid uses it).
+Each method's row is saved as <workdir>/<method>/row.json, and a method whose folder holds a final
 checkpoint is evaluated without training again. Writes
 <workdir>/retrieval.md and .csv after every method.
 """
