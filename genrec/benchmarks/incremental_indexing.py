@@ -1,14 +1,30 @@
-r"""Documents added to a trained retriever without retraining (SQuAD).
+r"""Documents and items added to trained models without retraining: the
+experiments behind docs/results/incremental_indexing.md.
+
+Documents (SQuAD):
 
   # 1. the collection without 10% of its articles, and those articles' documents:
   python -m genrec.benchmarks.incremental_indexing --step=prepare \
-      --source=squad --out=$HOME/genrec-runs/squad_incremental
-  # 2. train on the old documents (the retrieval run mode, the printed command)
-  # 3. add the held-out documents (gin/runs/add_documents.gin, the printed
-  #    commands), with and without a short replay training
-  # 4. the table:
+      --source=squad --out=$HOME/genrec-runs/squad_incremental \
+      [--embeddings=<a squad run>/cache/squad-doc-minilm-<digest>.npy]
+  # 2. the retrieval run mode on <out>/data/squad_old (--workdir=<out>/old)
+  # 3. the add-documents run mode (gin/runs/add_documents.gin) into <out>/added*,
+  #    RETRIEVER=<out>/old/dsi_atomic, EVAL_COLLECTION='squad' (with and
+  #    without REPLAY_STEPS)
+
+Items (Beauty):
+
+  # 1. Beauty as a folder without the items that first appear as test targets:
+  python -m genrec.benchmarks.incremental_indexing --step=prepare_items \
+      --source=amazon-2014/beauty --out=$HOME/genrec-runs/beauty_cold
+  # 2. gin/experiments/folder_item_sid.gin on <out>/data/beauty_old (--workdir=<out>/old_run)
+  # 3. the add-items run mode (gin/runs/add_items.gin) into <out>/old_run_added
+
+The table of both:
+
   python -m genrec.benchmarks.incremental_indexing --step=table \
-      --out=$HOME/genrec-runs/squad_incremental --full=$HOME/genrec-runs/squad/minilm/dsi_atomic \
+      --out=$HOME/genrec-runs/squad_incremental --full=<the squad run>/dsi_atomic \
+      --items_out=$HOME/genrec-runs/beauty_cold --items_full=<a Beauty folder run with every item> \
       --table_dir=docs/results --table_stem=incremental_indexing
 
 `prepare` holds out `--fraction` of the articles (documents that share a
@@ -16,13 +32,20 @@ title; all their paragraphs and questions), chosen with `--seed`: it writes
 <out>/data/<source>_old/ (a BEIR folder of the other documents, their
 training questions and their test questions) and <out>/added.jsonl (the
 held-out documents, corpus.jsonl lines). With the source's MiniLM document
-embeddings cached (`--embeddings`, the .npy that a run of the source wrote
-under <run>/cache/), it also writes the old collection's cache file, so that
-the old run does not encode the documents again.
+embeddings cached (`--embeddings`), it also writes the old collection's
+cache file under <out>/old/cache, so that the old run does not encode the
+documents again (the same encoder gives the same rows).
 
-`table` evaluates every run file of the test questions of the full
-collection, split into questions about the added documents and about the old
-ones (forgetting): R@1, R@10, MRR@10 and the time each way of indexing took.
+`prepare_items` writes <out>/data/<name>_old/ (interactions.tsv and
+item_text.jsonl keyed by ASIN, without the held-out items: those that only
+ever appear as a user's last item), <out>/added_items.jsonl (their text) and
+<out>/test_histories.jsonl (every user's test history and target).
+
+`table` scores every run on the test questions of the full collection (users
+of the full data set), split into those about the added documents (items)
+and about the old ones (forgetting): R@1, R@10, MRR@10, nDCG@10 and the
+seconds each way of indexing took; the recommendation runs answer through
+the infer run mode (their predictions are kept in each run's predictions/).
 """
 
 import collections
