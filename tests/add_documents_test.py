@@ -73,7 +73,9 @@ def _add(tmp, root, method: str, *more: str) -> subprocess.CompletedProcess:
 
 def test_dsi_documents_are_added_and_served_without_retraining(trained):
   tmp, root, docs = trained
-  proc = _add(tmp, root, 'dsi_atomic', "--gin_bindings=EVAL_COLLECTION='toy'")
+  proc = _add(tmp, root, 'dsi_atomic', "--gin_bindings=EVAL_COLLECTION='toy'",
+              "--gin_bindings=export.export.platforms=('cpu',)",
+              '--gin_bindings=SAVED_MODEL=False')
   assert proc.returncode == 0, proc.stderr[-3000:]
   old, new = tmp / 'run' / 'dsi_atomic', tmp / 'dsi_atomic_added'
   row = json.loads((new / 'row.json').read_text())
@@ -100,7 +102,7 @@ def test_dsi_documents_are_added_and_served_without_retraining(trained):
     assert {'d10', 'd11'} <= set(r.json()['documents'])
   # The same command again evaluates the saved update (nothing is added twice).
   again = _add(tmp, root, 'dsi_atomic', "--gin_bindings=EVAL_COLLECTION='toy'",
-               '--gin_bindings=REPLACE=True')
+               '--gin_bindings=EXPORT=False')
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((new / 'row.json').read_text())['recall@100'] == row['recall@100']
 

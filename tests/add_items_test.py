@@ -2,6 +2,7 @@
 Semantic IDs from the run's quantizer, the updated run directory and its
 export rank them, old items keep their codes and scores."""
 
+import functools
 import json
 
 import jax
@@ -45,7 +46,10 @@ def _train(tmp_path, folder, scheme, model_config) -> str:
   return run
 
 
-def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path):
+def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path, monkeypatch):
+  # The export for this machine's platform only (the others are tested in export_test).
+  monkeypatch.setattr(add_items.recommendation_export, 'export', functools.partial(
+      add_items.recommendation_export.export, platforms=('cpu',), saved_model=False))
   folder = _shop(tmp_path)
   config = models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
                                 dropout_rate=0.0, loss='catalog', item_id_buckets=-1)

@@ -226,11 +226,13 @@ def test_gin_files_parse(path):
   gin.add_config_file_search_path(REPO_ROOT)
   try:
     # Parsing imports the modules and checks every binding against its signature.
-    gin.parse_config_files_and_bindings([path], ["DATASET='synthetic'", "DATA_DIR='/x'",
-                                                 "INPUT_FILE='/x'", "QUERIES_FILE='/x'"])
+    gin.parse_config_files_and_bindings([path], [
+        "DATASET='synthetic'", "DATA_DIR='/x'", "INPUT_FILE='/x'", "QUERIES_FILE='/x'",
+        "RETRIEVER='/x'", "COLLECTION='x'", "DOCUMENTS='/x'", "RECOMMENDER='/x'", "ITEMS='/x'"])
     if path.endswith(('runs/retrieval.gin', 'runs/ranking.gin', 'runs/infer.gin',
                       'runs/retrieval_infer.gin', 'runs/export.gin',
-                      'runs/export_ranker.gin', 'runs/export_retriever.gin')):
+                      'runs/export_ranker.gin', 'runs/export_retriever.gin',
+                      'runs/add_documents.gin', 'runs/add_items.gin')):
       assert gin.query_parameter('launch.run_experiment.run') is not None
     elif '/retrieval/' in path:
       assert gin.query_parameter('docgen.train_and_evaluate.num_train_steps') > 0
