@@ -272,7 +272,8 @@ def squad_rows(out: str, full: str, data_dir: str | None = None) -> list[dict]:
                  row['total_s'], 'the update (encoding, docids, rows, replay, re-export)', row))
   if os.path.exists(os.path.join(full, 'row.json')):
     row = _json(os.path.join(full, 'row.json'))
-    runs.append(('DSI atomic retrained on all documents', full, row.get('train_s'),
+    runs.append(('DSI atomic retrained on all documents (and their training questions)', full,
+                 row.get('train_s'),
                  f"training ({row.get('training', '').split(' (')[0]})", row))
   rows = []
   for label, folder, seconds, what, row in runs:
