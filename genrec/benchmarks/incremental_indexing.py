@@ -269,7 +269,7 @@ def squad_rows(out: str, full: str, data_dir: str | None = None) -> list[dict]:
             f"{row['replay_examples']['old']} replayed examples)" if row['replay_steps']
             else ', no training')
     runs.append((f'DSI atomic + added documents: {how}', os.path.dirname(folder),
-                 row['total_s'], 'the update (encoding, docids, rows, replay, re-export)', row))
+                 row['total_s'], 'the update (encoding, docids, rows, replay; not the re-export)', row))
   if os.path.exists(os.path.join(full, 'row.json')):
     row = _json(os.path.join(full, 'row.json'))
     runs.append(('DSI atomic retrained on all documents (and their training questions)', full,

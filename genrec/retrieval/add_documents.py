@@ -169,7 +169,6 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
   both = combined(old, new)
   sp = _tokenizer(retriever, run)
   loop.make_workdir(workdir)
-  pretrained = config.architecture == 'bert_encoder_decoder'
   checkpoint = config.encoder_checkpoint or None
   cache_dir = os.path.join(os.path.dirname(os.path.normpath(retriever)), 'cache')
   timings, extra = {}, {}
