@@ -55,13 +55,17 @@ def test_second_start_is_refused_sigterm_saves_and_the_same_command_resumes(tmp_
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     _wait_for_checkpoint(first, run / 'checkpoints', 10)
+    # Paused (its lock held: the process lives), so that it cannot finish its
+    # 60 steps while the second start below loads, however slow the machine.
+    first.send_signal(signal.SIGSTOP)
     # A second start on the same folder is refused, naming the holder; no traceback.
     second = _run(*RUN, f'--workdir={run}')
     assert second.returncode != 0
     assert f'in use by another run: pid {first.pid}' in second.stderr, second.stderr[-2000:]
     assert 'Traceback' not in second.stderr
     # SIGTERM: a checkpoint at the next step boundary, the end record, a message, rc 143.
-    first.send_signal(signal.SIGTERM)
+    first.send_signal(signal.SIGTERM)  # pending until the process continues
+    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
   finally:
     first.kill()
