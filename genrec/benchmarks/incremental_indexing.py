@@ -269,7 +269,8 @@ def squad_rows(out: str, full: str, data_dir: str | None = None) -> list[dict]:
             f"{row['replay_examples']['old']} replayed examples)" if row['replay_steps']
             else ', no training')
     runs.append((f'DSI atomic + added documents: {how}', os.path.dirname(folder),
-                 row['total_s'], 'the update (encoding, docids, rows, replay; not the re-export)', row))
+                 row['total_s'],
+                 'the update (encoding, docids, rows, replay; not the re-export)', row))
   if os.path.exists(os.path.join(full, 'row.json')):
     row = _json(os.path.join(full, 'row.json'))
     runs.append(('DSI atomic retrained on all documents (and their training questions)', full,
@@ -315,7 +316,7 @@ def items_rows(out: str, full: str | None) -> list[dict]:
     a = _json(folder)
     runs.append((f"the same + {a['items_added']} items added from their text (no training)",
                  os.path.dirname(folder), a['total_s'],
-                 'the update (encoding, Semantic IDs, re-export)'))
+                 'the update (encoding, Semantic IDs; not the re-export)'))
   if full:
     runs.append(('item-level model trained with every item', full, None, 'training'))
   rows = []
