@@ -278,20 +278,22 @@ class HierarchicalKMeansIds(IdScheme):
 
 
 def product_quantize(x: np.ndarray, num_subspaces: int, codebook_size: int, *, seed: int,
-                     num_iters: int = 25) -> tuple[np.ndarray, float]:
+                     num_iters: int = 25) -> tuple[np.ndarray, float, list[np.ndarray]]:
   """Product quantization: k-means in each of `num_subspaces` slices of the
   features (`np.array_split` of the columns).
 
   Returns:
-    (codes int32 [n, num_subspaces], mean squared reconstruction error).
+    (codes int32 [n, num_subspaces], mean squared reconstruction error, each
+    subspace's centroids [<= codebook_size, its columns]).
   """
   codes = np.zeros((len(x), num_subspaces), np.int32)
-  err = 0.0
+  err, books = 0.0, []
   for m, cols in enumerate(np.array_split(np.arange(x.shape[1]), num_subspaces)):
     centroids, codes[:, m] = kmeans(x[:, cols], codebook_size, seed=seed + m,
                                     num_iters=num_iters)
     err += float(((x[:, cols] - centroids[codes[:, m]]) ** 2).sum())
-  return codes, err / len(x)
+    books.append(centroids)
+  return codes, err / len(x), books
 
 
 def _pq_reconstruct(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -361,8 +363,8 @@ class ProductQuantizationIds(IdScheme):
     rotation = np.eye(x.shape[1])
     errors, t0 = [], time.time()
     for i in range(self.opq_iters):
-      codes, err = product_quantize(x @ rotation, self.num_levels, self.codebook_size,
-                                    seed=self.seed, num_iters=10)
+      codes, err, _ = product_quantize(x @ rotation, self.num_levels, self.codebook_size,
+                                       seed=self.seed, num_iters=10)
       errors.append(err)
       logging.info('OPQ rotation update %d/%d: quantization MSE %.4g (%.0fs, about %.0fs left)',
                    i + 1, self.opq_iters, err, time.time() - t0,
@@ -370,18 +372,13 @@ class ProductQuantizationIds(IdScheme):
       target = _pq_reconstruct(x @ rotation, codes)
       u, _, vt = np.linalg.svd(x.T @ target)  # Procrustes: min ||x R - target||
       rotation = u @ vt
-    codes, err = product_quantize(x @ rotation, self.num_levels, self.codebook_size,
-                                  seed=self.seed)
+    codes, err, books = product_quantize(x @ rotation, self.num_levels, self.codebook_size,
+                                         seed=self.seed)
     info = {'quantization_mse': err, 'opq_mse_by_iter': errors,
             'content_variance': float((x ** 2).sum(1).mean())}
     ids = _finish(codes, (self.codebook_size,) * self.num_levels, self.name, self.dedup, info)
-    # What codes new content the same way (`genrec.ids.extend`): each
-    # subspace's centroids as the means of their items.
-    rotated = x @ rotation
-    quantizer = {'mean': mean, 'projection': projection, 'rotation': rotation}
-    for m, cols in enumerate(np.array_split(np.arange(x.shape[1]), self.num_levels)):
-      sums = np.zeros((self.codebook_size, len(cols)))
-      np.add.at(sums, codes[:, m], rotated[:, cols])
-      quantizer[f'centroids_{m}'] = sums / np.maximum(
-          np.bincount(codes[:, m], minlength=self.codebook_size), 1)[:, None]
+    # What codes new content the same way (`genrec.ids.extend`): the
+    # transforms and each subspace's fitted centroids.
+    quantizer = {'mean': mean, 'projection': projection, 'rotation': rotation,
+                 **{f'centroids_{m}': book for m, book in enumerate(books)}}
     return dataclasses.replace(ids, quantizer=quantizer)
