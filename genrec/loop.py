@@ -1,6 +1,6 @@
 """The run loop's pieces shared by every application: the data order, a
-bounded dispatch window, progress lines, metric writers and the fixed-budget
-train-or-restore loop.
+bounded dispatch window, progress lines, metric writers and the one training
+loop (`run_steps`), with its fixed-budget train-or-restore form.
 
 Why a dispatch window: JAX dispatches jitted steps asynchronously, so a
 Python loop that never reads a result runs ahead of the devices. On XLA:CPU
@@ -579,7 +579,199 @@ def truncate_jsonl(path: str, max_step: int) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Fixed-budget train-or-restore loop
+# The training loop
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When a run evaluates, checkpoints, logs and stops.
+
+  Attributes:
+    num_train_steps: total optimizer steps.
+    eval_every_steps: evaluation period (0: none during training); the last
+      step is always an evaluation step.
+    checkpoint_every_steps: checkpoint period besides evaluations (0: none).
+    checkpoint_every_seconds: also a checkpoint at the first step this long
+      after the previous one (0: none).
+    log_every_steps: period of the progress line and the logged metrics (a
+      line is also due every 30 s).
+    steps_per_call: optimizer steps per `step_fn` call where the step is a
+      multiple of it (a scan over that many batches: the same steps, for small
+      models whose step is shorter than its dispatch from the host, e.g.
+      SASRec on a GPU); the periods must be multiples of it.
+    early_stopping_evals: stop once this many evaluations in a row have not
+      raised `best_key` above its best (0: never).
+    max_train_seconds: stop at the first evaluation after this many wall
+      seconds of training steps, summed over invocations (0: no limit), for
+      comparisons at equal wall-clock.
+    stop_after_step: end this invocation after that step, checkpointed.
+    best_key: the evaluation metric early stopping watches.
+  """
+  num_train_steps: int
+  eval_every_steps: int = 0
+  checkpoint_every_steps: int = 0
+  checkpoint_every_seconds: float = 0.0
+  log_every_steps: int = 100
+  steps_per_call: int = 1
+  early_stopping_evals: int = 0
+  max_train_seconds: float = 0.0
+  stop_after_step: int | None = None
+  best_key: str = 'validation/ndcg@10'
+
+  def evaluates_at(self, step: int) -> bool:
+    return step == self.num_train_steps or bool(
+        self.eval_every_steps and step % self.eval_every_steps == 0)
+
+  def stop_reason(self, history_path: str | None, step: int, seconds: float) -> str | None:
+    """Why training ends at the evaluation of `step` before its budget, if it does."""
+    if self.early_stopping_evals > 0 and history_path and (
+        evals_since_best(history_path, step, self.best_key) >= self.early_stopping_evals):
+      return (f'{self.best_key} has not improved for {self.early_stopping_evals} '
+              'evaluations')
+    if 0 < self.max_train_seconds <= seconds:
+      return f'{seconds:.0f} s of training reached max_train_seconds'
+    return None
+
+
+@dataclasses.dataclass
+class Outcome:
+  """How `run_steps` ended: the state and step reached, the training seconds
+  (summed over invocations), the last logged metrics and why it stopped before
+  `num_train_steps` ('early': early stopping or the time budget, 'asked':
+  `stop_after_step`; None: it trained every step)."""
+  state: object
+  step: int
+  train_seconds: float
+  last_metrics: dict
+  stopped: str | None = None
+
+
+def run_steps(workdir: str, schedule: Schedule, manager, state, start: int,
+              batcher: EpochBatcher,
+              step_fn: Callable[[object, int, int], tuple[object, dict]],
+              eval_fn: Callable[[object, int], dict] | None = None, *,
+              name: str = '', train_seconds: float = 0.0, writer=None,
+              log_path: str | None = None, history_path: str | None = None) -> Outcome:
+  """The one training loop of every application: steps from `start`,
+  periodic evaluation, checkpoints, progress lines, early stopping, a time
+  budget and preemption (SIGTERM/SIGINT save a checkpoint at the next step and
+  raise `Preempted`).
+
+  Args:
+    manager: the run's checkpoint manager (`checkpoints.open_and_restore`);
+      checkpoints hold the state and `batcher.state(step)` with
+      `train_seconds` (and `final_loss` at the last step).
+    state: the state at `start`.
+    step_fn: (state, step, n) -> (state, metrics with 'loss'): `n` steps from
+      `step` (n > 1 only with `schedule.steps_per_call`).
+    eval_fn: (state, step) -> metrics (keys as written, e.g. 'validation/...'),
+      called at the schedule's evaluation steps; its metrics go with the
+      checkpoint (for the best-checkpoint policy), to `writer` and to
+      `history_path`.
+    train_seconds: the training seconds of earlier invocations: wall seconds
+      of training steps, evaluations and checkpoints excluded (the x axis of
+      time-to-quality curves).
+    writer: scalars ('train/...', the evaluations), or None.
+    log_path, history_path: JSON-lines logs of the logged train metrics and of
+      the evaluations (with step, epoch and train_seconds).
+  """
+  s = schedule
+  step, stopped, values = start, None, {}
+  window, progress = DispatchWindow(), Progress(s.num_train_steps, start, name=name)
+  t_steps = last_save = time.time()
+
+  def save(at: int, seconds: float, metrics: dict | None = None) -> None:
+    final = {'final_loss': values.get('loss')} if at == s.num_train_steps else {}
+    checkpoints.save(manager, at, state, {**batcher.state(at), 'train_seconds': round(
+        seconds, 2), **final}, metrics)
+
+  with PreemptionWatch() as watch:
+    while step < s.num_train_steps:
+      n = s.steps_per_call if step % s.steps_per_call == 0 else 1
+      state, metrics = step_fn(state, step, n)
+      window.push(metrics['loss'])
+      step += n
+      final, evaluating = step == s.num_train_steps, s.evaluates_at(step)
+      if evaluating:
+        window.drain()
+        train_seconds += time.time() - t_steps
+      so_far = train_seconds + (0.0 if evaluating else time.time() - t_steps)
+      logged = step % s.log_every_steps == 0 or final
+      if logged or progress.due():
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        rate = progress.log(step, values, (s.max_train_seconds - so_far)
+                            if s.max_train_seconds else None,
+                            steps_to_stop=-step % s.eval_every_steps if s.eval_every_steps else 0)
+        if logged and writer is not None:
+          writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
+                               | {'train/steps_per_sec': rate})
+        if logged and log_path:
+          append_jsonl(log_path, {'step': step, **values})
+      eval_metrics = None
+      if evaluating and eval_fn is not None:
+        eval_metrics = eval_fn(state, step)
+        if writer is not None:
+          writer.write_scalars(step, eval_metrics)
+        if history_path:
+          append_jsonl(history_path, {
+              'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
+              'train_seconds': round(train_seconds, 2), **eval_metrics})
+        reason = None if final else s.stop_reason(history_path, step, train_seconds)
+        if reason:
+          stopped = 'early'
+          logging.info('%sStopping at step %d: %s.', f'{name} ' if name else '', step, reason)
+      if s.stop_after_step is not None and step >= s.stop_after_step and not final:
+        stopped = stopped or 'asked'
+      if (evaluating or stopped or (s.checkpoint_every_steps and
+                                    step % s.checkpoint_every_steps == 0)
+          or 0 < s.checkpoint_every_seconds <= time.time() - last_save):
+        save(step, so_far, eval_metrics)
+        last_save = time.time()
+      if evaluating:
+        t_steps = time.time()
+      if stopped:
+        break
+      if not final and watch.requested(step):
+        window.drain()
+        save(step, train_seconds + time.time() - t_steps)
+        manager.wait_until_finished()
+        if writer is not None:
+          writer.flush()
+        raise watch.stop(workdir, step)
+  window.drain()
+  manager.wait_until_finished()
+  return Outcome(state, step, train_seconds, values, stopped)
+
+
+def read_eval_history(history_path: str) -> list[dict]:
+  """The evaluations of eval_history.jsonl, one per step in step order (the
+  last record of a step wins: a resumed run may have evaluated it again);
+  [] when there is no file."""
+  if not os.path.exists(history_path):
+    return []
+  by_step = {}
+  with open(history_path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        entry = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{history_path} line {n} is not JSON ({e}); fix or remove that '
+                         'line.') from None
+      by_step[entry['step']] = entry
+  return [by_step[k] for k in sorted(by_step)]
+
+
+def evals_since_best(history_path: str, up_to_step: int,
+                     key: str = 'validation/ndcg@10') -> int:
+  """Evaluations after the best `key` in eval_history.jsonl, counting those at
+  steps <= `up_to_step`."""
+  values = [e[key] for e in read_eval_history(history_path) if e['step'] <= up_to_step]
+  return len(values) - 1 - int(np.argmax(values)) if values else 0
+
+
+# ---------------------------------------------------------------------------
+# Fixed-budget train-or-restore
 # ---------------------------------------------------------------------------
 @gin.configurable(allowlist=['checkpoint_every_seconds'])
 def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: EpochBatcher,
@@ -588,9 +780,9 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
                        log_every_steps: int = 200, settings: dict | None = None,
                        checkpoint_every_seconds: float = 300.0
                        ) -> tuple[object, float | None, float | None]:
-  """Trains `num_train_steps` steps, checkpointing in workdir/checkpoints
-  along the way and at the end; restores the final state when it is already
-  there.
+  """Trains `num_train_steps` steps (`run_steps` without evaluations),
+  checkpointing in workdir/checkpoints along the way and at the end; restores
+  the final state when it is already there.
 
   For fixed-budget studies (document retrieval, ranking): a second run with
   the same workdir evaluates the saved model without training, and a run
@@ -617,54 +809,32 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
     check_run_settings(workdir, settings | {'num_train_steps': num_train_steps})
   manager, start, state, saved = checkpoints.open_and_restore(
       os.path.join(workdir, 'checkpoints'), abstract_state, keep=1, best_metric=None)
-  if start is not None:
-    batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints', str(start)))
-    if start > num_train_steps:
-      manager.close()
-      raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond num_train_steps '
-                       f'= {num_train_steps}: use a new --workdir for a shorter run.')
-  if start == num_train_steps:
-    manager.close()
-    logging.info('%s: evaluating the checkpoint of %s', name, workdir)
-    return state, saved.get('train_seconds'), saved.get('final_loss')
-  if start is None:
-    start, state, train_s = 0, init_fn(), 0.0
-  else:
-    train_s = float(saved.get('train_seconds') or 0.0)
-    logging.info('%s: resuming at step %d of %d from %s', name, start, num_train_steps,
-                 os.path.join(workdir, 'checkpoints'))
-  loss, t0 = None, time.time()
-  window, progress = DispatchWindow(), Progress(num_train_steps, start, name=name)
-  last_save = time.time()
-
-  def save(step: int, final: bool = False) -> None:
-    seconds = train_s + time.time() - t0
-    checkpoints.save(manager, step, state, batcher.state(step) | {
-        'train_seconds': seconds, 'final_loss': loss if final else None})
   try:
-    with PreemptionWatch() as watch:
-      for step in range(start, num_train_steps):
-        state, loss_v = step_fn(state, step)
-        window.push(loss_v)
-        done = step + 1
-        if done % log_every_steps == 0 or done == num_train_steps or progress.due():
-          loss = float(loss_v)
-          progress.log(done, {'loss': loss})
-        if done < num_train_steps and watch.requested(done):
-          window.drain()
-          save(done)
-          manager.wait_until_finished()
-          raise watch.stop(workdir, done)
-        if (done < num_train_steps and 0 < checkpoint_every_seconds
-            <= time.time() - last_save):
-          save(done)
-          last_save = time.time()
-    window.drain()
-    loss = float(loss_v) if num_train_steps > start else loss
-    train_s += time.time() - t0
-    t0 = time.time()  # save() adds nothing more
-    save(num_train_steps, final=True)
-    manager.wait_until_finished()
+    if start is not None:
+      batcher.check_resumable(saved, os.path.join(workdir, 'checkpoints', str(start)))
+      if start > num_train_steps:
+        raise ValueError(f'{workdir} holds a checkpoint of step {start}, beyond '
+                         f'num_train_steps = {num_train_steps}: use a new --workdir for a '
+                         'shorter run.')
+    if start == num_train_steps:
+      logging.info('%s: evaluating the checkpoint of %s', name, workdir)
+      return state, saved.get('train_seconds'), saved.get('final_loss')
+    if start is None:
+      start, state, train_s = 0, init_fn(), 0.0
+    else:
+      train_s = float(saved.get('train_seconds') or 0.0)
+      logging.info('%s: resuming at step %d of %d from %s', name, start, num_train_steps,
+                   os.path.join(workdir, 'checkpoints'))
+    schedule = Schedule(num_train_steps, log_every_steps=log_every_steps,
+                        checkpoint_every_seconds=checkpoint_every_seconds)
+    out = run_steps(workdir, schedule, manager, state, start, batcher,
+                    lambda st, step, n: _loss_only(step_fn(st, step)), name=name,
+                    train_seconds=train_s)
   finally:
     manager.close()
-  return state, train_s, loss
+  return out.state, out.train_seconds, out.last_metrics.get('loss')
+
+
+def _loss_only(out: tuple[object, jax.Array]) -> tuple[object, dict]:
+  state, loss = out
+  return state, {'loss': loss}

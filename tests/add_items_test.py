@@ -77,7 +77,7 @@ def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path):
     width = meta['max_history']
     split = sequences.pack_split(histories, [0, 0], width)
     arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, width))
-    inputs = train.model_inputs(arrays, ids, cfg)['encoder_input_tokens']
+    inputs = features.model_inputs(arrays, ids, cfg)['encoder_input_tokens']
     items, got = pred.rank_items(params, inputs, ids.num_items, with_scores=True,
                                  catalog=ids.token_table())
     scores[name] = np.take_along_axis(np.asarray(got), np.argsort(np.asarray(items), 1), 1)

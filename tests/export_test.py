@@ -16,7 +16,7 @@ from genrec import artifact, constraints, models, partitioning, trainer
 from genrec.data import sequences
 from genrec.ids import AtomicIds, ItemIds, RandomCodeIds, ResidualKMeansIds
 from genrec.ranking import export as ranking_export, ranker
-from genrec.recommendation import export, infer, train
+from genrec.recommendation import evaluate, export, features, infer, train
 
 TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -61,10 +61,10 @@ def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
       kind in ('encoder_decoder', 'decoder_only', 'item_sid_autoregressive'))
   # In-framework inference of the same checkpoint (what infer and evaluation run).
   _, config, ids, pred, params, _ = infer.load_run(run, mesh_fn=args['mesh_fn'])
-  eval_arrays = train.load_arrays(data, ids, 20, 'numpy', with_train=False)[2]
-  inputs = train.model_inputs(eval_arrays, ids, config)['encoder_input_tokens']
+  eval_arrays = features.load_arrays(data, ids, 20, 'numpy', with_train=False)[2]
+  inputs = features.model_inputs(eval_arrays, ids, config)['encoder_input_tokens']
   trie = constraints.PrefixTrie.from_ids(ids) if not config.scores_items else None
-  want_items, want_scores = train.predict_items(pred, params, inputs, ids, 10, 64, trie)
+  want_items, want_scores = evaluate.predict_items(pred, params, inputs, ids, 10, 64, trie)
   served = artifact.Artifact(out)
   history = sequences.leave_one_out(data, 20)['test'].history
   cuts = (0, 3, len(history)) if kind == 'encoder_decoder' else (0, len(history))

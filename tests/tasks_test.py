@@ -3,7 +3,7 @@ import pytest
 
 from genrec import ids
 from genrec.data import sequences
-from genrec.recommendation import features, tasks, train
+from genrec.recommendation import features, tasks
 
 
 def test_task_turns_items_into_identifier_tokens():
@@ -36,8 +36,8 @@ def test_numpy_pipeline_equals_seqio_task():
   for scheme in (ids.AtomicIds(), ids.RandomCodeIds(num_levels=3, codebook_size=4, seed=2)):
     item_ids = scheme.fit(data)
     for max_history in (3, 20):
-      from_seqio = train.load_arrays(data, item_ids, max_history, 'seqio')
-      from_numpy = train.load_arrays(data, item_ids, max_history, 'numpy')
+      from_seqio = features.load_arrays(data, item_ids, max_history, 'seqio')
+      from_numpy = features.load_arrays(data, item_ids, max_history, 'numpy')
       for a, b in zip(from_seqio, from_numpy):
         assert a.keys() == b.keys()
         for k in a:
@@ -48,7 +48,7 @@ def test_numpy_pipeline_equals_seqio_task():
 def test_unknown_input_pipeline_is_refused():
   data = sequences.make_synthetic(num_users=20, num_items=10, seed=0)
   with pytest.raises(ValueError, match="'auto', 'seqio' or 'numpy'"):
-    train.load_arrays(data, ids.AtomicIds().fit(data), 5, 'grain')
+    features.load_arrays(data, ids.AtomicIds().fit(data), 5, 'grain')
 
 
 def test_sequence_windows_cover_every_prefix_target_once():

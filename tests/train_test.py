@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
-from genrec import models, partitioning, trainer
+from genrec import loop, models, partitioning, trainer
 from genrec.data import sequences
 from genrec.recommendation import infer, train
 from genrec.ids import AtomicIds, ProductQuantizationIds, RandomCodeIds
@@ -352,7 +352,7 @@ def test_early_stopping_ends_the_run_and_a_stopped_run_is_finished(tmp_path):
   assert len({h['validation/ndcg@10'] for h in history}) == 1  # nothing was learned
   assert 0 < history[0]['train_seconds'] <= history[1]['train_seconds'] <= results['train_seconds']
   assert history[1]['epoch'] == pytest.approx(2 * history[0]['epoch'])
-  assert train.evals_since_best(str(tmp_path / 'eval_history.jsonl'), 10) == 1
+  assert loop.evals_since_best(str(tmp_path / 'eval_history.jsonl'), 10) == 1
   again = _run(tmp_path, **kw)
   assert again == json.loads(json.dumps(results))
   assert len(open(tmp_path / 'eval_history.jsonl').readlines()) == 3

@@ -29,7 +29,7 @@ from genrec import models, partitioning, tables, trainer
 from genrec.data import sequences
 from genrec import ids as ids_lib
 from genrec.benchmarks.scaling import peak_tflops
-from genrec.recommendation import features, train
+from genrec.recommendation import features
 
 flags.DEFINE_string('data_dir', None, 'Data folder (default $GENREC_DATA_DIR).')
 flags.DEFINE_string('dataset', 'beauty', 'Data set name or folder.')
@@ -74,7 +74,7 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
         d_model=TIGER.d_model, num_heads=TIGER.num_heads, head_dim=TIGER.head_dim,
         d_ff=TIGER.d_ff, num_layers=8, dropout_rate=TIGER.dropout_rate,
         head='autoregressive' if ar else 'parallel').resolve(sid, data.num_items, max_history)
-    arrays = train.training_arrays(data, sid, max_history, config, None)
+    arrays = features.training_arrays(data, sid, max_history, config, None)
     return config, arrays, (arrays['next_codes'][..., 0] >= 0).sum(1)
   packed = name == 'encoder_decoder_packed'
   name = 'encoder_decoder' if packed else name
@@ -87,8 +87,8 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
                                  num_encoder_layers=8, num_decoder_layers=0)
   prefix = None
   if models.model_class(config).training_examples == 'prefix':
-    prefix = train.load_arrays(data, item_ids, max_history, 'numpy')[0]
-  arrays = train.training_arrays(data, item_ids, max_history, config, prefix)
+    prefix = features.load_arrays(data, item_ids, max_history, 'numpy')[0]
+  arrays = features.training_arrays(data, item_ids, max_history, config, prefix)
   if packed:
     arrays, _ = features.pack_prefix_arrays(arrays)
     targets = (arrays['decoder_segment_ids'] > 0).sum(1) / item_ids.num_levels

@@ -25,7 +25,7 @@ import numpy as np
 
 from genrec import constraints, metrics, tables
 from genrec.data import sequences
-from genrec.recommendation import infer, train
+from genrec.recommendation import evaluate, features, infer
 
 flags.DEFINE_string('workdir', None, 'A finished run of the item-level model (parallel head).')
 flags.DEFINE_string('data_dir', None, 'Data folder (default $GENREC_DATA_DIR).')
@@ -50,8 +50,8 @@ def compare(workdir: str, beams: list[int], users: int, batch_size: int,
   if not config.scores_items or not hasattr(config, 'head'):
     raise ValueError(f'{workdir} is not a run of the item-level model with the parallel head.')
   data = sequences.load_dataset(run['dataset'], data_dir)
-  test = train.load_arrays(data, ids, run['max_history'], 'numpy', with_train=False)[2]
-  _, test = train._sample_users(train.model_inputs(test, ids, config), users, 0)
+  test = features.load_arrays(data, ids, run['max_history'], 'numpy', with_train=False)[2]
+  _, test = evaluate.sample_users(features.model_inputs(test, ids, config), users, 0)
   x, target = test['encoder_input_tokens'], test['target_item']
   trie = constraints.PrefixTrie.from_ids(ids)
   catalog = ids.token_table()

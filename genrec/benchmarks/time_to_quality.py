@@ -33,9 +33,8 @@ import time
 
 from absl import app, flags, logging
 
-from genrec import tables
+from genrec import loop, tables
 from genrec.benchmarks import ablation
-from genrec.recommendation import train
 
 # The ablation's flags (--gin_file, --common_gin_file, --gin_bindings, --root,
 # --parallel, --table_only), with this benchmark's own default --root.
@@ -62,7 +61,7 @@ def curves(root: str) -> dict[str, list[dict]]:
     path = os.path.join(root, name, 'eval_history.jsonl')
     if not os.path.exists(path):
       continue
-    points = train.read_eval_history(path)
+    points = loop.read_eval_history(path)
     if not all('train_seconds' in p and 'epoch' in p for p in points):
       logging.warning('%s: evaluations without train_seconds/epoch (an older run); left out.',
                       path)

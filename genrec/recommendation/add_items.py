@@ -46,7 +46,7 @@ from genrec.data import sequences
 from genrec.ids import content
 from genrec.ids import extend as extend_ids
 from genrec.recommendation import export as recommendation_export
-from genrec.recommendation import infer, train
+from genrec.recommendation import evaluate, infer
 
 ITEM_KEYS = 'item_keys.txt'
 
@@ -180,7 +180,7 @@ def add(workdir: str, recommender: str = gin.REQUIRED, items: str = gin.REQUIRED
     grown.save(os.path.join(workdir, 'ids'))
     if old_keys is not None:
       sequences.write_external_ids(os.path.join(workdir, 'ids', ITEM_KEYS), old_keys + keys)
-  loop.write_json(os.path.join(workdir, train.RUN_CONFIG), {
+  loop.write_json(os.path.join(workdir, evaluate.RUN_CONFIG), {
       **run, 'model_config': dataclasses.asdict(new_config), 'num_items': n_new,
       'items_added': len(keys), 'added_to': os.path.abspath(recommender)})
   manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'), keep=1,

@@ -2,12 +2,18 @@
 
 The seqio Task in `tasks.py` is the reference pipeline. This module computes
 the same arrays (asserted equal in tests/tasks_test.py) without TensorFlow,
-for accelerator images that do not ship it: `train.train(input_pipeline=...)`
-picks 'seqio' when seqio and TensorFlow import, else 'numpy'.
+for accelerator images that do not ship it: `load_arrays(pipeline=...)` (and
+`train.train(input_pipeline=...)`) picks 'seqio' when seqio and TensorFlow
+import, else 'numpy'. The model-facing conversions (`model_inputs`,
+`training_arrays`) are here too.
 """
 
+import importlib.util
+
+from absl import logging
 import numpy as np
 
+from genrec import models
 from genrec.data import sequences
 from genrec.ids import ItemIds
 
@@ -267,3 +273,85 @@ def left_pad(tokens: np.ndarray) -> np.ndarray:
   count = (tokens > 0).sum(axis=1, keepdims=True)
   index = (np.arange(tokens.shape[1])[None] + count) % tokens.shape[1]
   return np.take_along_axis(tokens, index, axis=1)
+
+
+def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: bool
+                        ) -> dict[str, np.ndarray]:
+  """Features of item-scoring models: inputs and the target item id.
+
+  SASRec reads item ids rather than identifier tokens, so its history tokens
+  are mapped back to items (single-level identifiers only).
+  """
+  inputs = arrays['encoder_input_tokens']
+  if 'target_item' in arrays:
+    target = arrays['target_item']
+  else:
+    target = ids.tokens_to_items(arrays['decoder_target_tokens'][:, :ids.num_levels])
+  if sasrec:
+    if ids.num_levels != 1:
+      raise ValueError(f'SASRec embeds item ids: use ID_SCHEME = @ids.AtomicIds(), not '
+                       f'{ids.scheme!r} with {ids.num_levels} levels.')
+    item_of_token = np.zeros(ids.vocab_size, np.int32)
+    item_of_token[ids.token_table()[1:, 0]] = np.arange(1, ids.num_items + 1)
+    inputs = item_of_token[inputs]
+  return {'encoder_input_tokens': inputs, 'target_item': target.astype(np.int32)}
+
+
+def model_inputs(arrays: dict[str, np.ndarray], ids: ItemIds,
+                 config: models.ModelConfig) -> dict[str, np.ndarray]:
+  """Leave-one-out features (`features.eval_arrays`, or the prefix training
+  arrays) in the form the configured model reads: item ids for item-scoring
+  models, histories 0-padded at the start for decoder-only models; models with their
+  own conversion (`eval_inputs`, e.g. `models.ItemSidRec`) make theirs."""
+  model_cls = models.model_class(config)
+  if hasattr(model_cls, 'eval_inputs'):
+    return {**arrays, 'encoder_input_tokens': model_cls.eval_inputs(
+        arrays['encoder_input_tokens'], ids), 'target_item': item_scoring_arrays(
+            arrays, ids, False)['target_item']}
+  if config.num_items:
+    arrays = item_scoring_arrays(arrays, ids, config.architecture == 'sasrec')
+  if models.model_class(config).left_padded_inputs:
+    arrays = {**arrays,
+              'encoder_input_tokens': left_pad(arrays['encoder_input_tokens'])}
+  return arrays
+
+
+def training_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
+                    config: models.TransformerConfig, prefix_arrays: dict | None
+                    ) -> dict[str, np.ndarray]:
+  """What the configured model trains on: one example per history prefix
+  (`prefix_arrays`, from `load_arrays`) or, for sequence-level models, one
+  per user window (`features.sequence_train_arrays`)."""
+  model_cls = models.model_class(config)
+  if hasattr(model_cls, 'training_arrays'):  # the model converts item windows itself
+    return model_cls.training_arrays(sequence_train_arrays(
+        data.train_sequences(), ids, max_history, item_ids=True), ids)
+  if model_cls.training_examples == 'sequence':
+    return sequence_train_arrays(data.train_sequences(), ids, max_history,
+                                          item_ids=bool(config.num_items))
+  return model_inputs(prefix_arrays, ids, config)
+
+
+def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
+                pipeline: str = 'auto', with_train: bool = True
+                ) -> tuple[dict | None, dict, dict]:
+  """Train (unless not `with_train`), validation and test model features of
+  the leave-one-out task."""
+  if pipeline == 'auto':
+    pipeline = ('seqio' if all(importlib.util.find_spec(m) for m in ('seqio', 'tensorflow'))
+                else 'numpy')
+  if pipeline == 'seqio':
+    from genrec.recommendation import tasks  # imports TensorFlow
+    task = tasks.register_recommendation_task(data, ids, max_history)
+    lengths = tasks.sequence_lengths(ids, max_history)
+    return (tasks.load_train_arrays(task, lengths) if with_train else None,
+            tasks.load_eval_arrays(task, 'validation', lengths),
+            tasks.load_eval_arrays(task, 'test', lengths))
+  if pipeline != 'numpy':
+    raise ValueError(f"input_pipeline must be 'auto', 'seqio' or 'numpy', not {pipeline!r}.")
+  logging.info('Input pipeline: numpy (seqio/TensorFlow not used)')
+  splits = sequences.leave_one_out(data, max_history)
+  lengths = sequence_lengths(ids, max_history)
+  return (train_arrays(splits['train'], ids, lengths) if with_train else None,
+          eval_arrays(splits['validation'], ids, lengths),
+          eval_arrays(splits['test'], ids, lengths))

@@ -21,7 +21,7 @@ import numpy as np
 from genrec import constraints, loop, models, partitioning, predictor
 from genrec.data import sequences
 from genrec.ids import ItemIds
-from genrec.recommendation import features, train
+from genrec.recommendation import evaluate, features
 
 
 def read_histories(path: str, num_items: int, external: list[str] | None = None
@@ -67,7 +67,7 @@ def load_run(workdir: str, step: int | None = None, mesh_fn=partitioning.make_me
     (run_config.json, the model config, the item identifiers, a Predictor,
     the parameters of `step` (default the run's best, else the latest), step).
   """
-  path = os.path.join(workdir, train.RUN_CONFIG)
+  path = os.path.join(workdir, evaluate.RUN_CONFIG)
   if not os.path.exists(path):
     raise ValueError(f'{path} not found: --workdir must be the run directory of a finished '
                      'or checkpointed training run (python main.py --gin_file=gin/runs/...).')
@@ -124,15 +124,15 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   split = sequences.pack_split([h[-run['max_history']:] for h in histories],
                                [0] * len(histories), run['max_history'])
   arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, run['max_history']))
-  arrays = train.model_inputs(arrays, ids, config)
+  arrays = features.model_inputs(arrays, ids, config)
   trie = (constraints.PrefixTrie.from_ids(ids)
           if run['constrained_decoding'] and not run['item_scoring'] else None)
-  items, scores = train.predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam,
+  items, scores = evaluate.predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam,
                                       batch_size, trie)
   out = output_file or os.path.join(
       workdir, 'predictions',
       os.path.splitext(os.path.basename(input_file))[0] + '.predictions.jsonl')
-  train.write_predictions(out, users, items[:, :k], scores[:, :k], external)
+  evaluate.write_predictions(out, users, items[:, :k], scores[:, :k], external)
   logging.info('infer: %d histories, step %d of %s -> %s', len(users), step, workdir, out)
   loop.append_jsonl(os.path.join(workdir, 'infer_log.jsonl'),
                     {'input': os.path.abspath(input_file), 'output': os.path.abspath(out),

@@ -15,7 +15,6 @@ bind them. A run directory holds:
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import time
@@ -26,178 +25,10 @@ import jax
 import numpy as np
 
 from genrec import (checkpoints, config_check, constraints, loop, metrics, models,
-                    partitioning, predictor, tables, trainer)
+                    partitioning, tables, trainer)
 from genrec.data import sequences
-from genrec.recommendation import features
+from genrec.recommendation import evaluate, features
 from genrec.ids import AtomicIds, IdScheme, ItemIds, content
-
-
-# ---------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------
-def predict_items(pred: predictor.Predictor, params, inputs: np.ndarray, ids: ItemIds,
-                  beam_size: int, batch_size: int,
-                  trie: constraints.PrefixTrie | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """The top `beam_size` items of every row of `inputs` (model features).
-
-  Identifier models decode by beam search (constrained to `trie` if given);
-  item-scoring models (projection head, SASRec) rank the catalog in one pass.
-
-  Returns:
-    (item ids int32 [n, beam_size], best first, 0 for an identifier that
-    names no item; their scores float32 [n, beam_size]: beam log-probs, or
-    the item logits).
-  """
-  # Models that score items from their identifiers read every item's tokens.
-  catalog = (ids.token_table() if getattr(models.model_class(pred.config), 'eval_inputs', None)
-             and pred.scores_items else None)
-
-  def run(batch, rows):
-    x = batch['x']
-    if pred.scores_items:  # one pass over the catalog: exact top-k items
-      items, scores = pred.rank_items(params, x, beam_size, with_scores=True, catalog=catalog)
-      return partitioning.gather(items, rows), partitioning.gather(scores, rows)
-    tokens, scores = pred.predict(params, x, beam_size, ids.num_levels, trie)
-    return ids.tokens_to_items(partitioning.gather(tokens, rows)), partitioning.gather(
-        scores, rows)
-  outs = partitioning.map_batches({'x': inputs}, batch_size, pred.mesh, run)
-  if not outs:
-    return np.zeros((0, beam_size), np.int32), np.zeros((0, beam_size), np.float32)
-  return (np.concatenate([o[0] for o in outs]).astype(np.int32),
-          np.concatenate([o[1] for o in outs]).astype(np.float32))
-
-
-def evaluate(pred: predictor.Predictor, params, arrays: dict[str, np.ndarray], ids: ItemIds,
-             beam_size: int, batch_size: int, ks=metrics.DEFAULT_KS,
-             trie: constraints.PrefixTrie | None = None
-             ) -> tuple[dict[str, float], np.ndarray]:
-  """`predict_items` for every example; full-catalog Recall/NDCG.
-
-  Returns:
-    (metrics, ranked item ids [n, beam_size] with 0 for invalid identifiers).
-  """
-  ranked, _ = predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam_size,
-                            batch_size, trie)
-  return metrics.rank_metrics(ranked, arrays['target_item'], ks), ranked
-
-
-RUN_CONFIG = 'run_config.json'  # what `infer` needs besides the ids and the checkpoint
-
-
-def write_predictions(path: str, users, items: np.ndarray, scores: np.ndarray,
-                      external: list[str] | None = None) -> None:
-  """One JSON line per user: {"user", "items" (best first), "scores"}; items
-  that name nothing (0, invalid identifiers) are left out; with `external`
-  (item i's external id at index i) items are written as those ids. Process 0
-  only."""
-  if jax.process_index() > 0:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    for user, row, sc in zip(users, items, scores):
-      keep = row > 0
-      names = row[keep].tolist()
-      if external is not None:
-        names = [external[i] for i in names]
-      f.write(json.dumps({'user': user, 'items': names,
-                          'scores': [round(float(v), 6) for v in sc[keep]]}) + '\n')
-  os.replace(path + '.tmp', path)
-
-
-def _sample_users(arrays: dict[str, np.ndarray], n: int | None, seed: int
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """A seeded sample of `n` users of `arrays` (all of them when n is None or
-  >= their number): their row indices, in order, and their rows."""
-  total = len(arrays['target_item'])
-  rows = (np.arange(total) if not n or n >= total else
-          np.sort(np.random.default_rng(seed).choice(total, n, replace=False)))
-  return rows, {k: v[rows] for k, v in arrays.items()}
-
-
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
-def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: bool
-                        ) -> dict[str, np.ndarray]:
-  """Features of item-scoring models: inputs and the target item id.
-
-  SASRec reads item ids rather than identifier tokens, so its history tokens
-  are mapped back to items (single-level identifiers only).
-  """
-  inputs = arrays['encoder_input_tokens']
-  if 'target_item' in arrays:
-    target = arrays['target_item']
-  else:
-    target = ids.tokens_to_items(arrays['decoder_target_tokens'][:, :ids.num_levels])
-  if sasrec:
-    if ids.num_levels != 1:
-      raise ValueError(f'SASRec embeds item ids: use ID_SCHEME = @ids.AtomicIds(), not '
-                       f'{ids.scheme!r} with {ids.num_levels} levels.')
-    item_of_token = np.zeros(ids.vocab_size, np.int32)
-    item_of_token[ids.token_table()[1:, 0]] = np.arange(1, ids.num_items + 1)
-    inputs = item_of_token[inputs]
-  return {'encoder_input_tokens': inputs, 'target_item': target.astype(np.int32)}
-
-
-def model_inputs(arrays: dict[str, np.ndarray], ids: ItemIds,
-                 config: models.ModelConfig) -> dict[str, np.ndarray]:
-  """Leave-one-out features (`features.eval_arrays`, or the prefix training
-  arrays) in the form the configured model reads: item ids for item-scoring
-  models, histories 0-padded at the start for decoder-only models; models with their
-  own conversion (`eval_inputs`, e.g. `models.ItemSidRec`) make theirs."""
-  model_cls = models.model_class(config)
-  if hasattr(model_cls, 'eval_inputs'):
-    return {**arrays, 'encoder_input_tokens': model_cls.eval_inputs(
-        arrays['encoder_input_tokens'], ids), 'target_item': item_scoring_arrays(
-            arrays, ids, False)['target_item']}
-  if config.num_items:
-    arrays = item_scoring_arrays(arrays, ids, config.architecture == 'sasrec')
-  if models.model_class(config).left_padded_inputs:
-    arrays = {**arrays,
-              'encoder_input_tokens': features.left_pad(arrays['encoder_input_tokens'])}
-  return arrays
-
-
-def training_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
-                    config: models.TransformerConfig, prefix_arrays: dict | None
-                    ) -> dict[str, np.ndarray]:
-  """What the configured model trains on: one example per history prefix
-  (`prefix_arrays`, from `load_arrays`) or, for sequence-level models, one
-  per user window (`features.sequence_train_arrays`)."""
-  model_cls = models.model_class(config)
-  if hasattr(model_cls, 'training_arrays'):  # the model converts item windows itself
-    return model_cls.training_arrays(features.sequence_train_arrays(
-        data.train_sequences(), ids, max_history, item_ids=True), ids)
-  if model_cls.training_examples == 'sequence':
-    return features.sequence_train_arrays(data.train_sequences(), ids, max_history,
-                                          item_ids=bool(config.num_items))
-  return model_inputs(prefix_arrays, ids, config)
-
-
-def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
-                pipeline: str = 'auto', with_train: bool = True
-                ) -> tuple[dict | None, dict, dict]:
-  """Train (unless not `with_train`), validation and test model features of
-  the leave-one-out task."""
-  if pipeline == 'auto':
-    pipeline = ('seqio' if all(importlib.util.find_spec(m) for m in ('seqio', 'tensorflow'))
-                else 'numpy')
-  if pipeline == 'seqio':
-    from genrec.recommendation import tasks  # imports TensorFlow
-    task = tasks.register_recommendation_task(data, ids, max_history)
-    lengths = tasks.sequence_lengths(ids, max_history)
-    return (tasks.load_train_arrays(task, lengths) if with_train else None,
-            tasks.load_eval_arrays(task, 'validation', lengths),
-            tasks.load_eval_arrays(task, 'test', lengths))
-  if pipeline != 'numpy':
-    raise ValueError(f"input_pipeline must be 'auto', 'seqio' or 'numpy', not {pipeline!r}.")
-  logging.info('Input pipeline: numpy (seqio/TensorFlow not used)')
-  splits = sequences.leave_one_out(data, max_history)
-  lengths = features.sequence_lengths(ids, max_history)
-  return (features.train_arrays(splits['train'], ids, lengths) if with_train else None,
-          features.eval_arrays(splits['validation'], ids, lengths),
-          features.eval_arrays(splits['test'], ids, lengths))
 
 
 def fit_or_load_ids(scheme: IdScheme, data: sequences.SequenceData, directory: str
@@ -221,7 +52,7 @@ def fit_or_load_ids(scheme: IdScheme, data: sequences.SequenceData, directory: s
 
 
 # ---------------------------------------------------------------------------
-# The loop
+# The run
 # ---------------------------------------------------------------------------
 def train(
     workdir: str,
@@ -266,6 +97,13 @@ def train(
       the data itself (gin: `DATASET = @sequences.make_synthetic()` with its
       own bindings, e.g. `sequences.make_synthetic.num_users = 500`).
     data_dir: folder holding amazon-2014/; defaults to $GENREC_DATA_DIR.
+    num_train_steps, eval_every_steps, checkpoint_every_steps, log_every_steps,
+      steps_per_call, early_stopping_evals, max_train_seconds, stop_after_step:
+      the run's `loop.Schedule` (see there): evaluations on validation users
+      save a checkpoint with their metrics; the final metrics are the best
+      checkpoint's. A run stopped by early stopping or its time budget is
+      finished (running it again prints its results); one stopped by
+      `stop_after_step` or a signal resumes with the same command.
     id_scheme: how items become tokens.
     model_config: the model: its config class selects it (TransformerConfig:
       by its `architecture`; `models.ItemSidConfig`: the item-level
@@ -273,11 +111,9 @@ def train(
       that come from the data are filled in).
     optimizer_fn: num_train_steps -> (optax optimizer, learning-rate schedule).
     mesh_fn: () -> the device mesh.
-    num_train_steps: total optimizer steps.
     batch_size: global batch size.
     max_history: history items kept per example.
     beam_size: beams decoded per user; must be >= the largest K (10).
-    eval_every_steps: validation period; also saves a checkpoint with metrics.
     num_eval_users: validation users sampled during training (None: all); the
       final validation and test evaluations use every user unless
       `final_eval_users` says otherwise.
@@ -288,12 +124,8 @@ def train(
       every user costs more than the training (e.g. time-to-quality runs on a
       CPU); results record it.
     eval_batch_size: users per evaluation batch.
-    checkpoint_every_steps: period of checkpoints between evaluations.
     keep_checkpoints: latest checkpoints kept (the best one is kept as well).
-    log_every_steps: period of the progress line and logged train metrics.
     seed: seeds the parameters, the data order and dropout.
-    stop_after_step: end this invocation after that step (checkpointed), e.g.
-      for time-sliced jobs; running the same command again resumes.
     input_pipeline: 'seqio' (the registered seqio Task), 'numpy' (the same
       arrays without TensorFlow, see `genrec.recommendation.features`) or 'auto' (seqio when
       seqio and TensorFlow are installed).
@@ -322,18 +154,6 @@ def train(
     allow_config_change: resume although settings that change what the saved
       steps mean differ from the run's first start (the change is recorded in
       settings_changes.jsonl); also set by main.py --allow_config_change.
-    early_stopping_evals: stop training once this many validation evaluations
-      in a row have not raised validation NDCG@10 above its best (0: train all
-      `num_train_steps`); the final metrics are the best checkpoint's either
-      way. A stopped run is finished: running it again prints its results.
-    max_train_seconds: also stop at the first evaluation after this many wall
-      seconds of training steps (summed over invocations; 0: no limit), for
-      comparisons at equal wall-clock; the run is finished as above.
-    steps_per_call: optimizer steps per jitted call (a scan over that many
-      batches; the same steps as one per call): for small models whose step
-      is shorter than its dispatch from the host (e.g. SASRec on a GPU).
-      num_train_steps and the eval, checkpoint and log periods must be
-      multiples of it.
     pack_examples: with the encoder-decoder's prefix examples, several
       examples share a row, told apart by segment ids so that each attends to
       itself only (as T5X packs; `features.pack_prefix_arrays`): most
@@ -347,23 +167,111 @@ def train(
     The results dict (also written to workdir/results.json).
   """
   config_check.check_arguments(train, dict(locals()))
+  schedule = loop.Schedule(
+      num_train_steps, eval_every_steps, checkpoint_every_steps, log_every_steps=log_every_steps,
+      steps_per_call=steps_per_call, early_stopping_evals=early_stopping_evals,
+      max_train_seconds=max_train_seconds, stop_after_step=stop_after_step)
+  _check_settings(schedule, beam_size)
+  loop.make_workdir(workdir)
+  run = _setup(workdir, dataset, data_dir, id_scheme, model_config, head, max_history,
+               input_pipeline, pack_examples, constrained_decoding, seed, mesh_fn,
+               batch_size, optimizer_fn, num_train_steps)
+  loop.check_run_settings(workdir, {
+      'dataset': run.data.name, 'num_items': run.data.num_items,
+      'num_users': run.data.num_users, 'id_scheme': run.ids.scheme,
+      'model_config': dataclasses.asdict(run.config),
+      'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
+      'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head,
+      'pack_examples': pack_examples},
+      allow_config_change,
+      defaults={'model_config': dataclasses.asdict(models.TransformerConfig()),
+                'pack_examples': False})
+  # After the settings check: a refused start must not touch the run's record.
+  loop.write_json(os.path.join(workdir, evaluate.RUN_CONFIG), {
+      'model_config': dataclasses.asdict(run.config), 'model_class': type(run.config).__name__,
+      'max_history': max_history, 'beam_size': beam_size,
+      'item_scoring': run.config.scores_items, 'constrained_decoding': constrained_decoding,
+      'dataset': run.data.name, 'num_items': run.data.num_items})
+  manager, start, state, train_seconds, finished = _open_run(
+      workdir, run, schedule, keep_checkpoints, checkpoint_fallback, retrain, reevaluate)
+  if finished == 'results':
+    return _print_results(workdir, start)
+  start, state = (0, run.trainer.init_state(seed)) if start is None else (start, state)
+  _begin(workdir, start)
+  writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
+  t_start = time.time()
+  try:
+    outcome = (loop.Outcome(state, start, train_seconds, {}, 'early') if finished else
+               _train_steps(workdir, run, schedule, manager, state, start, writer,
+                            train_seconds, num_eval_users, beam_size, eval_batch_size, seed))
+  except BaseException:
+    manager.close()
+    writer.flush()
+    raise
+  if outcome.stopped == 'asked':
+    manager.close()
+    writer.flush()
+    logging.info('Stopped after step %d as asked; run again to resume.', outcome.step)
+    return {'stopped_at_step': outcome.step}
+  train_time = time.time() - t_start
+  best_step = manager.best_step() or manager.latest_step()
+  state = (outcome.state if best_step == outcome.step else
+           checkpoints.restore(manager, best_step, run.trainer.abstract_state)[0])
+  manager.close()
+  results = _run_record(run, id_scheme, outcome, start, best_step, train_time,
+                        num_train_steps, batch_size, final_eval_users, seed)
+  results.update(evaluate.final_results(
+      run.trainer, state.params, {'validation': run.valid, 'test': run.test}, run.ids,
+      beam_size, eval_batch_size, run.trie, workdir=workdir,
+      item_slices=metrics.popularity_slices(run.data.item_target_counts(), *slice_fractions),
+      popular=metrics.popularity_ranking(run.data.item_train_counts(), beam_size),
+      users=final_eval_users, seed=seed, report_unconstrained=report_unconstrained))
+  writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
+                                         for k, v in results[s].items()})
+  writer.flush()
+  _record_results(workdir, results, outcome.step > start)
+  return results
+
+
+@dataclasses.dataclass
+class _Run:
+  """What a run trains and evaluates, built from its settings."""
+  data: sequences.SequenceData
+  ids: ItemIds
+  config: models.ModelConfig
+  model_cls: type
+  train: dict[str, np.ndarray]
+  valid: dict[str, np.ndarray]
+  test: dict[str, np.ndarray]
+  pack_info: dict | None
+  trie: constraints.PrefixTrie | None
+  mesh: object
+  rows_per_batch: int
+  trainer: trainer.Trainer
+  batcher: loop.EpochBatcher
+
+  @property
+  def num_train_examples(self) -> int:
+    return self.pack_info['examples'] if self.pack_info else self.batcher.num_examples
+
+
+def _check_settings(schedule: loop.Schedule, beam_size: int) -> None:
   if beam_size < max(metrics.DEFAULT_KS):
     raise ValueError(f'beam_size {beam_size} < {max(metrics.DEFAULT_KS)}: full-ranking '
                      'metrics need at least as many beams as the largest cut-off.')
-  periods = dict(num_train_steps=num_train_steps, eval_every_steps=eval_every_steps,
-                 checkpoint_every_steps=checkpoint_every_steps, log_every_steps=log_every_steps)
-  uneven = {k: v for k, v in periods.items() if v % steps_per_call}
-  if steps_per_call < 1 or uneven:
-    raise ValueError(f'steps_per_call = {steps_per_call} must be >= 1 and divide '
+  periods = dict(num_train_steps=schedule.num_train_steps,
+                 eval_every_steps=schedule.eval_every_steps,
+                 checkpoint_every_steps=schedule.checkpoint_every_steps,
+                 log_every_steps=schedule.log_every_steps)
+  uneven = {k: v for k, v in periods.items() if v % schedule.steps_per_call}
+  if schedule.steps_per_call < 1 or uneven:
+    raise ValueError(f'steps_per_call = {schedule.steps_per_call} must be >= 1 and divide '
                      f'{uneven or "the step counts"}: pick a divisor or change those periods.')
-  loop.make_workdir(workdir)
-  data = (dataset if isinstance(dataset, sequences.SequenceData)
-          else sequences.load_dataset(dataset, data_dir))
-  logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
-  ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
-  keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
-  if data.item_keys and not os.path.exists(keys_file) and jax.process_index() == 0:
-    sequences.write_external_ids(keys_file, data.item_keys[1:])  # for export
+
+
+def _model_config(model_config: models.ModelConfig, head: str, ids: ItemIds,
+                  data: sequences.SequenceData, max_history: int) -> models.ModelConfig:
+  """The model config with the sizes that come from the data filled in."""
   # dtype 'auto' is resolved here, so the run records (and infer rebuilds) the
   # dtype it trained with.
   if hasattr(model_config, 'resolve'):  # a config that fills in its own sizes
@@ -376,14 +284,29 @@ def train(
   if isinstance(config, models.TransformerConfig) and (
       head == 'projection' or config.architecture == 'sasrec'):
     config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history)
-  model_cls = models.model_class(config)
-  if head == 'projection' and not hasattr(model_cls, 'score_items'):
+  if head == 'projection' and not hasattr(models.model_class(config), 'score_items'):
     raise ValueError(f"head='projection' needs a model that scores items; architecture "
                      f"{config.architecture!r} decodes identifiers (use head='beam').")
-  prefix_arrays, valid_arrays, test_arrays = load_arrays(
+  return config
+
+
+def _setup(workdir, dataset, data_dir, id_scheme, model_config, head, max_history,
+           input_pipeline, pack_examples, constrained_decoding, seed, mesh_fn, batch_size,
+           optimizer_fn, num_train_steps) -> _Run:
+  """Data, identifiers, model config, arrays, trie, mesh and trainer of a run."""
+  data = (dataset if isinstance(dataset, sequences.SequenceData)
+          else sequences.load_dataset(dataset, data_dir))
+  logging.info('Data %s: %d users, %d items', data.name, data.num_users, data.num_items)
+  ids = fit_or_load_ids(id_scheme, data, os.path.join(workdir, 'ids'))
+  keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
+  if data.item_keys and not os.path.exists(keys_file) and jax.process_index() == 0:
+    sequences.write_external_ids(keys_file, data.item_keys[1:])  # for export
+  config = _model_config(model_config, head, ids, data, max_history)
+  model_cls = models.model_class(config)
+  prefix_arrays, valid_arrays, test_arrays = features.load_arrays(
       data, ids, max_history, input_pipeline,
       with_train=model_cls.training_examples == 'prefix')
-  train_arrays = training_arrays(data, ids, max_history, config, prefix_arrays)
+  train_arrays = features.training_arrays(data, ids, max_history, config, prefix_arrays)
   pack_info = None
   if pack_examples:
     if model_cls is not models.EncoderDecoder or config.scores_items:
@@ -393,218 +316,162 @@ def train(
           f'{model_cls.training_examples!r} examples (decoder_only and sasrec pack their '
           'windows already): set train.train.pack_examples = False.')
     train_arrays, pack_info = features.pack_prefix_arrays(train_arrays, seed=seed)
-  valid_arrays, test_arrays = (model_inputs(a, ids, config) for a in (valid_arrays, test_arrays))
+  valid_arrays, test_arrays = (features.model_inputs(a, ids, config)
+                               for a in (valid_arrays, test_arrays))
   trie = (constraints.PrefixTrie.from_ids(ids)
           if constrained_decoding and not config.scores_items else None)
   if trie is not None:
     logging.info('Prefix trie: %s nodes per level, %.2f MiB on each device',
                  trie.num_nodes(), trie.memory_bytes() / 2**20)
   mesh = mesh_fn()
-  dp = partitioning.data_parallel_size(mesh)
-  if batch_size % (dp * jax.process_count()):
-    raise ValueError(f'batch_size {batch_size} must be divisible by the data-parallel size '
-                     f'{dp * jax.process_count()} of mesh {dict(mesh.shape)}.')
-  rows_per_batch = batch_size
-  if pack_info:
-    per_row = pack_info['examples'] / pack_info['rows']
-    rows_per_batch = features.packed_rows_per_batch(batch_size, pack_info,
-                                                    dp * jax.process_count())
-    logging.info('Packed %d examples into %d rows of %d encoder tokens (%.2f a row, %.0f%% '
-                 'of the tokens used, %d decoder slots); %d rows a batch (~%d examples)',
-                 pack_info['examples'], pack_info['rows'], pack_info['capacity'], per_row,
-                 100 * pack_info['token_fill'], pack_info['max_per_row'], rows_per_batch,
-                 round(rows_per_batch * per_row))
+  rows_per_batch = _rows_per_batch(batch_size, pack_info, mesh)
   tx, lr_fn = optimizer_fn(num_train_steps)
   constants_fn = getattr(model_cls, 'training_constants', None)
   tr = trainer.Trainer(config, tx, mesh, lr_fn,
                        constants=constants_fn(config, ids) if constants_fn else None)
   batcher = loop.EpochBatcher(len(next(iter(train_arrays.values()))), rows_per_batch, seed)
-  num_train_examples = pack_info['examples'] if pack_info else batcher.num_examples
+  run = _Run(data, ids, config, model_cls, train_arrays, valid_arrays, test_arrays,
+             pack_info, trie, mesh, rows_per_batch, tr, batcher)
   logging.info('Model: %s, %.2fM parameters; %d train examples (%s level), %d steps/epoch; '
                'mesh %s', config, trainer.param_count(tr.abstract_state.params) / 1e6,
-               num_train_examples, model_cls.training_examples, batcher.steps_per_epoch,
+               run.num_train_examples, model_cls.training_examples, batcher.steps_per_epoch,
                dict(mesh.shape))
+  return run
 
-  loop.check_run_settings(workdir, {
-      'dataset': data.name, 'num_items': data.num_items, 'num_users': data.num_users,
-      'id_scheme': ids.scheme, 'model_config': dataclasses.asdict(config),
-      'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
-      'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head,
-      'pack_examples': pack_examples},
-      allow_config_change,
-      defaults={'model_config': dataclasses.asdict(models.TransformerConfig()),
-                'pack_examples': False})
-  # After the settings check: a refused start must not touch the run's record.
-  loop.write_json(os.path.join(workdir, RUN_CONFIG), {
-      'model_config': dataclasses.asdict(config), 'model_class': type(config).__name__,
-      'max_history': max_history,
-      'beam_size': beam_size, 'item_scoring': config.scores_items,
-      'constrained_decoding': constrained_decoding,
-      'dataset': data.name, 'num_items': data.num_items})
+
+def _rows_per_batch(batch_size: int, pack_info: dict | None, mesh) -> int:
+  """Rows of a global batch: `batch_size` examples, in packed rows if packed."""
+  unit = partitioning.data_parallel_size(mesh) * jax.process_count()
+  if batch_size % unit:
+    raise ValueError(f'batch_size {batch_size} must be divisible by the data-parallel size '
+                     f'{unit} of mesh {dict(mesh.shape)}.')
+  if not pack_info:
+    return batch_size
+  per_row = pack_info['examples'] / pack_info['rows']
+  rows = features.packed_rows_per_batch(batch_size, pack_info, unit)
+  logging.info('Packed %d examples into %d rows of %d encoder tokens (%.2f a row, %.0f%% '
+               'of the tokens used, %d decoder slots); %d rows a batch (~%d examples)',
+               pack_info['examples'], pack_info['rows'], pack_info['capacity'], per_row,
+               100 * pack_info['token_fill'], pack_info['max_per_row'], rows,
+               round(rows * per_row))
+  return rows
+
+
+def _open_run(workdir: str, run: _Run, schedule: loop.Schedule, keep_checkpoints: int,
+              checkpoint_fallback: bool, retrain: bool, reevaluate: bool):
+  """Opens the run's checkpoints and says where it stands.
+
+  Returns:
+    (manager, start step or None, state, training seconds so far, finished):
+    finished is 'results' for a finished run whose results are only printed,
+    True for a finished run evaluated again, False otherwise.
+  """
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not retrain and os.path.exists(os.path.join(workdir, 'results.json')) and not (
+  has_results = os.path.exists(os.path.join(workdir, 'results.json'))
+  if not retrain and has_results and not (
       os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))):
     raise ValueError(_no_checkpoint_message(workdir))  # before orbax starts its threads
   manager, start, state, data_state = checkpoints.open_and_restore(
-      ckpt_dir, tr.abstract_state, keep_checkpoints, fallback=checkpoint_fallback)
+      ckpt_dir, run.trainer.abstract_state, keep_checkpoints, fallback=checkpoint_fallback)
   try:
     if start is not None:
-      batcher.check_resumable(data_state, os.path.join(workdir, 'checkpoints', str(start)))
-      if start > num_train_steps:
+      run.batcher.check_resumable(data_state, os.path.join(ckpt_dir, str(start)))
+      if start > schedule.num_train_steps:
         raise ValueError(f'{workdir} already holds a checkpoint of step {start}, beyond '
-                         f'num_train_steps = {num_train_steps}: use a new --workdir for a '
-                         'shorter run (results never claim more steps than were run).')
+                         f'num_train_steps = {schedule.num_train_steps}: use a new --workdir '
+                         'for a shorter run (results never claim more steps than were run).')
       logging.info('Resuming at step %d', start)
+    train_seconds = float((data_state or {}).get('train_seconds', 0.0))
+    # A run stops only at an evaluation: a checkpoint there may already be its end.
+    finished = start == schedule.num_train_steps or (
+        start is not None and schedule.evaluates_at(start) and schedule.stop_reason(
+            os.path.join(workdir, 'eval_history.jsonl'), start, train_seconds) is not None)
+    if finished and has_results and not reevaluate:
+      manager.close()
+      return manager, start, state, train_seconds, 'results'
+    if start is None and has_results:
+      if not retrain:
+        raise ValueError(_no_checkpoint_message(workdir))
+      _set_aside_records(workdir)
   except Exception:
     manager.close()
     raise
-  history_path = os.path.join(workdir, 'eval_history.jsonl')
-  train_seconds = float((data_state or {}).get('train_seconds', 0.0))
+  return manager, start, state, train_seconds, finished
 
-  def stop_reason(at_step: int, seconds: float) -> str | None:
-    """Why training ends at the evaluation of `at_step` before its budget."""
-    if early_stopping_evals > 0 and (
-        evals_since_best(history_path, at_step) >= early_stopping_evals):
-      return (f'validation NDCG@10 has not improved for {early_stopping_evals} '
-              'evaluations')
-    if 0 < max_train_seconds <= seconds:
-      return f'{seconds:.0f} s of training reached max_train_seconds'
-    return None
-  # A run stops only at an evaluation: a checkpoint there may already be its end.
-  finished = start == num_train_steps or (
-      start is not None and start % eval_every_steps == 0 and
-      stop_reason(start, train_seconds) is not None)
-  if finished and os.path.exists(os.path.join(workdir, 'results.json')) and not reevaluate:
-    manager.close()
-    with open(os.path.join(workdir, 'results.json')) as f:
-      results = json.load(f)
-    logging.info('%s is finished (step %d); its results are kept as they are. Pass '
-                 'reevaluate=True (gin: train.train.reevaluate = True) to evaluate again and '
-                 'append a new entry to results_history.jsonl.', workdir, start)
-    if jax.process_index() == 0:
-      print(results_table(results), flush=True)
-    return results
-  if start is None:
-    if os.path.exists(os.path.join(workdir, 'results.json')):
-      if not retrain:
-        manager.close()
-        raise ValueError(_no_checkpoint_message(workdir))
-      _set_aside_records(workdir)
-    start = 0
-    state = tr.init_state(seed)
-  for log in ('train_log.jsonl', 'eval_history.jsonl'):  # steps the run logs again
+
+def _print_results(workdir: str, step: int) -> dict:
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  logging.info('%s is finished (step %d); its results are kept as they are. Pass '
+               'reevaluate=True (gin: train.train.reevaluate = True) to evaluate again and '
+               'append a new entry to results_history.jsonl.', workdir, step)
+  if jax.process_index() == 0:
+    print(evaluate.results_table(results), flush=True)
+  return results
+
+
+def _begin(workdir: str, start: int) -> None:
+  """Drops log lines past `start` (the steps the run logs again); records the start."""
+  for log in ('train_log.jsonl', 'eval_history.jsonl'):
     dropped = loop.truncate_jsonl(os.path.join(workdir, log), start)
     if dropped:
       logging.info('%s: dropped %d lines past step %d (they are logged again).', log,
                    dropped, start)
   loop.record_start(workdir, start)
 
-  writer = loop.make_writer(os.path.join(workdir, 'tensorboard'))
-  _, valid_sample = _sample_users(valid_arrays, num_eval_users, seed)
-  # train_seconds: wall seconds spent in training steps (evaluations and
-  # checkpoints excluded), summed over invocations through the checkpoints:
-  # the x axis of time-to-quality curves.
-  train_log = os.path.join(workdir, 'train_log.jsonl')
-  rng = jax.random.key(seed + 1)
-  t_start, step = time.time(), start
-  window, progress = loop.DispatchWindow(), loop.Progress(num_train_steps, start)
-  # A run that stopped early and was started again goes straight to its results.
-  stopped_early, t_steps = finished, time.time()
-  with loop.PreemptionWatch() as watch:
-    while step < num_train_steps and not stopped_early:
-      # Several steps per call from a step that is a multiple of steps_per_call
-      # (a checkpoint written with another setting may sit in between).
-      n = steps_per_call if step % steps_per_call == 0 else 1
-      rows = partitioning.host_slice(rows_per_batch, mesh)
-      if n == 1:
-        idx = batcher.indices(step)[rows]
-        batch = partitioning.shard_batch({k: v[idx] for k, v in train_arrays.items()}, mesh)
-        state, train_metrics = tr.train_step(state, batch, rng)
-      else:
-        idx = [batcher.indices(step + i)[rows] for i in range(n)]
-        batch = partitioning.shard_batch(
-            {k: np.stack([v[i] for i in idx]) for k, v in train_arrays.items()}, mesh,
-            stacked=True)
-        state, train_metrics = tr.train_steps(state, batch, rng)
-      window.push(train_metrics['loss'])
-      step += n
-      final = step == num_train_steps
-      if step % eval_every_steps == 0 or final:
-        window.drain()
-        train_seconds += time.time() - t_steps
-      logged = step % log_every_steps == 0 or final
-      if logged or progress.due():  # by step, and at least every 30 s by time
-        values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
-        so_far = train_seconds + (0.0 if step % eval_every_steps == 0 or final
-                                  else time.time() - t_steps)
-        rate = progress.log(step, values, (max_train_seconds - so_far) if max_train_seconds
-                            else None, steps_to_stop=-step % eval_every_steps)
-        if logged:
-          writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()}
-                               | {'train/steps_per_sec': rate})
-          loop.append_jsonl(train_log, {'step': step, **values})
-      eval_metrics = None
-      if step % eval_every_steps == 0 or final:
-        t0 = time.time()
-        m, _ = evaluate(tr, state.params, valid_sample, ids, beam_size, eval_batch_size,
-                        trie=trie)
-        eval_metrics = {f'validation/{k}': v for k, v in m.items()}
-        logging.info('eval step %d (%d users, %.1fs): %s', step, len(valid_sample['target_item']),
-                     time.time() - t0, loop.fmt_metrics(m))
-        writer.write_scalars(step, eval_metrics)
-        loop.append_jsonl(history_path, {
-            'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
-            'train_seconds': round(train_seconds, 2), **eval_metrics})
-        reason = None if final else stop_reason(step, train_seconds)
-        if reason:
-          stopped_early = True
-          logging.info('Stopping at step %d: %s.', step, reason)
-      stopping = stop_after_step is not None and step >= stop_after_step and not final
-      if eval_metrics or step % checkpoint_every_steps == 0 or stopping:
-        # Between evaluations the steps since the last one count too.
-        so_far = train_seconds + (0.0 if eval_metrics else time.time() - t_steps)
-        checkpoints.save(manager, step, state,
-                         {**batcher.state(step), 'train_seconds': round(so_far, 2)},
-                         eval_metrics)
-      if eval_metrics:
-        t_steps = time.time()
-      if stopped_early:
-        break
-      if not final and watch.requested(step):
-        window.drain()
-        so_far = train_seconds + (0.0 if eval_metrics else time.time() - t_steps)
-        checkpoints.save(manager, step, state,
-                         {**batcher.state(step), 'train_seconds': round(so_far, 2)})
-        manager.wait_until_finished()
-        manager.close()
-        writer.flush()
-        raise watch.stop(workdir, step)
-      if stopping:
-        manager.wait_until_finished()
-        manager.close()
-        writer.flush()
-        logging.info('Stopped after step %d as asked; run again to resume.', step)
-        return {'stopped_at_step': step}
-  train_time = time.time() - t_start
-  manager.wait_until_finished()
 
-  best_step = manager.best_step() or manager.latest_step()
-  if best_step != step:
-    state, _ = checkpoints.restore(manager, best_step, tr.abstract_state)
-  manager.close()
-  results = {
-      'dataset': data.name, 'id_scheme': ids.scheme, 'num_users': data.num_users,
+def _train_steps(workdir: str, run: _Run, schedule: loop.Schedule, manager, state,
+                 start: int, writer, train_seconds: float, num_eval_users: int | None,
+                 beam_size: int, eval_batch_size: int, seed: int) -> loop.Outcome:
+  """The training steps from `start`, with validation on a sample of users."""
+  _, valid_sample = evaluate.sample_users(run.valid, num_eval_users, seed)
+  rng = jax.random.key(seed + 1)
+
+  def step_fn(state, step: int, n: int):
+    rows = partitioning.host_slice(run.rows_per_batch, run.mesh)
+    if n == 1:
+      idx = run.batcher.indices(step)[rows]
+      batch = partitioning.shard_batch({k: v[idx] for k, v in run.train.items()}, run.mesh)
+      return run.trainer.train_step(state, batch, rng)
+    idx = [run.batcher.indices(step + i)[rows] for i in range(n)]
+    batch = partitioning.shard_batch(
+        {k: np.stack([v[i] for i in idx]) for k, v in run.train.items()}, run.mesh,
+        stacked=True)
+    return run.trainer.train_steps(state, batch, rng)
+
+  def eval_fn(state, step: int) -> dict:
+    t0 = time.time()
+    m, _ = evaluate.evaluate(run.trainer, state.params, valid_sample, run.ids, beam_size,
+                             eval_batch_size, trie=run.trie)
+    logging.info('eval step %d (%d users, %.1fs): %s', step,
+                 len(valid_sample['target_item']), time.time() - t0, loop.fmt_metrics(m))
+    return {f'validation/{k}': v for k, v in m.items()}
+
+  return loop.run_steps(workdir, schedule, manager, state, start, run.batcher, step_fn,
+                        eval_fn, train_seconds=train_seconds, writer=writer,
+                        log_path=os.path.join(workdir, 'train_log.jsonl'),
+                        history_path=os.path.join(workdir, 'eval_history.jsonl'))
+
+
+def _run_record(run: _Run, id_scheme: IdScheme, outcome: loop.Outcome, start: int,
+                best_step: int, train_time: float, num_train_steps: int, batch_size: int,
+                final_eval_users: int | None, seed: int) -> dict:
+  """What the results record of the run besides its metrics."""
+  config, step = run.config, outcome.step
+  return {
+      'dataset': run.data.name, 'id_scheme': run.ids.scheme, 'num_users': run.data.num_users,
       # What content-based identifiers were built from ('text', 'attributes'); None
       # for schemes without content (atomic, random, collaborative, precomputed).
-      'id_content': (content.describe(id_scheme.content_fn, data)
+      'id_content': (content.describe(id_scheme.content_fn, run.data)
                      if hasattr(id_scheme, 'content_fn') else None),
       'model': config.architecture + (' + projection head' if config.num_items and isinstance(
           config, models.TransformerConfig) and config.architecture != 'sasrec' else ''),
-      'training_examples': model_cls.training_examples,
-      'num_items': data.num_items,
-      'num_train_examples': num_train_examples,
-      'packed': {**pack_info, 'rows_per_batch': rows_per_batch} if pack_info else None,
-      'params': trainer.param_count(state.params), 'num_train_steps': num_train_steps,
+      'training_examples': run.model_cls.training_examples,
+      'num_items': run.data.num_items,
+      'num_train_examples': run.num_train_examples,
+      'packed': ({**run.pack_info, 'rows_per_batch': run.rows_per_batch}
+                 if run.pack_info else None),
+      'params': trainer.param_count(outcome.state.params), 'num_train_steps': num_train_steps,
       'batch_size': batch_size, 'resumed_from_step': start or None,
       'train_time_s_this_invocation': round(train_time, 1),
       'device': partitioning.device_summary(), 'host': tables.host_summary(),
@@ -612,46 +479,24 @@ def train(
       # budget records the continuing command).
       'command': tables.command_line(), 'commit': tables.source_commit(),
       'last_step': step, 'stopped_early': step < num_train_steps,
-      'epochs': round(step / batcher.steps_per_epoch, 2),
-      'train_seconds': round(train_seconds, 1),
-      'best_step': best_step, 'identifier_collisions': ids.num_collisions,
+      'epochs': round(step / run.batcher.steps_per_epoch, 2),
+      'train_seconds': round(outcome.train_seconds, 1),
+      'best_step': best_step, 'identifier_collisions': run.ids.num_collisions,
       'final_eval_users': final_eval_users, 'seed': seed,
   }
-  item_slices = metrics.popularity_slices(data.item_target_counts(), *slice_fractions)
-  popular = metrics.popularity_ranking(data.item_train_counts(), beam_size)
-  final_arrays = {}
-  for split, arrays in (('validation', valid_arrays), ('test', test_arrays)):
-    users, arrays = _sample_users(arrays, final_eval_users, seed)
-    final_arrays[split] = arrays
-    targets = arrays['target_item']
-    ranked, scores = predict_items(tr, state.params, arrays['encoder_input_tokens'], ids,
-                                   beam_size, eval_batch_size, trie)
-    m = metrics.rank_metrics(ranked, targets)
-    write_predictions(os.path.join(workdir, 'predictions', f'{split}.jsonl'),
-                      users.tolist(), ranked, scores)
-    results[split] = m
-    results[f'{split}_slices'] = metrics.sliced_metrics(ranked, targets, item_slices)
-    pop_ranked = np.tile(popular, (len(targets), 1))
-    results[f'popularity_{split}'] = metrics.rank_metrics(pop_ranked, targets)
-    results[f'popularity_{split}_slices'] = metrics.sliced_metrics(pop_ranked, targets,
-                                                                   item_slices)
-  if trie is not None and report_unconstrained:
-    results['test_unconstrained'], _ = evaluate(tr, state.params, final_arrays['test'], ids,
-                                                beam_size, eval_batch_size)
-  writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
-                                         for k, v in results[s].items()})
-  writer.flush()
+
+
+def _record_results(workdir: str, results: dict, trained: bool) -> None:
   results['evaluated_at'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
   # Written when steps were trained (a run continued past an earlier stop, e.g. with
   # a larger max_train_seconds, has new results); a re-evaluation of a finished run
   # only appends to the history.
-  if step > (start or 0) or not os.path.exists(os.path.join(workdir, 'results.json')):
+  if trained or not os.path.exists(os.path.join(workdir, 'results.json')):
     loop.write_json(os.path.join(workdir, 'results.json'), results)
   loop.append_jsonl(os.path.join(workdir, 'results_history.jsonl'), results)
-  loop.record_end(workdir, step)
+  loop.record_end(workdir, results['last_step'])
   if jax.process_index() == 0:
-    print(results_table(results), flush=True)
-  return results
+    print(evaluate.results_table(results), flush=True)
 
 
 def _no_checkpoint_message(workdir: str) -> str:
@@ -673,55 +518,3 @@ def _set_aside_records(workdir: str) -> None:
     if os.path.exists(os.path.join(workdir, name)):
       os.replace(os.path.join(workdir, name), os.path.join(aside, name))
   logging.warning('retrain=True: the records of the finished run moved to %s.', aside)
-
-
-def read_eval_history(history_path: str) -> list[dict]:
-  """The evaluations of eval_history.jsonl, one per step in step order (the
-  last record of a step wins: a resumed run may have evaluated it again);
-  [] when there is no file."""
-  if not os.path.exists(history_path):
-    return []
-  by_step = {}
-  with open(history_path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        entry = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{history_path} line {n} is not JSON ({e}); fix or remove that '
-                         'line.') from None
-      by_step[entry['step']] = entry
-  return [by_step[k] for k in sorted(by_step)]
-
-
-def evals_since_best(history_path: str, up_to_step: int,
-                     key: str = 'validation/ndcg@10') -> int:
-  """Evaluations after the best `key` in eval_history.jsonl, counting those at
-  steps <= `up_to_step`."""
-  values = [e[key] for e in read_eval_history(history_path) if e['step'] <= up_to_step]
-  return len(values) - 1 - int(np.argmax(values)) if values else 0
-
-
-def results_table(results: dict) -> str:
-  """A markdown table of the final metrics beside the popularity baseline."""
-  keys = [k for k in results['test'] if k != 'invalid_rate'] + ['invalid_rate']
-  lines = [f"## {results['dataset']} / {results['id_scheme']} (best step "
-           f"{results['best_step']} of {results['num_train_steps']})", '',
-           '| model | split | ' + ' | '.join(keys) + ' |',
-           '|---|---|' + '---|' * len(keys)]
-  for name, prefix in (('genrec', ''), ('popularity', 'popularity_')):
-    for split in ('validation', 'test'):
-      m = results[prefix + split]
-      lines.append(f'| {name} | {split} | ' + ' | '.join(f'{m[k]:.4f}' for k in keys) + ' |')
-  if 'test_unconstrained' in results:
-    m = results['test_unconstrained']
-    lines.append('| genrec, no constraints | test | '
-                 + ' | '.join(f'{m[k]:.4f}' for k in keys) + ' |')
-  lines += ['', 'Test by target-item popularity (training-target frequency):', '',
-            '| model | slice | users | recall@10 | ndcg@10 |', '|---|---|---|---|---|']
-  for name, prefix in (('genrec', ''), ('popularity', 'popularity_')):
-    for slice_name, m in results.get(f'{prefix}test_slices', {}).items():
-      lines.append(f"| {name} | {slice_name} | {m['users']} | {m['recall@10']:.4f} | "
-                   f"{m['ndcg@10']:.4f} |")
-  return '\n'.join(lines)
