@@ -176,22 +176,10 @@ def train(
   run = _setup(workdir, dataset, data_dir, id_scheme, model_config, head, max_history,
                input_pipeline, pack_examples, constrained_decoding, seed, mesh_fn,
                batch_size, optimizer_fn, num_train_steps)
-  loop.check_run_settings(workdir, {
-      'dataset': run.data.name, 'num_items': run.data.num_items,
-      'num_users': run.data.num_users, 'id_scheme': run.ids.scheme,
-      'model_config': dataclasses.asdict(run.config),
-      'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
-      'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head,
-      'pack_examples': pack_examples},
-      allow_config_change,
-      defaults={'model_config': dataclasses.asdict(models.TransformerConfig()),
-                'pack_examples': False})
-  # After the settings check: a refused start must not touch the run's record.
-  loop.write_json(os.path.join(workdir, evaluate.RUN_CONFIG), {
-      'model_config': dataclasses.asdict(run.config), 'model_class': type(run.config).__name__,
-      'max_history': max_history, 'beam_size': beam_size,
-      'item_scoring': run.config.scores_items, 'constrained_decoding': constrained_decoding,
-      'dataset': run.data.name, 'num_items': run.data.num_items})
+  _record_settings(workdir, run, allow_config_change, optimizer_fn=optimizer_fn,
+                   num_train_steps=num_train_steps, batch_size=batch_size,
+                   max_history=max_history, seed=seed, head=head, pack_examples=pack_examples,
+                   beam_size=beam_size, constrained_decoding=constrained_decoding)
   manager, start, state, train_seconds, finished = _open_run(
       workdir, run, schedule, keep_checkpoints, checkpoint_fallback, retrain, reevaluate)
   if finished == 'results':
@@ -213,22 +201,12 @@ def train(
     writer.flush()
     logging.info('Stopped after step %d as asked; run again to resume.', outcome.step)
     return {'stopped_at_step': outcome.step}
-  train_time = time.time() - t_start
-  best_step = manager.best_step() or manager.latest_step()
-  state = (outcome.state if best_step == outcome.step else
-           checkpoints.restore(manager, best_step, run.trainer.abstract_state)[0])
-  manager.close()
-  results = _run_record(run, id_scheme, outcome, start, best_step, train_time,
-                        num_train_steps, batch_size, final_eval_users, seed)
-  results.update(evaluate.final_results(
-      run.trainer, state.params, {'validation': run.valid, 'test': run.test}, run.ids,
-      beam_size, eval_batch_size, run.trie, workdir=workdir,
-      item_slices=metrics.popularity_slices(run.data.item_target_counts(), *slice_fractions),
-      popular=metrics.popularity_ranking(run.data.item_train_counts(), beam_size),
-      users=final_eval_users, seed=seed, report_unconstrained=report_unconstrained))
-  writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
-                                         for k, v in results[s].items()})
-  writer.flush()
+  results = _final_results(workdir, run, manager, outcome, start, time.time() - t_start,
+                           writer, id_scheme=id_scheme, num_train_steps=num_train_steps,
+                           batch_size=batch_size, final_eval_users=final_eval_users,
+                           seed=seed, beam_size=beam_size, eval_batch_size=eval_batch_size,
+                           slice_fractions=slice_fractions,
+                           report_unconstrained=report_unconstrained)
   _record_results(workdir, results, outcome.step > start)
   return results
 
@@ -451,6 +429,54 @@ def _train_steps(workdir: str, run: _Run, schedule: loop.Schedule, manager, stat
                         eval_fn, train_seconds=train_seconds, writer=writer,
                         log_path=os.path.join(workdir, 'train_log.jsonl'),
                         history_path=os.path.join(workdir, 'eval_history.jsonl'))
+
+
+def _record_settings(workdir: str, run: '_Run', allow_config_change: bool, *,
+                     optimizer_fn: Callable, num_train_steps: int, batch_size: int,
+                     max_history: int, seed: int, head: str, pack_examples: bool,
+                     beam_size: int, constrained_decoding: bool) -> None:
+  """Checks the settings against the run's first start (`loop.check_run_settings`),
+  then writes what `infer` rebuilds the model from."""
+  loop.check_run_settings(workdir, {
+      'dataset': run.data.name, 'num_items': run.data.num_items,
+      'num_users': run.data.num_users, 'id_scheme': run.ids.scheme,
+      'model_config': dataclasses.asdict(run.config),
+      'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
+      'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head,
+      'pack_examples': pack_examples},
+      allow_config_change,
+      defaults={'model_config': dataclasses.asdict(models.TransformerConfig()),
+                'pack_examples': False})
+  # After the settings check: a refused start must not touch the run's record.
+  loop.write_json(os.path.join(workdir, evaluate.RUN_CONFIG), {
+      'model_config': dataclasses.asdict(run.config), 'model_class': type(run.config).__name__,
+      'max_history': max_history, 'beam_size': beam_size,
+      'item_scoring': run.config.scores_items, 'constrained_decoding': constrained_decoding,
+      'dataset': run.data.name, 'num_items': run.data.num_items})
+
+
+def _final_results(workdir: str, run: '_Run', manager, outcome: loop.Outcome, start: int,
+                   train_time: float, writer, *, id_scheme: IdScheme, num_train_steps: int,
+                   batch_size: int, final_eval_users: int | None, seed: int, beam_size: int,
+                   eval_batch_size: int, slice_fractions: tuple[float, float],
+                   report_unconstrained: bool) -> dict:
+  """The best checkpoint's metrics of record and the run's record."""
+  best_step = manager.best_step() or manager.latest_step()
+  state = (outcome.state if best_step == outcome.step else
+           checkpoints.restore(manager, best_step, run.trainer.abstract_state)[0])
+  manager.close()
+  results = _run_record(run, id_scheme, outcome, start, best_step, train_time,
+                        num_train_steps, batch_size, final_eval_users, seed)
+  results.update(evaluate.final_results(
+      run.trainer, state.params, {'validation': run.valid, 'test': run.test}, run.ids,
+      beam_size, eval_batch_size, run.trie, workdir=workdir,
+      item_slices=metrics.popularity_slices(run.data.item_target_counts(), *slice_fractions),
+      popular=metrics.popularity_ranking(run.data.item_train_counts(), beam_size),
+      users=final_eval_users, seed=seed, report_unconstrained=report_unconstrained))
+  writer.write_scalars(num_train_steps, {f'final_{s}/{k}': v for s in ('validation', 'test')
+                                         for k, v in results[s].items()})
+  writer.flush()
+  return results
 
 
 def _run_record(run: _Run, id_scheme: IdScheme, outcome: loop.Outcome, start: int,
