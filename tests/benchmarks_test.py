@@ -452,3 +452,33 @@ def test_incremental_indexing_table_splits_queries_by_old_and_added(tmp_path):
   retrained = 'DSI atomic retrained on all documents (and their training questions)'
   assert by[(retrained, 'old documents')]['seconds'] == 9.0
   assert by[('DSI atomic + added documents', 'all')]['commit'] == 'abc'
+
+
+def test_rows_recorded_before_tables_named_a_commit_get_the_commit_that_wrote_them(
+    tmp_path, monkeypatch):
+  """recorded_commit fills the commit of rows that lack one from git blame (before
+  'command'), keeps the commits rows already name, and rewrites nothing else."""
+  import csv
+  from genrec.benchmarks import recorded_commit
+  git = lambda *a: subprocess.run(['git', '-C', str(tmp_path), *a], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+  git('init', '-q')
+  git('config', 'user.email', 't@example.com')
+  git('config', 'user.name', 't')
+  path = tmp_path / 't.csv'
+  path.write_text('size,ms,command\r\n1,2.5,"python -m x --a=1,2"\r\n')
+  git('add', 't.csv')
+  git('commit', '-qm', 'first row')
+  first = git('rev-parse', 'HEAD')[:12]
+  with open(path, 'a', newline='') as f:
+    f.write('3,4.0,python -m x\r\n')
+  git('commit', '-qam', 'second row')
+  second = git('rev-parse', 'HEAD')[:12]
+  monkeypatch.chdir(tmp_path)
+  assert recorded_commit.add_commits('t.csv') == 2
+  with open(path, newline='') as f:
+    assert list(csv.reader(f)) == [['size', 'ms', 'commit', 'command'],
+                                   ['1', '2.5', first, 'python -m x --a=1,2'],
+                                   ['3', '4.0', second, 'python -m x']]
+  git('commit', '-qam', 'commits named')
+  assert recorded_commit.add_commits('t.csv') == 0  # every row names one already

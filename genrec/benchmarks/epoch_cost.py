@@ -162,7 +162,7 @@ def main(argv):
   date = time.strftime('%Y-%m-%d')
   command = 'python -m genrec.benchmarks.epoch_cost ' + ' '.join(sys.argv[1:])
   for r in rows:
-    r.update(date=date, command=command)
+    r.update(date=date, commit=tables.source_commit(), command=command)
   text = tables.markdown(rows, [k for k in rows[0] if k != 'command'])
   print(text, flush=True)
   if FLAGS.output_dir:

@@ -84,7 +84,7 @@ def bench(num_tokens: int, vocab: int, queries: int) -> dict:
     med, p99 = _latency(fn, grams)
     row |= {f'{name}_median_us': round(med, 1), f'{name}_p99_us': round(p99, 1)}
   row.update(machine=tables.host_summary(), date=time.strftime('%Y-%m-%d'),
-             command='python -m genrec.benchmarks.fm_index ' + ' '.join(sys.argv[1:]))
+             commit=tables.source_commit(), command='python -m genrec.benchmarks.fm_index ' + ' '.join(sys.argv[1:]))
   print(row, flush=True)
   return row
 
@@ -142,7 +142,7 @@ def main(argv):
   if FLAGS.seal_dir:
     row = seal_constraint(FLAGS.seal_dir, FLAGS.seal_queries, FLAGS.seal_batch)
     row.update(machine=tables.host_summary(), date=time.strftime('%Y-%m-%d'),
-               command='python -m genrec.benchmarks.fm_index ' + ' '.join(sys.argv[1:]))
+               commit=tables.source_commit(), command='python -m genrec.benchmarks.fm_index ' + ' '.join(sys.argv[1:]))
     md = tables.markdown([row])
     if FLAGS.output_dir:
       tables.write(md, [row], FLAGS.output_dir, 'seal_constraint')

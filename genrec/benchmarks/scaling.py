@@ -378,7 +378,7 @@ def main(argv):
   if FLAGS.output_dir:
     for name, rows in results.items():
       for r in rows:
-        r.update(machine=machine, date=date, command=command)
+        r.update(machine=machine, date=date, commit=tables.source_commit(), command=command)
       tables.write(tables.markdown(rows), rows, FLAGS.output_dir, f'scaling_{name}')
 
 

@@ -266,7 +266,8 @@ def main(argv):
   print(summary, flush=True)
   if FLAGS.output_dir:
     for r in rows:
-      r.update(date=date, command=command, load_to_first_answer_s=load_s)
+      r.update(date=date, commit=tables.source_commit(), command=command,
+               load_to_first_answer_s=load_s)
     tables.write(summary, rows, FLAGS.output_dir, name)
 
 

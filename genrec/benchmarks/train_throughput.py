@@ -209,7 +209,7 @@ def main(argv):
         result.update(peer_padded_examples_per_s=peer['examples_per_s'],
                       packed_ratio_vs_peer=round(result['packed_examples_per_s']
                                                  / peer['examples_per_s'], 2))
-    result.update(date=time.strftime('%Y-%m-%d'),
+    result.update(date=time.strftime('%Y-%m-%d'), commit=tables.source_commit(),
                   command='python -m genrec.benchmarks.train_throughput '
                   + ' '.join(sys.argv[1:]))
     results.append(result)
