@@ -40,7 +40,7 @@ def tc(tmp_path_factory):
   path = corpus.train_sentencepiece(
       [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)],
       str(root / 'spm'), vocab_size=120)
-  return docgen.TokenizedCollection.build(c, spm.SentencePieceProcessor(model_file=path))
+  return corpus.TokenizedCollection.build(c, spm.SentencePieceProcessor(model_file=path))
 
 
 def test_tokenized_collection_keeps_the_title_once(tc):

@@ -176,7 +176,7 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
   new_config = config
   t0 = time.time()
   if method == 'seal':
-    tc = docgen.TokenizedCollection.build(both, sp)
+    tc = corpus.TokenizedCollection.build(both, sp)
     fm = fm_index.FMIndex.build(tc.doc_tokens, sp.get_piece_size())
     timings['index_s'] = time.time() - t0
     ids = None
@@ -218,7 +218,7 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
   tasks = dsi_tasks or docgen.DsiTasks()
   arrays, n_new_ex, n_old_ex = None, 0, 0
   if replay_steps:
-    tc = docgen.TokenizedCollection.build(both, sp)
+    tc = corpus.TokenizedCollection.build(both, sp)
     arrays, n_new_ex, n_old_ex = _replay_arrays(tc, ids, shift, tasks, old.num_docs,
                                                 run['input_len'], seed, replay_ratio)
   else:  # the updated parameters are saved as a checkpoint of step 0
@@ -235,7 +235,7 @@ def add(workdir: str, retriever: str = gin.REQUIRED, documents: str = gin.REQUIR
       replay_steps, replay_batch_size, seed, 50, settings, lambda _: host)
   timings['replay_s'] = replay_s or 0.0
   # The run folder's serving inputs, as the retrieval run mode writes them.
-  tc_files = docgen.TokenizedCollection(both, sp, [], np.zeros(0), {})
+  tc_files = corpus.TokenizedCollection(both, sp, [], np.zeros(0), {})
   if jax.process_index() == 0:
     docgen.save_serving_inputs(
         workdir, tc_files, method, new_config, run['input_len'], run['beam_size'], ids=ids,
@@ -280,7 +280,7 @@ def evaluate(workdir: str, pred, mesh, params, run: dict, config: models.Transfo
   inputs = seq2seq.pad([sp.encode(ev.queries[q]) for q in qids], run['input_len'])
   if run['method'] == 'seal':
     allowed = fm_index.NGramConstraint(fm, config.vocab_size)
-    tc = docgen.TokenizedCollection(both, sp, [], np.zeros(0), {})
+    tc = corpus.TokenizedCollection(both, sp, [], np.zeros(0), {})
 
     def search(qids, inputs):
       seqs, logp = docgen.seal_search(pred, params, mesh, inputs, allowed, run['beam_size'],

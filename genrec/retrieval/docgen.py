@@ -38,7 +38,6 @@ from absl import logging
 import gin
 import jax
 import numpy as np
-import sentencepiece as spm
 
 from genrec import (config_check, constraints, fm_index, loop, models, partitioning, seal,
                     text_encoder, trainer)
@@ -49,49 +48,6 @@ from genrec.ids import (EOS_ID, HierarchicalKMeansIds, ItemIds, NUM_RESERVED_TOK
 from genrec.ids.extend import residual_codebooks
 
 METHODS = ('dsi_atomic', 'dsi_naive', 'dsi_semantic', 'seal')
-
-
-# ---------------------------------------------------------------------------
-# Tokenized collection
-# ---------------------------------------------------------------------------
-@dataclasses.dataclass
-class TokenizedCollection:
-  """A collection with its SentencePiece tokens (or WordPiece ones:
-  `text_encoder.WordPieceVocabulary` has the interface used of `sp`).
-
-  doc_tokens[i]: the document's title and text (the title once: cranfield's
-  texts repeat it) as token ids >= 1; title_lengths[i]: how many of those
-  tokens are the title (0 when it has none or the text does not start with it).
-  """
-  collection: corpus.Collection
-  sp: spm.SentencePieceProcessor
-  doc_tokens: list[np.ndarray]
-  title_lengths: np.ndarray
-  query_tokens: dict[str, np.ndarray]
-
-  @property
-  def text_vocab_size(self) -> int:
-    return self.sp.get_piece_size()
-
-  @property
-  def tokens(self) -> str:
-    kind = 'WordPiece' if isinstance(self.sp, text_encoder.WordPieceVocabulary) else (
-        'SentencePiece')
-    return f'{kind} {self.text_vocab_size}'
-
-  @classmethod
-  def build(cls, c: corpus.Collection, sp: spm.SentencePieceProcessor
-            ) -> 'TokenizedCollection':
-    docs, title_lengths = [], []
-    for i in range(c.num_docs):
-      title, text = c.titles[i].strip(), c.texts[i].strip()
-      title_toks = sp.encode(title) if title else []
-      full = corpus.document_text(title, text)
-      toks = sp.encode(full) if full else []
-      docs.append(np.asarray(toks or [sp.unk_id()], np.int32))
-      title_lengths.append(len(title_toks) if toks[:len(title_toks)] == title_toks else 0)
-    queries = {q: np.asarray(sp.encode(t), np.int32) for q, t in c.queries.items()}
-    return cls(c, sp, docs, np.asarray(title_lengths), queries)
 
 
 def _random_spans(tokens: np.ndarray, length: int, num: int, rng: np.random.Generator
@@ -162,7 +118,7 @@ def identifiers_label(method: str, tasks: DsiTasks, ngram_len: int = 0) -> str:
   return plain + (f' + title prefix ({tasks.title_len} tokens)' if tasks.title_len else '')
 
 
-def docids(method: str, tc: TokenizedCollection, tasks: DsiTasks,
+def docids(method: str, tc: corpus.TokenizedCollection, tasks: DsiTasks,
            cache_dir: str | None = None, model_dir: str | None = None) -> ItemIds:
   """The docids of a DSI method; item id i + 1 is document i. Semantic docids
   cluster the documents' embeddings by the sentence encoder in `model_dir`
@@ -213,7 +169,7 @@ def document_embeddings(c: corpus.Collection, cache_dir: str | None = None,
   return emb
 
 
-def dsi_examples(tc: TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTasks,
+def dsi_examples(tc: corpus.TokenizedCollection, ids: ItemIds, shift: int, tasks: DsiTasks,
                  split: str, input_len: int, seed: int,
                  pseudo: list[list[np.ndarray]] | None = None) -> dict[str, np.ndarray]:
   """Indexing (document prefix, title, random spans and the document's
@@ -258,7 +214,7 @@ def settings_repr(tasks) -> str:
           + ', '.join(f'{f.name}={getattr(tasks, f.name)!r}' for f in shown) + ')')
 
 
-def title_codes(tc: TokenizedCollection, title_len: int) -> tuple[np.ndarray, np.ndarray]:
+def title_codes(tc: corpus.TokenizedCollection, title_len: int) -> tuple[np.ndarray, np.ndarray]:
   """(int32 [num_docs, title_len]: each document's first `title_len` title
   tokens, EOS-padded; bool [num_docs]: whether it has a title)."""
   codes = np.full((tc.collection.num_docs, title_len), EOS_ID, np.int32)
@@ -332,7 +288,7 @@ def _overlapping_ngrams(doc: np.ndarray, query: np.ndarray, length: int, k: int
   return [doc[s:s + length] for s in chosen]
 
 
-def seal_examples(tc: TokenizedCollection, tasks: SealTasks, split: str, input_len: int,
+def seal_examples(tc: corpus.TokenizedCollection, tasks: SealTasks, split: str, input_len: int,
                   seed: int, pseudo: list[list[np.ndarray]] | None = None
                   ) -> dict[str, np.ndarray]:
   """(query -> title and the n-grams that overlap it most) for the train
@@ -368,7 +324,7 @@ SealScorer = gin.configurable(seal.SealScorer)
 
 
 def rescore_seal(qids: list[str], seqs: np.ndarray, logp: np.ndarray, scorer: SealScorer,
-                 tc: TokenizedCollection, fm: fm_index.FMIndex, k: int = 100):
+                 tc: corpus.TokenizedCollection, fm: fm_index.FMIndex, k: int = 100):
   """Ranks documents for decoded n-grams (seqs int [q, beam, L], per-token
   log-probs [q, beam, L]) with `scorer`.
 
@@ -425,7 +381,7 @@ DOC_IDS = 'doc_ids.txt'
 FM_INDEX = 'fm_index'
 
 
-def save_serving_inputs(workdir: str, tc: TokenizedCollection, method: str,
+def save_serving_inputs(workdir: str, tc: corpus.TokenizedCollection, method: str,
                         config: models.TransformerConfig, input_len: int, beam_size: int, *,
                         ids: ItemIds | None = None, shift: int = 0,
                         fm: fm_index.FMIndex | None = None, extra: dict | None = None) -> None:
@@ -454,7 +410,7 @@ def save_serving_inputs(workdir: str, tc: TokenizedCollection, method: str,
 @gin.configurable(denylist=['method', 'tc', 'workdir'])
 def train_and_evaluate(
     method: str,
-    tc: TokenizedCollection,
+    tc: corpus.TokenizedCollection,
     workdir: str,
     model_config: models.TransformerConfig = models.TransformerConfig(),
     optimizer_fn: Callable = trainer.make_optimizer,
@@ -536,7 +492,7 @@ def train_and_evaluate(
           "architecture 'encoder_decoder' (it writes <cache>/query_generator-*/queries.jsonl) "
           'and give that file to this run as pseudo_queries.QueryGeneration.queries_file.')
     if not isinstance(tc.sp, text_encoder.WordPieceVocabulary):
-      tc = TokenizedCollection.build(c, text_encoder.WordPieceVocabulary(checkpoint))
+      tc = corpus.TokenizedCollection.build(c, text_encoder.WordPieceVocabulary(checkpoint))
       fm = None  # the caller's FM-index is over the other tokens: SEAL builds its own
   loop.make_workdir(workdir)
   v = tc.text_vocab_size

@@ -358,7 +358,7 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
     corpus.train_sentencepiece([corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)],
                                model[:-len('.model')], vocab_size)
   sp = spm.SentencePieceProcessor(model_file=model)
-  tc = docgen.TokenizedCollection.build(c, sp)
+  tc = corpus.TokenizedCollection.build(c, sp)
   fm = fm_index.FMIndex.build(tc.doc_tokens, sp.get_piece_size())
   rows, title = [], f'{collection}, {split} queries'
 
