@@ -7,7 +7,7 @@ its title -> the title), then writes `num_queries` queries per document: the
 beams of one beam search over the text vocabulary, or (`decoding = 'sample'`)
 independent top-k samples, as DSI-QG draws them (beams of a small generator
 mostly repeat its training queries; samples are more diverse). DSI and SEAL add them to
-their indexing examples (`docgen.dsi_examples`, `docgen.seal_examples`), so
+their indexing examples (`dsi.examples`, `seal_method.examples`), so
 that the retrieval model sees query-like inputs for every document, not
 only for the few with training queries.
 
