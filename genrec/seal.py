@@ -1,5 +1,5 @@
 """SEAL's n-gram identifiers at inference, shared by training-time evaluation
-(`genrec.retrieval.docgen`) and the server (`genrec.serve`): the document
+(`genrec.retrieval.seal_method`) and the server (`genrec.serve`): the document
 scorer (`SealScorer`), the prefixes of decoded n-grams it reads
 (`prefix_ngrams`), and `SealRetriever`, which answers queries from a SEAL
 serving directory (`genrec.retrieval.export`) with the FM-index on the host.

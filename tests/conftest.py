@@ -35,7 +35,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # xdist workers then end together on short tests instead of one of them
 # finishing a long test alone.
 SLOW_MODULES = ('multiprocess_test.py', 'launch_test.py', 'export_test.py', 'docgen_test.py',
-                'serve_test.py')
+                'serve_test.py', 'pseudo_queries_test.py')
 
 
 def pytest_collection_modifyitems(items):
@@ -91,3 +91,42 @@ def tiny_bert_dir(tmp_path_factory) -> str:
     tensors[p + name + '.weight'], tensors[p + name + '.bias'] = 1 + w(h), w(h)
   save_file(tensors, str(folder / 'model.safetensors'))
   return str(folder)
+
+
+@pytest.fixture(scope='session')
+def tc(tmp_path_factory):
+  """A toy collection for the retrieval tests, tokenized: 16 documents with
+  distinctive titles; query i is doc i's title (train: even i, test: odd i)."""
+  import json
+  import numpy as np
+  import sentencepiece as spm
+  from genrec.retrieval import corpus
+  root = tmp_path_factory.mktemp('data')
+  rng = np.random.default_rng(0)
+  common = [f'word{j}' for j in range(30)]
+  docs, queries, lines = [], [], {'train': '', 'test': ''}
+  for i in range(16):
+    title = f'topic{i} subject{i} matter{i}'
+    text = title + ' ' + ' '.join(rng.choice(common, 20))
+    docs.append({'_id': str(i + 1), 'title': title, 'text': text})
+    queries.append({'_id': f'q{i}', 'text': title})
+    lines['train' if i % 2 == 0 else 'test'] += f'q{i}\t{i + 1}\t1\n'
+  folder = root / 'toy'
+  (folder / 'qrels').mkdir(parents=True)
+  (folder / 'corpus.jsonl').write_text('\n'.join(map(json.dumps, docs)) + '\n')
+  (folder / 'queries.jsonl').write_text('\n'.join(map(json.dumps, queries)) + '\n')
+  for split, body in lines.items():
+    (folder / 'qrels' / f'{split}.tsv').write_text('query-id\tcorpus-id\tscore\n' + body)
+  c = corpus.load_beir('toy', str(root))
+  path = corpus.train_sentencepiece(
+      [corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)],
+      str(root / 'spm'), vocab_size=120)
+  return corpus.TokenizedCollection.build(c, spm.SentencePieceProcessor(model_file=path))
+
+
+def tiny_encoder_decoder():
+  """The retrieval tests' encoder-decoder config: one layer each way, 32 wide."""
+  from genrec import models
+  return models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                  num_encoder_layers=1, num_decoder_layers=1,
+                                  dropout_rate=0.0)

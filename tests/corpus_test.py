@@ -159,3 +159,12 @@ def test_missing_and_malformed_collection_files_are_named(tmp_path):
   (root / 'queries.jsonl').write_text('[1, 2]\n')
   with pytest.raises(corpus.CollectionError, match=r'queries.jsonl:1: expected a JSON object'):
     corpus.load_beir('c', str(tmp_path))
+
+
+def test_tokenized_collection_keeps_the_title_once(tc):
+  assert corpus.document_text('a b', 'a b c') == 'a b c'
+  assert corpus.document_text('t', 'x y') == 't x y'
+  assert (tc.title_lengths > 0).all()
+  for toks, n in zip(tc.doc_tokens, tc.title_lengths):
+    assert tc.sp.decode(toks[:n].tolist()).startswith('topic')
+    assert tc.sp.decode(toks.tolist()).count('topic') == 1

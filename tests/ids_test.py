@@ -12,7 +12,8 @@ def _data(n_items=500):
   return sequences.SequenceData('toy', n_items, (np.array([1, 2, 3]),))
 
 
-@pytest.mark.parametrize('scheme', [ids.AtomicIds(), ids.RandomCodeIds(num_levels=2),
+@pytest.mark.parametrize('scheme', [ids.AtomicIds(), ids.NaiveDigitIds(),
+                                    ids.RandomCodeIds(num_levels=2),
                                     ids.RandomCodeIds(num_levels=3, codebook_size=16, seed=4)])
 def test_scheme_gives_unique_in_range_round_trippable_ids(scheme, tmp_path):
   data = _data()
@@ -33,6 +34,17 @@ def test_scheme_gives_unique_in_range_round_trippable_ids(scheme, tmp_path):
   loaded = ids.ItemIds.load(str(tmp_path))
   np.testing.assert_array_equal(loaded.codes, item_ids.codes)
   assert loaded.level_sizes == item_ids.level_sizes and loaded.scheme == item_ids.scheme
+
+
+def test_naive_digits_are_the_external_numbers_else_the_item_ids():
+  def data(keys):
+    return dataclasses.replace(_data(len(keys)), item_keys=('', *keys))
+  numbered = ids.NaiveDigitIds().fit(data(['7', '12', '3']))
+  assert numbered.scheme == 'naive-2-digits' and numbered.level_sizes == (10, 10)
+  assert numbered.codes[1:].tolist() == [[0, 7], [1, 2], [0, 3]]
+  # Keys that are not distinct numbers: the item ids 1..n.
+  for keys in (['a', 'b', 'c'], ['5', '05', '6']):
+    assert ids.NaiveDigitIds().fit(data(keys)).codes[1:].tolist() == [[1], [2], [3]]
 
 
 def test_tokens_that_name_no_item_map_to_zero():

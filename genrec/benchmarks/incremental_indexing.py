@@ -101,7 +101,7 @@ def held_out_articles(c: corpus.Collection, fraction: float, seed: int) -> set[s
 
 
 def embeddings_cache_name(name: str, titles: list[str], texts: list[str]) -> str:
-  """The file name under which `docgen.document_embeddings` caches a
+  """The file name under which `dsi.document_embeddings` caches a
   collection's MiniLM embeddings (the default encoder)."""
   key = [corpus.document_text(t, x) for t, x in zip(titles, texts)]
   return f'{name}-doc-minilm-{hashlib.sha256(chr(0).join(key).encode()).hexdigest()[:16]}.npy'

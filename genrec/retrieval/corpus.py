@@ -173,6 +173,53 @@ def document_text(title: str, text: str) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Tokenized collection
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class TokenizedCollection:
+  """A collection with its SentencePiece tokens (or WordPiece ones:
+  `text_encoder.WordPieceVocabulary` has the interface used of `sp`).
+
+  doc_tokens[i]: the document's title and text (the title once: cranfield's
+  texts repeat it) as token ids >= 1; title_lengths[i]: how many of those
+  tokens are the title (0 when it has none or the text does not start with it).
+  """
+  collection: Collection
+  sp: spm.SentencePieceProcessor
+  doc_tokens: list[np.ndarray]
+  title_lengths: np.ndarray
+  query_tokens: dict[str, np.ndarray]
+
+  @property
+  def text_vocab_size(self) -> int:
+    return self.sp.get_piece_size()
+
+  @property
+  def tokens(self) -> str:
+    """'SentencePiece <size>' or 'WordPiece <size>', for a results row."""
+    # Imported here: the encoder pulls in jax and flax, which readers of
+    # collections and BM25 do not need.
+    from genrec import text_encoder
+    kind = 'WordPiece' if isinstance(self.sp, text_encoder.WordPieceVocabulary) else (
+        'SentencePiece')
+    return f'{kind} {self.text_vocab_size}'
+
+  @classmethod
+  def build(cls, c: Collection, sp: spm.SentencePieceProcessor) -> 'TokenizedCollection':
+    """Tokenizes the documents (title, then text) and the queries of `c` with `sp`."""
+    docs, title_lengths = [], []
+    for i in range(c.num_docs):
+      title, text = c.titles[i].strip(), c.texts[i].strip()
+      title_toks = sp.encode(title) if title else []
+      full = document_text(title, text)
+      toks = sp.encode(full) if full else []
+      docs.append(np.asarray(toks or [sp.unk_id()], np.int32))
+      title_lengths.append(len(title_toks) if toks[:len(title_toks)] == title_toks else 0)
+    queries = {q: np.asarray(sp.encode(t), np.int32) for q, t in c.queries.items()}
+    return cls(c, sp, docs, np.asarray(title_lengths), queries)
+
+
+# ---------------------------------------------------------------------------
 # Text vocabulary
 # ---------------------------------------------------------------------------
 def train_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int = 8000,

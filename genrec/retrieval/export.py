@@ -40,14 +40,14 @@ from flax import nnx
 
 from genrec import constraints, decoding, export_lib, models, partitioning, predictor
 from genrec.ids import ItemIds
-from genrec.retrieval import docgen
+from genrec.retrieval import run_folder
 
 
 def tokenizer_file(workdir: str) -> tuple[str, str]:
   """(file name, kind) of a run folder's query tokenizer: ('spm.model',
   'sentencepiece'), or ('tokenizer.json', 'wordpiece') for runs of the
   pretrained encoder; ('', '') when it has neither."""
-  for name, kind in ((docgen.SPM_MODEL, 'sentencepiece'), (docgen.WORDPIECE, 'wordpiece')):
+  for name, kind in ((run_folder.SPM_MODEL, 'sentencepiece'), (run_folder.WORDPIECE, 'wordpiece')):
     if os.path.exists(os.path.join(workdir, name)):
       return name, kind
   return '', ''
@@ -55,11 +55,11 @@ def tokenizer_file(workdir: str) -> tuple[str, str]:
 
 def load(workdir: str, mesh_fn=partitioning.make_mesh):
   """(retrieval_run.json, model config, Predictor, params, step) of a run folder."""
-  path = os.path.join(workdir, docgen.SERVING_RUN)
+  path = os.path.join(workdir, run_folder.SERVING_RUN)
   if not (all(os.path.exists(os.path.join(workdir, name))
-              for name in (docgen.SERVING_RUN, docgen.DOC_IDS)) and tokenizer_file(workdir)[0]):
-    raise ValueError(f'{workdir} lacks {docgen.SERVING_RUN}, {docgen.DOC_IDS} or '
-                     f'{docgen.SPM_MODEL} ({docgen.WORDPIECE} for runs of the pretrained '
+              for name in (run_folder.SERVING_RUN, run_folder.DOC_IDS)) and tokenizer_file(workdir)[0]):
+    raise ValueError(f'{workdir} lacks {run_folder.SERVING_RUN}, {run_folder.DOC_IDS} or '
+                     f'{run_folder.SPM_MODEL} ({run_folder.WORDPIECE} for runs of the pretrained '
                      'encoder): --workdir must be the folder of one trained method '
                      '(dsi_atomic, dsi_naive, dsi_semantic or seal) of the retrieval run mode, '
                      'e.g. runs/retrieval/dsi_semantic; a folder from before these files '
@@ -91,7 +91,7 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   """
   run, config, pred, params, step = load(workdir)
   if run.get('title_len'):
-    raise ValueError(f'{workdir} is a DSI run with title identifiers (docgen.DsiTasks.'
+    raise ValueError(f'{workdir} is a DSI run with title identifiers (dsi.DsiTasks.'
                      'title_len); its served form (two searches and their fusion) is not '
                      'exported yet: export a run without title_len.')
   width, num_docs = run['input_len'], run['num_docs']
@@ -115,7 +115,7 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
       'tokenizer_kind': kind}
   write = functools.partial(export_lib.write, output_dir or os.path.join(workdir, 'serving'),
                             version=step, platforms=platforms,
-                            item_keys=os.path.join(workdir, docgen.DOC_IDS))
+                            item_keys=os.path.join(workdir, run_folder.DOC_IDS))
   if run['method'] == 'seal':
     out = _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir)
   else:
@@ -213,10 +213,10 @@ def _export_seal(write, run, config, pred, params, k, query, manifest, files, wo
   state = tuple(export_lib.Tensor(name, str(x.dtype), ('batch', *x.shape[1:]))
                 for name, x in zip(names, shapes))
   allowed = export_lib.Tensor('allowed', 'bool', ('batch', beam, config.vocab_size))
-  index_dir = os.path.join(workdir, docgen.FM_INDEX)
+  index_dir = os.path.join(workdir, run_folder.FM_INDEX)
   for name in sorted(os.listdir(index_dir)):
     with open(os.path.join(index_dir, name), 'rb') as f:
-      files[f'{docgen.FM_INDEX}/{name}'] = f.read()
+      files[f'{run_folder.FM_INDEX}/{name}'] = f.read()
   return write(
       start, arrays, (query,), state, {
           **manifest,
@@ -224,9 +224,9 @@ def _export_seal(write, run, config, pred, params, k, query, manifest, files, wo
                       'SealRetriever runs the loop and scores the documents)'},
           'decoding': f'{steps} steps of beam search over n-grams of the corpus: the allowed '
                       'tokens of each beam come from the FM-index on the host '
-                      f'({docgen.FM_INDEX}/) between device steps',
+                      f'({run_folder.FM_INDEX}/) between device steps',
           'k': k, 'ngram_len': steps, 'vocab_size': config.vocab_size,
-          'scorer': run['scorer'], 'fm_index': docgen.FM_INDEX},
+          'scorer': run['scorer'], 'fm_index': run_folder.FM_INDEX},
       signatures=(), files=files,
       functions={'step': (step, (*state, allowed, export_lib.Tensor('step', 'int32', ())),
                           state[:4])})

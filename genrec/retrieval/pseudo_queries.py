@@ -7,7 +7,7 @@ its title -> the title), then writes `num_queries` queries per document: the
 beams of one beam search over the text vocabulary, or (`decoding = 'sample'`)
 independent top-k samples, as DSI-QG draws them (beams of a small generator
 mostly repeat its training queries; samples are more diverse). DSI and SEAL add them to
-their indexing examples (`docgen.dsi_examples`, `docgen.seal_examples`), so
+their indexing examples (`dsi.examples`, `seal_method.examples`), so
 that the retrieval model sees query-like inputs for every document, not
 only for the few with training queries.
 
@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from absl import logging
 import gin
@@ -41,9 +40,6 @@ import numpy as np
 
 from genrec import models, partitioning
 from genrec.retrieval import corpus, seq2seq
-
-if TYPE_CHECKING:
-  from genrec.retrieval.docgen import TokenizedCollection
 
 EOS = 1  # corpus.train_sentencepiece: 0 pad, 1 eos, 2 unk
 
@@ -128,7 +124,7 @@ DECODINGS = ('beam', 'sample')
 _DECODING_FIELDS = ('decoding', 'top_k', 'temperature')
 
 
-def generator_examples(tc: 'TokenizedCollection', split: str, input_len: int,
+def generator_examples(tc: corpus.TokenizedCollection, split: str, input_len: int,
                        query_len: int) -> dict[str, np.ndarray]:
   """(document's first tokens -> query) per `split` qrels pair, and
   (document's text after its title -> title) per document with one."""
@@ -148,7 +144,7 @@ def generator_examples(tc: 'TokenizedCollection', split: str, input_len: int,
   return arrays
 
 
-def _digest(tc: 'TokenizedCollection', split: str, settings: dict) -> str:
+def _digest(tc: corpus.TokenizedCollection, split: str, settings: dict) -> str:
   h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
   for toks in tc.doc_tokens:
     h.update(np.asarray(toks, np.int32).tobytes() + b'|')
@@ -156,7 +152,7 @@ def _digest(tc: 'TokenizedCollection', split: str, settings: dict) -> str:
   return h.hexdigest()[:16]
 
 
-def generate(tc: 'TokenizedCollection', qg: QueryGeneration, directory: str,
+def generate(tc: corpus.TokenizedCollection, qg: QueryGeneration, directory: str,
              model_config: models.TransformerConfig, optimizer_fn: Callable,
              mesh_fn: Callable, input_len: int, train_split: str = 'train', seed: int = 0,
              log_every_steps: int = 200) -> list[list[np.ndarray]]:
@@ -224,7 +220,7 @@ def _cut(beams: np.ndarray, vocab: int, unique: bool = False) -> list[np.ndarray
   return queries
 
 
-def _write_text(tc: 'TokenizedCollection', tokens: np.ndarray, vocab: int, path: str,
+def _write_text(tc: corpus.TokenizedCollection, tokens: np.ndarray, vocab: int, path: str,
                 unique: bool) -> None:
   """The generated queries as text (`queries_file` format), for reading and
   for retrievers with another tokenizer."""
@@ -241,7 +237,7 @@ def file_digest(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def read(tc: 'TokenizedCollection', qg: QueryGeneration) -> list[list[np.ndarray]]:
+def read(tc: corpus.TokenizedCollection, qg: QueryGeneration) -> list[list[np.ndarray]]:
   """The pseudo-queries of `qg.queries_file`, per document of `tc` (in
   order), tokenized by `tc`'s tokenizer; at most `qg.num_queries` each when
   that is > 0."""
@@ -274,7 +270,7 @@ def read(tc: 'TokenizedCollection', qg: QueryGeneration) -> list[list[np.ndarray
   return out
 
 
-def diversity(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
+def diversity(tc: corpus.TokenizedCollection, pseudo: list[list[np.ndarray]],
               train_split: str = 'train') -> dict[str, float]:
   """How varied the pseudo-queries are: the share of distinct token sequences
   among all of them (over the collection), and the share that copy a
@@ -288,7 +284,7 @@ def diversity(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
           'pseudo_train_copies': round(sum(q in train for q in every) / n, 4)}
 
 
-def round_trip_filter(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
+def round_trip_filter(tc: corpus.TokenizedCollection, pseudo: list[list[np.ndarray]],
                       top_k: int) -> list[list[np.ndarray]]:
   """The pseudo-queries for which BM25 over `tc`'s documents (in its own
   tokens) ranks their document within the top `top_k` (QueryGeneration
@@ -298,6 +294,6 @@ def round_trip_filter(tc: 'TokenizedCollection', pseudo: list[list[np.ndarray]],
           for i, queries in enumerate(pseudo)]
 
 
-def decode(tc: 'TokenizedCollection', queries: list[np.ndarray]) -> list[str]:
+def decode(tc: corpus.TokenizedCollection, queries: list[np.ndarray]) -> list[str]:
   """The text of token arrays (to read what the generator wrote)."""
   return [tc.sp.decode(q.tolist()) for q in queries]

@@ -4,7 +4,8 @@ collection (`python main.py --gin_file=gin/runs/retrieval.gin --workdir=...`).
 Trains the collection's SentencePiece vocabulary, then one row per method,
 all scored on the same queries: BM25 over that tokenization (the reference),
 the three DSI docid schemes and SEAL-style n-gram identifiers
-(`genrec.retrieval.docgen`), each trained with the gin files' budget.
+(`genrec.retrieval.docgen`: `dsi`, `seal_method`), each trained with the gin
+files' budget.
 Metrics: Recall@1/10/100, nDCG@10, MRR@10, and p_vs_bm25 (a paired
 randomization test of each generative or hybrid row's per-query nDCG@10
 against BM25's, `significance`; p_r@1_vs_bm25 and p_mrr@10_vs_bm25 the same
@@ -28,7 +29,7 @@ import jax
 import sentencepiece as spm
 
 from genrec import fm_index, loop, tables
-from genrec.retrieval import corpus, docgen, fusion, significance
+from genrec.retrieval import corpus, docgen, dsi, fusion, significance
 
 METHODS = ('bm25', 'bm25_words', *docgen.METHODS, 'hybrid')
 # The paired tests of a row against BM25: column -> per-query metric.
@@ -155,22 +156,28 @@ def compare_runs(base: str, other: str, qrels: dict[str, set[str]], split: str =
   return out
 
 
+def _recorded_semantic_docids(row: dict):
+  """The semantic docids of a row's command from before they were a scheme
+  object: its DsiTasks.semantic_* bindings, else their defaults then."""
+  fields = {'semantic_scheme': 'hierarchical', 'semantic_levels': 3, 'semantic_branching': 10}
+  for name, default in fields.items():
+    bound = re.search(rf"DsiTasks\.{name}\s*=\s*'?(\w+)", str(row.get('command', '')))
+    if bound:
+      fields[name] = type(default)(bound.group(1))
+  return dsi.kmeans_docids(fields['semantic_scheme'], fields['semantic_levels'],
+                           fields['semantic_branching'])
+
+
 def _identifiers_cell(row: dict) -> str:
   """The row's identifiers. Rows from before `identifiers` named the DSI
   scheme: 'docid' for all three (or nothing, with SEAL's n-grams); the
   scheme comes from the method and the DsiTasks bindings in the command."""
   method, ident = _generative_method(row), row.get('identifiers') or ''
-  if not method or row.get('training', 'none') == 'none':
+  if not method or row.get('training', 'none') == 'none' or (
+      ident and not ident.startswith('docid')):
     return ident
-  if method == 'seal' or (ident and not ident.startswith('docid')):
-    return ident or docgen.PLAIN_IDENTIFIERS['seal']
-  fields = {f.name: f.default for f in dataclasses.fields(docgen.DsiTasks)}
-  for name in ('semantic_scheme', 'semantic_levels', 'semantic_branching'):
-    bound = re.search(rf"DsiTasks\.{name}\s*=\s*'?(\w+)", str(row.get('command', '')))
-    if bound:
-      fields[name] = type(fields[name])(bound.group(1))
-  return (docgen.identifiers_label(method, docgen.DsiTasks(**fields)) +
-          (ident[len('docid'):] if ident.startswith('docid') else ''))
+  m = docgen.make_method(method, dsi_semantic_docids=_recorded_semantic_docids(row))
+  return m.base_identifiers + ident[len('docid'):]
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
@@ -211,7 +218,7 @@ def _grid_entry(row: dict, summary: dict, hybrids: list[dict], bm25: float | Non
             ('†' if p not in (None, '') and float(p) < significance.ALPHA else ''))
 
   budget = re.match(r'\d+ x \d+', str(row.get('training', '')))
-  ident, plain = summary['identifiers'], docgen.PLAIN_IDENTIFIERS[row['method']]
+  ident, plain = summary['identifiers'], docgen.make_method(row['method']).plain_identifiers
   # SEAL's n-gram length is its method's setting, not an addition of the run.
   ident = '' if row['method'] == 'seal' else (
       ident[len(plain):].lstrip(', ') if ident.startswith(plain) else ident)
@@ -324,6 +331,67 @@ def hybrid_rows(workdir: str, c: corpus.Collection, split: str, rows: list[dict]
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Table:
+  """What the rows of one invocation share: the run folder, the collection
+  and its `split` (with `dev` held out), its tokenizations and FM-index."""
+  workdir: str
+  c: corpus.Collection
+  split: str
+  dev: tuple[str, ...]
+  sp: spm.SentencePieceProcessor
+  tc: corpus.TokenizedCollection
+  fm: fm_index.FMIndex
+  queries_file: str | None
+
+  def tested(self, row: dict) -> dict:
+    """`row` with its paired tests against BM25 (`with_p_vs_bm25`) and
+    provenance; on process 0, which writes the run files and tables."""
+    row = {**row, **tables.provenance()}
+    if jax.process_index() > 0:
+      return row
+    return with_p_vs_bm25(self.workdir, row, self.c.qrels[self.split], self.split)
+
+
+def _measured(row_fn):
+  """A row function made a METHODS entry: its row with the process's peak
+  memory so far (this method and those before it), tested."""
+  def rows_fn(t: _Table, method: str, rows: list[dict]) -> dict:
+    del rows  # a row of its own
+    row = row_fn(t, method)
+    return t.tested({**row, 'peak_rss_gib': round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
+  return rows_fn
+
+
+def _bm25(t: _Table, method: str) -> dict:
+  return corpus.bm25_row(t.c, t.sp, t.split, os.path.join(t.workdir, method), t.dev)
+
+
+def _bm25_words(t: _Table, method: str) -> dict:
+  words = corpus.WordTokenizer([corpus.document_text(a, x) for a, x in zip(t.c.titles, t.c.texts)])
+  return corpus.bm25_row(t.c, words, t.split, os.path.join(t.workdir, method))
+
+
+def _generative(t: _Table, method: str) -> dict:
+  return docgen.train_and_evaluate(docgen.make_method(method), t.tc,
+                                   os.path.join(t.workdir, method), eval_split=t.split, fm=t.fm,
+                                   cache_dir=os.path.join(t.workdir, 'cache'),
+                                   queries_file=t.queries_file, run_splits=t.dev)
+
+
+def _hybrids(t: _Table, method: str, rows: list[dict]) -> list[dict]:
+  del method
+  return [t.tested(r) for r in hybrid_rows(t.workdir, t.c, t.split, rows)]
+
+
+# Each name of METHODS -> (table, name, rows so far) -> its row (saved as
+# <method>/row.json), or the hybrids' rows (saved together as hybrid/row.json).
+ROWS = {'bm25': _measured(_bm25), 'bm25_words': _measured(_bm25_words),
+        **{m: _measured(_generative) for m in docgen.METHODS}, 'hybrid': _hybrids}
+assert tuple(ROWS) == METHODS
+
+
 def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None,
         split: str = 'test', vocab_size: int = 8000,
         methods: Sequence[str] = METHODS, queries_file: str | None = None,
@@ -358,41 +426,18 @@ def run(workdir: str, collection: str = 'cranfield', data_dir: str | None = None
     corpus.train_sentencepiece([corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)],
                                model[:-len('.model')], vocab_size)
   sp = spm.SentencePieceProcessor(model_file=model)
-  tc = docgen.TokenizedCollection.build(c, sp)
+  tc = corpus.TokenizedCollection.build(c, sp)
   fm = fm_index.FMIndex.build(tc.doc_tokens, sp.get_piece_size())
+  table = _Table(workdir, c, split, dev, sp, tc, fm, queries_file)
   rows, title = [], f'{collection}, {split} queries'
-
-  def tested(row: dict) -> dict:  # on process 0, which writes the run files and tables
-    return with_p_vs_bm25(workdir, row, c.qrels[split], split) if jax.process_index() == 0 else row
-
   for i, method in enumerate(methods):
     logging.info('[%d/%d] %s', i + 1, len(methods), method)
-    if method == 'hybrid':
-      hybrid = [tested({**r, **tables.provenance()}) for r in hybrid_rows(workdir, c, split, rows)]
-      if jax.process_index() == 0:
-        with open(row_path(workdir, method), 'w') as f:
-          json.dump(hybrid, f, indent=1)
-      rows += hybrid
-      md = write_table(rows, workdir, title)
-      continue
-    if method == 'bm25':
-      row = corpus.bm25_row(c, sp, split, os.path.join(workdir, method), dev)
-    elif method == 'bm25_words':
-      words = corpus.WordTokenizer([corpus.document_text(t, x) for t, x in zip(c.titles, c.texts)])
-      row = corpus.bm25_row(c, words, split, os.path.join(workdir, method))
-    else:
-      row = docgen.train_and_evaluate(method, tc, os.path.join(workdir, method),
-                                      eval_split=split, fm=fm,
-                                      cache_dir=os.path.join(workdir, 'cache'),
-                                      queries_file=queries_file, run_splits=dev)
-    # The process's peak memory so far (this method and those before it).
-    row = tested({**row, 'peak_rss_gib': round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **tables.provenance()})
+    saved = ROWS[method](table, method, rows)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(row_path(workdir, method)), exist_ok=True)
       with open(row_path(workdir, method), 'w') as f:
-        json.dump(row, f, indent=1)
-    rows.append(row)
+        json.dump(saved, f, indent=1)
+    rows += saved if isinstance(saved, list) else [saved]
     md = write_table(rows, workdir, title)  # the table so far, after every method
   if jax.process_index() == 0:
     print(md, flush=True)

@@ -1,6 +1,6 @@
 """The encoder-decoders of the retrieval application: (input tokens, target
 tokens) pairs as model features, and their fixed-budget training (the
-retrieval models of `docgen` and the query generator of `pseudo_queries`)."""
+retrieval methods of `docgen` and the query generator of `pseudo_queries`)."""
 
 from collections.abc import Callable
 import dataclasses
