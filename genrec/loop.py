@@ -738,6 +738,8 @@ def run_steps(workdir: str, schedule: Schedule, manager, state, start: int,
           writer.flush()
         raise watch.stop(workdir, step)
   window.drain()
+  if step == s.num_train_steps:  # a run of no steps (e.g. nothing to replay) saves its state
+    save(step, train_seconds)
   manager.wait_until_finished()
   return Outcome(state, step, train_seconds, values, stopped)
 

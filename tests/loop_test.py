@@ -197,3 +197,12 @@ def test_truncate_jsonl_keeps_each_step_once(tmp_path):
   path.write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"step": 1')  # last line cut
   assert loop.truncate_jsonl(str(path), 10) == 2
   assert path.read_text() == '{"step": 5}\n{"step": 10}\n'
+
+
+def test_fixed_budget_of_no_steps_saves_the_initial_state(tmp_path):
+  """A run with nothing to train (e.g. documents added with no replay) still
+  leaves a checkpoint of its state, which a second run restores."""
+  state, _, loss = _toy_budget(tmp_path, lambda s, step: pytest.fail('trained'), steps=0)
+  assert loss is None and (tmp_path / 'checkpoints' / '0').is_dir()
+  again, _, _ = _toy_budget(tmp_path, lambda s, step: pytest.fail('trained'), steps=0)
+  np.testing.assert_array_equal(np.asarray(again['w']), np.asarray(state['w']))
