@@ -116,17 +116,19 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   write = functools.partial(export_lib.write, output_dir or os.path.join(workdir, 'serving'),
                             version=step, platforms=platforms,
                             item_keys=os.path.join(workdir, run_folder.DOC_IDS))
-  if run['method'] == 'seal':
-    out = _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir)
-  else:
-    out = _export_dsi(write, run, pred, params, k, query, manifest, files, workdir,
-                      saved_model)
+  if run['method'] not in _EXPORTERS:
+    raise ValueError(f"{workdir} holds a {run['method']!r} run; export knows "
+                     f'{sorted(_EXPORTERS)}.')
+  out = _EXPORTERS[run['method']](write, run, config, pred, params, k, query, manifest, files,
+                                  workdir, saved_model)
   logging.info('export: the %s retriever of %s (step %d) -> %s', run['method'], workdir, step,
                out)
   return out
 
 
-def _export_dsi(write, run, pred, params, k, query, manifest, files, workdir, saved_model):
+def _export_dsi(write, run, config, pred, params, k, query, manifest, files, workdir,
+                saved_model):
+  del config  # the parameters carry what the DSI function needs
   beam, width = run['beam_size'], run['input_len']
   k = beam if k is None else k
   if not 1 <= k <= beam:
@@ -181,7 +183,9 @@ def _context(arrays: tuple[jax.Array, ...]):
   return (_unstack(arrays[0]), arrays[1]) if len(arrays) == 2 else _unstack(arrays[0])
 
 
-def _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir):
+def _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir,
+                 saved_model):
+  del saved_model  # the host-side FM-index loop has no SavedModel form
   beam, width, steps = run['beam_size'], run['input_len'], run['ngram_len']
   k = min(100, run['num_docs']) if k is None else k
   if not 1 <= k <= run['num_docs']:
@@ -230,3 +234,9 @@ def _export_seal(write, run, config, pred, params, k, query, manifest, files, wo
       signatures=(), files=files,
       functions={'step': (step, (*state, allowed, export_lib.Tensor('step', 'int32', ())),
                           state[:4])})
+
+
+# Each method's exporter: DSI's docid-trie beam search is one device function,
+# SEAL's FM-index loop two (a start and a step) run from the host.
+_EXPORTERS = {'dsi_atomic': _export_dsi, 'dsi_naive': _export_dsi, 'dsi_semantic': _export_dsi,
+              'seal': _export_seal}
