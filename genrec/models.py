@@ -1,5 +1,6 @@
-"""T5-style encoder-decoder that reads a history of item tokens and generates
-the identifier tokens of the next item."""
+"""The models: Flax NNX modules, the config dataclass of each, and the model
+classes gin binds (`MODEL = @models.EncoderDecoderModel()`), which own a
+config and the conversion of data into the module's inputs."""
 
 import dataclasses
 
@@ -10,6 +11,8 @@ import numpy as np
 import optax
 
 from genrec import config_check, layers, text_encoder
+from genrec.data import sequences, windows
+from genrec.ids import ItemIds
 from genrec.ids.base import NUM_RESERVED_TOKENS
 
 Array = jax.Array
@@ -30,9 +33,36 @@ def check_config(cfg, positive: tuple[str, ...]) -> None:
                      f'{cfg.dtype!r}.')
 
 
+class ConfigBase:
+  """What every model config dataclass shares (mixed into frozen dataclasses).
+
+  A config holds only its model's fields: sizes a gin file sets, and the
+  sizes the training run fills in from the data (`Model.resolve`).
+  """
+  POSITIVE: tuple[str, ...] = ('d_model', 'num_heads', 'head_dim', 'd_ff')
+  scores_items: bool = False  # ranks the catalog in one pass (`score_items`)
+
+  def __post_init__(self):
+    check_config(self, self.POSITIVE)
+
+  @classmethod
+  def from_json(cls, fields: dict):
+    """A config saved as JSON (`dataclasses.asdict`; lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+  @property
+  def compute_dtype(self):
+    """'auto' is bfloat16 on GPUs and TPUs, float32 on CPUs (XLA:CPU has no
+    fast bfloat16 matmul on most CPUs). Parameters, softmax statistics, norms
+    and logits stay float32 whatever it is."""
+    if self.dtype == 'auto':
+      return jnp.dtype(jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16)
+    return jnp.dtype(self.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-  """Sizes of the encoder-decoder; gin files in gin/models/ set them.
+class EncoderDecoderConfig(ConfigBase):
+  """The T5-style encoder-decoder (TIGER); gin/models/*.gin set the sizes.
 
   `vocab_size` is normally left at 0 and filled in from the identifier scheme.
   """
@@ -49,49 +79,147 @@ class TransformerConfig:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   logits_via_embedding: bool = False
-  # Compute dtype: 'float32', 'bfloat16', or 'auto': bfloat16 on GPUs and TPUs,
-  # float32 on CPUs (XLA:CPU has no fast bfloat16 matmul on most CPUs).
-  # Parameters, softmax statistics, norms and logits stay float32.
   dtype: str = 'auto'
-  # 'encoder_decoder' (generative; with num_items > 0 it scores items through
-  # a projection head instead of decoding identifiers), 'decoder_only'
-  # (generative over the whole identifier sequence, trained on every position),
-  # 'sasrec', or 'bert_encoder_decoder' (a pretrained BERT encoder under the
-  # decoder: document retrieval from WordPiece inputs).
-  architecture: str = 'encoder_decoder'
-  num_items: int = 0  # item-scoring models: catalog size, filled in from the data
-  max_len: int = 0  # SASRec: history positions, filled in from max_history
-  # SASRec: number positions back from the most recent item (it always sits at
-  # max_len - 1, as in the paper's left-padded sequences) instead of forward
-  # from the oldest item of the window.
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectionConfig(EncoderDecoderConfig):
+  """The encoder-decoder with an item projection head (Lite-LLM4Rec):
+  `num_items`, the catalog size, is filled in from the data."""
+  num_items: int = 0
+  scores_items = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyConfig(ConfigBase):
+  """One causal stack of `num_layers` blocks over the identifier tokens."""
+  vocab_size: int = 0
+  d_model: int = 128
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  num_layers: int = 8
+  dropout_rate: float = 0.1
+  activation: str = 'relu'
+  gated_mlp: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  logits_via_embedding: bool = False
+  dtype: str = 'auto'
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig(ConfigBase):
+  """SASRec's sizes (defaults: the paper's, gin/models/sasrec.gin).
+
+  Attributes:
+    num_items: catalog size, filled in from the data.
+    max_len: history positions, filled in from max_history.
+    positions_from_end: number positions back from the most recent item (it
+      always sits at max_len - 1, as in the paper's left-padded sequences)
+      instead of forward from the oldest item of the window.
+  """
+  d_model: int = 64
+  num_heads: int = 2
+  head_dim: int = 32
+  d_ff: int = 256
+  num_layers: int = 2
+  dropout_rate: float = 0.5
+  activation: str = 'gelu'
+  gated_mlp: bool = False
+  dtype: str = 'auto'
+  num_items: int = 0
+  max_len: int = 0
   positions_from_end: bool = False
-  # 'bert_encoder_decoder': the sentence-transformers folder whose BERT is the
-  # encoder ('' = the installed all-MiniLM-L6-v2, `text_encoder`).
+  scores_items = True
+
+
+@dataclasses.dataclass(frozen=True)
+class BertEncoderDecoderConfig(ConfigBase):
+  """A pretrained BERT encoder under genrec's decoder (document retrieval).
+
+  `encoder_checkpoint`: the sentence-transformers folder whose BERT is the
+  encoder ('' = the installed all-MiniLM-L6-v2, `text_encoder`); `d_model`
+  must equal its hidden size.
+  """
+  vocab_size: int = 0
+  d_model: int = 384
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1536
+  num_decoder_layers: int = 1
+  dropout_rate: float = 0.1
+  activation: str = 'relu'
+  gated_mlp: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dtype: str = 'auto'
   encoder_checkpoint: str = ''
 
-  def __post_init__(self):
-    check_config(self, ('d_model', 'num_heads', 'head_dim', 'd_ff'))
 
-  @classmethod
-  def from_json(cls, fields: dict) -> 'TransformerConfig':
-    """A config saved as JSON (`dataclasses.asdict`; lists back to tuples)."""
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ConfigBase):
+  """The union of the Transformer models' fields, chosen by `architecture`.
+
+  Kept so that run records written before the model classes, and callers
+  that still build this config (document retrieval), go on working:
+  `to_model_config` maps it to the config class of its model, which is what
+  builds the module. New code binds a model class instead
+  (`MODEL = @models.EncoderDecoderModel()`).
+  """
+  vocab_size: int = 0
+  d_model: int = 128
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 4
+  num_decoder_layers: int = 4
+  dropout_rate: float = 0.1
+  activation: str = 'relu'
+  gated_mlp: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  logits_via_embedding: bool = False
+  dtype: str = 'auto'
+  # 'encoder_decoder' (with num_items > 0: the projection head),
+  # 'decoder_only', 'sasrec' or 'bert_encoder_decoder'.
+  architecture: str = 'encoder_decoder'
+  num_items: int = 0
+  max_len: int = 0
+  positions_from_end: bool = False
+  encoder_checkpoint: str = ''
 
   @property
   def scores_items(self) -> bool:
-    """Whether the model ranks the catalog in one pass (`score_items`)."""
-    return self.num_items > 0
+    return self.to_model_config().scores_items
 
-  @property
-  def compute_dtype(self):
-    if self.dtype == 'auto':
-      return jnp.dtype(jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16)
-    return jnp.dtype(self.dtype)
+  def to_model_config(self) -> ConfigBase:
+    """The config of the model this record describes (`_LEGACY_ARCHITECTURES`)."""
+    if self.architecture not in _LEGACY_ARCHITECTURES:
+      raise ValueError(f'Unknown architecture {self.architecture!r}; use one of '
+                       f'{sorted(_LEGACY_ARCHITECTURES)}.')
+    cls, renamed = _LEGACY_ARCHITECTURES[self.architecture]
+    if cls is EncoderDecoderConfig and self.num_items > 0:
+      cls = ProjectionConfig
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig)}
+    fields.update({new: fn(self) for new, fn in renamed.items()})
+    return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
+
+
+# TransformerConfig.architecture -> (the config class, its fields that the
+# union config named otherwise: name -> value from the union config).
+_LEGACY_ARCHITECTURES = {
+    'encoder_decoder': (EncoderDecoderConfig, {}),
+    'decoder_only': (DecoderOnlyConfig,
+                     {'num_layers': lambda c: c.num_encoder_layers + c.num_decoder_layers}),
+    'sasrec': (SASRecConfig, {'num_layers': lambda c: c.num_encoder_layers}),
+    'bert_encoder_decoder': (BertEncoderDecoderConfig, {}),
+}
 
 
 class EncoderLayer(nnx.Module):
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ConfigBase, *, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     self.attn_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.attn = layers.MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.head_dim,
@@ -110,7 +238,7 @@ class EncoderLayer(nnx.Module):
 
 class DecoderLayer(nnx.Module):
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ConfigBase, *, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     attn = lambda: layers.MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.head_dim,
                                              cfg.dropout_rate, dtype=dt, rngs=rngs)
@@ -161,18 +289,14 @@ class DecoderLayer(nnx.Module):
     return y + self.mlp(self.mlp_norm(y), deterministic=True, rngs=None), (k, v)
 
 
-# The model protocol (what the training loop, `Predictor` and `infer` rely on):
+# The module protocol (what `Trainer` and `Predictor` rely on):
 #   loss(batch, *, deterministic, rngs) -> (scalar loss, {metric: scalar})
-#   training_examples: 'prefix' (one example per history prefix: encoder
-#     inputs and the next item's identifier) or 'sequence' (one example per
-#     user window, every next-item position trained in one pass; features in
-#     `genrec.recommendation.features.sequence_train_arrays`)
-#   left_padded_inputs: whether histories are 0-padded at the start (decoder-
-#     only models continue the history in place) rather than at the end
-#   generative models: beam_search_inputs(inputs, beam_size, num_steps) ->
+#   generative modules: beam_search_inputs(inputs, beam_size, num_steps) ->
 #     (tokens_to_logits, cache) for `decoding.beam_search`
-#   item-scoring models (cfg.num_items > 0): score_items(inputs) -> scores
-# The class is chosen by TransformerConfig.architecture (gin), see model_class.
+#   item-scoring modules (config.scores_items): score_items(inputs[, catalog])
+#     -> scores
+# Which module a config builds, and how data becomes its inputs, is the
+# model class's (`Model`, at the end of this file).
 
 
 class EncoderDecoder(nnx.Module):
@@ -180,17 +304,9 @@ class EncoderDecoder(nnx.Module):
 
   Token 0 is padding in the encoder input and the start token of the decoder
   input (decoder inputs are targets shifted right, as in T5).
-
-  With `cfg.num_items > 0` it also has an item projection head (as in
-  Lite-LLM4Rec): the decoder's state after the start token is scored against
-  a learned embedding of every item, so one pass ranks the whole catalog
-  (`score_items`) instead of a beam search over identifiers.
   """
 
-  training_examples = 'prefix'
-  left_padded_inputs = False
-
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: EncoderDecoderConfig, *, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     self.cfg = cfg
     self.embed = _token_table(cfg, rngs)
@@ -208,8 +324,6 @@ class EncoderDecoder(nnx.Module):
     self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
         (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
     self.dropout = layers.Dropout(cfg.dropout_rate)
-    # Like the tied token logits: unit-variance rows, scores scaled by 1/sqrt(d).
-    self.item_embed = _item_table(cfg, 1.0, rngs) if cfg.num_items > 0 else None
 
   def _embed(self, tokens: Array) -> Array:
     return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
@@ -337,28 +451,10 @@ class EncoderDecoder(nnx.Module):
     return self.decode(encoded, valid, decoder_input_tokens,
                        deterministic=deterministic, rngs=rngs)
 
-  def score_items(self, encoder_input_tokens: Array, *, deterministic: bool = True,
-                  rngs: nnx.Rngs | None = None) -> Array:
-    """Projection head: float32 scores [b, rows >= num_items + 1] of item ids (item 0
-    and the padding rows never win)."""
-    if self.item_embed is None:
-      raise ValueError('This model has no item projection head (TransformerConfig.num_items '
-                       "is 0); use train.train.head = 'projection'.")
-    kw = dict(deterministic=deterministic, rngs=rngs)
-    encoded, valid = self.encode(encoder_input_tokens, **kw)
-    start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
-    h = self.decode_hidden(encoded, valid, start, **kw)[:, 0]  # [b, d]
-    return _item_scores(h, self.item_embed[...], self.cfg.num_items,
-                        1 / self.cfg.d_model ** 0.5)
-
   def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
            rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
-    """Mean cross-entropy of the identifier tokens (or, with a projection head,
-    of the target item over the catalog) and accuracy."""
+    """Mean cross-entropy of the identifier tokens and accuracy."""
     kw = dict(deterministic=deterministic, rngs=rngs)
-    if self.item_embed is not None:
-      return _item_loss(self.score_items(batch['encoder_input_tokens'], **kw),
-                        batch['target_item'])
     if 'encoder_segment_ids' in batch:  # packed rows (features.pack_prefix_arrays)
       segments = (batch['encoder_segment_ids'], batch['decoder_segment_ids'])
       encoded, valid = self.encode(batch['encoder_input_tokens'], segment_ids=segments[0], **kw)
@@ -372,6 +468,39 @@ class EncoderDecoder(nnx.Module):
     denom = jnp.maximum(weights.sum(), 1.0)
     correct = (logits.argmax(-1) == targets).astype(jnp.float32)
     return (ce * weights).sum() / denom, {'accuracy': (correct * weights).sum() / denom}
+
+
+class ProjectionEncoderDecoder(EncoderDecoder):
+  """The encoder-decoder with an item projection head (as in Lite-LLM4Rec):
+  the decoder's state after the start token is scored against a learned
+  embedding of every item, so one pass ranks the whole catalog
+  (`score_items`) instead of a beam search over identifiers."""
+
+  def __init__(self, cfg: ProjectionConfig, *, rngs: nnx.Rngs):
+    if cfg.num_items <= 0:
+      raise ValueError('ProjectionConfig.num_items must be set (the training run fills it in '
+                       'from the data).')
+    super().__init__(cfg, rngs=rngs)
+    # Like the tied token logits: unit-variance rows, scores scaled by 1/sqrt(d).
+    self.item_embed = _item_table(cfg, 1.0, rngs)
+
+  def score_items(self, encoder_input_tokens: Array, *, deterministic: bool = True,
+                  rngs: nnx.Rngs | None = None) -> Array:
+    """Float32 scores [b, rows >= num_items + 1] of item ids (item 0 and the
+    padding rows never win)."""
+    kw = dict(deterministic=deterministic, rngs=rngs)
+    encoded, valid = self.encode(encoder_input_tokens, **kw)
+    start = jnp.zeros((encoded.shape[0], 1), jnp.int32)
+    h = self.decode_hidden(encoded, valid, start, **kw)[:, 0]  # [b, d]
+    return _item_scores(h, self.item_embed[...], self.cfg.num_items,
+                        1 / self.cfg.d_model ** 0.5)
+
+  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
+    """Cross-entropy of the target item over the catalog and accuracy."""
+    return _item_loss(self.score_items(batch['encoder_input_tokens'],
+                                       deterministic=deterministic, rngs=rngs),
+                      batch['target_item'])
 
 
 class BertEncoderDecoder(EncoderDecoder):
@@ -393,12 +522,12 @@ class BertEncoderDecoder(EncoderDecoder):
   from there (tested). `d_model` must equal the checkpoint's hidden size.
   """
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertEncoderDecoderConfig, *, rngs: nnx.Rngs):
     bert_cfg = text_encoder.load_bert_config(cfg.encoder_checkpoint or None)
     if cfg.d_model != bert_cfg.hidden_size:
-      raise ValueError(f'TransformerConfig.d_model is {cfg.d_model}, the encoder checkpoint '
-                       f'has hidden size {bert_cfg.hidden_size}: set d_model = '
-                       f'{bert_cfg.hidden_size} for architecture bert_encoder_decoder.')
+      raise ValueError(f'{type(cfg).__name__}.d_model is {cfg.d_model}, the encoder '
+                       f'checkpoint has hidden size {bert_cfg.hidden_size}: set d_model = '
+                       f'{bert_cfg.hidden_size}.')
     vocab = text_encoder.WordPieceVocabulary(cfg.encoder_checkpoint or None)
     dt = cfg.compute_dtype
     self.cfg = cfg
@@ -418,7 +547,6 @@ class BertEncoderDecoder(EncoderDecoder):
     self.logit_scale = nnx.Param(jnp.asarray(20.0, jnp.float32))
     self.dropout = layers.Dropout(cfg.dropout_rate)
     self.logits_dense = None
-    self.item_embed = None
 
   def encode_pooled(self, encoder_input_tokens: Array, *, deterministic: bool = True,
                     rngs: nnx.Rngs | None = None) -> tuple[Array, Array, Array]:
@@ -477,20 +605,17 @@ class BertEncoderDecoder(EncoderDecoder):
     per_beam = jnp.repeat(pooled, tokens.shape[0] // pooled.shape[0], axis=0)
     return self.pooled_logits(y, per_beam)[:, 0], new_cache
 
-  def score_items(self, *args, **kwargs):
-    raise ValueError('BertEncoderDecoder has no item projection head.')
 
-
-def _token_table(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Param:
+def _token_table(cfg: ConfigBase, rngs: nnx.Rngs) -> nnx.Param:
   """[vocab, d] unit-variance token embeddings (identifier models)."""
   if cfg.vocab_size <= 0:
-    raise ValueError('TransformerConfig.vocab_size must be set (it normally comes '
+    raise ValueError(f'{type(cfg).__name__}.vocab_size must be set (it normally comes '
                      'from the identifier scheme).')
   return layers._param(rngs, nnx.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model),
                        ('vocab', 'embed'))
 
 
-def _item_table(cfg: TransformerConfig, stddev: float, rngs: nnx.Rngs) -> nnx.Param:
+def _item_table(cfg: ConfigBase, stddev: float, rngs: nnx.Rngs) -> nnx.Param:
   """[rows, d] item embeddings, rows = num_items + 1 rounded up to a multiple of
   128 so that the table shards evenly; the extra rows are never scored."""
   rows = -(-(cfg.num_items + 1) // 128) * 128
@@ -525,13 +650,11 @@ class SASRec(nnx.Module):
   (`training_examples = 'sequence'`): the state after item t is scored
   against item t+1 for every t, full-catalog cross-entropy.
   """
-  training_examples = 'sequence'
-  left_padded_inputs = False
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: SASRecConfig, *, rngs: nnx.Rngs):
     if cfg.num_items <= 0 or cfg.max_len <= 0:
-      raise ValueError('SASRec needs TransformerConfig.num_items and max_len (filled in '
-                       'by train.train from the data and max_history).')
+      raise ValueError('SASRec needs SASRecConfig.num_items and max_len (filled in by the '
+                       'training run from the data and max_history).')
     dt = cfg.compute_dtype
     self.cfg = cfg
     # As in SASRec: small item embeddings, scaled by sqrt(d) on input, and raw
@@ -539,7 +662,7 @@ class SASRec(nnx.Module):
     self.item_embed = _item_table(cfg, 0.02, rngs)
     self.pos_embed = layers._param(rngs, nnx.initializers.normal(0.02),
                                    (cfg.max_len, cfg.d_model), ('length', 'embed'))
-    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.dropout = layers.Dropout(cfg.dropout_rate)
 
@@ -613,18 +736,15 @@ class DecoderOnly(nnx.Module):
   optionally trie-constrained, beam search: the history's keys/values are
   computed once per query and shared by its beams.
   """
-  training_examples = 'sequence'
-  left_padded_inputs = True
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: DecoderOnlyConfig, *, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     self.cfg = cfg
     self.embed = _token_table(cfg, rngs)
     self.bias = layers.RelativePositionBias(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, False, dtype=dt, rngs=rngs)
-    depth = cfg.num_encoder_layers + cfg.num_decoder_layers
-    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(depth)])
+    self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.logits_dense = None if cfg.logits_via_embedding else layers.Dense(
         (cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'), dtype=dt, rngs=rngs)
@@ -741,9 +861,9 @@ def _attend_history_and_own(attn: layers.MultiHeadAttention, q, hk, hv, hist_mas
 # Item-level Semantic-ID recommender
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class ItemSidConfig:
-  """The item-level Semantic-ID recommender (`ItemSidRec`): binding this config
-  (`train.train.model_config = @models.ItemSidConfig()`) selects the model.
+class ItemSidConfig(ConfigBase):
+  """The item-level Semantic-ID recommender's config (`ItemSidModel`, module
+  `ItemSidRec`).
 
   Sizes as SASRec's (`gin/models/item_sid.gin`). The fields from `vocab_size`
   on are filled in by the training run from the identifiers and the data.
@@ -790,8 +910,10 @@ class ItemSidConfig:
   num_items: int = 0
   max_len: int = 0
 
+  POSITIVE = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers', 'head_layers')
+
   def __post_init__(self):
-    check_config(self, ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers', 'head_layers'))
+    super().__post_init__()
     if self.item_id_buckets < -1:
       raise ValueError(f'ItemSidConfig.item_id_buckets must be -1 (one row per item), 0 (none) '
                        f'or a row count, not {self.item_id_buckets}.')
@@ -805,31 +927,10 @@ class ItemSidConfig:
       raise ValueError(f"ItemSidConfig.loss = {self.loss!r} needs head = 'parallel' and "
                        f'temperature = 0 (got {self.head!r}, {self.temperature}).')
 
-  compute_dtype = TransformerConfig.compute_dtype
-
-  @property
-  def architecture(self) -> str:
-    return f'item_sid ({self.head} head)'
-
   @property
   def scores_items(self) -> bool:
     """Whether it ranks the catalog in one pass (`ItemSidRec.score_items`)."""
     return self.head == 'parallel'
-
-  @property
-  def module_class(self) -> type[nnx.Module]:
-    return ItemSidRec
-
-  def resolve(self, ids, num_items: int, max_history: int) -> 'ItemSidConfig':
-    """The config with the sizes that come from the identifiers and the data."""
-    buckets = num_items + 1 if self.item_id_buckets == -1 else self.item_id_buckets
-    return dataclasses.replace(self, vocab_size=ids.vocab_size, level_sizes=tuple(
-        int(s) for s in ids.level_sizes), num_items=num_items, max_len=max_history,
-                               dtype=str(self.compute_dtype), item_id_buckets=buckets)
-
-  @classmethod
-  def from_json(cls, fields: dict) -> 'ItemSidConfig':
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def _level_tokens(level_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -868,8 +969,6 @@ class ItemSidRec(nnx.Module):
       positions at once (teacher forcing), decoded by trie-constrained beam
       search (`beam_search_inputs`).
   """
-  training_examples = 'sequence'
-  left_padded_inputs = False
 
   def __init__(self, cfg: ItemSidConfig, *, rngs: nnx.Rngs):
     if cfg.vocab_size <= 0 or not cfg.level_sizes or cfg.max_len <= 0 or (
@@ -897,36 +996,6 @@ class ItemSidRec(nnx.Module):
       self.head_pos = layers._param(rngs, small, (levels, cfg.d_model), (None, 'embed'))
       self.head_blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.head_layers)])
       self.head_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
-
-  # -- input conversion (host side, numpy) ---------------------------------------
-  @staticmethod
-  def history_features(items, token_table):
-    """[..., t] item ids -> int32 [..., t, 1 + L] model inputs (numpy or jax)."""
-    xp = jnp if isinstance(items, jax.Array) else np
-    return xp.concatenate([items[..., None], token_table[items]], axis=-1).astype(xp.int32)
-
-  @classmethod
-  def training_arrays(cls, windows: dict[str, np.ndarray], ids) -> dict[str, np.ndarray]:
-    """Packed user windows (`features.sequence_train_arrays(item_ids=True)`) ->
-    'inputs' [n, t, 1 + L], 'next_codes' [n, t, L] (level-local codes of the
-    next item, -1 where there is none), 'segment_ids', 'positions'."""
-    table = ids.token_table()
-    nxt = np.where(windows['next_items'][..., None] > 0, ids.codes[windows['next_items']], -1)
-    out = {'inputs': cls.history_features(windows['items'], table),
-           'next_codes': nxt.astype(np.int32), 'next_items': windows['next_items']}
-    return out | {k: windows[k] for k in ('segment_ids', 'positions') if k in windows}
-
-  @staticmethod
-  def training_constants(cfg: ItemSidConfig, ids) -> dict[str, np.ndarray]:
-    """What every training step reads besides its batch: the catalog's tokens
-    for the catalog loss."""
-    return {'catalog': ids.token_table()} if cfg.loss != 'codes' else {}
-
-  @classmethod
-  def eval_inputs(cls, history_tokens: np.ndarray, ids) -> np.ndarray:
-    """Leave-one-out history tokens [n, t * L] (0-padded at the end) -> inputs."""
-    items = ids.tokens_to_items(history_tokens.reshape(len(history_tokens), -1, ids.num_levels))
-    return cls.history_features(items, ids.token_table())
 
   # -- the sequence model ----------------------------------------------------------
   def states(self, inputs: Array, segment_ids: Array | None = None,
@@ -1109,28 +1178,325 @@ class ItemSidRec(nnx.Module):
             {'accuracy': (correct.astype(jnp.float32) * weights).sum() / denom})
 
 
-ModelConfig = TransformerConfig | ItemSidConfig
+# ---------------------------------------------------------------------------
+# Model classes: what gin binds (`MODEL = @models.EncoderDecoderModel()`)
+# ---------------------------------------------------------------------------
+ModelConfig = ConfigBase  # any model's config (TransformerConfig: old records)
+
+# Config class name -> the model class that owns it (filled in by subclassing
+# `Model`), so that a config read back from a run record finds its model.
+_MODELS: dict[str, type['Model']] = {}
+
+
+class Model:
+  """A model as gin binds it: its config, the module the config builds, and
+  the conversion of recommendation data into the module's inputs (what t5x
+  models do with their FEATURE_CONVERTER_CLS).
+
+  A model class names its config class (`CONFIG`) and module (`MODULE`);
+  defining one registers it, so that its run records load back
+  (`config_from_json`, `model_for`). Adding a model is one subclass and one
+  gin file (tests/models_registry_test.py defines one in the test).
+
+  Arrays (numpy, host side): leave-one-out features are
+  'encoder_input_tokens' [n, s] (the history's identifier tokens, 0-padded
+  at the end) with 'target_item' [n] (evaluation) or the decoder arrays
+  (prefix training examples, `features.train_arrays`).
+  """
+  CONFIG: type = None
+  MODULE: type[nnx.Module] = None
+  # 'prefix': one example per history prefix (encoder inputs and the next
+  # item's identifier); 'sequence': one per user window, every next-item
+  # position trained in one pass (`genrec.data.windows`).
+  training_examples = 'prefix'
+  # Whether prefix examples may be packed several to a row
+  # (`features.pack_prefix_arrays`; the module reads segment ids).
+  packs_prefix_examples = False
+  score_kind = 'beam log-probabilities'  # what its scores are (export manifests)
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if cls.CONFIG is not None:
+      _MODELS[cls.CONFIG.__name__] = cls
+
+  def __init__(self, config: ConfigBase | None = None):
+    config = self.CONFIG() if config is None else config
+    if not isinstance(config, self.CONFIG):
+      raise ValueError(f'{type(self).__name__} takes a {self.CONFIG.__name__}, not '
+                       f'{type(config).__name__}.')
+    self.config = config
+
+  def __repr__(self) -> str:
+    return f'{type(self).__name__}({self.config})'
+
+  @property
+  def name(self) -> str:
+    """The model's name in results (`results.json` 'model')."""
+    return type(self).__name__
+
+  @property
+  def scores_items(self) -> bool:
+    """Ranks the catalog in one pass (`score_items`), not by beam search."""
+    return self.config.scores_items
+
+  def resolve(self, ids: ItemIds, num_items: int, max_history: int) -> 'Model':
+    """The model with its config's data-given sizes filled in: `vocab_size`,
+    `num_items`, `max_len` (those of them it has) and the compute dtype that
+    'auto' resolves to here, so the run records (and infer rebuilds) the
+    dtype it trained with."""
+    given = {'vocab_size': ids.vocab_size, 'num_items': num_items, 'max_len': max_history,
+             'dtype': str(self.config.compute_dtype)}
+    names = {f.name for f in dataclasses.fields(self.config)}
+    return type(self)(dataclasses.replace(
+        self.config, **{k: v for k, v in given.items() if k in names}))
+
+  # -- recommendation inputs (numpy) --------------------------------------------
+  def training_arrays(self, data: sequences.SequenceData, ids: ItemIds, max_history: int,
+                      prefix_arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """What the model trains on: `prefix_arrays` converted (prefix models) or
+    the user windows of `data` (sequence models)."""
+    return self.model_inputs(prefix_arrays, ids)
+
+  def model_inputs(self, arrays: dict[str, np.ndarray], ids: ItemIds) -> dict[str, np.ndarray]:
+    """Leave-one-out features in the form the module reads."""
+    return arrays
+
+  def training_constants(self, ids: ItemIds) -> dict[str, np.ndarray] | None:
+    """Arrays every training step reads besides its batch (`Trainer`)."""
+    return None
+
+  def catalog(self, ids: ItemIds) -> np.ndarray | None:
+    """What `score_items` reads of every item besides the inputs, if anything."""
+    return None
+
+  # -- serving (jax, inside the exported function) --------------------------------
+  def serving_inputs(self, history: Array, token_table: Array) -> Array:
+    """History item ids int32 [b, h] (oldest first, 0-padded at the end) ->
+    the module's inputs: here the histories' identifier tokens."""
+    return token_table[history].reshape(history.shape[0], -1)
+
+  def score_items(self, module: nnx.Module, inputs: Array, token_table: Array) -> Array:
+    """Item-scoring models: the module's scores of every item id."""
+    return module.score_items(inputs)
+
+
+def _target_items(arrays: dict[str, np.ndarray], ids: ItemIds) -> np.ndarray:
+  """int32 [n]: the target item of leave-one-out features (prefix training
+  examples name it by its identifier tokens)."""
+  if 'target_item' in arrays:
+    return arrays['target_item'].astype(np.int32)
+  return ids.tokens_to_items(
+      arrays['decoder_target_tokens'][:, :ids.num_levels]).astype(np.int32)
+
+
+class EncoderDecoderModel(Model):
+  """TIGER: the encoder reads the history's identifier tokens, the decoder
+  generates the next item's by (trie-constrained) beam search."""
+  CONFIG = EncoderDecoderConfig
+  MODULE = EncoderDecoder
+  packs_prefix_examples = True
+
+  @property
+  def name(self) -> str:
+    return 'encoder_decoder'
+
+
+class ProjectionModel(EncoderDecoderModel):
+  """The encoder-decoder with an item projection head (Lite-LLM4Rec): items
+  are ranked in one pass from the decoder's first state instead of decoded.
+
+  Takes the encoder-decoder's sizes (an `EncoderDecoderConfig`, e.g. of
+  gin/models/tiger.gin) or a `ProjectionConfig`."""
+  CONFIG = ProjectionConfig
+  MODULE = ProjectionEncoderDecoder
+  packs_prefix_examples = False
+  score_kind = 'item logits'
+
+  def __init__(self, config: EncoderDecoderConfig | None = None):
+    if config is not None and not isinstance(config, ProjectionConfig):
+      config = ProjectionConfig(**dataclasses.asdict(config))
+    super().__init__(config)
+
+  @property
+  def name(self) -> str:
+    return 'encoder_decoder + projection head'
+
+  def model_inputs(self, arrays, ids):
+    return {'encoder_input_tokens': arrays['encoder_input_tokens'],
+            'target_item': _target_items(arrays, ids)}
+
+
+class BertEncoderDecoderModel(EncoderDecoderModel):
+  """A pretrained BERT encoder under genrec's decoder (document retrieval
+  from WordPiece inputs; `BertEncoderDecoder`)."""
+  CONFIG = BertEncoderDecoderConfig
+  MODULE = BertEncoderDecoder
+  packs_prefix_examples = False
+
+  @property
+  def name(self) -> str:
+    return 'bert_encoder_decoder'
+
+
+class DecoderOnlyModel(Model):
+  """One causal stack over the concatenated identifier tokens of a user's
+  items, trained on every next item of a window in one pass; recommends by
+  continuing the history (0-padded at the start) with beam search."""
+  CONFIG = DecoderOnlyConfig
+  MODULE = DecoderOnly
+  training_examples = 'sequence'
+
+  @property
+  def name(self) -> str:
+    return 'decoder_only'
+
+  def training_arrays(self, data, ids, max_history, prefix_arrays):
+    return windows.sequence_train_arrays(data.train_sequences(), ids, max_history)
+
+  def model_inputs(self, arrays, ids):
+    return {**arrays, 'encoder_input_tokens': windows.left_pad(arrays['encoder_input_tokens'])}
+
+  def serving_inputs(self, history, token_table):
+    tokens = super().serving_inputs(history, token_table)
+    count = (tokens > 0).sum(axis=1, keepdims=True)  # `windows.left_pad` on the device
+    index = (jnp.arange(tokens.shape[1])[None] + count) % tokens.shape[1]
+    return jnp.take_along_axis(tokens, index, axis=1)
+
+
+class SASRecModel(Model):
+  """SASRec: item-id embeddings, every item scored in one pass; needs
+  single-level identifiers (`ids.AtomicIds`)."""
+  CONFIG = SASRecConfig
+  MODULE = SASRec
+  training_examples = 'sequence'
+  score_kind = 'item logits'
+
+  @property
+  def name(self) -> str:
+    return 'sasrec'
+
+  def training_arrays(self, data, ids, max_history, prefix_arrays):
+    return windows.sequence_train_arrays(data.train_sequences(), ids, max_history,
+                                         item_ids=True)
+
+  def model_inputs(self, arrays, ids):
+    """The history tokens mapped back to item ids."""
+    if ids.num_levels != 1:
+      raise ValueError(f'SASRec embeds item ids: use ID_SCHEME = @ids.AtomicIds(), not '
+                       f'{ids.scheme!r} with {ids.num_levels} levels.')
+    item_of_token = np.zeros(ids.vocab_size, np.int32)
+    item_of_token[ids.token_table()[1:, 0]] = np.arange(1, ids.num_items + 1)
+    return {'encoder_input_tokens': item_of_token[arrays['encoder_input_tokens']],
+            'target_item': _target_items(arrays, ids)}
+
+  def serving_inputs(self, history, token_table):
+    return history
+
+
+class ItemSidModel(Model):
+  """The item-level Semantic-ID recommender (`ItemSidRec`): one position per
+  history item, a Semantic-ID head over the next item's codes.
+
+  Inputs: int32 [..., t, 1 + L] per history position: channel 0 the item id,
+  channels 1..L its tokens (`history_features`)."""
+  CONFIG = ItemSidConfig
+  MODULE = ItemSidRec
+  training_examples = 'sequence'
+
+  @property
+  def name(self) -> str:
+    return f'item_sid ({self.config.head} head)'
+
+  @property
+  def score_kind(self) -> str:
+    return ("the sum of the item's code log-probabilities" if self.scores_items
+            else 'beam log-probabilities')
+
+  def resolve(self, ids, num_items, max_history):
+    """Also the identifiers' level sizes and, for `item_id_buckets = -1`, one
+    item-id row per item."""
+    cfg = self.config
+    buckets = num_items + 1 if cfg.item_id_buckets == -1 else cfg.item_id_buckets
+    return ItemSidModel(dataclasses.replace(
+        cfg, vocab_size=ids.vocab_size, level_sizes=tuple(int(s) for s in ids.level_sizes),
+        num_items=num_items, max_len=max_history, dtype=str(cfg.compute_dtype),
+        item_id_buckets=buckets))
+
+  @staticmethod
+  def history_features(items, token_table):
+    """[..., t] item ids -> int32 [..., t, 1 + L] model inputs (numpy or jax)."""
+    xp = jnp if isinstance(items, jax.Array) else np
+    return xp.concatenate([items[..., None], token_table[items]], axis=-1).astype(xp.int32)
+
+  @classmethod
+  def window_arrays(cls, user_windows: dict[str, np.ndarray], ids: ItemIds
+                    ) -> dict[str, np.ndarray]:
+    """Packed user windows (`windows.sequence_train_arrays(item_ids=True)`) ->
+    'inputs' [n, t, 1 + L], 'next_codes' [n, t, L] (level-local codes of the
+    next item, -1 where there is none), 'next_items', 'segment_ids', 'positions'."""
+    table = ids.token_table()
+    nxt_items = user_windows['next_items']
+    nxt = np.where(nxt_items[..., None] > 0, ids.codes[nxt_items], -1)
+    out = {'inputs': cls.history_features(user_windows['items'], table),
+           'next_codes': nxt.astype(np.int32), 'next_items': nxt_items}
+    return out | {k: user_windows[k] for k in ('segment_ids', 'positions') if k in user_windows}
+
+  def training_arrays(self, data, ids, max_history, prefix_arrays):
+    return self.window_arrays(windows.sequence_train_arrays(
+        data.train_sequences(), ids, max_history, item_ids=True), ids)
+
+  def model_inputs(self, arrays, ids):
+    """Leave-one-out history tokens [n, t * L] (0-padded at the end) -> inputs."""
+    tokens = arrays['encoder_input_tokens']
+    items = ids.tokens_to_items(tokens.reshape(len(tokens), -1, ids.num_levels))
+    return {**arrays, 'encoder_input_tokens': self.history_features(items, ids.token_table()),
+            'target_item': _target_items(arrays, ids)}
+
+  def training_constants(self, ids):
+    """The catalog's tokens, for the catalog loss."""
+    return {'catalog': ids.token_table()} if self.config.loss != 'codes' else {}
+
+  def catalog(self, ids):
+    return ids.token_table()
+
+  def serving_inputs(self, history, token_table):
+    return self.history_features(history, token_table)
+
+  def score_items(self, module, inputs, token_table):
+    return module.score_items(inputs, token_table)
+
+
+def model_for(config: ModelConfig) -> Model:
+  """The model that owns `config` (a run record's config: `config_from_json`)."""
+  if isinstance(config, TransformerConfig):
+    config = config.to_model_config()
+  if type(config).__name__ not in _MODELS:
+    raise ValueError(f'No model class owns {type(config).__name__}; define a models.Model '
+                     'subclass with CONFIG = it.')
+  return _MODELS[type(config).__name__](config)
 
 
 def config_from_json(fields: dict, name: str = 'TransformerConfig') -> ModelConfig:
-  """A model config saved as JSON with its class name (run_config.json)."""
-  classes = {c.__name__: c for c in (TransformerConfig, ItemSidConfig)}
-  if name not in classes:
-    raise ValueError(f'Unknown model config class {name!r}; genrec knows {sorted(classes)}.')
-  return classes[name].from_json(fields)
+  """A model config saved as JSON with its class name (run_config.json).
+
+  Records written before the model classes hold a `TransformerConfig` (its
+  `architecture` names the model): they come back as their model's config.
+  """
+  if name == 'TransformerConfig':
+    return TransformerConfig.from_json(fields).to_model_config()
+  if name not in _MODELS:
+    raise ValueError(f'Unknown model config class {name!r}; genrec knows {sorted(_MODELS)}.')
+  return _MODELS[name].CONFIG.from_json(fields)
 
 
 def model_class(cfg: ModelConfig) -> type[nnx.Module]:
-  """The module of a config: a config class that names its module
-  (`module_class`, e.g. ItemSidConfig) selects it; TransformerConfig selects
-  by its `architecture`."""
-  if not isinstance(cfg, TransformerConfig):
-    return cfg.module_class
-  classes = {'encoder_decoder': EncoderDecoder, 'sasrec': SASRec, 'decoder_only': DecoderOnly,
-             'bert_encoder_decoder': BertEncoderDecoder}
-  if cfg.architecture not in classes:
-    raise ValueError(f'Unknown architecture {cfg.architecture!r}; use one of {sorted(classes)}.')
-  return classes[cfg.architecture]
+  """The module a config builds (its model's `MODULE`)."""
+  return type(model_for(cfg)).MODULE
+
+
+def _module_config(cfg: ModelConfig) -> ConfigBase:
+  """The config a module is built from (a TransformerConfig: its model's)."""
+  return cfg.to_model_config() if isinstance(cfg, TransformerConfig) else cfg
 
 
 # For functions compiled to run once (parameter init): XLA's backend otherwise
@@ -1139,13 +1505,14 @@ ONE_SHOT_COMPILE_OPTIONS = {'xla_backend_optimization_level': 0,
                             'xla_llvm_disable_expensive_passes': True}
 
 
-def init_params(cfg: TransformerConfig, rng: jax.Array) -> dict:
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
   """Fresh parameters as a pure dict (traceable: jit it with out_shardings)."""
+  cfg = _module_config(cfg)
   with nnx.use_eager_sharding(False):
     return nnx.to_pure_dict(nnx.state(model_class(cfg)(cfg, rngs=nnx.Rngs(params=rng))))
 
 
-def create_model(cfg: TransformerConfig, rng: jax.Array) -> nnx.Module:
+def create_model(cfg: ModelConfig, rng: jax.Array) -> nnx.Module:
   """A ready model on the default device (for inference, tests, notebooks)."""
   graphdef, _ = nnx.split(abstract_model(cfg))
   init = jax.jit(init_params, static_argnums=0).lower(cfg, rng).compile(
@@ -1153,7 +1520,8 @@ def create_model(cfg: TransformerConfig, rng: jax.Array) -> nnx.Module:
   return nnx.merge(graphdef, init(rng))
 
 
-def abstract_model(cfg: TransformerConfig) -> nnx.Module:
+def abstract_model(cfg: ModelConfig) -> nnx.Module:
   """The model with ShapeDtypeStructs instead of arrays (no memory, no compute)."""
+  cfg = _module_config(cfg)
   with nnx.use_eager_sharding(False):
     return nnx.eval_shape(lambda: model_class(cfg)(cfg, rngs=nnx.Rngs(params=0)))

@@ -19,7 +19,7 @@ from genrec import checkpoints, constraints, decoding, models, partitioning
 class Predictor:
   """The model's graph, its parameter shardings and the jitted predict functions."""
 
-  def __init__(self, config: models.TransformerConfig, mesh: Mesh):
+  def __init__(self, config: models.ModelConfig, mesh: Mesh):
     self.config = config
     self.mesh = mesh
     self.graphdef, abstract = nnx.split(models.abstract_model(config))

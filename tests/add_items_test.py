@@ -35,10 +35,10 @@ def _shop(tmp_path):
   return folder
 
 
-def _train(tmp_path, folder, scheme, model_config) -> str:
+def _train(tmp_path, folder, scheme, model) -> str:
   run = str(tmp_path / 'run')
   train.train(workdir=run, dataset=sequences.load_dataset(str(folder)), id_scheme=scheme,
-              model_config=model_config,
+              model=model,
               optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                             warmup_steps=5),
               mesh_fn=ONE_DEVICE, batch_size=16, num_train_steps=20, eval_every_steps=20,
@@ -51,7 +51,7 @@ def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path):
   config = models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
                                 dropout_rate=0.0, loss='catalog', item_id_buckets=-1)
   run = _train(tmp_path, folder, ProductQuantizationIds(num_levels=4, codebook_size=8,
-                                                        opq_iters=1), config)
+                                                        opq_iters=1), models.ItemSidModel(config))
   new_items = tmp_path / 'new.jsonl'
   new_items.write_text(''.join(json.dumps({'item': f'n{i}', 'title': f'{kind} no. 99'}) + '\n'
                                for i, kind in enumerate(KINDS[:3])))
@@ -77,7 +77,7 @@ def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path):
     width = meta['max_history']
     split = sequences.pack_split(histories, [0, 0], width)
     arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, width))
-    inputs = features.model_inputs(arrays, ids, cfg)['encoder_input_tokens']
+    inputs = models.model_for(cfg).model_inputs(arrays, ids)['encoder_input_tokens']
     items, got = pred.rank_items(params, inputs, ids.num_items, with_scores=True,
                                  catalog=ids.token_table())
     scores[name] = np.take_along_axis(np.asarray(got), np.argsort(np.asarray(items), 1), 1)
@@ -105,8 +105,9 @@ def test_new_items_are_ranked_by_the_updated_run_and_its_export(tmp_path):
 
 def test_models_that_know_items_by_their_own_row_are_refused(tmp_path):
   folder = _shop(tmp_path)
-  tiny = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                  num_encoder_layers=1, num_decoder_layers=1)
+  tiny = models.EncoderDecoderModel(models.EncoderDecoderConfig(
+      d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=1,
+      num_decoder_layers=1))
   run = _train(tmp_path, folder, RandomCodeIds(num_levels=2), tiny)
   with pytest.raises(ValueError, match='an embedding of its own'):
     add_items.add(str(tmp_path / 'x'), recommender=run, items=str(folder / 'item_text.jsonl'),

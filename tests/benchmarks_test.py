@@ -324,14 +324,14 @@ def test_packed_throughput_and_epoch_cost_count_every_example():
 from genrec.data import sequences
 from genrec.benchmarks import epoch_cost
 data = sequences.make_synthetic(num_users=60, num_items=40, seed=1)
-config, arrays, targets = epoch_cost.model_setup('encoder_decoder_packed', data, 5, 2)
+model, arrays, targets = epoch_cost.model_setup('encoder_decoder_packed', data, 5, 2)
 prefixes = sum(max(0, len(s) - 3) for s in data.sequences)  # leave-one-out train part
 assert targets.sum() == prefixes and len(targets) < prefixes, (targets.sum(), prefixes)
 # The item-level model trains on SASRec's windows: the same targets, L codes each.
 _, sasrec_arrays, sasrec_targets = epoch_cost.model_setup('sasrec', data, 5, 2)
 for name, levels in (('item_sid', 8), ('item_sid_ar', 2)):
-  config, arrays, item_targets = epoch_cost.model_setup(name, data, 5, 2, long_levels=8)
-  assert arrays['next_codes'].shape[-1] == levels and len(config.level_sizes) == levels
+  model, arrays, item_targets = epoch_cost.model_setup(name, data, 5, 2, long_levels=8)
+  assert arrays['next_codes'].shape[-1] == levels and len(model.config.level_sizes) == levels
   assert item_targets.sum() == sasrec_targets.sum() and len(item_targets) == len(sasrec_targets)
 """
   throughput = """

@@ -18,19 +18,19 @@ from genrec.ids import AtomicIds, ItemIds, RandomCodeIds, ResidualKMeansIds
 from genrec.ranking import export as ranking_export, ranker
 from genrec.recommendation import evaluate, export, features, infer, train
 
-TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+TINY = models.EncoderDecoderConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                   num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+_WIDTH = dict(d_model=32, num_heads=2, head_dim=16, d_ff=64, dropout_rate=0.0)
 CASES = {
     'encoder_decoder': dict(id_scheme=RandomCodeIds(num_levels=2)),
-    'decoder_only': dict(id_scheme=RandomCodeIds(num_levels=2),
-                         model_config=dataclasses.replace(TINY, architecture='decoder_only')),
-    'projection': dict(id_scheme=RandomCodeIds(num_levels=2), head='projection'),
-    'sasrec': dict(id_scheme=AtomicIds(), head='projection', model_config=dataclasses.replace(
-        TINY, architecture='sasrec', num_decoder_layers=0)),
+    'decoder_only': dict(id_scheme=RandomCodeIds(num_levels=2), model=models.DecoderOnlyModel(
+        models.DecoderOnlyConfig(num_layers=2, **_WIDTH))),
+    'projection': dict(id_scheme=RandomCodeIds(num_levels=2), model=models.ProjectionModel(TINY)),
+    'sasrec': dict(id_scheme=AtomicIds(), model=models.SASRecModel(
+        models.SASRecConfig(num_layers=1, activation='relu', **_WIDTH))),
     **{f'item_sid_{head}': dict(
         id_scheme=ResidualKMeansIds(num_levels=2, codebook_size=8),
-        model_config=models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                          num_layers=1, dropout_rate=0.0, head=head))
+        model=models.ItemSidModel(models.ItemSidConfig(num_layers=1, head=head, **_WIDTH)))
        for head in ('parallel', 'autoregressive')},
 }
 
@@ -39,7 +39,7 @@ CASES = {
 def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
   data = sequences.make_synthetic(num_users=120, num_items=50, seed=0)
   run = str(tmp_path / 'run')
-  args = dict(workdir=run, dataset=data, model_config=TINY,
+  args = dict(workdir=run, dataset=data, model=models.EncoderDecoderModel(TINY),
               optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                             warmup_steps=5),
               # A checkpoint of 8 data-parallel devices for one case, of one
@@ -62,7 +62,7 @@ def test_exported_artifact_answers_like_the_framework(tmp_path, kind):
   # In-framework inference of the same checkpoint (what infer and evaluation run).
   _, config, ids, pred, params, _ = infer.load_run(run, mesh_fn=args['mesh_fn'])
   eval_arrays = features.load_arrays(data, ids, 20, 'numpy', with_train=False)[2]
-  inputs = features.model_inputs(eval_arrays, ids, config)['encoder_input_tokens']
+  inputs = models.model_for(config).model_inputs(eval_arrays, ids)['encoder_input_tokens']
   trie = constraints.PrefixTrie.from_ids(ids) if not config.scores_items else None
   want_items, want_scores = evaluate.predict_items(pred, params, inputs, ids, 10, 64, trie)
   served = artifact.Artifact(out)

@@ -301,9 +301,9 @@ def test_item_sid_packed_rows_equal_one_window_per_row(head):
   packed = features.sequence_train_arrays(windows, ids, 8, item_ids=True)
   single = features.sequence_train_arrays(windows, ids, 8, item_ids=True, packed=False)
   assert len(packed['items']) == 1 and len(single['items']) == 3
-  a, _ = model.loss(jax.tree.map(jnp.asarray, models.ItemSidRec.training_arrays(packed, ids)),
+  a, _ = model.loss(jax.tree.map(jnp.asarray, models.ItemSidModel.window_arrays(packed, ids)),
                     deterministic=True)
-  b, _ = model.loss(jax.tree.map(jnp.asarray, models.ItemSidRec.training_arrays(single, ids)),
+  b, _ = model.loss(jax.tree.map(jnp.asarray, models.ItemSidModel.window_arrays(single, ids)),
                     deterministic=True)
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
@@ -311,7 +311,7 @@ def test_item_sid_packed_rows_equal_one_window_per_row(head):
 def test_item_sid_parallel_scores_are_summed_code_log_probs_over_the_catalog():
   model, ids = _item_sid_model('parallel'), _item_sid_ids()
   history = np.array([[3, 7, 9, 0, 0, 0, 0, 0], [12, 0, 0, 0, 0, 0, 0, 0]], np.int32)
-  inputs = models.ItemSidRec.history_features(history, ids.token_table())
+  inputs = models.ItemSidModel.history_features(history, ids.token_table())
   scores = np.asarray(model.score_items(jnp.asarray(inputs), jnp.asarray(ids.token_table())))
   # By hand: the last real position's state, each level's log-softmax, summed.
   states = np.asarray(model.states(jnp.asarray(inputs)))
@@ -332,7 +332,7 @@ def test_item_sid_autoregressive_beam_search_is_exact_and_valid():
   scoring each item's codes through the head gives."""
   from genrec import constraints, decoding
   model, ids = _item_sid_model('autoregressive', seed=3), _item_sid_ids()
-  history = models.ItemSidRec.history_features(np.array([[3, 7, 9, 0, 0, 0, 0, 0]], np.int32),
+  history = models.ItemSidModel.history_features(np.array([[3, 7, 9, 0, 0, 0, 0, 0]], np.int32),
                                                ids.token_table())
   trie = constraints.PrefixTrie.from_ids(ids)
   fn, cache = model.beam_search_inputs(jnp.asarray(history), 40, 3)
@@ -355,10 +355,10 @@ def test_item_sid_catalog_loss_is_the_softmax_of_summed_code_logits_over_existin
   score_items ranks by (the per-level normalizers are constant per query)."""
   model, ids = _item_sid_model('parallel', seed=5, loss='catalog'), _item_sid_ids()
   from genrec.recommendation import features
-  arrays = models.ItemSidRec.training_arrays(features.sequence_train_arrays(
+  arrays = models.ItemSidModel.window_arrays(features.sequence_train_arrays(
       [np.array([5, 9, 7, 3])], ids, 8, item_ids=True, packed=False), ids)
-  batch = jax.tree.map(jnp.asarray, {**arrays, **models.ItemSidRec.training_constants(
-      model.cfg, ids)})
+  batch = jax.tree.map(jnp.asarray, {**arrays, **models.ItemSidModel(
+      model.cfg).training_constants(ids)})
   loss, _ = model.loss(batch, deterministic=True)
   table = jnp.asarray(ids.token_table())
   want = []
@@ -378,7 +378,7 @@ def test_item_sid_parallel_beam_search_with_a_full_beam_finds_the_exact_top_k():
   distinct items."""
   from genrec import constraints, decoding
   model, ids = _item_sid_model('parallel', seed=4), _item_sid_ids()
-  history = models.ItemSidRec.history_features(np.array([[3, 7, 9, 0, 0, 0, 0, 0]], np.int32),
+  history = models.ItemSidModel.history_features(np.array([[3, 7, 9, 0, 0, 0, 0, 0]], np.int32),
                                                ids.token_table())
   exact = np.asarray(model.score_items(jnp.asarray(history), jnp.asarray(ids.token_table())))[0]
   trie = constraints.PrefixTrie.from_ids(ids)

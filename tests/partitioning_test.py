@@ -220,7 +220,7 @@ def test_each_sharding_gin_file_selects_its_strategy_in_every_run_mode(strategy)
       gin.clear_config()
       gin.parse_config_files_and_bindings(
           [os.path.join(repo, mode), os.path.join(repo, 'gin', 'sharding', f'{strategy}.gin')],
-          ['DATASET = "beauty"'])
+          ['DATASET = "beauty"', 'MODEL = None'])  # the run file alone: no model file
       fn = (gin.query_parameter('train.train.mesh_fn') if 'train' in mode else
             gin.query_parameter('ranker.train_and_evaluate.mesh_fn') if 'ranking' in mode else
             gin.query_parameter('docgen.train_and_evaluate.mesh_fn'))

@@ -35,8 +35,9 @@ from genrec.recommendation import export, train
 # httpx's default 5 s timeout.
 HTTP = httpx.Client(timeout=120)
 
-TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+TINY = models.EncoderDecoderModel(models.EncoderDecoderConfig(
+    d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1,
+    dropout_rate=0.0))
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def served(tmp_path):
   tmp = tmp_path
   data = sequences.make_synthetic(num_users=120, num_items=50, seed=0)
   data = dataclasses.replace(data, item_keys=('',) + tuple(f'A{i:04d}' for i in range(1, 51)))
-  train.train(workdir=str(tmp / 'run'), dataset=data, model_config=TINY,
+  train.train(workdir=str(tmp / 'run'), dataset=data, model=TINY,
               id_scheme=RandomCodeIds(num_levels=2),
               optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                             warmup_steps=5),

@@ -17,8 +17,11 @@ from genrec.data import sequences
 from genrec.recommendation import infer, train
 from genrec.ids import AtomicIds, ProductQuantizationIds, RandomCodeIds
 
-TINY = models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
+TINY = models.EncoderDecoderConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                   num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
+_WIDTH = dict(d_model=32, num_heads=2, head_dim=16, d_ff=64, dropout_rate=0.1)
+SASREC = models.SASRecModel(models.SASRecConfig(num_layers=1, activation='relu', **_WIDTH))
+DECODER_ONLY = models.DecoderOnlyModel(models.DecoderOnlyConfig(num_layers=2, **_WIDTH))
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +39,7 @@ SHARDED = lambda: partitioning.make_mesh(data=-1, fsdp=2, model=2)  # noqa: E731
 
 
 def _run(workdir, **kw):
-  args = dict(workdir=str(workdir), dataset='synthetic', model_config=TINY,
+  args = dict(workdir=str(workdir), dataset='synthetic', model=models.EncoderDecoderModel(TINY),
               optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                             warmup_steps=10),
               mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]),
@@ -148,7 +151,8 @@ def test_changed_settings_are_refused_or_recorded(tmp_path):
   other_lr = lambda n: trainer.make_optimizer(n, learning_rate=1e-2, warmup_steps=10)
   run_config = (tmp_path / 'run_config.json').read_text()
   with pytest.raises(ValueError, match=r'(?s)other settings.*optimizer.constants.*Use a new'):
-    _run(tmp_path, optimizer_fn=other_lr, model_config=dataclasses.replace(TINY, d_ff=128),
+    _run(tmp_path, optimizer_fn=other_lr,
+         model=models.EncoderDecoderModel(dataclasses.replace(TINY, d_ff=128)),
          **common)
   assert (tmp_path / 'run_config.json').read_text() == run_config  # untouched
   results = _run(tmp_path, optimizer_fn=other_lr, allow_config_change=True, **common)
@@ -228,7 +232,9 @@ def test_gin_files_parse(path):
     # Parsing imports the modules and checks every binding against its signature.
     gin.parse_config_files_and_bindings([path], [
         "DATASET='synthetic'", "DATA_DIR='/x'", "INPUT_FILE='/x'", "QUERIES_FILE='/x'",
-        "RETRIEVER='/x'", "COLLECTION='x'", "DOCUMENTS='/x'", "RECOMMENDER='/x'", "ITEMS='/x'"])
+        "RETRIEVER='/x'", "COLLECTION='x'", "DOCUMENTS='/x'", "RECOMMENDER='/x'", "ITEMS='/x'",
+        # The run file alone: experiments include a model file that binds MODEL.
+        *(['MODEL=None'] if path.endswith('runs/train.gin') else [])])
     if path.endswith(('runs/retrieval.gin', 'runs/ranking.gin', 'runs/infer.gin',
                       'runs/retrieval_infer.gin', 'runs/export.gin',
                       'runs/export_ranker.gin', 'runs/export_retriever.gin',
@@ -248,10 +254,9 @@ def test_gin_files_parse(path):
 
 @pytest.mark.parametrize('kind', ['projection', 'sasrec'])
 def test_item_scoring_models_train_and_rank_the_catalog(tmp_path, kind):
-  cfg = dict(model_config=dataclasses.replace(TINY, architecture='sasrec', num_decoder_layers=0)
-             ) if kind == 'sasrec' else {}
-  results = _run(tmp_path, num_train_steps=150, eval_every_steps=150, head='projection',
-                 checkpoint_every_steps=150, **cfg)
+  model = SASREC if kind == 'sasrec' else models.ProjectionModel(TINY)
+  results = _run(tmp_path, num_train_steps=150, eval_every_steps=150, model=model,
+                 checkpoint_every_steps=150)
   for split in ('validation', 'test'):
     assert results[split]['invalid_rate'] == 0  # items are ranked directly
     assert results[split]['recall@10'] > results[f'popularity_{split}']['recall@10']
@@ -265,7 +270,7 @@ def test_decoder_only_model_trains_on_whole_sequences_and_decodes_valid_ids(tmp_
   next-item position trained at once, trie-constrained beam search."""
   results = _run(tmp_path, num_train_steps=150, eval_every_steps=150,
                  checkpoint_every_steps=150, id_scheme=RandomCodeIds(num_levels=2),
-                 model_config=dataclasses.replace(TINY, architecture='decoder_only'))
+                 model=DECODER_ONLY)
   assert results['training_examples'] == 'sequence'
   assert results['num_train_examples'] < 400  # windows, not the thousands of prefixes
   for split in ('validation', 'test'):
@@ -273,9 +278,6 @@ def test_decoder_only_model_trains_on_whole_sequences_and_decodes_valid_ids(tmp_
     assert results[split]['recall@10'] > results[f'popularity_{split}']['recall@10']
   # infer from the checkpoint (histories continue in place: 0-padded at the start).
   _infer_gives_the_test_predictions(tmp_path)
-  with pytest.raises(ValueError, match="head='projection' needs a model that scores items"):
-    _run(tmp_path / 'p', num_train_steps=1, head='projection',
-         model_config=dataclasses.replace(TINY, architecture='decoder_only'))
 
 
 @pytest.mark.parametrize('head', ['parallel', 'autoregressive'])
@@ -288,7 +290,8 @@ def test_item_level_sid_model_trains_on_windows_and_ranks_existing_items(tmp_pat
                              dropout_rate=0.1, head=head, item_id_buckets=32)
   scheme = ProductQuantizationIds(num_levels=4, codebook_size=8, opq_iters=1)
   results = _run(tmp_path, num_train_steps=150, eval_every_steps=150,
-                 checkpoint_every_steps=150, id_scheme=scheme, model_config=cfg)
+                 checkpoint_every_steps=150, id_scheme=scheme,
+                 model=models.ItemSidModel(cfg))
   assert results['training_examples'] == 'sequence'
   assert results['num_train_examples'] < 300  # packed windows, not prefixes
   assert results['model'] == f'item_sid ({head} head)'
@@ -313,14 +316,12 @@ def test_packed_prefix_examples_train_and_decode_valid_ids(tmp_path):
     assert results[split]['invalid_rate'] == 0
     assert results[split]['recall@10'] > results[f'popularity_{split}']['recall@10']
   with pytest.raises(ValueError, match='pack_examples packs the prefix examples'):
-    _run(tmp_path / 'd', num_train_steps=1, pack_examples=True,
-         model_config=dataclasses.replace(TINY, architecture='decoder_only'))
+    _run(tmp_path / 'd', num_train_steps=1, pack_examples=True, model=DECODER_ONLY)
 
 
 def test_sasrec_refuses_multi_level_ids(tmp_path):
   with pytest.raises(ValueError, match='SASRec embeds item ids'):
-    _run(tmp_path, num_train_steps=1, head='projection', id_scheme=RandomCodeIds(num_levels=2),
-         model_config=dataclasses.replace(TINY, architecture='sasrec'))
+    _run(tmp_path, num_train_steps=1, id_scheme=RandomCodeIds(num_levels=2), model=SASREC)
 
 
 def test_bad_config_values_fail_before_any_data_is_loaded(tmp_path, monkeypatch):
@@ -331,10 +332,10 @@ def test_bad_config_values_fail_before_any_data_is_loaded(tmp_path, monkeypatch)
     train.train(str(tmp_path), dataset='beauty', num_train_steps='abc')
   with pytest.raises(ValueError, match='batch_size = 2.5'):
     train.train(str(tmp_path), dataset='beauty', batch_size=2.5)
-  with pytest.raises(ValueError, match='TransformerConfig.d_model'):
-    models.TransformerConfig(d_model='64')
+  with pytest.raises(ValueError, match='EncoderDecoderConfig.d_model'):
+    models.EncoderDecoderConfig(d_model='64')
   with pytest.raises(ValueError, match='dropout_rate must be in'):
-    models.TransformerConfig(dropout_rate=1.5)
+    models.SASRecConfig(dropout_rate=1.5)
 
 
 def test_early_stopping_ends_the_run_and_a_stopped_run_is_finished(tmp_path):
@@ -342,9 +343,8 @@ def test_early_stopping_ends_the_run_and_a_stopped_run_is_finished(tmp_path):
   with a patience of 2 evaluations the run stops at the third, and running it
   again trains no further."""
   kw = dict(num_train_steps=100, eval_every_steps=5, checkpoint_every_steps=50,
-            head='projection', early_stopping_evals=2, report_unconstrained=False,
-            optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=0.0),
-            model_config=dataclasses.replace(TINY, architecture='sasrec', num_decoder_layers=0))
+            model=SASREC, early_stopping_evals=2, report_unconstrained=False,
+            optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=0.0))
   results = _run(tmp_path, **kw)
   assert (results['last_step'], results['stopped_early']) == (15, True)
   history = [json.loads(line) for line in open(tmp_path / 'eval_history.jsonl')]
@@ -362,8 +362,7 @@ def test_several_steps_per_call_are_the_same_steps(tmp_path):
   """steps_per_call = 4 scans four steps in one jitted call: the same losses
   (dropout keys fold in each step's count) as one step per call."""
   common = dict(num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=8,
-                log_every_steps=4, head='projection',
-                model_config=dataclasses.replace(TINY, architecture='sasrec', num_decoder_layers=0))
+                log_every_steps=4, model=SASREC)
   one = _run(tmp_path / 'one', **common)
   four = _run(tmp_path / 'four', steps_per_call=4, **common)
   a, b = _losses(tmp_path / 'one'), _losses(tmp_path / 'four')

@@ -60,7 +60,7 @@ def _time(fn, reps: int) -> float:
   return float(np.median(times))
 
 
-def bench_catalog(model_config: models.TransformerConfig, num_items: int, beams: list[int],
+def bench_catalog(model_config: models.EncoderDecoderConfig, num_items: int, beams: list[int],
                   batch_size: int, latency_batch: int, history: int, reps: int, levels: int,
                   codebook_size: int, projection: bool = True) -> list[dict]:
   """Rows of one catalog: for each k, free beam search, trie-constrained beam
@@ -76,7 +76,8 @@ def bench_catalog(model_config: models.TransformerConfig, num_items: int, beams:
   params = tr.init_state(0).params
   head_tr = head_params = None
   if projection:
-    head_tr = trainer.Trainer(dataclasses.replace(config, num_items=num_items),
+    head_tr = trainer.Trainer(models.ProjectionConfig(**dataclasses.asdict(config),
+                                                      num_items=num_items),
                               optax.sgd(0.0), mesh)
     head_params = head_tr.init_state(0).params
   rng = np.random.default_rng(1)
@@ -128,7 +129,7 @@ def main(argv):
   del argv
   gin.add_config_file_search_path(os.getcwd())
   gin.parse_config_files_and_bindings(FLAGS.gin_file, [])
-  config = gin.get_configurable(models.TransformerConfig)()
+  config = gin.get_configurable(models.EncoderDecoderConfig)()
   rows = []
   for n in FLAGS.catalog_sizes:
     rows += bench_catalog(config, int(n), [int(b) for b in FLAGS.beams], FLAGS.batch_size,

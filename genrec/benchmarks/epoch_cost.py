@@ -17,7 +17,6 @@ an accelerator whose bf16 peak is known (`scaling.PEAK_TFLOPS`), the step's
 model FLOP utilization (`mfu`).
 """
 
-import dataclasses
 import sys
 import time
 
@@ -46,8 +45,15 @@ flags.DEFINE_string('table_stem', 'epoch_cost', "The table's file name.")
 FLAGS = flags.FLAGS
 
 # TIGER's width and depth (gin/models/tiger.gin); SASRec at the same width.
-TIGER = models.TransformerConfig(d_model=128, num_heads=6, head_dim=64, d_ff=1024,
-                                 num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.1)
+TIGER = models.EncoderDecoderConfig(d_model=128, num_heads=6, head_dim=64, d_ff=1024,
+                                    num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.1)
+_WIDTH = dict(d_model=TIGER.d_model, num_heads=TIGER.num_heads, head_dim=TIGER.head_dim,
+              d_ff=TIGER.d_ff, dropout_rate=TIGER.dropout_rate, activation=TIGER.activation)
+# The models timed at TIGER's width, 8 blocks deep (the encoder-decoder's 4 + 4).
+MODELS = {'encoder_decoder': lambda: models.EncoderDecoderModel(TIGER),
+          'decoder_only': lambda: models.DecoderOnlyModel(
+              models.DecoderOnlyConfig(num_layers=8, **_WIDTH)),
+          'sasrec': lambda: models.SASRecModel(models.SASRecConfig(num_layers=8, **_WIDTH))}
 
 
 def long_random_ids(data: sequences.SequenceData, levels: int, seed: int = 0) -> ids_lib.ItemIds:
@@ -60,7 +66,7 @@ def long_random_ids(data: sequences.SequenceData, levels: int, seed: int = 0) ->
 
 def model_setup(name: str, data: sequences.SequenceData, max_history: int, levels: int,
                 long_levels: int = 32):
-  """(config, training arrays, target items per row) of a model;
+  """(model, training arrays, target items per row) of a model;
   'encoder_decoder_packed' is the encoder-decoder with its prefixes packed
   several to a row (train.train.pack_examples); 'item_sid' is the item-level
   Semantic-ID model with the parallel head over `long_levels` codes,
@@ -70,25 +76,22 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
     ar = name == 'item_sid_ar'
     sid = (ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data) if ar
            else long_random_ids(data, long_levels))
-    config = models.ItemSidConfig(
+    model = models.ItemSidModel(models.ItemSidConfig(
         d_model=TIGER.d_model, num_heads=TIGER.num_heads, head_dim=TIGER.head_dim,
         d_ff=TIGER.d_ff, num_layers=8, dropout_rate=TIGER.dropout_rate,
-        head='autoregressive' if ar else 'parallel').resolve(sid, data.num_items, max_history)
-    arrays = features.training_arrays(data, sid, max_history, config, None)
-    return config, arrays, (arrays['next_codes'][..., 0] >= 0).sum(1)
+        head='autoregressive' if ar else 'parallel')).resolve(sid, data.num_items, max_history)
+    arrays = model.training_arrays(data, sid, max_history, None)
+    return model, arrays, (arrays['next_codes'][..., 0] >= 0).sum(1)
   packed = name == 'encoder_decoder_packed'
   name = 'encoder_decoder' if packed else name
   codes = ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data)
   atomic = ids_lib.AtomicIds().fit(data)
   item_ids = atomic if name == 'sasrec' else codes
-  config = dataclasses.replace(TIGER, architecture=name, vocab_size=item_ids.vocab_size)
-  if name == 'sasrec':  # all 8 blocks as self-attention over item ids
-    config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history,
-                                 num_encoder_layers=8, num_decoder_layers=0)
+  model = MODELS[name]().resolve(item_ids, data.num_items, max_history)
   prefix = None
-  if models.model_class(config).training_examples == 'prefix':
+  if model.training_examples == 'prefix':
     prefix = features.load_arrays(data, item_ids, max_history, 'numpy')[0]
-  arrays = features.training_arrays(data, item_ids, max_history, config, prefix)
+  arrays = model.training_arrays(data, item_ids, max_history, prefix)
   if packed:
     arrays, _ = features.pack_prefix_arrays(arrays)
     targets = (arrays['decoder_segment_ids'] > 0).sum(1) / item_ids.num_levels
@@ -98,18 +101,18 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
     targets = (arrays['next_items'] > 0).sum(1)
   else:
     targets = np.ones(len(arrays['decoder_target_tokens']))
-  return config, arrays, targets
+  return model, arrays, targets
 
 
 def measure(name: str, data, max_history: int, levels: int, batch_size: int, steps: int
             ) -> dict:
-  config, arrays, targets = model_setup(name, data, max_history, levels, FLAGS.long_levels)
+  model, arrays, targets = model_setup(name, data, max_history, levels, FLAGS.long_levels)
   if 'decoder_segment_ids' in arrays:  # packed: rows holding about batch_size examples
     batch_size = features.packed_rows_per_batch(
         batch_size, {'rows': len(targets), 'examples': targets.sum()})
   mesh = partitioning.make_mesh(-1, 1, 1)
   tx, lr = trainer.make_optimizer(100, warmup_steps=10)
-  tr = trainer.Trainer(config, tx, mesh, lr)
+  tr = trainer.Trainer(model.config, tx, mesh, lr)
   state = tr.init_state(0)
   n = len(targets)
   order = np.random.default_rng(0).permutation(n)
@@ -132,7 +135,7 @@ def measure(name: str, data, max_history: int, levels: int, batch_size: int, ste
   steps_per_epoch = -(-n // batch_size)
   peak = peak_tflops(jax.devices()[0].device_kind)
   return {
-      'model': name, 'training_examples': models.model_class(config).training_examples,
+      'model': name, 'training_examples': model.training_examples,
       'rows_per_step': batch_size,
       'params_M': round(trainer.param_count(state.params) / 1e6, 2),
       'examples_per_epoch': n, 'target_items_per_epoch': int(targets.sum()),

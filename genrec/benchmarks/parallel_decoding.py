@@ -23,7 +23,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from genrec import constraints, metrics, tables
+from genrec import constraints, metrics, models, tables
 from genrec.data import sequences
 from genrec.recommendation import evaluate, features, infer
 
@@ -51,7 +51,7 @@ def compare(workdir: str, beams: list[int], users: int, batch_size: int,
     raise ValueError(f'{workdir} is not a run of the item-level model with the parallel head.')
   data = sequences.load_dataset(run['dataset'], data_dir)
   test = features.load_arrays(data, ids, run['max_history'], 'numpy', with_train=False)[2]
-  _, test = evaluate.sample_users(features.model_inputs(test, ids, config), users, 0)
+  _, test = evaluate.sample_users(models.model_for(config).model_inputs(test, ids), users, 0)
   x, target = test['encoder_input_tokens'], test['target_item']
   trie = constraints.PrefixTrie.from_ids(ids)
   catalog = ids.token_table()

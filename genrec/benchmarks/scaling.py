@@ -98,13 +98,13 @@ def step_config():
   import gin  # pylint: disable=g-import-not-at-top
   from genrec import models  # pylint: disable=g-import-not-at-top
   if not FLAGS.gin_file and not FLAGS.gin_bindings:
-    return models.TransformerConfig(**SMALL)
+    return models.EncoderDecoderConfig(**SMALL)
   gin.add_config_file_search_path(os.getcwd())
-  # Bindings may name models.TransformerConfig without a gin file importing it.
+  # Bindings may name models.EncoderDecoderConfig without a gin file importing it.
   gin.parse_config_files_and_bindings(FLAGS.gin_file, [
       'from __gin__ import dynamic_registration', 'from genrec import models',
       *FLAGS.gin_bindings])
-  return gin.get_configurable(models.TransformerConfig)()
+  return gin.get_configurable(models.EncoderDecoderConfig)()
 
 
 def random_batch(vocab_size: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -235,7 +235,7 @@ def base_config(vocab_size: int):
   gin.clear_config()
   gin.parse_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), 'gin', 'models', 'base.gin'))
-  config = gin.get_configurable(models.TransformerConfig)(vocab_size=vocab_size)
+  config = gin.get_configurable(models.EncoderDecoderConfig)(vocab_size=vocab_size)
   gin.clear_config()
   return config
 

@@ -256,7 +256,9 @@ def main(argv):
             f'{m["beam_size"]}, k {m["k"]}, {len(work.texts)} queries cycled')
     name = f'serving_{m["method"]}'
   else:
-    what = (f'{m["model_config"]["architecture"]}, {m["dataset"]}, {m["num_items"]} items, '
+    # Exports before the model classes name the model by its config's architecture.
+    model_name = m.get('model') or m['model_config'].get('architecture')
+    what = (f'{model_name}, {m["dataset"]}, {m["num_items"]} items, '
             f'beam {m["beam_size"]}, two-stage with {FLAGS.ranker or "no ranker"}, '
             f'constrained {m["constrained_decoding"]}')
     name = 'serving_two_stage' if FLAGS.ranker else 'serving'

@@ -66,7 +66,7 @@ def peak_memory_mb() -> tuple[float, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'host RSS'
 
 
-def run(config: models.TransformerConfig, batch_size: int, steps: int, warmup: int,
+def run(config: models.EncoderDecoderConfig, batch_size: int, steps: int, warmup: int,
         input_len: int, target_len: int, mesh) -> dict:
   tx, lr = trainer.make_optimizer(steps + warmup, warmup_steps=10)
   tr = trainer.Trainer(config, tx, mesh, lr)
@@ -116,7 +116,7 @@ def prefix_lengths(name: str, input_len: int, target_len: int, data_dir: str | N
   return np.random.default_rng(seed).permutation(extra + levels * items)
 
 
-def run_packed(config: models.TransformerConfig, batch_size: int, steps: int, warmup: int,
+def run_packed(config: models.EncoderDecoderConfig, batch_size: int, steps: int, warmup: int,
                lengths: np.ndarray, input_len: int, target_len: int, mesh) -> dict:
   """Steps on packed rows of examples with these input lengths: examples/s
   over the timed batches (each about batch_size examples)."""
@@ -153,7 +153,7 @@ def run_packed(config: models.TransformerConfig, batch_size: int, steps: int, wa
           'packed_examples_per_s': round(examples / sum(times), 1)}
 
 
-def peer_row(config: models.TransformerConfig, batch_size: int, input_len: int,
+def peer_row(config: models.EncoderDecoderConfig, batch_size: int, input_len: int,
              target_len: int, steps: int, lengths: np.ndarray | None = None) -> dict:
   """Times the PyTorch peer (peer_hf_t5.py) at the same sizes and shapes (with
   `lengths`, on batches of those input lengths padded to their longest)."""
@@ -181,7 +181,7 @@ def main(argv):
   del argv
   gin.add_config_file_search_path(os.getcwd())
   gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
-  base = gin.get_configurable(models.TransformerConfig)()
+  base = gin.get_configurable(models.EncoderDecoderConfig)()
   data, fsdp, model = (int(x) for x in FLAGS.mesh.split(','))
   mesh = partitioning.make_mesh(data, fsdp, model)
   shapes = ([tuple(int(v) for v in s.split('x')) for s in FLAGS.shapes] or

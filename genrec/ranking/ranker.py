@@ -34,7 +34,7 @@ import numpy as np
 import optax
 import scipy.stats
 
-from genrec import config_check, loop, metrics, partitioning, trainer
+from genrec import config_check, loop, metrics, models, partitioning, trainer
 from genrec.data import sequences
 from genrec.ranking import sid_features
 from genrec.ids import IdScheme, ResidualKMeansIds
@@ -50,6 +50,12 @@ class RankerConfig:
   dim: int = 32
   mlp_dims: tuple[int, ...] = (128, 64)
   pooling: str = 'sum'  # of an item's key rows: 'sum' or 'mean'
+  # Embedding-table rows: `train_and_evaluate` sets them from its table_rows.
+  table_rows: int = 0
+
+  @classmethod
+  def from_json(cls, fields: dict) -> 'RankerConfig':
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def _dense(n_in: int, n_out: int, axes, rngs: nnx.Rngs) -> nnx.Linear:
@@ -61,9 +67,10 @@ def _dense(n_in: int, n_out: int, axes, rngs: nnx.Rngs) -> nnx.Linear:
 
 class Ranker(nnx.Module):
 
-  def __init__(self, cfg: RankerConfig, table_rows: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: RankerConfig, table_rows: int | None = None, *, rngs: nnx.Rngs):
     if cfg.pooling not in ('sum', 'mean'):
       raise ValueError(f"RankerConfig.pooling must be 'sum' or 'mean', not {cfg.pooling!r}.")
+    table_rows = cfg.table_rows if table_rows is None else table_rows
     self.cfg = cfg
     init = nnx.with_partitioning(nnx.initializers.normal(0.05), ('table_rows', 'embed'))
     self.table = nnx.Param(init(rngs.params(), (table_rows, cfg.dim), jnp.float32))
@@ -96,11 +103,34 @@ class Ranker(nnx.Module):
       x = jax.nn.relu(layer(x))
     return self.out(x)[..., 0]
 
+  def loss(self, batch: dict[str, jax.Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict]:
+    """Sigmoid cross-entropy of 'labels' [b, C] for 'candidates' [b, C] after
+    'history' [b, H]; the item features 'rows' and 'mask' come with every
+    batch (`trainer.Trainer` constants)."""
+    del deterministic, rngs  # no dropout
+    logits = self(batch['history'], batch['candidates'], batch['rows'], batch['mask'])
+    return optax.sigmoid_binary_cross_entropy(logits, batch['labels']).mean(), {}
+
+
+class RankerModel(models.Model):
+  """The ranker as `trainer.Trainer` and `predictor.Predictor` build it from
+  its config (`models.abstract_model`); its data are this module's own."""
+  CONFIG = RankerConfig
+  MODULE = Ranker
+
+
+def constant_adam(num_train_steps: int, learning_rate: float = 2e-3):
+  """The ranker's default optimizer: Adam at a constant rate, as
+  `trainer.make_optimizer` builds it (AdamW without weight decay, warmup or
+  clipping, whose updates are optax.adam(learning_rate)'s)."""
+  return trainer.make_optimizer(num_train_steps, 'adamw', learning_rate, schedule='constant',
+                                warmup_steps=0, weight_decay=0.0, clip_norm=None)
+
 
 def abstract_ranker(cfg: RankerConfig, table_rows: int) -> Ranker:
   """The model with ShapeDtypeStructs instead of arrays (no memory, no compute)."""
-  with nnx.use_eager_sharding(False):
-    return nnx.eval_shape(lambda: Ranker(cfg, table_rows, rngs=nnx.Rngs(0)))
+  return models.abstract_model(dataclasses.replace(cfg, table_rows=table_rows))
 
 
 # ---------------------------------------------------------------------------
@@ -212,6 +242,21 @@ def slice_metrics(logits: np.ndarray, users: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------------------
 # Train and evaluate
 # ---------------------------------------------------------------------------
+def _train_batch(rd: RankingData, batcher: loop.EpochBatcher, warm: np.ndarray, step: int,
+                 batch_size: int, num_negatives: int, seed: int, mesh) -> dict:
+  """Step `step`'s batch, sharded: the next item positive, `num_negatives`
+  warm items drawn uniformly (seeded by the step) negative."""
+  idx = batcher.indices(step)
+  rng = np.random.default_rng([seed, 3, step])
+  neg = warm[rng.integers(0, len(warm), (batch_size, num_negatives))]
+  cands = np.concatenate([rd.train_target[idx][:, None], neg], 1)
+  labels = np.zeros(cands.shape, np.float32)
+  labels[:, 0] = 1
+  batch = {'history': rd.train_history[idx], 'candidates': cands, 'labels': labels}
+  return partitioning.shard_batch(
+      {k: v[partitioning.host_slice(batch_size, mesh)] for k, v in batch.items()}, mesh)
+
+
 @gin.configurable(denylist=['workdir'])
 def train_and_evaluate(
     variant: str = 'spm_sid',
@@ -229,6 +274,7 @@ def train_and_evaluate(
     num_train_steps: int = 2000,
     batch_size: int = 512,
     learning_rate: float = 2e-3,
+    optimizer_fn: Callable = constant_adam,
     eval_batch_size: int = 2048,
     slice_fractions: tuple[float, float] = (0.2, 0.5),
     spm_vocab_size: int | None = None,
@@ -247,6 +293,10 @@ def train_and_evaluate(
     config: the model (default `RankerConfig()` built at call time, so gin
       bindings of RankerConfig apply).
     cold_fraction: items held out of training (new items).
+    learning_rate: the rate given to `optimizer_fn`.
+    optimizer_fn: (num_train_steps, learning_rate=...) -> (optax optimizer,
+      learning-rate schedule), e.g. `@trainer.make_optimizer` with its own
+      gin bindings (default: `constant_adam`).
     spm_vocab_size: spm_sid's SentencePiece vocabulary bound (default: table_rows).
     data_cache: dict reused across calls for the loaded data, split and IDs.
 
@@ -286,65 +336,32 @@ def train_and_evaluate(
   if batch_size % dp:
     raise ValueError(f'batch_size {batch_size} must be divisible by the data-parallel size '
                      f'{dp}.')
-  tx = optax.adam(learning_rate)
-  graphdef, abstract_params = nnx.split(abstract_ranker(config, table_rows))
-  _, param_specs, _, opt_specs = trainer.param_and_opt_specs(abstract_params, tx)
-  state_sh = partitioning.named_shardings({'params': param_specs, 'opt_state': opt_specs}, mesh)
-  partitioning.check_divisible(nnx.to_pure_dict(abstract_params), state_sh['params'])
-  repl = partitioning.replicated(mesh)
-  rows = jax.device_put(feats.rows, repl)
-  mask = jax.device_put(feats.mask, repl)
-
-  def logits_fn(params, history, candidates, rows, mask):
-    return nnx.merge(graphdef, params)(history, candidates, rows, mask)
-
-  def train_step(params, opt_state, batch, rows, mask):
-    def loss_fn(p):
-      logits = logits_fn(p, batch['history'], batch['candidates'], rows, mask)
-      return optax.sigmoid_binary_cross_entropy(logits, batch['labels']).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  def init(rng):
-    with nnx.use_eager_sharding(False):
-      return nnx.to_pure_dict(nnx.state(Ranker(config, table_rows, rngs=nnx.Rngs(params=rng)),
-                                        nnx.Param))
-  step_j = jax.jit(train_step, donate_argnums=(0, 1))
-  predict_j = jax.jit(logits_fn)
+  tx, lr_fn = optimizer_fn(num_train_steps, learning_rate=learning_rate)
+  tr = trainer.Trainer(dataclasses.replace(config, table_rows=table_rows), tx, mesh, lr_fn,
+                       constants={'rows': feats.rows, 'mask': feats.mask})
   warm = np.flatnonzero(~rd.cold[1:]) + 1
   batcher = loop.EpochBatcher(len(rd.train_target), batch_size, seed)
-
-  def init_state(rng):
-    params = init(rng)
-    return {'params': params, 'opt_state': tx.init(params)}
-  init_fn = lambda: jax.jit(init_state, out_shardings=state_sh)(jax.random.key(seed))
+  rng = jax.random.key(seed + 1)  # dropout keys (the ranker has none)
 
   def step_fn(state, step):
-    idx = batcher.indices(step)
-    rng = np.random.default_rng([seed, 3, step])
-    neg = warm[rng.integers(0, len(warm), (batch_size, num_negatives))]
-    cands = np.concatenate([rd.train_target[idx][:, None], neg], 1)
-    labels = np.zeros(cands.shape, np.float32)
-    labels[:, 0] = 1
-    batch = {'history': rd.train_history[idx], 'candidates': cands, 'labels': labels}
-    batch = partitioning.shard_batch(
-        {k: v[partitioning.host_slice(batch_size, mesh)] for k, v in batch.items()}, mesh)
-    params, opt_state, loss = step_j(state['params'], state['opt_state'], batch, rows, mask)
-    return {'params': params, 'opt_state': opt_state}, loss
+    batch = _train_batch(rd, batcher, warm, step, batch_size, num_negatives, seed, mesh)
+    state, out = tr.train_step(state, batch, rng)
+    return state, out['loss']
 
-  abstract_state = jax.tree.map(
-      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-      jax.eval_shape(init_state, jax.random.key(seed)), state_sh)
   settings = {'variant': variant, 'table_rows': table_rows, 'dataset': data.name,
               'config': dataclasses.asdict(config), 'sid_scheme': sid_scheme.name,
               'batch_size': batch_size, 'learning_rate': learning_rate,
+              'optimizer': loop.callable_settings(optimizer_fn),
               'num_negatives': num_negatives, 'cold_fraction': cold_fraction,
               'max_history': max_history, 'seed': seed, 'spm_vocab_size': spm_vocab_size}
   state, train_s, loss = loop.train_fixed_budget(
-      workdir, f'{variant}/{table_rows}', num_train_steps, batcher, abstract_state, init_fn,
-      step_fn, log_every_steps, settings)
-  params = state['params']
+      workdir, f'{variant}/{table_rows}', num_train_steps, batcher, tr.abstract_state,
+      lambda: tr.init_state(seed), step_fn, log_every_steps, settings)
+  params = state.params
+  graphdef = tr.graphdef
+  predict_j = jax.jit(lambda params, history, candidates, rows, mask: nnx.merge(
+      graphdef, params)(history, candidates, rows, mask))
+  rows, mask = tr.train_step.constants['rows'], tr.train_step.constants['mask']
 
   t0 = time.time()
   cands = eval_candidates(rd.test_target, data.num_items, eval_negatives, seed,

@@ -32,9 +32,7 @@ def predict_items(pred: predictor.Predictor, params, inputs: np.ndarray, ids: It
     names no item; their scores float32 [n, beam_size]: beam log-probs, or
     the item logits).
   """
-  # Models that score items from their identifiers read every item's tokens.
-  catalog = (ids.token_table() if getattr(models.model_class(pred.config), 'eval_inputs', None)
-             and pred.scores_items else None)
+  catalog = models.model_for(pred.config).catalog(ids) if pred.scores_items else None
 
   def run(batch, rows):
     x = batch['x']

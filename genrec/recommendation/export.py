@@ -44,13 +44,6 @@ from genrec.recommendation import infer
 SIGNATURES = (export_lib.SIGNATURE, 'recommend')
 
 
-def _left_pad(tokens: jax.Array) -> jax.Array:
-  """Device version of `features.left_pad`."""
-  count = (tokens > 0).sum(axis=1, keepdims=True)
-  index = (jnp.arange(tokens.shape[1])[None] + count) % tokens.shape[1]
-  return jnp.take_along_axis(tokens, index, axis=1)
-
-
 def serving_function(graphdef, config: models.ModelConfig, k: int, beam_size: int,
                      constrained: bool, top_k: decoding.TopK = jax.lax.top_k):
   """fn(arrays: dict, history int32 [b, max_history]) -> (items int32 [b, k],
@@ -58,29 +51,15 @@ def serving_function(graphdef, config: models.ModelConfig, k: int, beam_size: in
   item ids are oldest first, 0-padded at the end; items that name nothing
   (0) never come out of a constrained search. `top_k`: `decoding.sort_top_k`
   for consumers with an older StableHLO (the SavedModel)."""
-  model_cls = models.model_class(config)
+  model = models.model_for(config)
 
   def fn(arrays, history):
-    model = nnx.merge(graphdef, arrays['params'])
-    b = history.shape[0]
-    if hasattr(model_cls, 'history_features'):  # reads item ids and their tokens
-      inputs = model_cls.history_features(history, arrays['token_table'])
-      if not config.scores_items:
-        return predictor.decode_items(model, inputs, arrays['trie'], arrays['leaf_item'],
-                                      beam_size, k, constrained, top_k)
-      scores = model.score_items(inputs, arrays['token_table'])
-    elif config.architecture == 'sasrec':
-      scores = model.score_items(history)
-    else:
-      tokens = arrays['token_table'][history].reshape(b, -1)
-      if model_cls.left_padded_inputs:
-        tokens = _left_pad(tokens)
-      if config.num_items:
-        scores = model.score_items(tokens)
-      else:
-        return predictor.decode_items(model, tokens, arrays['trie'], arrays['leaf_item'],
-                                      beam_size, k, constrained, top_k)
-    top, items = top_k(scores, k)
+    module = nnx.merge(graphdef, arrays['params'])
+    inputs = model.serving_inputs(history, arrays['token_table'])
+    if not model.scores_items:
+      return predictor.decode_items(module, inputs, arrays['trie'], arrays['leaf_item'],
+                                    beam_size, k, constrained, top_k)
+    top, items = top_k(model.score_items(module, inputs, arrays['token_table']), k)
     return items.astype(jnp.int32), top.astype(jnp.float32)
   return fn
 
@@ -128,26 +107,19 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
           'inputs': {'history': f'int32 [batch, {width}]: item ids 1..{ids.num_items}, oldest '
                      'first, 0-padded at the end (longer histories: keep the most recent)'},
           'outputs': {'items': f'int32 [batch, {k}] best first (0: none)',
-                      'scores': f'float32 [batch, {k}]: ' + (
-                          _score_kind(config))},
+                      'scores': f'float32 [batch, {k}]: '
+                                + models.model_for(config).score_kind},
           'k': k, 'beam_size': beam, 'max_history': width,
           'constrained_decoding': constrained, 'num_items': ids.num_items,
           'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes),
-          'model_config': run['model_config'], 'dataset': run['dataset'],
+          'model': models.model_for(config).name, 'model_config': run['model_config'],
+          'dataset': run['dataset'],
           'checkpoint_step': step, 'metrics_at_step': results},
       version=step, platforms=platforms, saved_model_fn=portable_fn,
       signatures=SIGNATURES if saved_model else (), warmup=warmup,
       item_keys=os.path.join(workdir, 'ids', 'item_keys.txt'))
   logging.info('export: step %d of %s -> %s', step, workdir, out)
   return out
-
-
-def _score_kind(config: models.ModelConfig) -> str:
-  if not config.scores_items:
-    return 'beam log-probabilities'
-  if hasattr(models.model_class(config), 'history_features'):
-    return "the sum of the item's code log-probabilities"
-  return 'item logits'
 
 
 def _example_histories(batch: int, width: int, num_items: int) -> np.ndarray:

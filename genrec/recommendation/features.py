@@ -4,8 +4,8 @@ The seqio Task in `tasks.py` is the reference pipeline. This module computes
 the same arrays (asserted equal in tests/tasks_test.py) without TensorFlow,
 for accelerator images that do not ship it: `load_arrays(pipeline=...)` (and
 `train.train(input_pipeline=...)`) picks 'seqio' when seqio and TensorFlow
-import, else 'numpy'. The model-facing conversions (`model_inputs`,
-`training_arrays`) are here too.
+import, else 'numpy'. Each model class converts these into its module's
+inputs (`models.Model.model_inputs`, `training_arrays`).
 """
 
 import importlib.util
@@ -13,8 +13,8 @@ import importlib.util
 from absl import logging
 import numpy as np
 
-from genrec import models
 from genrec.data import sequences
+from genrec.data.windows import left_pad, pack, sequence_train_arrays, sequence_windows  # noqa: F401 (re-exported)
 from genrec.ids import ItemIds
 
 
@@ -56,41 +56,6 @@ def eval_arrays(split: sequences.Split, ids: ItemIds, lengths: dict[str, int]
                                               lengths['inputs']),
       'target_item': split.target.astype(np.int32),
   }
-
-
-def sequence_windows(sequences: list[np.ndarray], max_history: int) -> list[np.ndarray]:
-  """Cuts every user's training sequence into windows of at most
-  `max_history` + 1 items, newest window first, so that every item after a
-  user's first is a target exactly once, with up to `max_history` items of
-  context inside its window (the sequence-level counterpart of the prefixes
-  of `sequences.leave_one_out`). Users with one item give no window."""
-  out = []
-  for s in sequences:
-    end = len(s)
-    while end > 1:
-      start = max(0, end - max_history - 1)
-      out.append(np.asarray(s[start:end]))
-      end = start + 1  # the next window ends where this one's context starts
-  return out
-
-
-def pack(lengths: np.ndarray, capacity: int) -> list[list[int]]:
-  """First-fit-decreasing packing: indices of `lengths` grouped into rows whose
-  lengths sum to at most `capacity` (each length <= capacity)."""
-  rows: list[list[int]] = []
-  free: dict[int, list[int]] = {}  # free capacity -> rows with exactly that much left
-  for i in np.argsort(-np.asarray(lengths), kind='stable'):
-    n = int(lengths[i])
-    fits = [c for c in free if c >= n and free[c]]
-    if fits:
-      c = min(fits)  # the tightest row that still fits
-      r = free[c].pop()
-    else:
-      c, r = capacity, len(rows)
-      rows.append([])
-    rows[r].append(int(i))
-    free.setdefault(c - n, []).append(r)
-  return rows
 
 
 def pack_limited(lengths: np.ndarray, capacity: int, max_per_row: int, seed: int = 0
@@ -207,129 +172,6 @@ def packed_rows_per_batch(batch_size: int, info: dict, unit: int = 1) -> int:
   examples, rounded up to a multiple of `unit` (the data-parallel size)."""
   rows = round(batch_size * info['rows'] / info['examples'])
   return max(unit, -(-rows // unit) * unit)
-
-
-def sequence_train_arrays(sequences: list[np.ndarray], ids: ItemIds, max_history: int,
-                          item_ids: bool = False, packed: bool = True
-                          ) -> dict[str, np.ndarray]:
-  """Training features of sequence-level models.
-
-  Returns:
-    With `item_ids` (SASRec): 'items' [n, max_history] (0-padded at the end)
-    and 'next_items' [n, max_history] (the item after each, 0 for none); one
-    window per row, or with `packed` several, each with its 'segment_ids'
-    and 'positions' (0, 1, ... from its own start).
-    Else (decoder-only identifier models): 'tokens' [n, (max_history + 1) *
-    levels] and 'loss_weights' (1 on the tokens of every item after a
-    window's first). With `packed` (as T5X packs examples), several windows
-    share a row, left to right, told apart by 'segment_ids' (1, 2, ... per
-    window, 0 on padding) so that attention stays within a window: most users
-    are far shorter than `max_history`, and a row per window would be mostly
-    padding. Without it, one window per row, 0-padded at the start.
-  """
-  windows = sequence_windows(sequences, max_history)
-  n, h = len(windows), max_history
-  if item_ids:
-    rows = (pack(np.array([len(w) - 1 for w in windows]), h) if packed
-            else [[i] for i in range(n)])
-    out = {k: np.zeros((len(rows), h), np.int32)
-           for k in ('items', 'next_items', 'segment_ids', 'positions')}
-    for r, members in enumerate(rows):
-      at = 0
-      for seg, i in enumerate(members, 1):
-        w, m = windows[i], len(windows[i]) - 1
-        out['items'][r, at:at + m], out['next_items'][r, at:at + m] = w[:-1], w[1:]
-        out['segment_ids'][r, at:at + m], out['positions'][r, at:at + m] = seg, np.arange(m)
-        at += m
-    if not packed:
-      del out['segment_ids'], out['positions']
-    return out
-  table = ids.token_table().astype(np.int32)
-  levels = ids.num_levels
-  length = (h + 1) * levels
-  tokens, weights = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
-  if not packed:
-    for i, w in enumerate(windows):
-      t = table[w].reshape(-1)
-      tokens[i, length - len(t):] = t
-      weights[i, length - len(t) + levels:] = t[levels:] > 0
-    return {'tokens': tokens, 'loss_weights': weights}
-  rows = pack(np.array([len(w) * levels for w in windows]), length)
-  tokens, weights = np.zeros((len(rows), length), np.int32), np.zeros((len(rows), length), np.int32)
-  segments = np.zeros((len(rows), length), np.int32)
-  for r, members in enumerate(rows):
-    at = 0
-    for seg, i in enumerate(members, 1):
-      t = table[windows[i]].reshape(-1)
-      tokens[r, at:at + len(t)] = t
-      weights[r, at + levels:at + len(t)] = t[levels:] > 0
-      segments[r, at:at + len(t)] = seg
-      at += len(t)
-  return {'tokens': tokens, 'loss_weights': weights, 'segment_ids': segments}
-
-
-def left_pad(tokens: np.ndarray) -> np.ndarray:
-  """Rows 0-padded at the end -> the same tokens 0-padded at the start."""
-  count = (tokens > 0).sum(axis=1, keepdims=True)
-  index = (np.arange(tokens.shape[1])[None] + count) % tokens.shape[1]
-  return np.take_along_axis(tokens, index, axis=1)
-
-
-def item_scoring_arrays(arrays: dict[str, np.ndarray], ids: ItemIds, sasrec: bool
-                        ) -> dict[str, np.ndarray]:
-  """Features of item-scoring models: inputs and the target item id.
-
-  SASRec reads item ids rather than identifier tokens, so its history tokens
-  are mapped back to items (single-level identifiers only).
-  """
-  inputs = arrays['encoder_input_tokens']
-  if 'target_item' in arrays:
-    target = arrays['target_item']
-  else:
-    target = ids.tokens_to_items(arrays['decoder_target_tokens'][:, :ids.num_levels])
-  if sasrec:
-    if ids.num_levels != 1:
-      raise ValueError(f'SASRec embeds item ids: use ID_SCHEME = @ids.AtomicIds(), not '
-                       f'{ids.scheme!r} with {ids.num_levels} levels.')
-    item_of_token = np.zeros(ids.vocab_size, np.int32)
-    item_of_token[ids.token_table()[1:, 0]] = np.arange(1, ids.num_items + 1)
-    inputs = item_of_token[inputs]
-  return {'encoder_input_tokens': inputs, 'target_item': target.astype(np.int32)}
-
-
-def model_inputs(arrays: dict[str, np.ndarray], ids: ItemIds,
-                 config: models.ModelConfig) -> dict[str, np.ndarray]:
-  """Leave-one-out features (`features.eval_arrays`, or the prefix training
-  arrays) in the form the configured model reads: item ids for item-scoring
-  models, histories 0-padded at the start for decoder-only models; models with their
-  own conversion (`eval_inputs`, e.g. `models.ItemSidRec`) make theirs."""
-  model_cls = models.model_class(config)
-  if hasattr(model_cls, 'eval_inputs'):
-    return {**arrays, 'encoder_input_tokens': model_cls.eval_inputs(
-        arrays['encoder_input_tokens'], ids), 'target_item': item_scoring_arrays(
-            arrays, ids, False)['target_item']}
-  if config.num_items:
-    arrays = item_scoring_arrays(arrays, ids, config.architecture == 'sasrec')
-  if models.model_class(config).left_padded_inputs:
-    arrays = {**arrays,
-              'encoder_input_tokens': left_pad(arrays['encoder_input_tokens'])}
-  return arrays
-
-
-def training_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,
-                    config: models.TransformerConfig, prefix_arrays: dict | None
-                    ) -> dict[str, np.ndarray]:
-  """What the configured model trains on: one example per history prefix
-  (`prefix_arrays`, from `load_arrays`) or, for sequence-level models, one
-  per user window (`features.sequence_train_arrays`)."""
-  model_cls = models.model_class(config)
-  if hasattr(model_cls, 'training_arrays'):  # the model converts item windows itself
-    return model_cls.training_arrays(sequence_train_arrays(
-        data.train_sequences(), ids, max_history, item_ids=True), ids)
-  if model_cls.training_examples == 'sequence':
-    return sequence_train_arrays(data.train_sequences(), ids, max_history,
-                                          item_ids=bool(config.num_items))
-  return model_inputs(prefix_arrays, ids, config)
 
 
 def load_arrays(data: sequences.SequenceData, ids: ItemIds, max_history: int,

@@ -124,7 +124,7 @@ def infer(workdir: str, input_file: str, output_file: str | None = None, k: int 
   split = sequences.pack_split([h[-run['max_history']:] for h in histories],
                                [0] * len(histories), run['max_history'])
   arrays = features.eval_arrays(split, ids, features.sequence_lengths(ids, run['max_history']))
-  arrays = features.model_inputs(arrays, ids, config)
+  arrays = models.model_for(config).model_inputs(arrays, ids)
   trie = (constraints.PrefixTrie.from_ids(ids)
           if run['constrained_decoding'] and not run['item_scoring'] else None)
   items, scores = evaluate.predict_items(pred, params, arrays['encoder_input_tokens'], ids, beam,

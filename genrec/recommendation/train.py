@@ -59,7 +59,7 @@ def train(
     dataset: str | sequences.SequenceData = 'synthetic',
     data_dir: str | None = None,
     id_scheme: IdScheme = AtomicIds(),
-    model_config: models.ModelConfig = models.TransformerConfig(),
+    model: models.Model = models.EncoderDecoderModel(),
     optimizer_fn: Callable = trainer.make_optimizer,
     mesh_fn: Callable = partitioning.make_mesh,
     num_train_steps: int = 1000,
@@ -79,7 +79,6 @@ def train(
     constrained_decoding: bool = True,
     report_unconstrained: bool = True,
     slice_fractions: tuple[float, float] = (0.2, 0.5),
-    head: str = 'beam',
     checkpoint_fallback: bool = True,
     reevaluate: bool = False,
     retrain: bool = False,
@@ -105,10 +104,10 @@ def train(
       finished (running it again prints its results); one stopped by
       `stop_after_step` or a signal resumes with the same command.
     id_scheme: how items become tokens.
-    model_config: the model: its config class selects it (TransformerConfig:
-      by its `architecture`; `models.ItemSidConfig`: the item-level
-      Semantic-ID model) and holds its sizes (vocab_size and the other sizes
-      that come from the data are filled in).
+    model: the model class with its config (gin: `MODEL = @models.SASRecModel()`,
+      gin/models/*.gin): it builds the module and converts the data into its
+      inputs; the sizes that come from the data (vocab_size, num_items, ...)
+      are filled in (`models.Model.resolve`).
     optimizer_fn: num_train_steps -> (optax optimizer, learning-rate schedule).
     mesh_fn: () -> the device mesh.
     batch_size: global batch size.
@@ -138,11 +137,6 @@ def train(
     slice_fractions: (head, tail) fractions of the items seen as training
       targets, by frequency, for the popularity slices of the final metrics
       (`metrics.popularity_slices`; unseen items form their own slice).
-    head: 'beam' (decode identifiers by beam search) or 'projection' (score
-      every item in one pass from the decoder state, Lite-LLM4Rec style; also
-      what `architecture='sasrec'` models do, see gin/models/sasrec.gin). The
-      model itself is `model_config.architecture` (gin): the encoder-decoder,
-      the sequence-level 'decoder_only' model or 'sasrec' (genrec/models.py).
     checkpoint_fallback: when the newest checkpoint is unreadable, move it aside
       and resume from the newest readable one (else stop with the error).
     reevaluate: evaluate a finished run again (a new entry in
@@ -173,12 +167,12 @@ def train(
       max_train_seconds=max_train_seconds, stop_after_step=stop_after_step)
   _check_settings(schedule, beam_size)
   loop.make_workdir(workdir)
-  run = _setup(workdir, dataset, data_dir, id_scheme, model_config, head, max_history,
+  run = _setup(workdir, dataset, data_dir, id_scheme, model, max_history,
                input_pipeline, pack_examples, constrained_decoding, seed, mesh_fn,
                batch_size, optimizer_fn, num_train_steps)
   _record_settings(workdir, run, allow_config_change, optimizer_fn=optimizer_fn,
                    num_train_steps=num_train_steps, batch_size=batch_size,
-                   max_history=max_history, seed=seed, head=head, pack_examples=pack_examples,
+                   max_history=max_history, seed=seed, pack_examples=pack_examples,
                    beam_size=beam_size, constrained_decoding=constrained_decoding)
   manager, start, state, train_seconds, finished = _open_run(
       workdir, run, schedule, keep_checkpoints, checkpoint_fallback, retrain, reevaluate)
@@ -216,8 +210,7 @@ class _Run:
   """What a run trains and evaluates, built from its settings."""
   data: sequences.SequenceData
   ids: ItemIds
-  config: models.ModelConfig
-  model_cls: type
+  model: models.Model
   train: dict[str, np.ndarray]
   valid: dict[str, np.ndarray]
   test: dict[str, np.ndarray]
@@ -227,6 +220,10 @@ class _Run:
   rows_per_batch: int
   trainer: trainer.Trainer
   batcher: loop.EpochBatcher
+
+  @property
+  def config(self) -> models.ModelConfig:
+    return self.model.config
 
   @property
   def num_train_examples(self) -> int:
@@ -247,28 +244,7 @@ def _check_settings(schedule: loop.Schedule, beam_size: int) -> None:
                      f'{uneven or "the step counts"}: pick a divisor or change those periods.')
 
 
-def _model_config(model_config: models.ModelConfig, head: str, ids: ItemIds,
-                  data: sequences.SequenceData, max_history: int) -> models.ModelConfig:
-  """The model config with the sizes that come from the data filled in."""
-  # dtype 'auto' is resolved here, so the run records (and infer rebuilds) the
-  # dtype it trained with.
-  if hasattr(model_config, 'resolve'):  # a config that fills in its own sizes
-    config = model_config.resolve(ids, data.num_items, max_history)
-  else:
-    config = dataclasses.replace(model_config, vocab_size=ids.vocab_size,
-                                 dtype=str(model_config.compute_dtype))
-  if head not in ('beam', 'projection'):
-    raise ValueError(f"head must be 'beam' or 'projection', not {head!r}.")
-  if isinstance(config, models.TransformerConfig) and (
-      head == 'projection' or config.architecture == 'sasrec'):
-    config = dataclasses.replace(config, num_items=data.num_items, max_len=max_history)
-  if head == 'projection' and not hasattr(models.model_class(config), 'score_items'):
-    raise ValueError(f"head='projection' needs a model that scores items; architecture "
-                     f"{config.architecture!r} decodes identifiers (use head='beam').")
-  return config
-
-
-def _setup(workdir, dataset, data_dir, id_scheme, model_config, head, max_history,
+def _setup(workdir, dataset, data_dir, id_scheme, model, max_history,
            input_pipeline, pack_examples, constrained_decoding, seed, mesh_fn, batch_size,
            optimizer_fn, num_train_steps) -> _Run:
   """Data, identifiers, model config, arrays, trie, mesh and trainer of a run."""
@@ -279,40 +255,37 @@ def _setup(workdir, dataset, data_dir, id_scheme, model_config, head, max_histor
   keys_file = os.path.join(workdir, 'ids', 'item_keys.txt')
   if data.item_keys and not os.path.exists(keys_file) and jax.process_index() == 0:
     sequences.write_external_ids(keys_file, data.item_keys[1:])  # for export
-  config = _model_config(model_config, head, ids, data, max_history)
-  model_cls = models.model_class(config)
+  model = model.resolve(ids, data.num_items, max_history)
   prefix_arrays, valid_arrays, test_arrays = features.load_arrays(
       data, ids, max_history, input_pipeline,
-      with_train=model_cls.training_examples == 'prefix')
-  train_arrays = features.training_arrays(data, ids, max_history, config, prefix_arrays)
+      with_train=model.training_examples == 'prefix')
+  train_arrays = model.training_arrays(data, ids, max_history, prefix_arrays)
   pack_info = None
   if pack_examples:
-    if model_cls is not models.EncoderDecoder or config.scores_items:
+    if not model.packs_prefix_examples:
       raise ValueError(
-          'pack_examples packs the prefix examples of the encoder-decoder with a beam '
-          f'head; {config.architecture!r} with head {head!r} trains on '
-          f'{model_cls.training_examples!r} examples (decoder_only and sasrec pack their '
-          'windows already): set train.train.pack_examples = False.')
+          'pack_examples packs the prefix examples of the encoder-decoder that decodes '
+          f'identifiers; {model.name} does not read packed rows (sequence models such as '
+          'decoder_only and sasrec pack their windows already): set '
+          'train.train.pack_examples = False.')
     train_arrays, pack_info = features.pack_prefix_arrays(train_arrays, seed=seed)
-  valid_arrays, test_arrays = (features.model_inputs(a, ids, config)
-                               for a in (valid_arrays, test_arrays))
+  valid_arrays, test_arrays = (model.model_inputs(a, ids) for a in (valid_arrays, test_arrays))
   trie = (constraints.PrefixTrie.from_ids(ids)
-          if constrained_decoding and not config.scores_items else None)
+          if constrained_decoding and not model.scores_items else None)
   if trie is not None:
     logging.info('Prefix trie: %s nodes per level, %.2f MiB on each device',
                  trie.num_nodes(), trie.memory_bytes() / 2**20)
   mesh = mesh_fn()
   rows_per_batch = _rows_per_batch(batch_size, pack_info, mesh)
   tx, lr_fn = optimizer_fn(num_train_steps)
-  constants_fn = getattr(model_cls, 'training_constants', None)
-  tr = trainer.Trainer(config, tx, mesh, lr_fn,
-                       constants=constants_fn(config, ids) if constants_fn else None)
+  tr = trainer.Trainer(model.config, tx, mesh, lr_fn,
+                       constants=model.training_constants(ids))
   batcher = loop.EpochBatcher(len(next(iter(train_arrays.values()))), rows_per_batch, seed)
-  run = _Run(data, ids, config, model_cls, train_arrays, valid_arrays, test_arrays,
+  run = _Run(data, ids, model, train_arrays, valid_arrays, test_arrays,
              pack_info, trie, mesh, rows_per_batch, tr, batcher)
   logging.info('Model: %s, %.2fM parameters; %d train examples (%s level), %d steps/epoch; '
-               'mesh %s', config, trainer.param_count(tr.abstract_state.params) / 1e6,
-               run.num_train_examples, model_cls.training_examples, batcher.steps_per_epoch,
+               'mesh %s', model, trainer.param_count(tr.abstract_state.params) / 1e6,
+               run.num_train_examples, model.training_examples, batcher.steps_per_epoch,
                dict(mesh.shape))
   return run
 
@@ -433,19 +406,19 @@ def _train_steps(workdir: str, run: _Run, schedule: loop.Schedule, manager, stat
 
 def _record_settings(workdir: str, run: '_Run', allow_config_change: bool, *,
                      optimizer_fn: Callable, num_train_steps: int, batch_size: int,
-                     max_history: int, seed: int, head: str, pack_examples: bool,
+                     max_history: int, seed: int, pack_examples: bool,
                      beam_size: int, constrained_decoding: bool) -> None:
   """Checks the settings against the run's first start (`loop.check_run_settings`),
   then writes what `infer` rebuilds the model from."""
   loop.check_run_settings(workdir, {
       'dataset': run.data.name, 'num_items': run.data.num_items,
       'num_users': run.data.num_users, 'id_scheme': run.ids.scheme,
-      'model_config': dataclasses.asdict(run.config),
+      'model': run.model.name, 'model_config': dataclasses.asdict(run.config),
       'optimizer': loop.callable_settings(optimizer_fn), 'num_train_steps': num_train_steps,
-      'batch_size': batch_size, 'max_history': max_history, 'seed': seed, 'head': head,
+      'batch_size': batch_size, 'max_history': max_history, 'seed': seed,
       'pack_examples': pack_examples},
       allow_config_change,
-      defaults={'model_config': dataclasses.asdict(models.TransformerConfig()),
+      defaults={'model_config': dataclasses.asdict(models.EncoderDecoderConfig()),
                 'pack_examples': False})
   # After the settings check: a refused start must not touch the run's record.
   loop.write_json(os.path.join(workdir, evaluate.RUN_CONFIG), {
@@ -483,16 +456,15 @@ def _run_record(run: _Run, id_scheme: IdScheme, outcome: loop.Outcome, start: in
                 best_step: int, train_time: float, num_train_steps: int, batch_size: int,
                 final_eval_users: int | None, seed: int) -> dict:
   """What the results record of the run besides its metrics."""
-  config, step = run.config, outcome.step
+  step = outcome.step
   return {
       'dataset': run.data.name, 'id_scheme': run.ids.scheme, 'num_users': run.data.num_users,
       # What content-based identifiers were built from ('text', 'attributes'); None
       # for schemes without content (atomic, random, collaborative, precomputed).
       'id_content': (content.describe(id_scheme.content_fn, run.data)
                      if hasattr(id_scheme, 'content_fn') else None),
-      'model': config.architecture + (' + projection head' if config.num_items and isinstance(
-          config, models.TransformerConfig) and config.architecture != 'sasrec' else ''),
-      'training_examples': run.model_cls.training_examples,
+      'model': run.model.name,
+      'training_examples': run.model.training_examples,
       'num_items': run.data.num_items,
       'num_train_examples': run.num_train_examples,
       'packed': ({**run.pack_info, 'rows_per_batch': run.rows_per_batch}
