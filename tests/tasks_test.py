@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from genrec import ids
-from genrec.data import sequences
+from genrec.data import sequences, windows
 from genrec.recommendation import features, tasks
 
 
@@ -56,10 +56,10 @@ def test_sequence_windows_cover_every_prefix_target_once():
   each with its context inside a window of max_history + 1 items."""
   data = sequences.make_synthetic(num_users=80, num_items=40, seed=5)
   for max_history in (1, 3, 20):
-    windows = features.sequence_windows(data.train_sequences(), max_history)
-    assert all(2 <= len(w) <= max_history + 1 for w in windows)
+    wins = windows.sequence_windows(data.train_sequences(), max_history)
+    assert all(2 <= len(w) <= max_history + 1 for w in wins)
     from_windows = sorted((tuple(w[max(0, j - max_history):j]), int(w[j]))
-                          for w in windows for j in range(1, len(w)))
+                          for w in wins for j in range(1, len(w)))
     split = sequences.leave_one_out(data, max_history)['train']
     n = len(split.target)
     assert len(from_windows) == n
@@ -73,7 +73,7 @@ def test_sequence_train_arrays_and_left_padding():
                                                np.array([2, 4, 6], np.int32)))
   item_ids = ids.RandomCodeIds(num_levels=2, codebook_size=4, seed=1).fit(data)
   tok = item_ids.items_to_tokens
-  arrays = features.sequence_train_arrays(data.train_sequences(), item_ids, max_history=2,
+  arrays = windows.sequence_train_arrays(data.train_sequences(), item_ids, max_history=2,
                                          packed=False)
   # User 0 trains on [3 5 7 9]: windows [5 7 9] and [3 5]; user 1 ([2]) on none.
   np.testing.assert_array_equal(arrays['tokens'][0], np.r_[tok(5), tok(7), tok(9)])
@@ -81,41 +81,41 @@ def test_sequence_train_arrays_and_left_padding():
   np.testing.assert_array_equal(arrays['tokens'][1], np.r_[[0, 0], tok(3), tok(5)])
   np.testing.assert_array_equal(arrays['loss_weights'][1], [0, 0, 0, 0, 1, 1])
   assert len(arrays['tokens']) == 2
-  packed = features.sequence_train_arrays(data.train_sequences(), item_ids, max_history=2)
+  packed = windows.sequence_train_arrays(data.train_sequences(), item_ids, max_history=2)
   np.testing.assert_array_equal(packed['tokens'], [np.r_[tok(5), tok(7), tok(9)],
                                                    np.r_[tok(3), tok(5), [0, 0]]])
   np.testing.assert_array_equal(packed['segment_ids'], [[1] * 6, [1, 1, 1, 1, 0, 0]])
   np.testing.assert_array_equal(packed['loss_weights'][1], [0, 0, 1, 1, 0, 0])
-  items = features.sequence_train_arrays(data.train_sequences(), item_ids, 2, item_ids=True)
+  items = windows.sequence_train_arrays(data.train_sequences(), item_ids, 2, item_ids=True)
   np.testing.assert_array_equal(items['items'], [[5, 7], [3, 0]])
   np.testing.assert_array_equal(items['next_items'], [[7, 9], [5, 0]])
   np.testing.assert_array_equal(items['segment_ids'], [[1, 1], [1, 0]])
   # Packed: two windows share a row; positions restart at each window.
   data3 = sequences.SequenceData('seqtoy', 12, (np.array([3, 5, 7, 9, 11, 4], np.int32),
                                                 np.array([2, 4, 6, 8, 1], np.int32)))
-  items = features.sequence_train_arrays(data3.train_sequences(), item_ids, 5, item_ids=True)
+  items = windows.sequence_train_arrays(data3.train_sequences(), item_ids, 5, item_ids=True)
   np.testing.assert_array_equal(items['items'], [[3, 5, 7, 2, 4]])
   np.testing.assert_array_equal(items['next_items'], [[5, 7, 9, 4, 6]])
   np.testing.assert_array_equal(items['segment_ids'], [[1, 1, 1, 2, 2]])
   np.testing.assert_array_equal(items['positions'], [[0, 1, 2, 0, 1]])
-  single = features.sequence_train_arrays(data3.train_sequences(), item_ids, 5, item_ids=True,
+  single = windows.sequence_train_arrays(data3.train_sequences(), item_ids, 5, item_ids=True,
                                           packed=False)
   assert set(single) == {'items', 'next_items'} and len(single['items']) == 2
-  np.testing.assert_array_equal(features.left_pad(np.array([[4, 5, 0, 0], [1, 2, 3, 6]])),
+  np.testing.assert_array_equal(windows.left_pad(np.array([[4, 5, 0, 0], [1, 2, 3, 6]])),
                                 [[0, 0, 4, 5], [1, 2, 3, 6]])
 
 
 def test_packing_fills_rows_without_overflow_and_keeps_every_window():
   rng = np.random.default_rng(0)
   lengths = rng.integers(1, 11, 500) * 4
-  rows = features.pack(lengths, 84)
+  rows = windows.pack(lengths, 84)
   assert sorted(i for r in rows for i in r) == list(range(500))
   assert all(sum(lengths[r]) <= 84 for r in rows)
   assert len(rows) <= int(np.ceil(lengths.sum() / 84 * 1.1))  # first-fit-decreasing is tight
   data = sequences.make_synthetic(num_users=60, num_items=40, seed=3)
   item_ids = ids.RandomCodeIds(num_levels=3, codebook_size=4, seed=2).fit(data)
-  a = features.sequence_train_arrays(data.train_sequences(), item_ids, 5, packed=False)
-  b = features.sequence_train_arrays(data.train_sequences(), item_ids, 5)
+  a = windows.sequence_train_arrays(data.train_sequences(), item_ids, 5, packed=False)
+  b = windows.sequence_train_arrays(data.train_sequences(), item_ids, 5)
   assert len(b['tokens']) < len(a['tokens'])
   assert a['loss_weights'].sum() == b['loss_weights'].sum()
   assert sorted(a['tokens'][a['tokens'] > 0]) == sorted(b['tokens'][b['tokens'] > 0])

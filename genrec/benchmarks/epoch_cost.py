@@ -8,7 +8,7 @@ Every model trains on the same targets (every item after a user's first in
 the training part of leave-one-out, with up to `--max_history` items of
 context): the encoder-decoder sees one example per target (the history
 prefix re-encoded each time), the sequence-level models one example per user
-window (`features.sequence_windows`), every target at once. Identifiers are
+window (`data.windows.sequence_windows`), every target at once. Identifiers are
 `--levels`-token random codes (the cost depends on lengths only, not on which
 codes). Per model: examples and steps per epoch, XLA's FLOP count of one
 step (`cost_analysis`), the median step time over `--steps` steps on real

@@ -14,7 +14,6 @@ from absl import logging
 import numpy as np
 
 from genrec.data import sequences
-from genrec.data.windows import left_pad, pack, sequence_train_arrays, sequence_windows  # noqa: F401 (re-exported)
 from genrec.ids import ItemIds
 
 
