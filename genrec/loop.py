@@ -262,7 +262,8 @@ def make_workdir(workdir: str) -> None:
 
 
 def check_run_settings(workdir: str, settings: dict, allow_change: bool = False,
-                       defaults: dict | None = None) -> None:
+                       defaults: dict | None = None,
+                       legacy: Callable[[dict], dict] | None = None) -> None:
   """Compares the settings that give the saved steps their meaning (model,
   optimizer and schedule, identifiers, data, batch, seed, budget) with those of
   the run's earlier starts.
@@ -273,7 +274,9 @@ def check_run_settings(workdir: str, settings: dict, allow_change: bool = False,
   appended to settings_changes.jsonl and the new values are recorded.
   A setting the saved record lacks (added to genrec since the run started)
   is no change when it holds its value in `defaults` (same nesting as
-  `settings`): the run was trained with what that default does.
+  `settings`): the run was trained with what that default does. `legacy`
+  rewrites a saved record of an older form (flattened) into the current one
+  (e.g. `models.legacy_settings`).
 
   Raises:
     ValueError: listing each changed setting (saved -> now) and the ways out.
@@ -285,6 +288,8 @@ def check_run_settings(workdir: str, settings: dict, allow_change: bool = False,
     return
   with open(path) as f:
     saved = json.load(f)
+  if legacy is not None:
+    saved = legacy(saved)
   added = _flatten(json.loads(json.dumps(defaults or {}, default=str)))
   diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
            if saved.get(k) != now.get(k) and not (
@@ -780,7 +785,8 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
                        abstract_state, init_fn: Callable[[], object],
                        step_fn: Callable[[object, int], tuple[object, jax.Array]],
                        log_every_steps: int = 200, settings: dict | None = None,
-                       checkpoint_every_seconds: float = 300.0
+                       checkpoint_every_seconds: float = 300.0,
+                       legacy_settings: Callable[[dict], dict] | None = None
                        ) -> tuple[object, float | None, float | None]:
   """Trains `num_train_steps` steps (`run_steps` without evaluations),
   checkpointing in workdir/checkpoints along the way and at the end; restores
@@ -799,7 +805,8 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
     init_fn: () -> the initial state.
     step_fn: (state, step) -> (state, loss).
     settings: what defines the trained model (see `check_run_settings`);
-      a workdir trained with other settings is refused instead of restored.
+      a workdir trained with other settings is refused instead of restored
+      (`legacy_settings`: `check_run_settings`'s `legacy`).
     checkpoint_every_seconds: a checkpoint at the first step this long after
       the previous one (0: at the end only); the newest one is kept.
 
@@ -808,7 +815,8 @@ def train_fixed_budget(workdir: str, name: str, num_train_steps: int, batcher: E
   """
   make_workdir(workdir)
   if settings is not None:
-    check_run_settings(workdir, settings | {'num_train_steps': num_train_steps})
+    check_run_settings(workdir, settings | {'num_train_steps': num_train_steps},
+                       legacy=legacy_settings)
   manager, start, state, saved = checkpoints.open_and_restore(
       os.path.join(workdir, 'checkpoints'), abstract_state, keep=1, best_metric=None)
   try:

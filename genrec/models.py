@@ -3,6 +3,7 @@ classes gin binds (`MODEL = @models.EncoderDecoderModel()`), which own a
 config and the conversion of data into the module's inputs."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -1212,6 +1213,9 @@ class Model:
   # Whether prefix examples may be packed several to a row
   # (`features.pack_prefix_arrays`; the module reads segment ids).
   packs_prefix_examples = False
+  # Whether the encoder is a pretrained checkpoint's (it reads that checkpoint's
+  # WordPiece tokens; document retrieval tokenizes for it and warm-starts from it).
+  pretrained_encoder = False
   score_kind = 'beam log-probabilities'  # what its scores are (export manifests)
 
   def __init_subclass__(cls, **kwargs):
@@ -1331,6 +1335,7 @@ class BertEncoderDecoderModel(EncoderDecoderModel):
   from WordPiece inputs; `BertEncoderDecoder`)."""
   CONFIG = BertEncoderDecoderConfig
   MODULE = BertEncoderDecoder
+  pretrained_encoder = True
   packs_prefix_examples = False
 
   @property
@@ -1474,6 +1479,30 @@ def model_for(config: ModelConfig) -> Model:
     raise ValueError(f'No model class owns {type(config).__name__}; define a models.Model '
                      'subclass with CONFIG = it.')
   return _MODELS[type(config).__name__](config)
+
+
+def legacy_settings(saved: dict) -> dict:
+  """A flattened run_settings.json record written before the model classes
+  (`model_config.*`: `TransformerConfig` fields, recommendation runs also a
+  `head`) as the model classes record the same model, so that such a run
+  resumes without counting the new form as a change of settings. Other
+  records come back as they are."""
+  prefix = 'model_config.'
+  fields = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+  if 'architecture' not in fields and 'head' not in saved:
+    return saved
+  out = {k: v for k, v in saved.items() if k != 'head'}
+  if 'architecture' in fields:
+    config = TransformerConfig.from_json(fields).to_model_config()
+    out = {k: v for k, v in out.items() if not k.startswith(prefix)}
+    out.update({prefix + k: v for k, v in
+                json.loads(json.dumps(dataclasses.asdict(config), default=str)).items()})
+  else:  # a config class of today: the one with exactly these fields
+    config = next((m.CONFIG.from_json(fields) for m in _MODELS.values()
+                   if {f.name for f in dataclasses.fields(m.CONFIG)} == set(fields)), None)
+  if 'head' in saved and config is not None:  # a recommendation record names its model now
+    out['model'] = model_for(config).name
+  return out
 
 
 def config_from_json(fields: dict, name: str = 'TransformerConfig') -> ModelConfig:

@@ -127,6 +127,6 @@ def tc(tmp_path_factory):
 def tiny_encoder_decoder():
   """The retrieval tests' encoder-decoder config: one layer each way, 32 wide."""
   from genrec import models
-  return models.TransformerConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                  num_encoder_layers=1, num_decoder_layers=1,
-                                  dropout_rate=0.0)
+  return models.EncoderDecoderConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                     num_encoder_layers=1, num_decoder_layers=1,
+                                     dropout_rate=0.0)

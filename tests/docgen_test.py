@@ -7,7 +7,7 @@ import pytest
 import ranx
 
 from conftest import tiny_encoder_decoder
-from genrec import artifact, fm_index, partitioning, seal, serve, trainer
+from genrec import artifact, fm_index, models, partitioning, seal, serve, trainer
 from genrec import ids as ids_lib
 from genrec.ids import extend
 from genrec.retrieval import corpus, docgen, dsi, pseudo_queries, run_folder, seal_method
@@ -18,7 +18,7 @@ TINY = tiny_encoder_decoder()
 
 @pytest.mark.parametrize('method', ['dsi_atomic', 'seal'])
 def test_train_and_evaluate_learns_the_toy_collection(tc, tmp_path, method):
-  kw = dict(model_config=TINY, num_train_steps=300, batch_size=32, input_len=16,
+  kw = dict(model=models.EncoderDecoderModel(TINY), num_train_steps=300, batch_size=32, input_len=16,
             optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                           warmup_steps=20),
             log_every_steps=100, mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
@@ -135,14 +135,15 @@ def test_unknown_method_or_split_is_named(tc, tmp_path):
 
 
 def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_bert_dir):
-  """DSI atomic on a pretrained encoder (architecture bert_encoder_decoder):
+  """DSI atomic on a pretrained encoder (models.BertEncoderDecoderModel):
   WordPiece inputs, docid tokens after the reserved ones, and untrained
   (learning rate 0) its constrained beam search scores the documents as the
   encoder's dense retrieval does."""
   from genrec import text_encoder
-  cfg = dataclasses.replace(TINY, architecture='bert_encoder_decoder',
-                            encoder_checkpoint=tiny_bert_dir, num_encoder_layers=0)
-  kw = dict(model_config=cfg, num_train_steps=1, batch_size=8, input_len=16,
+  cfg = models.BertEncoderDecoderConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                        num_decoder_layers=1, dropout_rate=0.0,
+                                        encoder_checkpoint=tiny_bert_dir)
+  kw = dict(model=models.BertEncoderDecoderModel(cfg), num_train_steps=1, batch_size=8, input_len=16,
             optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=0.0),
             mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
   atomic = dataclasses.replace(docgen.make_method('dsi_atomic'), beam_size=16,
@@ -208,7 +209,7 @@ def test_pretrained_encoder_dsi_starts_from_dense_retrieval(tc, tmp_path, tiny_b
              for g in decoded.reshape(-1, decoded.shape[-1]))  # n-grams of the documents
   with pytest.raises(ValueError, match='FM-index given .* is not over toy'):
     docgen.train_and_evaluate(seal, tc, str(tmp_path / 'seal_sp'), fm=wp_index,
-                              **{**seal_kw, 'model_config': TINY})
+                              **{**seal_kw, 'model': models.EncoderDecoderModel(TINY)})
   run = ranx.Run.from_file(str(tmp_path / 'seal' / 'test.trec'), kind='trec')
   assert run.run and all(set(docs) <= set(c.doc_ids) for docs in run.run.values())
   _exported_retriever_answers_like_the_run(tc, tmp_path / 'seal', 'seal',
@@ -235,7 +236,7 @@ def test_dsi_with_title_identifiers(tc, tmp_path):
   np.testing.assert_array_equal(both['decoder_target_tokens'][n], titles[first])
   short = dsi.title_codes(tc, 12)[0]  # titles of fewer tokens end in EOS
   assert (short[:, -1] == ids_lib.EOS_ID).all()
-  kw = dict(model_config=TINY, num_train_steps=300, batch_size=32, input_len=16,
+  kw = dict(model=models.EncoderDecoderModel(TINY), num_train_steps=300, batch_size=32, input_len=16,
             optimizer_fn=lambda n: trainer.make_optimizer(n, learning_rate=3e-3,
                                                           warmup_steps=20),
             log_every_steps=100, mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))

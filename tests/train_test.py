@@ -166,6 +166,26 @@ def test_changed_settings_are_refused_or_recorded(tmp_path):
   assert events == ['start', 'start', 'end']
 
 
+def test_a_run_recorded_before_the_model_classes_resumes_as_it_was(tmp_path):
+  """Runs started when a TransformerConfig named the model by `architecture`
+  (and train.train had a `head`) recorded their settings in that form: the
+  same model is no change of settings, another one still is."""
+  common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100)
+  _run(tmp_path, stop_after_step=1, **common)
+  path = tmp_path / 'run_settings.json'
+  saved = json.loads(path.read_text())
+  fields = {k.split('.', 1)[1]: v for k, v in saved.items() if k.startswith('model_config.')}
+  old = dataclasses.asdict(models.TransformerConfig(**fields, architecture='encoder_decoder'))
+  legacy = {k: v for k, v in saved.items() if not k.startswith('model_config.') and k != 'model'}
+  legacy.update({f'model_config.{k}': v for k, v in old.items()}, head='beam')
+  path.write_text(json.dumps(legacy))
+  with pytest.raises(ValueError, match=r'model_config.d_ff: 64 -> 128'):
+    _run(tmp_path, model=models.EncoderDecoderModel(dataclasses.replace(TINY, d_ff=128)),
+         **common)
+  assert _run(tmp_path, **common)['resumed_from_step'] == 1
+  assert not (tmp_path / 'settings_changes.jsonl').exists()
+
+
 def test_rerun_of_a_finished_run_keeps_its_results(tmp_path):
   common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100)
   first = _run(tmp_path, **common)

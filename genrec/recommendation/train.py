@@ -419,7 +419,7 @@ def _record_settings(workdir: str, run: '_Run', allow_config_change: bool, *,
       'pack_examples': pack_examples},
       allow_config_change,
       defaults={'model_config': dataclasses.asdict(models.EncoderDecoderConfig()),
-                'pack_examples': False})
+                'pack_examples': False}, legacy=models.legacy_settings)
   # After the settings check: a refused start must not touch the run's record.
   loop.write_json(os.path.join(workdir, evaluate.RUN_CONFIG), {
       'model_config': dataclasses.asdict(run.config), 'model_class': type(run.config).__name__,

@@ -74,7 +74,7 @@ def _check_pretrained(query_generation: pseudo_queries.QueryGeneration) -> None:
     raise ValueError(
         'The query generator is an encoder-decoder over the SentencePiece collection, not '
         'the pretrained encoder: generate the pseudo-queries with a run of the default '
-        "architecture 'encoder_decoder' (it writes <cache>/query_generator-*/queries.jsonl) "
+        "model (models.EncoderDecoderModel; it writes <cache>/query_generator-*/queries.jsonl) "
         'and give that file to this run as pseudo_queries.QueryGeneration.queries_file.')
 
 
@@ -136,7 +136,7 @@ def train_and_evaluate(
     method: GenerativeMethod,
     tc: corpus.TokenizedCollection,
     workdir: str,
-    model_config: models.TransformerConfig = models.TransformerConfig(),
+    model: models.Model = models.EncoderDecoderModel(),
     optimizer_fn: Callable = trainer.make_optimizer,
     mesh_fn: Callable = partitioning.make_mesh,
     num_train_steps: int = 3000,
@@ -174,7 +174,7 @@ def train_and_evaluate(
   `query_generation.queries_file`, the file's queries instead (the way a
   pretrained-encoder run gets pseudo-queries).
 
-  With `model_config.architecture = 'bert_encoder_decoder'`, the collection
+  With a pretrained-encoder model (`models.BertEncoderDecoderModel`), the collection
   is tokenized again with the encoder checkpoint's WordPiece vocabulary (SEAL's
   n-grams and FM-index are WordPiece tokens), DSI's docid tokens follow the
   reserved tokens, and with `pretrained_init` training starts from the
@@ -190,8 +190,8 @@ def train_and_evaluate(
   qg = query_generation or pseudo_queries.QueryGeneration()
   c = tc.collection
   _check_splits(c, (train_split, eval_split, *run_splits))
-  pretrained = model_config.architecture == 'bert_encoder_decoder'
-  checkpoint = model_config.encoder_checkpoint or None
+  pretrained = model.pretrained_encoder
+  checkpoint = getattr(model.config, 'encoder_checkpoint', '') or None
   method.check(pretrained)
   if pretrained:
     _check_pretrained(qg)
@@ -200,14 +200,14 @@ def train_and_evaluate(
       fm = None  # the caller's FM-index is over the other tokens: SEAL builds its own
   loop.make_workdir(workdir)
   pseudo, pseudo_before, generation_s = _pseudo_queries(
-      tc, qg, cache_dir or workdir, (model_config, optimizer_fn, mesh_fn, input_len,
+      tc, qg, cache_dir or workdir, (model.config, optimizer_fn, mesh_fn, input_len,
                                      train_split, seed, log_every_steps))
   t_prep = time.time()
   index = method.index(tc, pretrained=pretrained, model_dir=checkpoint if pretrained else None,
                        cache_dir=cache_dir, fm=fm)
   arrays = index.examples(train_split, input_len, seed, pseudo)
   prep_s = time.time() - t_prep
-  config = dataclasses.replace(model_config, vocab_size=-(-index.vocab_used // 128) * 128)
+  config = dataclasses.replace(model.config, vocab_size=-(-index.vocab_used // 128) * 128)
   if jax.process_index() == 0:
     index.save_serving_inputs(workdir, config, input_len)
   n = len(arrays['encoder_input_tokens'])

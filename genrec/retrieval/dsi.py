@@ -294,7 +294,7 @@ class Dsi(method.GenerativeMethod):
     return dataclasses.replace(self, beam_size=run['beam_size'])
 
   def grow(self, retriever: str, run: dict, old: corpus.Collection, new: corpus.Collection,
-           both: corpus.Collection, sp, params: dict, config: models.TransformerConfig, *, cache_dir: str | None,
+           both: corpus.Collection, sp, params: dict, config: models.ModelConfig, *, cache_dir: str | None,
            atomic_rows: str) -> method.Grown:
     """Every old document keeps its docid; new ones get docids from the
     existing scheme (`genrec.ids.extend`), and their tokens rows
@@ -374,7 +374,7 @@ class DsiIndex(method.Index):
                document_embeddings(self.tc.collection, self.cache_dir, self.model_dir))
     return params
 
-  def save_serving_inputs(self, workdir: str, config: models.TransformerConfig,
+  def save_serving_inputs(self, workdir: str, config: models.ModelConfig,
                           input_len: int, extra: dict | None = None) -> None:
     title_len = self.method.tasks.title_len
     run_folder.save_serving_inputs(

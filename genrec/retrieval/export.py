@@ -67,7 +67,7 @@ def load(workdir: str, mesh_fn=partitioning.make_mesh):
                      'evaluates the final checkpoint without training).')
   with open(path) as f:
     run = json.load(f)
-  config = models.TransformerConfig.from_json(run['model_config'])
+  config = models.config_from_json(run['model_config'], run.get('model_class', 'TransformerConfig'))
   pred = predictor.Predictor(config, mesh_fn())
   params, step = pred.restore_params(os.path.join(workdir, 'checkpoints'))
   return run, config, pred, params, step

@@ -67,7 +67,7 @@ class Index(abc.ABC):
     return params
 
   @abc.abstractmethod
-  def save_serving_inputs(self, workdir: str, config: models.TransformerConfig,
+  def save_serving_inputs(self, workdir: str, config: models.ModelConfig,
                           input_len: int, extra: dict | None = None) -> None:
     """Writes the run folder's serving inputs (`run_folder`); `extra` entries
     of retrieval_run.json override the method's own."""
@@ -136,7 +136,7 @@ class GenerativeMethod(abc.ABC):
 
   @abc.abstractmethod
   def grow(self, retriever: str, run: dict, old: corpus.Collection, new: corpus.Collection,
-           both: corpus.Collection, sp, params: dict, config: models.TransformerConfig, *,
+           both: corpus.Collection, sp, params: dict, config: models.ModelConfig, *,
            cache_dir: str | None, atomic_rows: str) -> 'Grown':
     """The trained method of the run folder `retriever` (its retrieval_run.json
     `run`, parameters `params`, query tokenizer `sp`) with the documents `new`
@@ -176,6 +176,6 @@ class Grown:
   """
   index: Index
   params: dict
-  config: models.TransformerConfig
+  config: models.ModelConfig
   timings: dict[str, float]
   row: dict

@@ -153,7 +153,7 @@ def _digest(tc: corpus.TokenizedCollection, split: str, settings: dict) -> str:
 
 
 def generate(tc: corpus.TokenizedCollection, qg: QueryGeneration, directory: str,
-             model_config: models.TransformerConfig, optimizer_fn: Callable,
+             model_config: models.ModelConfig, optimizer_fn: Callable,
              mesh_fn: Callable, input_len: int, train_split: str = 'train', seed: int = 0,
              log_every_steps: int = 200) -> list[list[np.ndarray]]:
   """`qg.num_queries` pseudo-queries (token arrays, EOS cut) per document.

@@ -19,7 +19,7 @@ FM_INDEX = 'fm_index'
 
 
 def save_serving_inputs(workdir: str, tc: corpus.TokenizedCollection, method: str,
-                        config: models.TransformerConfig, input_len: int, beam_size: int, *,
+                        config: models.ModelConfig, input_len: int, beam_size: int, *,
                         ids: ItemIds | None = None, shift: int = 0,
                         fm: fm_index.FMIndex | None = None, extra: dict | None = None) -> None:
   """Writes into a run folder what `genrec.retrieval.export` reads: the
@@ -40,5 +40,6 @@ def save_serving_inputs(workdir: str, tc: corpus.TokenizedCollection, method: st
   loop.write_json(os.path.join(workdir, SERVING_RUN), {
       'method': method, 'collection': tc.collection.name, 'input_len': input_len,
       'docid_token_shift': shift, 'beam_size': beam_size,
-      'model_config': dataclasses.asdict(config), 'num_docs': tc.collection.num_docs,
+      'model_config': dataclasses.asdict(config), 'model_class': type(config).__name__,
+      'num_docs': tc.collection.num_docs,
       **(extra or {})})

@@ -185,7 +185,7 @@ class Seal(method.GenerativeMethod):
                        'replay_steps = 0.')
 
   def grow(self, retriever: str, run: dict, old: corpus.Collection, new: corpus.Collection,
-           both: corpus.Collection, sp, params: dict, config: models.TransformerConfig, *,
+           both: corpus.Collection, sp, params: dict, config: models.ModelConfig, *,
            cache_dir: str | None, atomic_rows: str) -> method.Grown:
     """The FM-index rebuilt over the old and new documents; the model is
     unchanged (its identifiers are the documents' own n-grams)."""
@@ -221,7 +221,7 @@ class SealIndex(method.Index):
     params['embed'][:len(words)] = words
     return params
 
-  def save_serving_inputs(self, workdir: str, config: models.TransformerConfig,
+  def save_serving_inputs(self, workdir: str, config: models.ModelConfig,
                           input_len: int, extra: dict | None = None) -> None:
     run_folder.save_serving_inputs(
         workdir, self.tc, self.method.name, config, input_len, self.method.beam_size,

@@ -32,7 +32,7 @@ def arrays(inputs: list, targets: list, input_len: int, target_len: int
 
 
 def train(workdir: str, name: str, arrays: dict[str, np.ndarray],
-                  config: models.TransformerConfig, optimizer_fn: Callable, mesh_fn: Callable,
+                  config: models.ModelConfig, optimizer_fn: Callable, mesh_fn: Callable,
                   num_train_steps: int, batch_size: int, seed: int, log_every_steps: int,
                   settings: dict, warm_start: Callable[[dict], dict] | None = None):
   """Trains an encoder-decoder on `arrays` (`arrays`) for a fixed
@@ -70,5 +70,5 @@ def train(workdir: str, name: str, arrays: dict[str, np.ndarray],
     return state.replace(params=jax.device_put(params, tr.state_shardings.params))
   state, train_s, loss = loop.train_fixed_budget(
       workdir, name, num_train_steps, batcher, tr.abstract_state, init, step_fn,
-      log_every_steps, settings)
+      log_every_steps, settings, legacy_settings=models.legacy_settings)
   return tr, mesh, state, train_s, loss
