@@ -295,11 +295,11 @@ def _item_sid_ids(num_items=40, levels=(8, 8, 3), seed=0):
 def test_item_sid_packed_rows_equal_one_window_per_row(head):
   """The item-level model's packed rows (segment ids, positions per window)
   give the loss of the same windows one per row, for either head."""
-  from genrec.recommendation import features
+  from genrec.data import windows
   model, ids = _item_sid_model(head, item_id_buckets=41), _item_sid_ids()
-  windows = [np.array([5, 9, 7, 3]), np.array([4, 8, 6]), np.array([20, 21])]
-  packed = features.sequence_train_arrays(windows, ids, 8, item_ids=True)
-  single = features.sequence_train_arrays(windows, ids, 8, item_ids=True, packed=False)
+  users = [np.array([5, 9, 7, 3]), np.array([4, 8, 6]), np.array([20, 21])]
+  packed = windows.sequence_train_arrays(users, ids, 8, item_ids=True)
+  single = windows.sequence_train_arrays(users, ids, 8, item_ids=True, packed=False)
   assert len(packed['items']) == 1 and len(single['items']) == 3
   a, _ = model.loss(jax.tree.map(jnp.asarray, models.ItemSidModel.window_arrays(packed, ids)),
                     deterministic=True)
@@ -354,8 +354,8 @@ def test_item_sid_catalog_loss_is_the_softmax_of_summed_code_logits_over_existin
   exp(sum of its code logits) normalized over the catalog, which is what
   score_items ranks by (the per-level normalizers are constant per query)."""
   model, ids = _item_sid_model('parallel', seed=5, loss='catalog'), _item_sid_ids()
-  from genrec.recommendation import features
-  arrays = models.ItemSidModel.window_arrays(features.sequence_train_arrays(
+  from genrec.data import windows
+  arrays = models.ItemSidModel.window_arrays(windows.sequence_train_arrays(
       [np.array([5, 9, 7, 3])], ids, 8, item_ids=True, packed=False), ids)
   batch = jax.tree.map(jnp.asarray, {**arrays, **models.ItemSidModel(
       model.cfg).training_constants(ids)})
