@@ -862,35 +862,19 @@ def _attend_history_and_own(attn: layers.MultiHeadAttention, q, hk, hv, hist_mas
 # Item-level Semantic-ID recommender
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class ItemSidConfig(ConfigBase):
-  """The item-level Semantic-ID recommender's config (`ItemSidModel`, module
-  `ItemSidRec`).
+class ItemSidBaseConfig(ConfigBase):
+  """What the item-level Semantic-ID recommender's configs share (the trunk,
+  `ItemSidRec`); each head has its own config: `ItemSidConfig` (parallel)
+  and `ItemSidAutoregressiveConfig`.
 
   Sizes as SASRec's (`gin/models/item_sid.gin`). The fields from `vocab_size`
   on are filled in by the training run from the identifiers and the data.
 
   Attributes:
-    head: 'parallel' (one classifier per code level, all levels predicted at
-      once with a multi-token loss, as RPG; items are ranked by the sum of
-      their codes' log-probabilities over the whole catalog, exactly) or
-      'autoregressive' (a small causal decoder over the next item's codes,
-      conditioned on the position's state; trie-constrained beam search).
-    head_layers: layers of the autoregressive head's decoder.
     item_id_buckets: rows of a hashed item-id embedding added to each history
       item's code embeddings (0: codes only; -1: one row per item, an exact
       item-id embedding as SASRec's, sized from the data; a row count below
       the catalog hashes items into it).
-    temperature: > 0: the parallel head's logits are cosine similarities of
-      the projected state and the code embeddings divided by it (RPG: 0.07);
-      0: raw dot products.
-    loss: the parallel head's training loss. 'codes': the mean over levels of
-      each code's cross-entropy (RPG's multi-token loss; its cost does not
-      grow with the catalog). 'catalog': the cross-entropy of the next item's
-      whole ID against every ID that exists, i.e. the summed code logits
-      normalized over the catalog (the distribution constrained decoding
-      ranks by), computed as one [positions, items] product like SASRec's
-      softmax (needs temperature 0). 'both': their sum. The item ranking is
-      the same function of the codes either way.
   """
   d_model: int = 128
   num_heads: int = 2
@@ -900,38 +884,87 @@ class ItemSidConfig(ConfigBase):
   dropout_rate: float = 0.5
   activation: str = 'gelu'
   gated_mlp: bool = False
-  head: str = 'parallel'
-  head_layers: int = 1
   item_id_buckets: int = 0
-  temperature: float = 0.0
-  loss: str = 'codes'
   dtype: str = 'auto'
   vocab_size: int = 0
   level_sizes: tuple[int, ...] = ()
   num_items: int = 0
   max_len: int = 0
 
-  POSITIVE = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers', 'head_layers')
+  POSITIVE = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
 
   def __post_init__(self):
     super().__post_init__()
     if self.item_id_buckets < -1:
-      raise ValueError(f'ItemSidConfig.item_id_buckets must be -1 (one row per item), 0 (none) '
-                       f'or a row count, not {self.item_id_buckets}.')
-    if self.head not in ('parallel', 'autoregressive'):
-      raise ValueError(f"ItemSidConfig.head must be 'parallel' or 'autoregressive', not "
-                       f'{self.head!r}.')
+      raise ValueError(f'{type(self).__name__}.item_id_buckets must be -1 (one row per item), '
+                       f'0 (none) or a row count, not {self.item_id_buckets}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemSidConfig(ItemSidBaseConfig):
+  """The item-level Semantic-ID recommender with the parallel head
+  (`ItemSidModel`, module `ItemSidParallel`): one classifier per code level,
+  all levels predicted at once with a multi-token loss, as RPG; items are
+  ranked by the sum of their codes' log-probabilities over the whole
+  catalog, exactly.
+
+  Attributes:
+    temperature: > 0: the logits are cosine similarities of the projected
+      state and the code embeddings divided by it (RPG: 0.07); 0: raw dot
+      products.
+    loss: the training loss. 'codes': the mean over levels of each code's
+      cross-entropy (RPG's multi-token loss; its cost does not grow with the
+      catalog). 'catalog': the cross-entropy of the next item's whole ID
+      against every ID that exists, i.e. the summed code logits normalized
+      over the catalog (the distribution constrained decoding ranks by),
+      computed as one [positions, items] product like SASRec's softmax
+      (needs temperature 0). 'both': their sum. The item ranking is the same
+      function of the codes either way.
+  """
+  temperature: float = 0.0
+  loss: str = 'codes'
+
+  scores_items = True
+
+  def __post_init__(self):
+    super().__post_init__()
     if self.loss not in ('codes', 'catalog', 'both'):
       raise ValueError(f"ItemSidConfig.loss must be 'codes', 'catalog' or 'both', not "
                        f'{self.loss!r}.')
-    if self.loss != 'codes' and (self.head != 'parallel' or self.temperature > 0):
-      raise ValueError(f"ItemSidConfig.loss = {self.loss!r} needs head = 'parallel' and "
-                       f'temperature = 0 (got {self.head!r}, {self.temperature}).')
+    if self.loss != 'codes' and self.temperature > 0:
+      # The catalog loss folds the level projections into one item vector,
+      # which only a linear (dot-product) logit allows.
+      raise ValueError(f'ItemSidConfig.loss = {self.loss!r} needs temperature = 0 (got '
+                       f'{self.temperature}).')
 
-  @property
-  def scores_items(self) -> bool:
-    """Whether it ranks the catalog in one pass (`ItemSidRec.score_items`)."""
-    return self.head == 'parallel'
+  @classmethod
+  def from_json(cls, fields: dict) -> ItemSidBaseConfig:
+    """As `ConfigBase.from_json`; a record written while this one class held
+    both heads (its `head` field: 'parallel' or 'autoregressive') comes back
+    as the config of its head, without the other head's fields."""
+    if 'head' in fields:
+      head_cls = (ItemSidAutoregressiveConfig if fields['head'] == 'autoregressive'
+                  else ItemSidConfig)
+      names = {f.name for f in dataclasses.fields(head_cls)}
+      fields = {k: v for k, v in fields.items() if k in names}
+      if head_cls is not cls:
+        return head_cls.from_json(fields)
+    return super().from_json(fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemSidAutoregressiveConfig(ItemSidBaseConfig):
+  """The item-level Semantic-ID recommender with the autoregressive head
+  (`ItemSidAutoregressiveModel`, module `ItemSidAutoregressive`): a small
+  causal decoder over the next item's codes, conditioned on the position's
+  state; trie-constrained beam search.
+
+  Attributes:
+    head_layers: layers of the head's decoder.
+  """
+  head_layers: int = 1
+
+  POSITIVE = ItemSidBaseConfig.POSITIVE + ('head_layers',)
 
 
 def _level_tokens(level_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -945,7 +978,8 @@ def _level_tokens(level_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]
 
 
 class ItemSidRec(nnx.Module):
-  """A generative recommender with one position per history item.
+  """A generative recommender with one position per history item: the trunk
+  its heads share (`ItemSidParallel`, `ItemSidAutoregressive`).
 
   Each history item enters as the mean of its Semantic-ID code embeddings
   (optionally plus a hashed item-id embedding) plus a learned position, as an
@@ -957,29 +991,19 @@ class ItemSidRec(nnx.Module):
 
   Inputs: int32 [b, t, 1 + L] per history position, oldest first, 0-padded
   at the end: channel 0 the item id, channels 1..L its tokens
-  (`history_features`). Heads (`ItemSidConfig.head`):
-    parallel: per level l, a projection of the state dotted with level l's
-      code embeddings (tied to the input's). An item's score is the sum of
-      its codes' log-probabilities; `score_items` computes it for the whole
-      catalog (exact top-k). Trained with the mean over levels of each code's
-      cross-entropy (RPG's multi-token loss) or with the catalog loss, the
-      softmax of the summed code logits over every existing ID
-      (`ItemSidConfig.loss`).
-    autoregressive: a `head_layers`-layer causal decoder over [state, codes
-      of the next item so far] predicts the next code; trained for all
-      positions at once (teacher forcing), decoded by trie-constrained beam
-      search (`beam_search_inputs`).
+  (`history_features`). A head subclass builds its parameters after the
+  trunk's (`_init_head`) and supplies `_code_log_probs` and
+  `beam_search_inputs`.
   """
 
-  def __init__(self, cfg: ItemSidConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ItemSidBaseConfig, *, rngs: nnx.Rngs):
     if cfg.vocab_size <= 0 or not cfg.level_sizes or cfg.max_len <= 0 or (
         cfg.item_id_buckets < 0):
-      raise ValueError('ItemSidRec needs vocab_size, level_sizes, max_len and a row count for '
-                       'item_id_buckets (filled in by ItemSidConfig.resolve from the '
-                       'identifiers and the data).')
+      raise ValueError(f'{type(self).__name__} needs vocab_size, level_sizes, max_len and a row '
+                       "count for item_id_buckets (filled in by the model class's resolve "
+                       'from the identifiers and the data).')
     dt = cfg.compute_dtype
     self.cfg = cfg
-    levels = len(cfg.level_sizes)
     small = nnx.initializers.normal(0.02)
     self.code_embed = layers._param(rngs, small, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
     self.id_embed = (layers._param(rngs, small, (cfg.item_id_buckets, cfg.d_model),
@@ -988,15 +1012,14 @@ class ItemSidRec(nnx.Module):
     self.blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
     self.dropout = layers.Dropout(cfg.dropout_rate)
-    if cfg.head == 'parallel':
-      self.level_proj = layers.Dense((cfg.d_model,), (levels, cfg.d_model),
-                                     ('embed', None, 'mlp'), dtype=dt, rngs=rngs)
-    else:
-      self.head_start = layers.Dense((cfg.d_model,), (cfg.d_model,), ('embed', 'mlp'),
-                                     dtype=dt, rngs=rngs)
-      self.head_pos = layers._param(rngs, small, (levels, cfg.d_model), (None, 'embed'))
-      self.head_blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.head_layers)])
-      self.head_norm = layers.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+    # Last, so that the trunk's parameters draw the same random numbers
+    # whichever head follows (and as they did when one class held both).
+    self._init_head(cfg, rngs)
+
+  def _init_head(self, cfg: ItemSidBaseConfig, rngs: nnx.Rngs) -> None:
+    """Builds the head's parameters."""
+    raise NotImplementedError(f'{type(self).__name__} has no head: use ItemSidParallel or '
+                              'ItemSidAutoregressive.')
 
   # -- the sequence model ----------------------------------------------------------
   def states(self, inputs: Array, segment_ids: Array | None = None,
@@ -1030,7 +1053,50 @@ class ItemSidRec(nnx.Module):
     last = jnp.maximum((inputs[..., 0] > 0).sum(axis=1) - 1, 0)
     return x[jnp.arange(inputs.shape[0]), last]
 
-  # -- parallel head -------------------------------------------------------------
+  # -- training --------------------------------------------------------------------
+  def _code_log_probs(self, h: Array, target: Array, batch: dict[str, Array], *,
+                      deterministic: bool, rngs: nnx.Rngs | None) -> tuple[Array, Array]:
+    """[n, d] states, [n, L] the next items' level-local codes (0 where there
+    is none) -> (float32 [n, m] the log-probabilities whose negated mean is
+    each position's loss, bool [n] whether the next item is predicted)."""
+    raise NotImplementedError
+
+  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
+    """Cross-entropy of the next item's codes at every position (batch
+    'inputs' [b, t, 1 + L], 'next_codes' [b, t, L] with -1 where there is no
+    next item; packed rows also 'segment_ids' and 'positions'; what else a
+    head reads: its `_code_log_probs`). Metric 'accuracy': the share of
+    positions whose next item is predicted."""
+    x = self.states(batch['inputs'], batch.get('segment_ids'), batch.get('positions'),
+                    deterministic=deterministic, rngs=rngs)
+    b, t, d = x.shape
+    codes = batch['next_codes'].reshape(b * t, -1)  # [n, L]
+    weights = (codes[:, 0] >= 0).astype(jnp.float32)
+    target = jnp.maximum(codes, 0)
+    h = x.reshape(b * t, d)
+    picked, correct = self._code_log_probs(h, target, batch, deterministic=deterministic,
+                                           rngs=rngs)
+    ce = -picked.mean(-1)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    return ((ce * weights).sum() / denom,
+            {'accuracy': (correct.astype(jnp.float32) * weights).sum() / denom})
+
+
+class ItemSidParallel(ItemSidRec):
+  """`ItemSidRec` with the parallel head (`ItemSidConfig`): per level l, a
+  projection of the state dotted with level l's code embeddings (tied to the
+  input's). An item's score is the sum of its codes' log-probabilities;
+  `score_items` computes it for the whole catalog (exact top-k). Trained with
+  the mean over levels of each code's cross-entropy (RPG's multi-token loss)
+  or with the catalog loss, the softmax of the summed code logits over every
+  existing ID (`ItemSidConfig.loss`).
+  """
+
+  def _init_head(self, cfg: ItemSidConfig, rngs: nnx.Rngs) -> None:
+    self.level_proj = layers.Dense((cfg.d_model,), (len(cfg.level_sizes), cfg.d_model),
+                                   ('embed', None, 'mlp'), dtype=cfg.compute_dtype, rngs=rngs)
+
   def level_log_probs(self, h: Array) -> Array:
     """[..., d] states -> float32 log-probabilities [..., L, K] of every level's
     codes (codes a level lacks: -inf)."""
@@ -1078,7 +1144,65 @@ class ItemSidRec(nnx.Module):
     scores = self._sum_over_levels(jnp.moveaxis(logp, 1, 0), catalog, axis=1)  # [b, rows]
     return jnp.where(jnp.arange(catalog.shape[0]) > 0, scores, -jnp.inf)
 
-  # -- autoregressive head -------------------------------------------------------
+  def beam_search_inputs(self, inputs: Array, beam_size: int, num_steps: int):
+    """(tokens_to_logits, cache) of `decoding.beam_search` over the next
+    item's L tokens: level l's log-probabilities whatever the prefix, so a
+    trie-constrained beam search approximates the exact top-k of
+    `score_items` for catalogs too large to score at once (beams are pruned
+    level by level; `benchmarks.parallel_decoding` measures its recall)."""
+    state = self._last_state(inputs)  # [b, d]
+    tokens, exists = _level_tokens(self.cfg.level_sizes)
+    logp = self.level_log_probs(state)  # [b, L, K]
+    # [b, L, vocab]: each level's log-probabilities at its tokens' ids.
+    dense = jnp.full((*logp.shape[:2], self.cfg.vocab_size), -jnp.inf).at[
+        :, jnp.arange(len(tokens))[:, None], jnp.asarray(tokens)].set(
+            jnp.where(jnp.asarray(exists), logp, -jnp.inf))
+
+    def level_logits(prev, cache, step):
+      # The barrier ties each level's per-beam copy to the step before it, so
+      # the (unrolled) search holds one [n, vocab] copy at a time instead of
+      # XLA scheduling every level's copy up front (L x as much memory).
+      level, _ = jax.lax.optimization_barrier((dense[:, step], prev))
+      return jnp.repeat(level, beam_size, axis=0), cache
+    return level_logits, jnp.zeros((state.shape[0] * beam_size, 1), jnp.int32)
+
+  def _code_log_probs(self, h, target, batch, *, deterministic, rngs):
+    """Each level's code log-probability (loss 'codes'); the catalog loss
+    (batch 'next_items' [b, t] and the constant 'catalog') puts the item's
+    log-probability over the catalog in their place or beside them, and
+    counts a position as predicted when its top-scored item is the next."""
+    logp = self.level_log_probs(h)  # [n, L, K]
+    picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+    correct = (logp.argmax(-1) == target).all(-1)
+    if self.cfg.loss == 'codes':
+      return picked, correct
+    # The whole ID against every existing ID.
+    scores = jnp.einsum('nd,id->ni', h.astype(jnp.float32), self.item_vectors(batch['catalog']))
+    scores = jnp.where(jnp.arange(scores.shape[1]) > 0, scores, jnp.finfo(jnp.float32).min)
+    items = batch['next_items'].reshape(-1)
+    catalog_ce = optax.softmax_cross_entropy_with_integer_labels(scores, items)
+    correct = scores.argmax(-1) == items
+    if self.cfg.loss == 'catalog':
+      return -catalog_ce[:, None], correct
+    return picked - catalog_ce[:, None], correct  # mean code CE + catalog CE
+
+
+class ItemSidAutoregressive(ItemSidRec):
+  """`ItemSidRec` with the autoregressive head (`ItemSidAutoregressiveConfig`):
+  a `head_layers`-layer causal decoder over [state, codes of the next item so
+  far] predicts the next code; trained for all positions at once (teacher
+  forcing), decoded by trie-constrained beam search (`beam_search_inputs`).
+  """
+
+  def _init_head(self, cfg: ItemSidAutoregressiveConfig, rngs: nnx.Rngs) -> None:
+    small = nnx.initializers.normal(0.02)
+    self.head_start = layers.Dense((cfg.d_model,), (cfg.d_model,), ('embed', 'mlp'),
+                                   dtype=cfg.compute_dtype, rngs=rngs)
+    self.head_pos = layers._param(rngs, small, (len(cfg.level_sizes), cfg.d_model),
+                                  (None, 'embed'))
+    self.head_blocks = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.head_layers)])
+    self.head_norm = layers.RMSNorm(cfg.d_model, dtype=cfg.compute_dtype, rngs=rngs)
+
   def _allowed_tokens(self) -> Array:
     """bool [L, vocab]: the tokens of each level."""
     tokens, exists = _level_tokens(self.cfg.level_sizes)
@@ -1107,28 +1231,8 @@ class ItemSidRec(nnx.Module):
 
   def beam_search_inputs(self, inputs: Array, beam_size: int, num_steps: int):
     """(tokens_to_logits, cache) of `decoding.beam_search` over the next
-    item's L tokens. Autoregressive head: the cache holds each beam's tokens
-    so far [n, L]. Parallel head: level l's log-probabilities whatever the
-    prefix, so a trie-constrained beam search approximates the exact top-k of
-    `score_items` for catalogs too large to score at once (beams are pruned
-    level by level; `benchmarks.parallel_decoding` measures its recall)."""
-    state = self._last_state(inputs)  # [b, d]
-    h = jnp.repeat(state, beam_size, axis=0)  # [n, d]
-    if self.cfg.head == 'parallel':
-      tokens, exists = _level_tokens(self.cfg.level_sizes)
-      logp = self.level_log_probs(state)  # [b, L, K]
-      # [b, L, vocab]: each level's log-probabilities at its tokens' ids.
-      dense = jnp.full((*logp.shape[:2], self.cfg.vocab_size), -jnp.inf).at[
-          :, jnp.arange(len(tokens))[:, None], jnp.asarray(tokens)].set(
-              jnp.where(jnp.asarray(exists), logp, -jnp.inf))
-
-      def level_logits(prev, cache, step):
-        # The barrier ties each level's per-beam copy to the step before it, so
-        # the (unrolled) search holds one [n, vocab] copy at a time instead of
-        # XLA scheduling every level's copy up front (L x as much memory).
-        level, _ = jax.lax.optimization_barrier((dense[:, step], prev))
-        return jnp.repeat(level, beam_size, axis=0), cache
-      return level_logits, jnp.zeros((h.shape[0], 1), jnp.int32)
+    item's L tokens; the cache holds each beam's tokens so far [n, L]."""
+    h = jnp.repeat(self._last_state(inputs), beam_size, axis=0)  # [n, d]
 
     def tokens_to_logits(prev, cache, step):
       if step:
@@ -1136,47 +1240,14 @@ class ItemSidRec(nnx.Module):
       return self._head_logits(h, cache[:, :step])[:, step], cache
     return tokens_to_logits, jnp.zeros((h.shape[0], num_steps), jnp.int32)
 
-  # -- training --------------------------------------------------------------------
-  def loss(self, batch: dict[str, Array], *, deterministic: bool = False,
-           rngs: nnx.Rngs | None = None) -> tuple[Array, dict[str, Array]]:
-    """Cross-entropy of the next item's codes at every position (batch
-    'inputs' [b, t, 1 + L], 'next_codes' [b, t, L] with -1 where there is no
-    next item; 'next_items' [b, t] and the constant 'catalog' for the catalog
-    loss; packed rows also 'segment_ids' and 'positions'). Metric
-    'accuracy': the share of positions whose every code is predicted (the
-    catalog loss: whose top-scored item is the next one)."""
-    x = self.states(batch['inputs'], batch.get('segment_ids'), batch.get('positions'),
-                    deterministic=deterministic, rngs=rngs)
-    b, t, d = x.shape
-    codes = batch['next_codes'].reshape(b * t, -1)  # [n, L]
-    weights = (codes[:, 0] >= 0).astype(jnp.float32)
-    target = jnp.maximum(codes, 0)
-    h = x.reshape(b * t, d)
-    if self.cfg.head == 'parallel':
-      logp = self.level_log_probs(h)  # [n, L, K]
-      picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
-      correct = (logp.argmax(-1) == target).all(-1)
-      if self.cfg.loss != 'codes':  # the whole ID against every existing ID
-        scores = jnp.einsum('nd,id->ni', h.astype(jnp.float32), self.item_vectors(batch['catalog']))
-        scores = jnp.where(jnp.arange(scores.shape[1]) > 0, scores, jnp.finfo(jnp.float32).min)
-        items = batch['next_items'].reshape(-1)
-        catalog_ce = optax.softmax_cross_entropy_with_integer_labels(scores, items)
-        correct = scores.argmax(-1) == items
-        if self.cfg.loss == 'catalog':
-          picked = -catalog_ce[:, None]
-        else:
-          picked = picked - catalog_ce[:, None]  # mean code CE + catalog CE
-    else:
-      first = jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])
-      target_tokens = first[None] + target  # [n, L]
-      logp = jax.nn.log_softmax(self._head_logits(
-          h, target_tokens[:, :-1], deterministic=deterministic, rngs=rngs), axis=-1)
-      picked = jnp.take_along_axis(logp, target_tokens[..., None], axis=-1)[..., 0]
-      correct = (logp.argmax(-1) == target_tokens).all(-1)
-    ce = -picked.mean(-1)
-    denom = jnp.maximum(weights.sum(), 1.0)
-    return ((ce * weights).sum() / denom,
-            {'accuracy': (correct.astype(jnp.float32) * weights).sum() / denom})
+  def _code_log_probs(self, h, target, batch, *, deterministic, rngs):
+    """Each code's log-probability given the codes before it (teacher forcing)."""
+    first = jnp.asarray(_level_tokens(self.cfg.level_sizes)[0][:, 0])
+    target_tokens = first[None] + target  # [n, L]
+    logp = jax.nn.log_softmax(self._head_logits(
+        h, target_tokens[:, :-1], deterministic=deterministic, rngs=rngs), axis=-1)
+    picked = jnp.take_along_axis(logp, target_tokens[..., None], axis=-1)[..., 0]
+    return picked, (logp.argmax(-1) == target_tokens).all(-1)
 
 
 # ---------------------------------------------------------------------------
@@ -1398,31 +1469,22 @@ class SASRecModel(Model):
     return history
 
 
-class ItemSidModel(Model):
-  """The item-level Semantic-ID recommender (`ItemSidRec`): one position per
-  history item, a Semantic-ID head over the next item's codes.
+class _ItemSidModel(Model):
+  """What the item-level Semantic-ID recommender's model classes share (the
+  trunk, `ItemSidRec`): one position per history item, a Semantic-ID head
+  over the next item's codes; `ItemSidModel` (parallel head) and
+  `ItemSidAutoregressiveModel` name the head.
 
   Inputs: int32 [..., t, 1 + L] per history position: channel 0 the item id,
   channels 1..L its tokens (`history_features`)."""
-  CONFIG = ItemSidConfig
-  MODULE = ItemSidRec
   training_examples = 'sequence'
-
-  @property
-  def name(self) -> str:
-    return f'item_sid ({self.config.head} head)'
-
-  @property
-  def score_kind(self) -> str:
-    return ("the sum of the item's code log-probabilities" if self.scores_items
-            else 'beam log-probabilities')
 
   def resolve(self, ids, num_items, max_history):
     """Also the identifiers' level sizes and, for `item_id_buckets = -1`, one
     item-id row per item."""
     cfg = self.config
     buckets = num_items + 1 if cfg.item_id_buckets == -1 else cfg.item_id_buckets
-    return ItemSidModel(dataclasses.replace(
+    return type(self)(dataclasses.replace(
         cfg, vocab_size=ids.vocab_size, level_sizes=tuple(int(s) for s in ids.level_sizes),
         num_items=num_items, max_len=max_history, dtype=str(cfg.compute_dtype),
         item_id_buckets=buckets))
@@ -1457,6 +1519,22 @@ class ItemSidModel(Model):
     return {**arrays, 'encoder_input_tokens': self.history_features(items, ids.token_table()),
             'target_item': _target_items(arrays, ids)}
 
+  def serving_inputs(self, history, token_table):
+    return self.history_features(history, token_table)
+
+
+class ItemSidModel(_ItemSidModel):
+  """The item-level Semantic-ID recommender with the parallel head
+  (`ItemSidParallel`): every code level predicted at once; items ranked by
+  the sum of their codes' log-probabilities over the whole catalog."""
+  CONFIG = ItemSidConfig
+  MODULE = ItemSidParallel
+  score_kind = "the sum of the item's code log-probabilities"
+
+  @property
+  def name(self) -> str:
+    return 'item_sid (parallel head)'
+
   def training_constants(self, ids):
     """The catalog's tokens, for the catalog loss."""
     return {'catalog': ids.token_table()} if self.config.loss != 'codes' else {}
@@ -1464,11 +1542,20 @@ class ItemSidModel(Model):
   def catalog(self, ids):
     return ids.token_table()
 
-  def serving_inputs(self, history, token_table):
-    return self.history_features(history, token_table)
-
   def score_items(self, module, inputs, token_table):
     return module.score_items(inputs, token_table)
+
+
+class ItemSidAutoregressiveModel(_ItemSidModel):
+  """The item-level Semantic-ID recommender with the autoregressive head
+  (`ItemSidAutoregressive`): a small decoder over the next item's codes,
+  decoded by trie-constrained beam search."""
+  CONFIG = ItemSidAutoregressiveConfig
+  MODULE = ItemSidAutoregressive
+
+  @property
+  def name(self) -> str:
+    return 'item_sid (autoregressive head)'
 
 
 def model_for(config: ModelConfig) -> Model:
@@ -1482,24 +1569,29 @@ def model_for(config: ModelConfig) -> Model:
 
 
 def legacy_settings(saved: dict) -> dict:
-  """A flattened run_settings.json record written before the model classes
-  (`model_config.*`: `TransformerConfig` fields, recommendation runs also a
-  `head`) as the model classes record the same model, so that such a run
-  resumes without counting the new form as a change of settings. Other
-  records come back as they are."""
+  """A flattened run_settings.json record of an older form as the model
+  classes of today record the same model, so that such a run resumes without
+  counting the new form as a change of settings. Older forms: written before
+  the model classes (`model_config.*`: `TransformerConfig` fields,
+  recommendation runs also a top-level `head`), or while one `ItemSidConfig`
+  held both item-level heads (`model_config.head`). Other records come back
+  as they are."""
   prefix = 'model_config.'
   fields = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
-  if 'architecture' not in fields and 'head' not in saved:
-    return saved
-  out = {k: v for k, v in saved.items() if k != 'head'}
   if 'architecture' in fields:
     config = TransformerConfig.from_json(fields).to_model_config()
+  elif 'head' in fields:
+    config = ItemSidConfig.from_json(fields)
+  elif 'head' in saved:  # a config class of today: the one with exactly these fields
+    config = next((m.CONFIG.from_json(fields) for m in _MODELS.values()
+                   if {f.name for f in dataclasses.fields(m.CONFIG)} == set(fields)), None)
+  else:
+    return saved
+  out = {k: v for k, v in saved.items() if k != 'head'}
+  if 'architecture' in fields or 'head' in fields:  # the config's fields changed
     out = {k: v for k, v in out.items() if not k.startswith(prefix)}
     out.update({prefix + k: v for k, v in
                 json.loads(json.dumps(dataclasses.asdict(config), default=str)).items()})
-  else:  # a config class of today: the one with exactly these fields
-    config = next((m.CONFIG.from_json(fields) for m in _MODELS.values()
-                   if {f.name for f in dataclasses.fields(m.CONFIG)} == set(fields)), None)
   if 'head' in saved and config is not None:  # a recommendation record names its model now
     out['model'] = model_for(config).name
   return out
@@ -1509,7 +1601,9 @@ def config_from_json(fields: dict, name: str = 'TransformerConfig') -> ModelConf
   """A model config saved as JSON with its class name (run_config.json).
 
   Records written before the model classes hold a `TransformerConfig` (its
-  `architecture` names the model): they come back as their model's config.
+  `architecture` names the model): they come back as their model's config;
+  an `ItemSidConfig` with a `head` field comes back as its head's config
+  (`ItemSidConfig.from_json`).
   """
   if name == 'TransformerConfig':
     return TransformerConfig.from_json(fields).to_model_config()

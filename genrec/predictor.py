@@ -125,7 +125,7 @@ class Predictor:
     """Item-scoring models: [batch, s, ...] -> the top-k item ids [batch, k],
     best first (and their scores [batch, k] with `with_scores`). `catalog`:
     what models that score items from their identifiers read of every item
-    (`ItemSidRec`: the token table [items + 1, L])."""
+    (`ItemSidParallel`: the token table [items + 1, L])."""
     key = (k, catalog is None)
     if key not in self._rank:
       def fn(params, inputs, catalog):

@@ -111,7 +111,7 @@ class Trainer(Predictor):
 
   `constants`: arrays every step's loss reads besides its batch (replicated
   on the mesh, merged into each batch inside the step), e.g. the catalog's
-  identifier tokens for `models.ItemSidRec`'s catalog loss.
+  identifier tokens for `models.ItemSidParallel`'s catalog loss.
   """
 
   def __init__(self, config: models.ModelConfig, tx: optax.GradientTransformation,

@@ -30,8 +30,9 @@ CASES = {
         models.SASRecConfig(num_layers=1, activation='relu', **_WIDTH))),
     **{f'item_sid_{head}': dict(
         id_scheme=ResidualKMeansIds(num_levels=2, codebook_size=8),
-        model=models.ItemSidModel(models.ItemSidConfig(num_layers=1, head=head, **_WIDTH)))
-       for head in ('parallel', 'autoregressive')},
+        model=model_cls(model_cls.CONFIG(num_layers=1, **_WIDTH)))
+       for head, model_cls in (('parallel', models.ItemSidModel),
+                               ('autoregressive', models.ItemSidAutoregressiveModel))},
 }
 
 

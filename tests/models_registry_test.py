@@ -156,11 +156,50 @@ def test_old_run_records_load_as_the_new_model_classes():
     assert set(tree) == TOP_LEVEL_PARAMS[name], name
   projection = models.config_from_json({**OLD_TIGER, 'num_items': 1000})
   assert nnx.state(models.abstract_model(projection))['item_embed'].shape == (1024, 128)
-  item_sid = models.config_from_json(
-      {'d_model': 32, 'num_heads': 2, 'head_dim': 16, 'd_ff': 64, 'num_layers': 1,
-       'dropout_rate': 0.5, 'activation': 'gelu', 'gated_mlp': False, 'head': 'parallel',
-       'head_layers': 1, 'item_id_buckets': 0, 'temperature': 0.0, 'loss': 'codes',
-       'dtype': 'float32', 'vocab_size': 40, 'level_sizes': [8, 8], 'num_items': 30,
-       'max_len': 20}, 'ItemSidConfig')
-  assert models.model_for(item_sid).name == 'item_sid (parallel head)'
-  assert item_sid.level_sizes == (8, 8)
+
+
+# An ItemSidConfig as run_config.json recorded it while the one class held
+# both heads, chosen by its `head` field.
+OLD_ITEM_SID = {
+    'd_model': 32, 'num_heads': 2, 'head_dim': 16, 'd_ff': 64, 'num_layers': 1,
+    'dropout_rate': 0.5, 'activation': 'gelu', 'gated_mlp': False, 'head': 'parallel',
+    'head_layers': 2, 'item_id_buckets': 0, 'temperature': 0.0, 'loss': 'codes',
+    'dtype': 'float32', 'vocab_size': 40, 'level_sizes': [8, 8], 'num_items': 30,
+    'max_len': 20}
+
+
+def test_old_item_sid_records_load_as_the_model_class_of_their_head():
+  """`head` named the item-level model's head; now its config class does."""
+  cases = {'parallel': (models.ItemSidConfig, models.ItemSidParallel, 'level_proj'),
+           'autoregressive': (models.ItemSidAutoregressiveConfig,
+                              models.ItemSidAutoregressive, 'head_blocks')}
+  for head, (cls, module, param) in cases.items():
+    config = models.config_from_json({**OLD_ITEM_SID, 'head': head}, 'ItemSidConfig')
+    assert type(config) is cls, head
+    assert models.model_for(config).name == f'item_sid ({head} head)'
+    assert models.model_class(config) is module
+    assert config.level_sizes == (8, 8) and config.d_model == 32
+    assert param in nnx.to_pure_dict(nnx.state(models.abstract_model(config)))
+  assert models.config_from_json({**OLD_ITEM_SID, 'head': 'autoregressive'},
+                                 'ItemSidConfig').head_layers == 2
+  # A record of today (no `head`) loads as it is.
+  new = models.config_from_json(json.loads(json.dumps(dataclasses.asdict(
+      models.ItemSidAutoregressiveConfig(d_model=32)))), 'ItemSidAutoregressiveConfig')
+  assert new == models.ItemSidAutoregressiveConfig(d_model=32)
+
+
+def test_old_item_sid_settings_read_as_what_the_model_classes_record():
+  """run_settings.json of an item-level run recorded `model_config.head` and
+  the other head's fields: `legacy_settings` gives what the run records now,
+  so the run resumes as no change of settings."""
+  for head, cls in (('parallel', models.ItemSidConfig),
+                    ('autoregressive', models.ItemSidAutoregressiveConfig)):
+    old = {**{f'model_config.{k}': v for k, v in OLD_ITEM_SID.items()},
+           'model_config.head': head, 'model': f'item_sid ({head} head)', 'batch_size': 32}
+    config = cls.from_json({k: v for k, v in OLD_ITEM_SID.items() if k in {
+        f.name for f in dataclasses.fields(cls)}})
+    now = {'model': models.model_for(config).name, 'batch_size': 32,
+           **{f'model_config.{k}': v for k, v in
+              json.loads(json.dumps(dataclasses.asdict(config))).items()}}
+    assert models.legacy_settings(old) == now, head
+    assert models.legacy_settings(now) == now  # today's records come back as they are

@@ -276,10 +276,14 @@ def test_pretrained_encoder_width_must_match_d_model(tiny_bert_dir):
     models.abstract_model(cfg)
 
 
+_ITEM_SID_CONFIGS = {'parallel': models.ItemSidConfig,
+                     'autoregressive': models.ItemSidAutoregressiveConfig}
+
+
 def _item_sid_model(head, seed=0, **kw):
-  cfg = models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
-                             dropout_rate=0.0, head=head, vocab_size=128,
-                             level_sizes=(8, 8, 3), num_items=40, max_len=8, **kw)
+  cfg = _ITEM_SID_CONFIGS[head](d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
+                                dropout_rate=0.0, vocab_size=128, level_sizes=(8, 8, 3),
+                                num_items=40, max_len=8, **kw)
   return models.create_model(cfg, jax.random.key(seed))
 
 
@@ -367,8 +371,10 @@ def test_item_sid_catalog_loss_is_the_softmax_of_summed_code_logits_over_existin
     scores = np.asarray(model.score_items(inputs, table))[0]  # summed code log-probs
     want.append(-(scores[nxt] - jax.nn.logsumexp(scores[1:])))
   np.testing.assert_allclose(loss, np.mean(want), rtol=1e-4)
-  with pytest.raises(ValueError, match="needs head = 'parallel' and temperature = 0"):
+  with pytest.raises(ValueError, match='needs temperature = 0'):
     models.ItemSidConfig(loss='catalog', temperature=0.07)
+  with pytest.raises(TypeError, match='loss'):  # a parallel-head field
+    models.ItemSidAutoregressiveConfig(loss='catalog')
 
 
 def test_item_sid_parallel_beam_search_with_a_full_beam_finds_the_exact_top_k():

@@ -186,6 +186,31 @@ def test_a_run_recorded_before_the_model_classes_resumes_as_it_was(tmp_path):
   assert not (tmp_path / 'settings_changes.jsonl').exists()
 
 
+@pytest.mark.parametrize('head', ['parallel', 'autoregressive'])
+def test_an_item_sid_run_recorded_before_the_head_classes_resumes_as_it_was(tmp_path, head):
+  """Runs of the item-level model started when one ItemSidConfig named its
+  head by `head` (and held both heads' fields) recorded their settings and
+  config in that form: they resume without a change of settings."""
+  model = {'parallel': models.ItemSidModel,
+           'autoregressive': models.ItemSidAutoregressiveModel}[head]
+  common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100,
+                id_scheme=RandomCodeIds(num_levels=2), model=model(model.CONFIG(
+                    d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1)))
+  _run(tmp_path, stop_after_step=1, **common)
+  both_heads = {'head': head, 'head_layers': 1, 'temperature': 0.0, 'loss': 'codes'}
+  path = tmp_path / 'run_settings.json'
+  saved = json.loads(path.read_text())
+  saved.update({f'model_config.{k}': v for k, v in both_heads.items()})
+  path.write_text(json.dumps(saved))
+  run_config = json.loads((tmp_path / 'run_config.json').read_text())
+  run_config['model_config'].update(both_heads)
+  run_config['model_class'] = 'ItemSidConfig'
+  (tmp_path / 'run_config.json').write_text(json.dumps(run_config))
+  results = _run(tmp_path, **common)
+  assert results['resumed_from_step'] == 1 and results['model'] == f'item_sid ({head} head)'
+  assert not (tmp_path / 'settings_changes.jsonl').exists()
+
+
 def test_rerun_of_a_finished_run_keeps_its_results(tmp_path):
   common = dict(num_train_steps=3, eval_every_steps=100, checkpoint_every_steps=100)
   first = _run(tmp_path, **common)
@@ -306,12 +331,13 @@ def test_item_level_sid_model_trains_on_windows_and_ranks_existing_items(tmp_pat
   position of a user window trained at once; the parallel head ranks the
   catalog exactly, the autoregressive head decodes valid IDs; infer from its
   checkpoint gives the run's own predictions."""
-  cfg = models.ItemSidConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
-                             dropout_rate=0.1, head=head, item_id_buckets=32)
+  model_cls = {'parallel': models.ItemSidModel,
+               'autoregressive': models.ItemSidAutoregressiveModel}[head]
+  cfg = model_cls.CONFIG(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=1,
+                         dropout_rate=0.1, item_id_buckets=32)
   scheme = ProductQuantizationIds(num_levels=4, codebook_size=8, opq_iters=1)
   results = _run(tmp_path, num_train_steps=150, eval_every_steps=150,
-                 checkpoint_every_steps=150, id_scheme=scheme,
-                 model=models.ItemSidModel(cfg))
+                 checkpoint_every_steps=150, id_scheme=scheme, model=model_cls(cfg))
   assert results['training_examples'] == 'sequence'
   assert results['num_train_examples'] < 300  # packed windows, not prefixes
   assert results['model'] == f'item_sid ({head} head)'

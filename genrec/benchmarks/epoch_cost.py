@@ -76,10 +76,12 @@ def model_setup(name: str, data: sequences.SequenceData, max_history: int, level
     ar = name == 'item_sid_ar'
     sid = (ids_lib.RandomCodeIds(num_levels=levels, codebook_size=256, seed=0).fit(data) if ar
            else long_random_ids(data, long_levels))
-    model = models.ItemSidModel(models.ItemSidConfig(
+    model_cls, config_cls = ((models.ItemSidAutoregressiveModel, models.ItemSidAutoregressiveConfig)
+                             if ar else (models.ItemSidModel, models.ItemSidConfig))
+    model = model_cls(config_cls(
         d_model=TIGER.d_model, num_heads=TIGER.num_heads, head_dim=TIGER.head_dim,
-        d_ff=TIGER.d_ff, num_layers=8, dropout_rate=TIGER.dropout_rate,
-        head='autoregressive' if ar else 'parallel')).resolve(sid, data.num_items, max_history)
+        d_ff=TIGER.d_ff, num_layers=8, dropout_rate=TIGER.dropout_rate)).resolve(
+            sid, data.num_items, max_history)
     arrays = model.training_arrays(data, sid, max_history, None)
     return model, arrays, (arrays['next_codes'][..., 0] >= 0).sum(1)
   packed = name == 'encoder_decoder_packed'

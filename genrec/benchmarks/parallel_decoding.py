@@ -8,7 +8,7 @@ The parallel head gives every code level its own distribution, and an item's
 score is the sum of its codes' log-probabilities. `score_items` ranks the
 whole catalog exactly in one pass (what training evaluation, infer and the
 export use); where the catalog is too large for that, a beam search over the
-levels constrained to the identifier trie (`ItemSidRec.beam_search_inputs`)
+levels constrained to the identifier trie (`ItemSidParallel.beam_search_inputs`)
 keeps `beam` prefixes per level and is approximate. For a trained run and a
 seeded sample of its test users this prints, per beam size, the share of the
 exact top-10 the beam search finds (`recall_of_exact@10`), both searches'
@@ -47,7 +47,7 @@ def compare(workdir: str, beams: list[int], users: int, batch_size: int,
             data_dir: str | None = None) -> list[dict]:
   """Rows of the comparison for a run directory (see the module docstring)."""
   run, config, ids, pred, params, step = infer.load_run(workdir)
-  if not config.scores_items or not hasattr(config, 'head'):
+  if not isinstance(config, models.ItemSidConfig):
     raise ValueError(f'{workdir} is not a run of the item-level model with the parallel head.')
   data = sequences.load_dataset(run['dataset'], data_dir)
   test = features.load_arrays(data, ids, run['max_history'], 'numpy', with_train=False)[2]

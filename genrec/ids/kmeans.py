@@ -312,7 +312,7 @@ def _pq_reconstruct(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
 class ProductQuantizationIds(IdScheme):
   """Long, unordered Semantic IDs: (optimized) product quantization of the
   item content, `num_levels` codes of `codebook_size` each (RPG: 16-64 codes
-  per item, predicted in parallel by `models.ItemSidRec`'s parallel head).
+  per item, predicted in parallel by `models.ItemSidParallel`).
 
   With `opq_iters` > 0 the content is first rotated by OPQ (Ge et al., 2013,
   the non-parametric solution): alternately product-quantize the rotated
