@@ -57,7 +57,7 @@ def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   results = json.loads((tmp_path / 'tiger_beauty' / 'results.json').read_text())
   results.update(dataset='beauty', id_content='text', host='2 cores, Some CPU',
                  evaluated_at='2026-12-02T10:00:00Z', epochs=5.8, commit='0123abcd4567',
-                 command="python main.py --gin_file=gin/experiments/tiger_beauty.gin",
+                 command="python main.py --gin_file=gin/recommendation/tiger_beauty.gin",
                  test_slices={s: {'ndcg@10': v} for s, v in
                               (('head', 0.05), ('torso', 0.02), ('tail', 0.01), ('unseen', 0.0))})
   (tmp_path / 'tiger_beauty' / 'results.json').write_text(json.dumps(results))
@@ -66,7 +66,7 @@ def test_tiger_table_puts_our_runs_beside_the_published_rows(tmp_path):
   assert ('| tiger_beauty | genrec encoder_decoder | tiger_beauty | text | 0.1 | 0.05 | 0.2 | '
           '0.03 | 0.0 | 0.05 | 0.02 | 0.01 | 0.0 |') in beauty  # invalid rate, the four slices
   assert ('| 100 x 8 (5.8 epochs) | 100 | 1.0 | 1 x cpu (2 cores, Some CPU) | 2026-12-02 | '
-          '0123abcd4567 | python main.py --gin_file=gin/experiments/tiger_beauty.gin |') in beauty
+          '0123abcd4567 | python main.py --gin_file=gin/recommendation/tiger_beauty.gin |') in beauty
   assert '| - | TIGER (paper) |  |  | 0.0454 | 0.0321 | 0.0648 | 0.0384 |' in beauty
   assert 'SASRec (TIGER paper)' in beauty and '### toys' in md
 

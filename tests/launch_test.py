@@ -211,7 +211,7 @@ def test_your_own_folder_trains_with_text_semantic_ids(tmp_path):
                   'brand': f'brand{a[2] % 5}'}) + '\n'
       for i, a in enumerate(synth.item_attributes) if i))
   run = tmp_path / 'run'
-  _main('--gin_file=gin/experiments/folder_rqkmeans.gin', '--gin_file=gin/models/tiny.gin',
+  _main('--gin_file=gin/recommendation/folder_rqkmeans.gin', '--gin_file=gin/models/tiny.gin',
         f'--workdir={run}', f"--gin_bindings=DATASET='{folder}'",
         '--gin_bindings=ids.ResidualKMeansIds.num_levels=2',
         '--gin_bindings=ids.ResidualKMeansIds.codebook_size=8',
@@ -243,7 +243,7 @@ def test_own_folder_default_recipe_trains_exports_and_serves(tmp_path):
       json.dumps({'item': f'p{i}', 'title': f'{kinds[a[0] % 6]} no. {a[2]}'}) + '\n'
       for i, a in enumerate(synth.item_attributes) if i))
   run = tmp_path / 'run'
-  _main('--gin_file=gin/experiments/folder_item_sid.gin', f'--workdir={run}',
+  _main('--gin_file=gin/recommendation/folder_item_sid.gin', f'--workdir={run}',
         f"--gin_bindings=DATASET='{folder}'",
         '--gin_bindings=ids.ProductQuantizationIds.num_levels=8',
         '--gin_bindings=ids.ProductQuantizationIds.codebook_size=8',

@@ -29,7 +29,7 @@ def test_pod_dry_runs_print_every_command():
   install = _dry_run('pod.sh', 'install', *pod)
   assert install[0].startswith('tar -C ') and 'scp /tmp/genrec.tgz' in install[1]
   assert shlex.split(install[2])[-1].endswith("pip install -q -e '.[train,tpu]'")
-  line, = _dry_run('pod.sh', 'run', *pod, 'gin/experiments/tiger_beauty.gin',
+  line, = _dry_run('pod.sh', 'run', *pod, 'gin/recommendation/tiger_beauty.gin',
                    'gs://b/runs/x', "DATA_DIR='gs://b/data'")
   command = shlex.split(line)
   assert command[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'genrec-pod']
@@ -37,7 +37,7 @@ def test_pod_dry_runs_print_every_command():
   remote = shlex.split(command[-1])  # what every worker's shell runs
   assert remote[:5] == ['cd', '~/genrec', '&&', 'python3', 'main.py']
   assert '--multiprocess' in remote and "--gin_bindings=DATA_DIR='gs://b/data'" in remote
-  assert '--gin_file=gin/experiments/tiger_beauty.gin' in remote
+  assert '--gin_file=gin/recommendation/tiger_beauty.gin' in remote
   assert _dry_run('pod.sh', 'logs', *pod, 'logs')[1].startswith(
       'gcloud compute tpus tpu-vm scp genrec-pod:genrec_run.log logs/worker_0.log')
   assert _dry_run('pod.sh', 'delete', *pod) == [
@@ -45,7 +45,7 @@ def test_pod_dry_runs_print_every_command():
 
 
 def test_gpu_cluster_dry_runs_print_the_job():
-  script = _dry_run('gpu_cluster.sh', 'slurm', '2', '8', 'gin/experiments/tiger_beauty.gin',
+  script = _dry_run('gpu_cluster.sh', 'slurm', '2', '8', 'gin/recommendation/tiger_beauty.gin',
                     '/shared/runs/x', "DATA_DIR='/shared/data'")
   assert '#SBATCH --nodes=2' in script and '#SBATCH --gpus-per-node=8' in script
   srun = shlex.split(next(line for line in script if line.startswith('srun')))
@@ -53,7 +53,7 @@ def test_gpu_cluster_dry_runs_print_the_job():
   assert "--gin_bindings=DATA_DIR='/shared/data'" in srun
   assert script[-1].strip() == 'sbatch /shared/runs/x/slurm_job.sh'
   line, = _dry_run('gpu_cluster.sh', 'node', '10.0.0.1:1234', '2', '1',
-                   'gin/experiments/tiger_beauty.gin', '/shared/runs/x')
+                   'gin/recommendation/tiger_beauty.gin', '/shared/runs/x')
   command = shlex.split(line)
   assert command[:4] == ['env', 'JAX_COORDINATOR_ADDRESS=10.0.0.1:1234',
                          'JAX_NUM_PROCESSES=2', 'JAX_PROCESS_ID=1']
@@ -67,8 +67,8 @@ def test_gpu_check_dry_run_prints_each_figure_s_command():
   `bash tpu_scripts/gpu_check.sh --smoke /tmp/gpu_smoke`, ~3 minutes)."""
   lines = [shlex.split(line) for line in _dry_run('gpu_check.sh', '/out')]
   assert [c[:3] for c in lines] == [
-      ['mkdir', '-p', '/out/runs'], ['python', 'main.py', '--gin_file=gin/experiments/tiger_beauty.gin'],
-      ['python', 'main.py', '--gin_file=gin/experiments/beauty_item_sid.gin'],
+      ['mkdir', '-p', '/out/runs'], ['python', 'main.py', '--gin_file=gin/recommendation/tiger_beauty.gin'],
+      ['python', 'main.py', '--gin_file=gin/recommendation/beauty_item_sid.gin'],
       ['python', '-m', 'genrec.benchmarks.tiger_table'], ['python', '-m', 'genrec.benchmarks.epoch_cost'],
       ['python', '-m', 'genrec.benchmarks.decoding']]
   assert '--gin_bindings=train.train.max_train_seconds=240' in lines[1]

@@ -89,7 +89,7 @@ def test_hash_dropout_trains_like_threefry_dropout(monkeypatch):
 def test_adafactor_trains_under_tensor_and_fsdp_sharding():
   """Adafactor's factored moments (a parameter's row and column statistics,
   of lower rank) get a sharding of their own rank, so TIGER's recipe
-  (gin/experiments/tiger_*.gin) starts and steps on any mesh."""
+  (gin/recommendation/tiger_*.gin) starts and steps on any mesh."""
   cfg = models.TransformerConfig(vocab_size=256, d_model=32, num_heads=2, head_dim=16, d_ff=64,
                                  num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
   tx, lr = trainer.make_optimizer(4, name='adafactor', learning_rate=1e-2, warmup_steps=1,

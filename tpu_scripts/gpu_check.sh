@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The one GPU check, at most ~10 minutes on one H100/H200, every figure as a
 # table under OUT_DIR (copy the tables into docs/results/ with their rows):
-#   1. TIGER's Beauty recipe (gin/experiments/tiger_beauty.gin: RQ-VAE IDs, the
+#   1. TIGER's Beauty recipe (gin/recommendation/tiger_beauty.gin: RQ-VAE IDs, the
 #      paper's model, batch 256) for TIGER_SECONDS of training: its published
 #      budget (200k steps) does not fit in the check, so the row says how far
 #      it got (steps, epochs) and where its curve stands;
-#   2. the item-level Semantic-ID recipe (gin/experiments/beauty_item_sid.gin)
+#   2. the item-level Semantic-ID recipe (gin/recommendation/beauty_item_sid.gin)
 #      for ITEM_SECONDS;
 #      (1 and 2 share tiger_table_gpu.md with their test metrics on all users)
 #   3. one epoch's cost and the train step's model FLOP utilization of the
@@ -39,9 +39,9 @@ fi
 COMMON=(--gin_bindings="train.train.report_unconstrained=False")
 
 run mkdir -p "$OUT/runs"
-run python main.py --gin_file=gin/experiments/tiger_beauty.gin "${DATA[@]}" "${COMMON[@]}" \
+run python main.py --gin_file=gin/recommendation/tiger_beauty.gin "${DATA[@]}" "${COMMON[@]}" \
   --gin_bindings="train.train.max_train_seconds=$TIGER_SECONDS" --workdir="$OUT/runs/tiger_beauty"
-run python main.py --gin_file=gin/experiments/beauty_item_sid.gin "${DATA[@]}" "${COMMON[@]}" \
+run python main.py --gin_file=gin/recommendation/beauty_item_sid.gin "${DATA[@]}" "${COMMON[@]}" \
   --gin_bindings="train.train.max_train_seconds=$ITEM_SECONDS" --workdir="$OUT/runs/item_sid"
 run python -m genrec.benchmarks.tiger_table --runs="$OUT/runs" --table_dir="$OUT" \
   --table_stem=tiger_table_gpu

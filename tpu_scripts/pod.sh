@@ -19,7 +19,7 @@
 # Example (a v4-32 slice: 4 workers):
 #   tpu_scripts/pod.sh create genrec-pod us-central2-b v4-32
 #   tpu_scripts/pod.sh install genrec-pod us-central2-b
-#   tpu_scripts/pod.sh run genrec-pod us-central2-b gin/experiments/tiger_beauty.gin \
+#   tpu_scripts/pod.sh run genrec-pod us-central2-b gin/recommendation/tiger_beauty.gin \
 #     gs://BUCKET/runs/tiger_beauty "DATA_DIR='gs://BUCKET/data'"
 set -euo pipefail
 

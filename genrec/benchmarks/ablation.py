@@ -1,8 +1,8 @@
 r"""Runs several gin experiments at one shared budget and tabulates their results.
 
   python -m genrec.benchmarks.ablation \
-    --gin_file=gin/experiments/beauty_atomic.gin \
-    --gin_file=gin/experiments/beauty_rqvae.gin \
+    --gin_file=gin/recommendation/beauty_atomic.gin \
+    --gin_file=gin/recommendation/beauty_rqvae.gin \
     --common_gin_file=gin/budgets/3k.gin \
     --gin_bindings="DATA_DIR='../shared/data'" --root=runs/ablation --parallel=2
 

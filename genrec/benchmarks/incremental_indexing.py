@@ -17,7 +17,7 @@ Items (Beauty):
   # 1. Beauty as a folder without the items that first appear as test targets:
   python -m genrec.benchmarks.incremental_indexing --step=prepare_items \
       --source=amazon-2014/beauty --out=$HOME/genrec-runs/beauty_cold
-  # 2. gin/experiments/folder_item_sid.gin on <out>/data/beauty_old (--workdir=<out>/old_run)
+  # 2. gin/recommendation/folder_item_sid.gin on <out>/data/beauty_old (--workdir=<out>/old_run)
   # 3. the add-items run mode (gin/runs/add_items.gin) into <out>/old_run_added
 
 The table of both:

@@ -1,8 +1,8 @@
 r"""Time to quality: validation NDCG@10 against wall-clock seconds and epochs.
 
   python -m genrec.benchmarks.time_to_quality \
-    --gin_file=gin/experiments/beauty_sasrec.gin \
-    --gin_file=gin/experiments/beauty_rqkmeans_decoder_only.gin \
+    --gin_file=gin/recommendation/beauty_sasrec.gin \
+    --gin_file=gin/recommendation/beauty_rqkmeans_decoder_only.gin \
     --gin_bindings="DATA_DIR='../shared/data'" \
     --gin_bindings="train.train.max_train_seconds=3600" --root=runs/time_to_quality
 
