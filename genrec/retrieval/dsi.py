@@ -52,7 +52,8 @@ class DsiTasks:
       text tokens, disjoint from the docid tokens) and a document's score is
       the log of its probability summed over both identifiers (a prefix shared
       by k documents gives each 1/k of its beam's), as the model was trained
-      to put mass on either (`fuse_identifier_views`). Default architecture.
+      to put mass on either (`fuse_identifier_views`). The default model
+      (`models.EncoderDecoderModel`) only.
   """
   num_spans: int = 5
   retrieval_repeats: int = 4
@@ -247,7 +248,7 @@ class Dsi(method.GenerativeMethod):
   def check(self, pretrained: bool) -> None:
     if pretrained and self.tasks.title_len:
       raise ValueError('DsiTasks.title_len (title identifiers) decodes title pieces: use the '
-                       "default architecture 'encoder_decoder' (the pretrained encoder's "
+                       "default model, models.EncoderDecoderModel (the pretrained encoder's "
                        'decoder holds docid tokens only).')
 
   def index(self, tc: corpus.TokenizedCollection, *, pretrained: bool,
@@ -301,7 +302,7 @@ class Dsi(method.GenerativeMethod):
     (`new_docid_rows`)."""
     ids0 = ItemIds.load(os.path.join(retriever, 'ids'))
     kind, shift = ids0.scheme.split('-')[0], run.get('docid_token_shift', 0)
-    checkpoint, timings = config.encoder_checkpoint or None, {}
+    checkpoint, timings = getattr(config, 'encoder_checkpoint', '') or None, {}
     needs_content = kind not in ('naive',) and (kind != 'atomic' or atomic_rows != 'mean')
     emb_old = emb_new = None
     if needs_content:

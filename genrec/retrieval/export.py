@@ -6,8 +6,8 @@
 (one method's folder of the retrieval run mode) writes <workdir>/serving/
 (or EXPORT_DIR), laid out as `genrec.export_lib` describes, with the query
 tokenizer (`genrec.serve` tokenizes the query text with it: the collection's
-SentencePiece model `spm.model`, or for runs of the pretrained encoder,
-architecture bert_encoder_decoder, its WordPiece `tokenizer.json`, read with
+SentencePiece model `spm.model`, or for runs of the pretrained encoder
+(`models.BertEncoderDecoderModel`) its WordPiece `tokenizer.json`, read with
 the `tokenizers` package) and `items.tsv` (document number -> the
 collection's document id) beside it.
 

@@ -92,8 +92,8 @@ class GenerativeMethod(abc.ABC):
 
   def check(self, pretrained: bool) -> None:
     """Refuses, before anything is trained, settings that the model cannot
-    run (`pretrained`: the pretrained encoder, architecture
-    bert_encoder_decoder)."""
+    run (`pretrained`: the model's encoder is a pretrained checkpoint's,
+    `models.Model.pretrained_encoder`)."""
     del pretrained
 
   @abc.abstractmethod
