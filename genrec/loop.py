@@ -746,7 +746,8 @@ def run_steps(workdir: str, schedule: Schedule, manager, state, start: int,
   if step == s.num_train_steps:  # a run of no steps (e.g. nothing to replay) saves its state
     save(step, train_seconds)
   manager.wait_until_finished()
-  return Outcome(state, step, train_seconds, values, stopped)
+  # As the checkpoints hold it, so that a restored run reports the same seconds.
+  return Outcome(state, step, round(train_seconds, 2), values, stopped)
 
 
 def read_eval_history(history_path: str) -> list[dict]:

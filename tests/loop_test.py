@@ -206,3 +206,13 @@ def test_fixed_budget_of_no_steps_saves_the_initial_state(tmp_path):
   assert loss is None and (tmp_path / 'checkpoints' / '0').is_dir()
   again, _, _ = _toy_budget(tmp_path, lambda s, step: pytest.fail('trained'), steps=0)
   np.testing.assert_array_equal(np.asarray(again['w']), np.asarray(state['w']))
+
+
+def test_a_restored_fixed_budget_run_reports_the_seconds_it_reported_when_trained(tmp_path):
+  """The seconds a run returns are those its checkpoint holds (rounded alike),
+  so the table row of a rerun that only evaluates equals the first run's
+  (a row rounding 7.149 and 7.15 to one decimal differed)."""
+  step = jax.jit(lambda s: {'w': s['w'] + 1.0})
+  _, trained_s, _ = _toy_budget(tmp_path, lambda s, i: (step(s), jnp.float32(i)))
+  _, restored_s, _ = _toy_budget(tmp_path, lambda s, i: pytest.fail('trained again'))
+  assert restored_s == trained_s == round(trained_s, 2)
