@@ -159,29 +159,16 @@ class BertEncoderDecoderConfig(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig(ConfigBase):
-  """The union of the Transformer models' fields, chosen by `architecture`.
+class TransformerConfig(EncoderDecoderConfig):
+  """The config of run records written before the model classes: the
+  encoder-decoder's fields plus the other models' (`architecture` chose one).
 
-  Kept so that run records written before the model classes, and callers
-  that still build this config (document retrieval), go on working:
-  `to_model_config` maps it to the config class of its model, which is what
-  builds the module. New code binds a model class instead
+  Kept so that such records load and resume (`config_from_json`,
+  `legacy_settings`, `model_for`): `to_model_config` maps it to the config
+  class of its model, which is what builds the module. It builds no model
+  itself (`Model` refuses it); new code binds a model class
   (`MODEL = @models.EncoderDecoderModel()`).
   """
-  vocab_size: int = 0
-  d_model: int = 128
-  num_heads: int = 6
-  head_dim: int = 64
-  d_ff: int = 1024
-  num_encoder_layers: int = 4
-  num_decoder_layers: int = 4
-  dropout_rate: float = 0.1
-  activation: str = 'relu'
-  gated_mlp: bool = False
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128
-  logits_via_embedding: bool = False
-  dtype: str = 'auto'
   # 'encoder_decoder' (with num_items > 0: the projection head),
   # 'decoder_only', 'sasrec' or 'bert_encoder_decoder'.
   architecture: str = 'encoder_decoder'
@@ -1296,6 +1283,9 @@ class Model:
 
   def __init__(self, config: ConfigBase | None = None):
     config = self.CONFIG() if config is None else config
+    if isinstance(config, TransformerConfig):
+      raise ValueError(f'{type(self).__name__} takes a {self.CONFIG.__name__}; a TransformerConfig '
+                       '(an old run record) builds its model with models.model_for(config).')
     if not isinstance(config, self.CONFIG):
       raise ValueError(f'{type(self).__name__} takes a {self.CONFIG.__name__}, not '
                        f'{type(config).__name__}.')
@@ -1648,3 +1638,47 @@ def abstract_model(cfg: ModelConfig) -> nnx.Module:
   cfg = _module_config(cfg)
   with nnx.use_eager_sharding(False):
     return nnx.eval_shape(lambda: model_class(cfg)(cfg, rngs=nnx.Rngs(params=0)))
+
+
+def grow_params(params: dict, cfg: ModelConfig, fills: dict) -> dict:
+  """`params` (a pure dict of host arrays) grown to the shapes of `cfg`'s model.
+
+  Wherever an axis of the model is longer than the array's, the entries that
+  follow are `fills[name](array, axis, count)`, `name` being the logical axis
+  name the module gives that axis ('vocab', 'table_rows', ...; `grow_zeros`,
+  `grow_mean`): a larger token vocabulary grows the token table's rows and
+  the logits projection's columns alike, and no other axis that merely has
+  the same size. An axis that grows without a fill is refused by name.
+  """
+  flat = nnx.to_flat_state(nnx.state(abstract_model(cfg)))
+  shapes = {tuple(path): v.shape for path, v in flat}
+  axes = {tuple(path): v.get_metadata().get('out_sharding') for path, v in flat}
+
+  def grow(path, x):
+    key = tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path)
+    x = np.asarray(x)
+    for axis, (size, want) in enumerate(zip(x.shape, shapes[key])):
+      if want > size:
+        name = (axes[key] or (None,) * x.ndim)[axis]
+        if name not in fills:
+          raise ValueError(f"Parameter {'/'.join(map(str, key))} grows along its {name!r} axis "
+                           f'({size} -> {want}), which has no fill (fills: {sorted(fills)}).')
+        x = np.concatenate([x, np.asarray(fills[name](x, axis, want - size), x.dtype)], axis)
+    return x
+  return jax.tree_util.tree_map_with_path(grow, params)
+
+
+def grow_zeros(x: np.ndarray, axis: int, count: int) -> np.ndarray:
+  """`grow_params` fill: zero entries (e.g. rows of items nothing trained)."""
+  shape = list(x.shape)
+  shape[axis] = count
+  return np.zeros(shape, x.dtype)
+
+
+def grow_mean(entries=slice(None)):
+  """`grow_params` fill: copies of the mean of `entries` along the axis (e.g.
+  the mean token, or the mean of the identifier tokens)."""
+  def fill(x: np.ndarray, axis: int, count: int) -> np.ndarray:
+    mean = np.take(x, np.arange(x.shape[axis])[entries], axis).mean(axis, keepdims=True)
+    return np.repeat(mean, count, axis)
+  return fill

@@ -396,3 +396,51 @@ def test_item_sid_parallel_beam_search_with_a_full_beam_finds_the_exact_top_k():
     np.testing.assert_allclose(np.asarray(scores[0]), exact[items], rtol=1e-4, atol=1e-4)
     if beam == 40:
       np.testing.assert_array_equal(items, np.argsort(-exact[1:])[:40] + 1)
+
+
+def _random_params(cfg) -> dict:
+  """Host parameters of `cfg`'s model's shapes (random; nothing compiled)."""
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype),
+                      nnx.to_pure_dict(nnx.state(models.abstract_model(cfg))))
+
+
+def test_grow_params_grows_the_named_axes_only():
+  """A larger vocabulary grows the token table's rows and the logits
+  projection's columns (the mean token), and no other axis of the same size
+  (here d_model = d_ff = vocab = 64); hashed item-id rows grow as zeros; the
+  grown parameters run in the larger model."""
+  small = models.EncoderDecoderConfig(vocab_size=64, d_model=64, num_heads=2, head_dim=8, d_ff=64,
+                                      num_encoder_layers=1, num_decoder_layers=1,
+                                      dropout_rate=0.0)
+  big = models.EncoderDecoderConfig(**{**small.__dict__, 'vocab_size': 128})
+  params = _random_params(small)
+  grown = models.grow_params(params, big, {'vocab': models.grow_mean(slice(4, 64))})
+  np.testing.assert_allclose(grown['embed'][:64], params['embed'])
+  np.testing.assert_allclose(grown['embed'][64:], np.broadcast_to(
+      params['embed'][4:].mean(0), (64, 64)), rtol=1e-6)
+  kernel = grown['logits_dense']['kernel']
+  assert kernel.shape == (64, 128)
+  np.testing.assert_allclose(kernel[:, 100], params['logits_dense']['kernel'][:, 4:].mean(1),
+                             rtol=1e-6)
+  others = [(path, a, b) for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params),
+                                                  jax.tree.leaves(grown))
+            if jax.tree_util.keystr(path) not in ("['embed']", "['logits_dense']['kernel']")]
+  assert sum(a.shape[0] == 64 for _, a, _ in others) >= 4  # same-sized axes, left alone
+  for path, a, b in others:
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  model = nnx.merge(nnx.split(models.abstract_model(big))[0], grown)
+  logits = apply(model, jnp.array([[100, 5, 6]]), jnp.array([[0, 120]]))
+  assert logits.shape == (1, 2, 128) and np.isfinite(np.asarray(logits)).all()
+  with pytest.raises(ValueError, match="grows along its 'vocab' axis"):
+    models.grow_params(params, big, {'table_rows': models.grow_zeros})
+
+  item_sid = models.ItemSidConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, num_layers=1,
+                                  vocab_size=32, level_sizes=(8, 8), num_items=20, max_len=4,
+                                  item_id_buckets=21)
+  params = _random_params(item_sid)
+  grown = models.grow_params(
+      params, models.ItemSidConfig(**{**item_sid.__dict__, 'item_id_buckets': 25}),
+      {'table_rows': models.grow_zeros})
+  assert grown['id_embed'].shape == (25, 16) and not grown['id_embed'][21:].any()
+  np.testing.assert_array_equal(grown['id_embed'][:21], params['id_embed'])

@@ -41,7 +41,7 @@ import gin
 import jax
 import numpy as np
 
-from genrec import checkpoints, config_check, loop, partitioning, tables
+from genrec import checkpoints, config_check, loop, models, partitioning, tables
 from genrec.data import sequences
 from genrec.ids import content
 from genrec.ids import extend as extend_ids
@@ -81,20 +81,6 @@ def text_content(fields: list[dict]) -> np.ndarray:
   from genrec import text_encoder  # the encoder only when items are added
   holder = type('Items', (), {'item_text': (None, *fields)})
   return text_encoder.encode(content.item_text_strings(holder))
-
-
-def _grow_rows(params, sizes: dict[int, tuple[int, str]]):
-  """`params` (host arrays) with axis 0 of every leaf whose first dimension
-  is a key of `sizes` grown to sizes[key][0], new rows 'zero' or 'mean'."""
-  def grow(x):
-    x = np.asarray(x)
-    if x.ndim and x.shape[0] in sizes and sizes[x.shape[0]][0] > x.shape[0]:
-      new, fill = sizes[x.shape[0]]
-      rows = (np.zeros if fill == 'zero' else lambda s, dtype: np.broadcast_to(
-          x.mean(0), s).astype(dtype))((new - x.shape[0], *x.shape[1:]), x.dtype)
-      x = np.concatenate([x, rows])
-    return x
-  return jax.tree.map(grow, params)
 
 
 @gin.configurable(denylist=['workdir'])
@@ -160,21 +146,18 @@ def add(workdir: str, recommender: str = gin.REQUIRED, items: str = gin.REQUIRED
   encode_s = time.time() - t0
   grown = extend_ids.extend(ids, len(keys), new_content, old_content)
   n_old, n_new = ids.num_items, grown.num_items
-  host = jax.tree.map(np.array, jax.device_get(params))
-  sizes = {}
-  if getattr(config, 'item_id_buckets', 0) == n_old + 1:  # one id row per item
-    sizes[n_old + 1] = (n_new + 1, 'zero')
-  if grown.vocab_size > ids.vocab_size:
-    sizes[config.vocab_size] = (grown.vocab_size, 'mean')
-  host = _grow_rows(host, sizes)
   fields_new = {'level_sizes': tuple(int(s) for s in grown.level_sizes),
                 'vocab_size': max(config.vocab_size, grown.vocab_size)}
   if getattr(config, 'num_items', 0):
     fields_new['num_items'] = n_new
-  if n_old + 1 in sizes:
+  if getattr(config, 'item_id_buckets', 0) == n_old + 1:  # one id row per item
     fields_new['item_id_buckets'] = n_new + 1
   new_config = dataclasses.replace(config, **{k: v for k, v in fields_new.items()
                                               if hasattr(config, k)})
+  # New items' id rows are zero; new code tokens (a grown collision level)
+  # start as the mean token.
+  host = models.grow_params(jax.tree.map(np.array, jax.device_get(params)), new_config,
+                            {'table_rows': models.grow_zeros, 'vocab': models.grow_mean()})
   loop.make_workdir(workdir)
   if jax.process_index() == 0:
     grown.save(os.path.join(workdir, 'ids'))

@@ -24,7 +24,6 @@ import time
 from collections.abc import Sequence
 
 import gin
-import jax
 import numpy as np
 
 from genrec import constraints, models, partitioning, text_encoder
@@ -316,7 +315,7 @@ class Dsi(method.GenerativeMethod):
     new_config = dataclasses.replace(config, vocab_size=-(-used // 128) * 128)
     docid_tokens = slice(shift + NUM_RESERVED_TOKENS,
                          shift + NUM_RESERVED_TOKENS + sum(ids0.level_sizes))
-    params = grow_vocab(params, config.vocab_size, new_config.vocab_size, docid_tokens)
+    params = models.grow_params(params, new_config, {'vocab': models.grow_mean(docid_tokens)})
     if kind == 'atomic' and atomic_rows != 'mean':
       new_docid_rows(params['embed'], ids0, ids, shift, emb_old, emb_new, atomic_rows)
     timings['update_s'] = time.time() - t0
@@ -444,22 +443,6 @@ def ridge_map(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> np.ndarray:
   reg = l2 * float((x.astype(np.float64) ** 2).sum(1).mean()) * np.eye(xb.shape[1])
   reg[-1, -1] = 0.0
   return np.linalg.solve(xb.T @ xb + reg, xb.T @ y.astype(np.float64))
-
-
-def grow_vocab(params: dict, old_vocab: int, new_vocab: int, fill: slice) -> dict:
-  """`params` (a pure dict of host arrays) with every axis of size `old_vocab`
-  (the token table, a logits projection) grown to `new_vocab`; new entries
-  are the mean of the entries in `fill` (the docid tokens) along that axis."""
-  def grow(x):
-    x = np.asarray(x)
-    for axis, size in enumerate(x.shape):
-      if size == old_vocab and new_vocab > old_vocab:
-        mean = np.take(x, np.arange(old_vocab)[fill], axis).mean(axis, keepdims=True)
-        reps = [1] * x.ndim
-        reps[axis] = new_vocab - old_vocab
-        x = np.concatenate([x, np.tile(mean, reps).astype(x.dtype)], axis)
-    return x
-  return jax.tree.map(grow, params)
 
 
 def new_docid_rows(table: np.ndarray, ids0: ItemIds, ids: ItemIds, shift: int,
