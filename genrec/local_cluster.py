@@ -9,7 +9,8 @@ sharding or a data split before a pod.
 Every process runs main.py with the arguments after `--`, plus
 --coordinator_address=127.0.0.1:<a free port> --num_processes=N
 --process_id=i, with JAX_PLATFORMS=cpu and
-XLA_FLAGS=--xla_force_host_platform_device_count=M. Process 0's output is
+--xla_force_host_platform_device_count=M added to the caller's other
+XLA_FLAGS. Process 0's output is
 shown as it comes; each process's output is also kept in
 --logs/process_<i>.log (default <workdir>/local_cluster/). When a process
 fails, the others are given --grace_s to stop on their own (the distributed
@@ -79,8 +80,10 @@ def run(args: Sequence[str], num_processes: int, devices_per_process: int, log_d
                      f'{num_processes} and {devices_per_process}.')
   os.makedirs(log_dir, exist_ok=True)
   address = f'127.0.0.1:{free_port()}'
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_per_process}'}
+  xla_flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+               if not f.startswith('--xla_force_host_platform_device_count')]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ' '.join(
+      [*xla_flags, f'--xla_force_host_platform_device_count={devices_per_process}'])}
   procs, copiers = [], []
   for i in range(num_processes):
     cmd = [*program, *args, f'--coordinator_address={address}',

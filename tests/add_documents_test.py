@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import REPO_ROOT
+from conftest import FAST_COMPILE, REPO_ROOT
 from genrec import artifact, fm_index, serve
 from genrec.ids import ItemIds
 from genrec.retrieval import add_documents, corpus
 
 
 def _main(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, 'XLA_FLAGS': ''}
+  env = {**os.environ, 'XLA_FLAGS': FAST_COMPILE}
   return subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args],
                         cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=900)
 

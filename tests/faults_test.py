@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO_ROOT
+from conftest import FAST_COMPILE, REPO_ROOT
 
 RUN = ['--gin_file=gin/runs/quickstart.gin',
        '--gin_bindings=train.train.num_train_steps=60',
@@ -24,7 +24,7 @@ RUN = ['--gin_file=gin/runs/quickstart.gin',
        '--gin_bindings=train.train.report_unconstrained=False']
 EXPORT = ['--gin_file=gin/runs/export.gin', "--gin_bindings=export.export.platforms=('cpu',)",
           '--gin_bindings=export.export.saved_model=False']
-ENV = {**os.environ, 'XLA_FLAGS': ''}  # one CPU device, as a user starts it
+ENV = {**os.environ, 'XLA_FLAGS': FAST_COMPILE}  # one CPU device, as a user starts it
 
 
 def _cmd(*args) -> list[str]:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import FAST_COMPILE, REPO_ROOT
 from genrec import gin_utils, tables
 from genrec.data import sequences
 from genrec.ranking import export as ranking_export
@@ -19,7 +19,7 @@ from genrec.ranking import export as ranking_export
 
 def _main(*args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
   cmd = [sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args]
-  env = {**os.environ, 'XLA_FLAGS': ''}  # one CPU device: the runs as a user starts them
+  env = {**os.environ, 'XLA_FLAGS': FAST_COMPILE}  # one CPU device: the runs as a user starts them
   proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
@@ -156,7 +156,7 @@ def test_ranking_run_mode(tmp_path):
 
 def test_bad_invocations_say_what_to_do(tmp_path):
   cmd = [sys.executable, os.path.join(REPO_ROOT, 'main.py')]
-  env = {**os.environ, 'XLA_FLAGS': ''}
+  env = {**os.environ, 'XLA_FLAGS': FAST_COMPILE}
   no_run = subprocess.run(cmd + ['--gin_file=gin/models/tiny.gin', f'--workdir={tmp_path}'],
                           cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
   assert no_run.returncode != 0 and 'configure no run' in no_run.stderr
@@ -285,7 +285,7 @@ def test_kill_9_while_checkpointing_then_resume(tmp_path):
           '--gin_bindings=sequences.make_synthetic.num_items=60',
           "--gin_bindings=train.train.input_pipeline='numpy'",
           '--gin_bindings=train.train.report_unconstrained=False']
-  env = {**os.environ, 'XLA_FLAGS': ''}
+  env = {**os.environ, 'XLA_FLAGS': FAST_COMPILE}
   proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args],
                           cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -367,7 +367,7 @@ def test_retrieval_run_killed_mid_training_resumes_with_the_same_metrics(tmp_pat
           '--gin_bindings=docgen.train_and_evaluate.input_len=16',
           '--gin_bindings=loop.train_fixed_budget.checkpoint_every_seconds=1e-9']
   killed, whole = tmp_path / 'killed', tmp_path / 'whole'
-  env = {**os.environ, 'XLA_FLAGS': ''}
+  env = {**os.environ, 'XLA_FLAGS': FAST_COMPILE}
   proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, 'main.py'), *args,
                            f'--workdir={killed}'], cwd=REPO_ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -14,7 +14,7 @@ from flax import nnx
 import numpy as np
 import optax
 
-from conftest import REPO_ROOT
+from conftest import FAST_COMPILE, REPO_ROOT
 from genrec import layers, models
 
 
@@ -89,7 +89,7 @@ toy.BagOfItemsConfig.d_model = 24
 def test_a_model_defined_outside_genrec_trains_and_evaluates_through_main(tmp_path):
   (tmp_path / 'toy.gin').write_text(TOY_GIN)
   run = tmp_path / 'run'
-  env = {**os.environ, 'XLA_FLAGS': '',
+  env = {**os.environ, 'XLA_FLAGS': FAST_COMPILE,
          'PYTHONPATH': os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO_ROOT, 'main.py'), '--gin_file=gin/runs/quickstart.gin',
