@@ -28,9 +28,11 @@ runs the loop and scores the documents exactly as the run's evaluation does.
 There is no SavedModel: TF Serving cannot run the host side of the loop.
 """
 
+import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable
 
 from absl import logging
 import jax
@@ -119,16 +121,34 @@ def export(workdir: str, output_dir: str | None = None, k: int | None = None,
   if run['method'] not in _EXPORTERS:
     raise ValueError(f"{workdir} holds a {run['method']!r} run; export knows "
                      f'{sorted(_EXPORTERS)}.')
-  out = _EXPORTERS[run['method']](write, run, config, pred, params, k, query, manifest, files,
-                                  workdir, saved_model)
+  out = _EXPORTERS[run['method']](_Job(workdir, run, config, pred, params, k, query, manifest,
+                                       files, write, saved_model))
   logging.info('export: the %s retriever of %s (step %d) -> %s', run['method'], workdir, step,
                out)
   return out
 
 
-def _export_dsi(write, run, config, pred, params, k, query, manifest, files, workdir,
-                saved_model):
-  del config  # the parameters carry what the DSI function needs
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """What a method's exporter reads: the run folder, its record
+  (retrieval_run.json), model and parameters, the export's settings, the
+  manifest and files common to every method, and the serving directory's
+  writer (`export_lib.write` with the directory, step and platforms)."""
+  workdir: str
+  run: dict
+  config: models.ModelConfig
+  pred: predictor.Predictor
+  params: dict
+  k: int | None
+  query: export_lib.Tensor
+  manifest: dict
+  files: dict[str, bytes]
+  write: Callable
+  saved_model: bool
+
+
+def _export_dsi(job: _Job) -> str:
+  run, pred, k, workdir = job.run, job.pred, job.k, job.workdir
   beam, width = run['beam_size'], run['input_len']
   k = beam if k is None else k
   if not 1 <= k <= beam:
@@ -136,7 +156,7 @@ def _export_dsi(write, run, config, pred, params, k, query, manifest, files, wor
   ids = ItemIds.load(os.path.join(workdir, 'ids'))
   trie = constraints.PrefixTrie.from_codes(ids.codes[1:], ids.level_sizes,
                                            ids.level_offsets + run['docid_token_shift'])
-  arrays = {'params': jax.device_get(params), 'trie': jax.device_get(trie),
+  arrays = {'params': jax.device_get(job.params), 'trie': jax.device_get(trie),
             'leaf_item': constraints.leaf_items(ids)}
 
   def function(top_k):
@@ -148,18 +168,18 @@ def _export_dsi(write, run, config, pred, params, k, query, manifest, files, wor
 
   warmup = tuple((np.arange(b * width, dtype=np.int32).reshape(b, width) % 50 + 3,)
                  for b in (1, 8))
-  return write(
-      function(jax.lax.top_k), arrays, (query,),
+  return job.write(
+      function(jax.lax.top_k), arrays, (job.query,),
       (export_lib.Tensor('documents', 'int32', ('batch', k)),
        export_lib.Tensor('scores', 'float32', ('batch', k))), {
-          **manifest,
+          **job.manifest,
           'outputs': {'documents': f'int32 [batch, {k}]: document numbers '
                       f'1..{run["num_docs"]} (items.tsv), best first (0: none)',
                       'scores': f'float32 [batch, {k}]: beam log-probabilities'},
           'k': k, 'id_scheme': ids.scheme, 'id_levels': list(ids.level_sizes)},
       saved_model_fn=function(decoding.sort_top_k),
-      signatures=(export_lib.SIGNATURE, 'retrieve') if saved_model else (), warmup=warmup,
-      files=files)
+      signatures=(export_lib.SIGNATURE, 'retrieve') if job.saved_model else (), warmup=warmup,
+      files=job.files)
 
 
 def _stack(kv: list) -> jax.Array:
@@ -183,9 +203,9 @@ def _context(arrays: tuple[jax.Array, ...]):
   return (_unstack(arrays[0]), arrays[1]) if len(arrays) == 2 else _unstack(arrays[0])
 
 
-def _export_seal(write, run, config, pred, params, k, query, manifest, files, workdir,
-                 saved_model):
-  del saved_model  # the host-side FM-index loop has no SavedModel form
+def _export_seal(job: _Job) -> str:
+  # (job.saved_model: the host-side FM-index loop has no SavedModel form.)
+  run, pred, k, files = job.run, job.pred, job.k, dict(job.files)
   beam, width, steps = run['beam_size'], run['input_len'], run['ngram_len']
   k = min(100, run['num_docs']) if k is None else k
   if not 1 <= k <= run['num_docs']:
@@ -210,26 +230,26 @@ def _export_seal(write, run, config, pred, params, k, query, manifest, files, wo
     return (beams.sequences, beams.scores, beams.token_log_probs,
             cache.reshape(sequences.shape[0], beam, *cache.shape[1:]))
 
-  arrays = {'params': jax.device_get(params)}
+  arrays = {'params': jax.device_get(job.params)}
   shapes = jax.eval_shape(start, arrays, jax.ShapeDtypeStruct((1, width), np.int32))
   names = ('sequences', 'scores', 'token_log_probs', 'cache', 'cross',
            *(('pooled',) if len(shapes) == 7 else ()), 'valid')
   state = tuple(export_lib.Tensor(name, str(x.dtype), ('batch', *x.shape[1:]))
                 for name, x in zip(names, shapes))
-  allowed = export_lib.Tensor('allowed', 'bool', ('batch', beam, config.vocab_size))
-  index_dir = os.path.join(workdir, run_folder.FM_INDEX)
+  allowed = export_lib.Tensor('allowed', 'bool', ('batch', beam, job.config.vocab_size))
+  index_dir = os.path.join(job.workdir, run_folder.FM_INDEX)
   for name in sorted(os.listdir(index_dir)):
     with open(os.path.join(index_dir, name), 'rb') as f:
       files[f'{run_folder.FM_INDEX}/{name}'] = f.read()
-  return write(
-      start, arrays, (query,), state, {
-          **manifest,
+  return job.write(
+      start, arrays, (job.query,), state, {
+          **job.manifest,
           'outputs': {'state': 'the decoding state that step takes (genrec.seal.'
                       'SealRetriever runs the loop and scores the documents)'},
           'decoding': f'{steps} steps of beam search over n-grams of the corpus: the allowed '
                       'tokens of each beam come from the FM-index on the host '
                       f'({run_folder.FM_INDEX}/) between device steps',
-          'k': k, 'ngram_len': steps, 'vocab_size': config.vocab_size,
+          'k': k, 'ngram_len': steps, 'vocab_size': job.config.vocab_size,
           'scorer': run['scorer'], 'fm_index': run_folder.FM_INDEX},
       signatures=(), files=files,
       functions={'step': (step, (*state, allowed, export_lib.Tensor('step', 'int32', ())),
