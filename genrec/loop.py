@@ -686,8 +686,8 @@ def run_steps(workdir: str, schedule: Schedule, manager, state, start: int,
 
   def save(at: int, seconds: float, metrics: dict | None = None) -> None:
     final = {'final_loss': values.get('loss')} if at == s.num_train_steps else {}
-    checkpoints.save(manager, at, state, {**batcher.state(at), 'train_seconds': round(
-        seconds, 2), **final}, metrics)
+    checkpoints.save(manager, at, state, {**batcher.state(at), 'train_seconds': _recorded(
+        seconds), **final}, metrics)
 
   with PreemptionWatch() as watch:
     while step < s.num_train_steps:
@@ -719,7 +719,7 @@ def run_steps(workdir: str, schedule: Schedule, manager, state, start: int,
         if history_path:
           append_jsonl(history_path, {
               'step': step, 'epoch': round(step / batcher.steps_per_epoch, 3),
-              'train_seconds': round(train_seconds, 2), **eval_metrics})
+              'train_seconds': _recorded(train_seconds), **eval_metrics})
         reason = None if final else s.stop_reason(history_path, step, train_seconds)
         if reason:
           stopped = 'early'
@@ -746,8 +746,14 @@ def run_steps(workdir: str, schedule: Schedule, manager, state, start: int,
   if step == s.num_train_steps:  # a run of no steps (e.g. nothing to replay) saves its state
     save(step, train_seconds)
   manager.wait_until_finished()
-  # As the checkpoints hold it, so that a restored run reports the same seconds.
-  return Outcome(state, step, round(train_seconds, 2), values, stopped)
+  return Outcome(state, step, _recorded(train_seconds), values, stopped)
+
+
+def _recorded(seconds: float) -> float:
+  """Training seconds as every record of a run holds them (checkpoints, the
+  evaluation history, what run_steps returns), so that a run restored from a
+  checkpoint reports the seconds the run that trained it reported."""
+  return round(seconds, 2)
 
 
 def read_eval_history(history_path: str) -> list[dict]:
